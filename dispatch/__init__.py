@@ -1,0 +1,3 @@
+"""Dispatch engine: alerts the nearest community volunteers to an incident, in waves, over MQTT."""
+
+__all__: list[str] = []
