@@ -1,0 +1,406 @@
+"""Configuration: one typed, frozen object from defaults, a TOML file, the environment and flags.
+
+Precedence, lowest first: the defaults below (``config/default.toml`` documents every key
+and a test keeps the two equal), the ``--config`` file, environment variables, command-line
+flags. The environment is passed in as a mapping; nothing here reads ``os.environ``.
+
+Environment names: ``DISPATCH_<KEY>`` for the ``[engine]`` keys (``DISPATCH_MQTT``,
+``DISPATCH_REDIS``, ``DISPATCH_HTTP``, ``DISPATCH_TOPIC_ROOT`` ...), and
+``DISPATCH_<SECTION>_<KEY>`` for the others (``DISPATCH_POLICY_TARGET_S``,
+``DISPATCH_HTTP_OPERATOR_TOKEN``). The ``[kinds.*]`` tables are set in the file only.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from dispatch.errors import ConfigError
+from dispatch.model import Kind, Mode
+from dispatch.policy import Policy, Strategy
+from geo.travel import TravelModel
+
+__all__ = ["CONFIG_DIR", "DEFAULTS", "Config", "KindDefaults", "load_config"]
+
+# The repository's config/ folder: the default service area and the documented defaults.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+@dataclass(frozen=True, slots=True)
+class KindDefaults:
+    priority: int
+    skills: tuple[str, ...]
+
+
+def _kind_table(pairs: dict[Kind, tuple[int, tuple[str, ...]]]) -> dict[str, dict[str, Any]]:
+    return {str(k): {"priority": p, "skills": list(s)} for k, (p, s) in pairs.items()}
+
+
+# Every key, with its default. Sections become TOML tables.
+DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "engine": {
+            "mqtt": "mqtt://127.0.0.1:1883",
+            "redis": "redis://127.0.0.1:6379/0",
+            "http": "127.0.0.1:8080",
+            "topic_root": "dispatch",
+            "mqtt_protocol": 5,
+            "instance": "",
+            "log_level": "info",
+        },
+        "area": {
+            "geojson": "shangcheng_boundary_wgs84.geojson",
+            "name": "上城区 Shangcheng district",
+            "cell_size_m": 500.0,
+        },
+        "policy": {
+            "strategy": "waves",
+            "target_s": 180.0,
+            "max_radius_m": 3000.0,
+            "alert_expiry_s": 90.0,
+            "wave_timeout_s": 20.0,
+            "acceptance_rate": 0.35,
+            "wave_confidence": 0.9,
+            "max_wave_size": 8,
+            "max_waves": 3,
+            "arrival_radius_m": 30.0,
+        },
+        "travel": {"circuity": 1.3, "walk_mps": 1.8, "bike_mps": 4.0, "ebike_mps": 5.5},
+        "volunteers": {"location_ttl_s": 300.0},
+        "incidents": {
+            "state_retention_s": 3600.0,
+            "idempotency_ttl_s": 604800.0,
+            "max_payload_bytes": 16384,
+            "future_tolerance_s": 30.0,
+            "event_log_max": 1_000_000,
+        },
+        "http": {"operator_token": "", "read_token": ""},
+        "kinds": _kind_table(
+            {
+                Kind.CARDIAC_ARREST: (1, ("first_aid",)),
+                Kind.MEDICAL: (1, ("first_aid",)),
+                Kind.FIRE: (1, ()),
+                Kind.FALL: (2, ("first_aid",)),
+                Kind.LOST_PERSON: (2, ()),
+                Kind.SECURITY: (2, ("patrol",)),
+                Kind.DISPUTE: (3, ("mediation",)),
+                Kind.OTHER: (3, ()),
+            }
+        ),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mqtt_url: str
+    redis_url: str
+    http_host: str
+    http_port: int
+    topic_root: str
+    mqtt_protocol: int
+    instance: str
+    log_level: str
+    area_geojson: Path
+    area_name: str
+    cell_size_m: float
+    policy: Policy
+    travel: TravelModel
+    location_ttl_s: float
+    state_retention_s: float
+    idempotency_ttl_s: float
+    max_payload_bytes: int
+    future_tolerance_s: float
+    event_log_max: int
+    operator_token: str
+    read_token: str
+    kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
+
+    def kind_defaults(self, kind: Kind) -> KindDefaults:
+        return self.kinds[kind]
+
+
+# ---- checks: each returns the cleaned value or raises ValueError("allowed: ...")
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("a number greater than 0")
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
+    return float(value)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"a whole number from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ValueError("a number strictly between 0 and 1")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or urlsplit(value).scheme not in schemes:
+            raise ValueError(f"a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        if urlsplit(value).hostname is None:
+            raise ValueError("a URL with a host")
+        return value
+
+    return check
+
+
+def _host_port(value: Any) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("HOST:PORT, for example 127.0.0.1:8080")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("HOST:PORT with a port from 0 to 65535")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("one of " + ", ".join(repr(a) for a in allowed))
+        return str(value)
+
+    return check
+
+
+def _topic_root(value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c in value for c in "+#\0")
+        or value[0] == "/"
+    ):
+        raise ValueError("a non-empty MQTT topic prefix without '+', '#' or a leading '/'")
+    return value.rstrip("/")
+
+
+def _skills(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+        raise ValueError("a list of non-empty strings")
+    return tuple(value)
+
+
+_CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "engine": {
+        "mqtt": _url("mqtt", "tcp"),
+        "redis": _url("redis", "rediss", "unix"),
+        "http": _host_port,
+        "topic_root": _topic_root,
+        "mqtt_protocol": lambda v: _choice("3", "5")(str(v)),
+        "instance": _text,
+        "log_level": _choice("debug", "info", "warning", "error"),
+    },
+    "area": {"geojson": _text, "name": _text, "cell_size_m": _positive},
+    "policy": {
+        "strategy": _choice(*(s.value for s in Strategy)),
+        "target_s": _positive,
+        "max_radius_m": _positive,
+        "alert_expiry_s": _positive,
+        "wave_timeout_s": _positive,
+        "acceptance_rate": _share,
+        "wave_confidence": _share,
+        "max_wave_size": _int_range(1, 100),
+        "max_waves": _int_range(1, 20),
+        "arrival_radius_m": _positive,
+    },
+    "travel": {
+        "circuity": lambda v: _at_least_one(v),
+        "walk_mps": _positive,
+        "bike_mps": _positive,
+        "ebike_mps": _positive,
+    },
+    "volunteers": {"location_ttl_s": _positive},
+    "incidents": {
+        "state_retention_s": _positive,
+        "idempotency_ttl_s": _positive,
+        "max_payload_bytes": _int_range(256, 1 << 20),
+        "future_tolerance_s": _positive,
+        "event_log_max": _int_range(1000, 1 << 31),
+    },
+    "http": {"operator_token": _text, "read_token": _text},
+}
+
+
+def _at_least_one(value: Any) -> float:
+    if _positive(value) < 1:
+        raise ValueError("a number of at least 1 (streets are never shorter than a straight line)")
+    return float(value)
+
+
+def _coerce_env(raw: str, default: Any) -> Any:
+    """Environment values are strings; read them as the type of the key's default."""
+    if isinstance(default, bool):
+        return raw.lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``[section] key``."""
+    if section == "engine":
+        return f"DISPATCH_{key.upper()}"
+    return f"DISPATCH_{section.upper()}_{key.upper()}"
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration; ``overrides`` maps ``"section.key"`` to a value (flags).
+
+    Raises ConfigError naming the key, the bad value and what is allowed.
+    """
+    env = env or {}
+    values: dict[str, dict[str, Any]] = {s: dict(keys) for s, keys in DEFAULTS.items()}
+    values["kinds"] = {k: dict(v) for k, v in DEFAULTS["kinds"].items()}
+    base_dir = CONFIG_DIR
+    if path is not None:
+        path = Path(path)
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "an existing TOML file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("--config", str(path), f"valid TOML ({exc})") from exc
+        _merge_file(values, file_values)
+        base_dir = path.resolve().parent
+    for section, keys in _CHECKS.items():
+        for key in keys:
+            name = env_name(section, key)
+            if name in env:
+                values[section][key] = _coerce_env(env[name], DEFAULTS[section][key])
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in _CHECKS or key not in _CHECKS[section]:
+            raise ConfigError(dotted, value, "a known configuration key")
+        values[section][key] = value
+    return _build(values, base_dir)
+
+
+def _merge_file(values: dict[str, dict[str, Any]], file_values: dict[str, Any]) -> None:
+    for section, table in file_values.items():
+        if section not in values:
+            raise ConfigError(section, table, "one of the sections " + ", ".join(sorted(values)))
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "a table")
+        if section == "kinds":
+            for kind, kind_table in table.items():
+                if kind not in values["kinds"]:
+                    raise ConfigError(f"kinds.{kind}", kind_table, "a kind from the protocol")
+                if not isinstance(kind_table, dict) or set(kind_table) - {"priority", "skills"}:
+                    raise ConfigError(f"kinds.{kind}", kind_table, "a table of priority and skills")
+                values["kinds"][kind].update(kind_table)
+            continue
+        for key, value in table.items():
+            if key not in values[section]:
+                known = ", ".join(sorted(values[section]))
+                raise ConfigError(f"{section}.{key}", value, f"one of the keys {known}")
+            values[section][key] = value
+
+
+def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
+    clean: dict[str, dict[str, Any]] = {}
+    for section, checks in _CHECKS.items():
+        clean[section] = {}
+        for key, check in checks.items():
+            raw = values[section][key]
+            try:
+                clean[section][key] = check(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{section}.{key}", raw, str(exc)) from None
+    kinds: dict[Kind, KindDefaults] = {}
+    for kind_name, table in values["kinds"].items():
+        try:
+            priority = _int_range(1, 3)(table["priority"])
+        except ValueError as exc:
+            raise ConfigError(f"kinds.{kind_name}.priority", table["priority"], str(exc)) from None
+        try:
+            skills = _skills(table["skills"])
+        except ValueError as exc:
+            raise ConfigError(f"kinds.{kind_name}.skills", table["skills"], str(exc)) from None
+        kinds[Kind(kind_name)] = KindDefaults(priority, skills)
+    engine, policy, travel = clean["engine"], clean["policy"], clean["travel"]
+    host, _, port = engine["http"].rpartition(":")
+    geojson = Path(clean["area"]["geojson"])
+    if not geojson.is_absolute():
+        geojson = base_dir / geojson
+        if not geojson.exists():  # a file config may still name the bundled outline
+            geojson = CONFIG_DIR / clean["area"]["geojson"]
+    return Config(
+        mqtt_url=engine["mqtt"],
+        redis_url=engine["redis"],
+        http_host=host.strip("[]"),
+        http_port=int(port),
+        topic_root=engine["topic_root"],
+        mqtt_protocol=int(engine["mqtt_protocol"]),
+        instance=engine["instance"],
+        log_level=engine["log_level"],
+        area_geojson=geojson,
+        area_name=clean["area"]["name"],
+        cell_size_m=clean["area"]["cell_size_m"],
+        policy=Policy(
+            strategy=Strategy(policy["strategy"]),
+            target_s=policy["target_s"],
+            max_radius_m=policy["max_radius_m"],
+            alert_expiry_s=policy["alert_expiry_s"],
+            wave_timeout_s=policy["wave_timeout_s"],
+            acceptance_rate=policy["acceptance_rate"],
+            wave_confidence=policy["wave_confidence"],
+            max_wave_size=policy["max_wave_size"],
+            max_waves=policy["max_waves"],
+            arrival_radius_m=policy["arrival_radius_m"],
+        ),
+        travel=TravelModel(
+            circuity=travel["circuity"],
+            speeds_mps=MappingProxyType(
+                {
+                    Mode.WALK.value: travel["walk_mps"],
+                    Mode.BIKE.value: travel["bike_mps"],
+                    Mode.EBIKE.value: travel["ebike_mps"],
+                }
+            ),
+        ),
+        location_ttl_s=clean["volunteers"]["location_ttl_s"],
+        state_retention_s=clean["incidents"]["state_retention_s"],
+        idempotency_ttl_s=clean["incidents"]["idempotency_ttl_s"],
+        max_payload_bytes=clean["incidents"]["max_payload_bytes"],
+        future_tolerance_s=clean["incidents"]["future_tolerance_s"],
+        event_log_max=clean["incidents"]["event_log_max"],
+        operator_token=clean["http"]["operator_token"],
+        read_token=clean["http"]["read_token"],
+        kinds=MappingProxyType(kinds),
+    )

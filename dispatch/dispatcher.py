@@ -1,0 +1,1100 @@
+"""The dispatcher: the pure, synchronous heart of the engine.
+
+It holds the open incidents, the volunteers and the index of those free to be alerted,
+takes one event at a time with the time it happened (``now``), and returns the effects
+for the shell to carry out (see ``dispatch.effects``). It never awaits, sleeps, reads a
+clock or touches the network, so the live engine, the offline simulator and the
+benchmarks all run exactly this code.
+
+Timers are kept inside: ``next_deadline()`` says when the core next wants to be woken,
+``tick(now)`` fires whatever is due. A timer is checked when it fires rather than
+cancelled when it becomes moot, which keeps restarts simple: after a crash the core
+rebuilds its timers from the stored state, and overdue ones fire at once.
+
+Invariants:
+- a volunteer is in the index only while on duty, with a fresh position, not committed
+  to an incident and not holding an unanswered alert (one call at a time per phone);
+- a volunteer is never alerted twice for the same incident;
+- every change to an incident produces, in this order, SaveIncident, LogEvent and the
+  retained state Publish, so the shell stores before it announces.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from dispatch.codec import Codec, dumps, format_time
+from dispatch.config import KindDefaults
+from dispatch.effects import (
+    Claim,
+    Effect,
+    ForgetPosition,
+    LogEvent,
+    Publish,
+    Reject,
+    Release,
+    SaveIncident,
+    SavePosition,
+    SaveVolunteer,
+)
+from dispatch.errors import BadMessage, InvalidTransition
+from dispatch.lifecycle import ENDED, State, advance
+from dispatch.model import Arrived, Duty, Kind, LocationUpdate, Mode, Reply, Report, StatusUpdate
+from dispatch.policy import Candidate, Policy, Strategy, fastest, wave_size
+from geo.area import ServiceArea
+from geo.distance import haversine_m
+from geo.index import VolunteerIndex
+from geo.travel import TravelModel
+
+__all__ = [
+    "Alert",
+    "AlertStatus",
+    "Dispatcher",
+    "Incident",
+    "Responder",
+    "UnknownIncident",
+    "UnknownVolunteer",
+    "Volunteer",
+]
+
+
+class UnknownIncident(LookupError):
+    """An operator named an incident the engine does not know."""
+
+
+class UnknownVolunteer(LookupError):
+    """An operator named a volunteer the engine does not know."""
+
+
+class AlertStatus(StrEnum):
+    PENDING = "pending"  # sent, no answer yet
+    ACCEPTING = "accepting"  # accepted; the claim is being committed
+    ACCEPTED = "accepted"  # confirmed with "go"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    STOOD_DOWN = "stood_down"  # released before or after an answer
+
+
+_OPEN_ALERT = frozenset({AlertStatus.PENDING, AlertStatus.ACCEPTING})
+
+
+@dataclass(slots=True)
+class Alert:
+    alert_id: str
+    incident_id: str
+    volunteer_id: str
+    wave: int  # 0 for an operator's hand assignment
+    sent_at: float
+    expires_at: float
+    distance_m: float
+    eta_s: float
+    status: AlertStatus = AlertStatus.PENDING
+    answered_at: float | None = None
+    assigned_by: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "incident_id": self.incident_id,
+            "volunteer_id": self.volunteer_id,
+            "wave": self.wave,
+            "sent_at": self.sent_at,
+            "expires_at": self.expires_at,
+            "distance_m": self.distance_m,
+            "eta_s": self.eta_s,
+            "status": self.status.value,
+            "answered_at": self.answered_at,
+            "assigned_by": self.assigned_by,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Alert:
+        return cls(**{**r, "status": AlertStatus(r["status"])})
+
+
+@dataclass(slots=True)
+class Responder:
+    volunteer_id: str
+    eta_s: float
+    accepted_at: float
+    alert_id: str
+    arrived_at: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "volunteer_id": self.volunteer_id,
+            "eta_s": self.eta_s,
+            "accepted_at": self.accepted_at,
+            "alert_id": self.alert_id,
+            "arrived_at": self.arrived_at,
+        }
+
+
+@dataclass(slots=True)
+class Incident:
+    id: str
+    kind: Kind
+    priority: int
+    lat: float
+    lon: float
+    responders_needed: int
+    skills: tuple[str, ...]
+    reported_at: float
+    received_at: float
+    cell_id: str = ""
+    address: str = ""
+    description: str = ""
+    fingerprint: str = ""
+    state: State = State.OPEN
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    responders: list[Responder] = field(default_factory=list)
+    wave: int = 0  # waves sent so far
+    next_wave_at: float | None = None
+    first_alert_at: float | None = None
+    first_accept_at: float | None = None
+    first_arrival_at: float | None = None
+    escalated_at: float | None = None
+    escalation_reason: str = ""
+    ended_at: float | None = None
+    end_reason: str = ""
+    version: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def confirmed(self) -> int:
+        return len(self.responders)
+
+    @property
+    def still_needed(self) -> int:
+        return max(0, self.responders_needed - self.confirmed)
+
+    def open_alerts(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.status in _OPEN_ALERT]
+
+    def time_to_arrival_s(self) -> float | None:
+        if self.first_arrival_at is None:
+            return None
+        return self.first_arrival_at - self.reported_at
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to carry on after a restart, JSON-ready."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "priority": self.priority,
+            "lat": self.lat,
+            "lon": self.lon,
+            "responders_needed": self.responders_needed,
+            "skills": list(self.skills),
+            "reported_at": self.reported_at,
+            "received_at": self.received_at,
+            "cell_id": self.cell_id,
+            "address": self.address,
+            "description": self.description,
+            "fingerprint": self.fingerprint,
+            "state": self.state.value,
+            "alerts": [a.to_record() for a in self.alerts.values()],
+            "responders": [r.to_record() for r in self.responders],
+            "wave": self.wave,
+            "next_wave_at": self.next_wave_at,
+            "first_alert_at": self.first_alert_at,
+            "first_accept_at": self.first_accept_at,
+            "first_arrival_at": self.first_arrival_at,
+            "escalated_at": self.escalated_at,
+            "escalation_reason": self.escalation_reason,
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Incident:
+        fields = dict(r)
+        fields["kind"] = Kind(r["kind"])
+        fields["state"] = State(r["state"])
+        fields["skills"] = tuple(r["skills"])
+        fields["alerts"] = {a["alert_id"]: Alert.from_record(a) for a in r["alerts"]}
+        fields["responders"] = [Responder(**x) for x in r["responders"]]
+        return cls(**fields)
+
+
+@dataclass(slots=True)
+class Volunteer:
+    id: str
+    duty: Duty | None = None  # None: only a location was ever heard from them
+    skills: frozenset[str] = frozenset()
+    mode: Mode = Mode.WALK
+    lat: float | None = None
+    lon: float | None = None
+    seen_at: float | None = None  # when the position was last reported
+    engaged: str | None = None  # the incident this volunteer is committed to
+    alert_id: str | None = None  # the one alert awaiting this volunteer's answer
+
+
+# Timer kinds, kept in one heap: (due, sequence, kind, incident id, alert id)
+_WAVE, _EXPIRE, _CLEAR = "wave", "expire", "clear"
+
+
+class Dispatcher:
+    """Incidents, volunteers and the decisions between them. Not thread-safe; one owner."""
+
+    def __init__(
+        self,
+        *,
+        area: ServiceArea,
+        codec: Codec,
+        policy: Policy,
+        travel: TravelModel,
+        kinds: Mapping[Kind, KindDefaults],
+        location_ttl_s: float = 300.0,
+        state_retention_s: float = 3600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.area = area
+        self.codec = codec
+        self.policy = policy
+        self.travel = travel
+        self.kinds = kinds
+        self.location_ttl_s = location_ttl_s
+        self.state_retention_s = state_retention_s
+        self._rng = rng or random.Random()
+        self.index = VolunteerIndex(area.projection)
+        self.incidents: dict[str, Incident] = {}
+        self.alerts: dict[str, Alert] = {}
+        self.volunteers: dict[str, Volunteer] = {}
+        # Volunteers with a position, oldest report first: forgetting the stale is O(1) each.
+        self._positions: OrderedDict[str, float] = OrderedDict()
+        self._timers: list[tuple[float, int, str, str, str]] = []
+        self._timer_seq = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def open_incidents(self) -> list[Incident]:
+        return [i for i in self.incidents.values() if not i.ended]
+
+    @property
+    def available(self) -> int:
+        """Volunteers who could be alerted right now."""
+        return len(self.index)
+
+    def public_state(self, incident: Incident) -> dict[str, Any]:
+        """The retained ``incidents/{id}/state`` payload (PROTOCOL.md, plus extension fields)."""
+        tta = incident.time_to_arrival_s()
+        return {
+            "id": incident.id,
+            "state": incident.state.value,
+            "kind": incident.kind.value,
+            "priority": incident.priority,
+            "lat": incident.lat,
+            "lon": incident.lon,
+            "reported_at": format_time(incident.reported_at),
+            "responders": [
+                {
+                    "volunteer_id": r.volunteer_id,
+                    "eta_s": round(r.eta_s, 1),
+                    "accepted_at": format_time(r.accepted_at),
+                    "arrived_at": None if r.arrived_at is None else format_time(r.arrived_at),
+                }
+                for r in incident.responders
+            ],
+            "time_to_arrival_s": None if tta is None else round(tta, 3),
+            "within_target": None if tta is None else tta <= self.policy.target_s,
+            # extensions
+            "address": incident.address,
+            "cell": incident.cell_id,
+            "responders_needed": incident.responders_needed,
+            "skills": list(incident.skills),
+            "alerts_sent": len(incident.alerts),
+            "escalation_reason": incident.escalation_reason or None,
+            "end_reason": incident.end_reason or None,
+            "version": incident.version,
+        }
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        due = [self._timers[0][0]] if self._timers else []
+        if self._positions:
+            due.append(next(iter(self._positions.values())) + self.location_ttl_s)
+        return min(due) if due else None
+
+    def _at(self, due: float, kind: str, incident_id: str, alert_id: str = "") -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, kind, incident_id, alert_id))
+
+    def tick(self, now: float) -> list[Effect]:
+        """Fire every timer due at ``now``, and forget positions that went stale."""
+        effects: list[Effect] = []
+        while self._positions:
+            vid, seen = next(iter(self._positions.items()))
+            if seen + self.location_ttl_s > now:
+                break
+            self._forget_position(self.volunteers[vid])
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, incident_id, alert_id = heapq.heappop(self._timers)
+            incident = self.incidents.get(incident_id)
+            if incident is None:
+                continue
+            if kind == _EXPIRE:
+                self._on_alert_expired(incident, alert_id, now, effects)
+            elif kind == _WAVE:
+                self._on_wave_timeout(incident, now, effects)
+            elif kind == _CLEAR:
+                self._on_clear(incident, effects)
+        return effects
+
+    # ------------------------------------------------------------------ reports
+
+    def new_incident_id(self, now: float) -> str:
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+        return f"i{day}-{self._rng.getrandbits(48):012x}"
+
+    def report(self, report: Report, now: float, incident_id: str | None = None) -> list[Effect]:
+        """A new incident, already admitted by the store (idempotency is the shell's job)."""
+        defaults = self.kinds[report.kind]
+        incident = Incident(
+            id=incident_id or report.id or self.new_incident_id(now),
+            kind=report.kind,
+            priority=report.priority if report.priority is not None else defaults.priority,
+            lat=report.lat,
+            lon=report.lon,
+            responders_needed=report.responders or 1,
+            skills=report.skills if report.skills is not None else defaults.skills,
+            reported_at=report.reported_at if report.reported_at is not None else now,
+            received_at=now,
+            cell_id=self.area.cell_at(report.lat, report.lon).id,
+            address=report.address,
+            description=report.description,
+            fingerprint=report.fingerprint,
+        )
+        self.incidents[incident.id] = incident
+        effects: list[Effect] = []
+        self._event(incident, "reported", now, effects, kind=incident.kind.value)
+        self._send_wave(incident, now, effects)
+        self._changed(incident, effects)
+        return effects
+
+    def _send_wave(self, incident: Incident, now: float, effects: list[Effect]) -> list[Candidate]:
+        """Alert the next wave; escalate when nobody can be found or nobody can be in time."""
+        incident.wave += 1
+        count = wave_size(self.policy, incident.still_needed)
+        chosen = self._alert_best(incident, count, now, effects)
+        incident.next_wave_at = now + self.policy.reply_wait_s
+        self._at(incident.next_wave_at, _WAVE, incident.id)
+        if chosen:
+            self._move(incident, State.ALERTING, now, effects, only_from=(State.OPEN,))
+            if chosen[0].eta_s > self.policy.target_s and not incident.responders:
+                # A late responder is better than none, but a person must know now.
+                self._escalate(
+                    incident,
+                    f"the fastest volunteer needs about {chosen[0].eta_s:.0f} s, "
+                    f"more than the {self.policy.target_s:.0f} s target",
+                    now,
+                    effects,
+                )
+        elif not incident.open_alerts() and not incident.responders:
+            skills = ", ".join(incident.skills) or "no particular skills"
+            self._escalate(
+                incident,
+                f"no available volunteer with {skills} within {self.policy.max_radius_m:.0f} m",
+                now,
+                effects,
+            )
+        return chosen
+
+    def _alert_best(
+        self, incident: Incident, count: int, now: float, effects: list[Effect]
+    ) -> list[Candidate]:
+        already = {a.volunteer_id for a in incident.alerts.values()}
+        chosen = fastest(
+            self.index,
+            self.travel,
+            self._mode_of,
+            incident.lat,
+            incident.lon,
+            count,
+            skills=incident.skills,
+            radius_m=self.policy.max_radius_m,
+            exclude=already,
+        )
+        for candidate in chosen:
+            self._alert(incident, candidate, now, effects)
+        return chosen
+
+    def _mode_of(self, volunteer_id: str) -> str:
+        return self.volunteers[volunteer_id].mode.value
+
+    def _alert(self, incident: Incident, c: Candidate, now: float, effects: list[Effect]) -> None:
+        alert = Alert(
+            alert_id=f"a{self._rng.getrandbits(64):016x}",
+            incident_id=incident.id,
+            volunteer_id=c.volunteer_id,
+            wave=incident.wave,
+            sent_at=now,
+            expires_at=now + self.policy.alert_expiry_s,
+            distance_m=c.distance_m,
+            eta_s=c.eta_s,
+        )
+        incident.alerts[alert.alert_id] = alert
+        self.alerts[alert.alert_id] = alert
+        volunteer = self.volunteers[c.volunteer_id]
+        volunteer.alert_id = alert.alert_id
+        self.index.remove(c.volunteer_id)
+        if incident.first_alert_at is None:
+            incident.first_alert_at = now
+        self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)
+        payload = {
+            "alert_id": alert.alert_id,
+            "incident_id": incident.id,
+            "kind": incident.kind.value,
+            "priority": incident.priority,
+            "lat": incident.lat,
+            "lon": incident.lon,
+            "address": incident.address,
+            "distance_m": round(c.distance_m, 1),
+            "eta_s": round(c.eta_s, 1),
+            "expires_at": format_time(alert.expires_at),
+            # extensions
+            "description": incident.description,
+            "wave": alert.wave,
+            "skills": list(incident.skills),
+        }
+        effects.append(
+            Publish(
+                self.codec.topic("volunteers", c.volunteer_id, "alert"),
+                dumps(payload),
+                qos=1,
+                expiry_s=max(1, round(self.policy.alert_expiry_s)),
+            )
+        )
+        self._event(
+            incident,
+            "alerted",
+            now,
+            effects,
+            volunteer_id=c.volunteer_id,
+            alert_id=alert.alert_id,
+            wave=alert.wave,
+            eta_s=round(c.eta_s, 1),
+            distance_m=round(c.distance_m, 1),
+        )
+
+    def _on_wave_timeout(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        if incident.ended or incident.next_wave_at is None or incident.next_wave_at > now:
+            return  # moot: filled, ended, or a later wave was scheduled since
+        incident.next_wave_at = None
+        if incident.still_needed == 0:
+            return
+        if incident.wave >= self.policy.max_waves:
+            if not incident.responders:
+                self._escalate(
+                    incident, f"nobody accepted after {incident.wave} waves", now, effects
+                )
+            self._changed(incident, effects)
+            return
+        self._send_wave(incident, now, effects)
+        self._changed(incident, effects)
+
+    def _on_alert_expired(
+        self, incident: Incident, alert_id: str, now: float, effects: list[Effect]
+    ) -> None:
+        alert = incident.alerts.get(alert_id)
+        if alert is None or alert.status is not AlertStatus.PENDING:
+            return
+        alert.status = AlertStatus.EXPIRED
+        self._stand_down(alert, "alert expired", now, effects)
+        self._event(
+            incident, "expired", now, effects, volunteer_id=alert.volunteer_id, alert_id=alert_id
+        )
+        if self.policy.strategy is Strategy.NAIVE and incident.still_needed and not incident.ended:
+            self._replace(incident, now, effects)
+        self._changed(incident, effects)
+
+    def _on_clear(self, incident: Incident, effects: list[Effect]) -> None:
+        """An ended incident's retention is over: clear its retained state and forget it."""
+        if not incident.ended:
+            return
+        effects.append(Publish(self._state_topic(incident.id), b"", qos=1, retain=True))
+        del self.incidents[incident.id]
+        for alert_id in incident.alerts:
+            self.alerts.pop(alert_id, None)
+
+    # ------------------------------------------------------------------ volunteers
+
+    def status(self, msg: StatusUpdate, now: float) -> list[Effect]:
+        volunteer = self.volunteers.get(msg.volunteer_id)
+        has_position = msg.lat is not None and msg.lon is not None
+        if (
+            msg.status is Duty.AVAILABLE
+            and not has_position
+            and (volunteer is None or volunteer.lat is None)
+        ):
+            return [
+                Reject(
+                    BadMessage(
+                        self.codec.topic("volunteers", msg.volunteer_id, "status"),
+                        "the first 'available' status must carry 'lat' and 'lon' "
+                        "(or send a location first)",
+                        "missing_field",
+                    )
+                )
+            ]
+        if volunteer is None:
+            volunteer = self.volunteers[msg.volunteer_id] = Volunteer(msg.volunteer_id)
+        effects: list[Effect] = []
+        volunteer.duty = msg.status
+        if msg.skills is not None:
+            volunteer.skills = frozenset(msg.skills)
+        if msg.mode is not None:
+            volunteer.mode = msg.mode
+        effects.append(
+            SaveVolunteer(
+                volunteer.id,
+                volunteer.duty.value,
+                tuple(sorted(volunteer.skills)),
+                volunteer.mode.value,
+            )
+        )
+        if msg.status is Duty.OFF_DUTY:
+            if volunteer.lat is not None:
+                effects.append(ForgetPosition(volunteer.id))
+            self._forget_position(volunteer)
+            return effects
+        if msg.lat is not None and msg.lon is not None:
+            self._set_position(volunteer, msg.lat, msg.lon, now, effects)
+        self._refresh_availability(volunteer)
+        return effects
+
+    def location(self, msg: LocationUpdate, now: float) -> list[Effect]:
+        volunteer = self.volunteers.get(msg.volunteer_id)
+        if volunteer is None:  # kept, but makes nobody available
+            volunteer = self.volunteers[msg.volunteer_id] = Volunteer(msg.volunteer_id)
+        effects: list[Effect] = []
+        if volunteer.duty is Duty.OFF_DUTY:
+            return effects  # positions are not kept off duty
+        self._set_position(volunteer, msg.lat, msg.lon, now, effects)
+        if volunteer.engaged is not None:
+            incident = self.incidents.get(volunteer.engaged)
+            if (
+                incident is not None
+                and not incident.ended
+                and haversine_m(msg.lat, msg.lon, incident.lat, incident.lon)
+                <= self.policy.arrival_radius_m
+            ):
+                self._arrive(incident, volunteer.id, now, effects, how="geofence")
+        else:
+            self._refresh_availability(volunteer)
+        return effects
+
+    def _set_position(
+        self, volunteer: Volunteer, lat: float, lon: float, now: float, effects: list[Effect]
+    ) -> None:
+        volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, now
+        self._positions[volunteer.id] = now
+        self._positions.move_to_end(volunteer.id)
+        effects.append(SavePosition(volunteer.id, lat, lon, now))
+
+    def _forget_position(self, volunteer: Volunteer) -> None:
+        volunteer.lat = volunteer.lon = volunteer.seen_at = None
+        self._positions.pop(volunteer.id, None)
+        self.index.remove(volunteer.id)
+
+    def _refresh_availability(self, volunteer: Volunteer) -> None:
+        if (
+            volunteer.duty is Duty.AVAILABLE
+            and volunteer.lat is not None
+            and volunteer.lon is not None
+            and volunteer.engaged is None
+            and volunteer.alert_id is None
+        ):
+            self.index.put(volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills)
+        else:
+            self.index.remove(volunteer.id)
+
+    def _free(self, volunteer_id: str, alert_id: str | None = None) -> None:
+        """The volunteer no longer owes an answer (to ``alert_id``) nor a commitment."""
+        volunteer = self.volunteers.get(volunteer_id)
+        if volunteer is None:
+            return
+        if alert_id is None or volunteer.alert_id == alert_id:
+            volunteer.alert_id = None
+        self._refresh_availability(volunteer)
+
+    # ------------------------------------------------------------------ replies
+
+    def reply(self, msg: Reply, now: float) -> list[Effect]:
+        topic = self.codec.topic("volunteers", msg.volunteer_id, "reply")
+        alert = self.alerts.get(msg.alert_id)
+        if alert is None:
+            return [
+                Reject(
+                    BadMessage(
+                        topic, f"unknown alert_id '{msg.alert_id}'", "unknown_alert", msg.alert_id
+                    )
+                )
+            ]
+        if alert.volunteer_id != msg.volunteer_id:
+            return [
+                Reject(
+                    BadMessage(
+                        topic,
+                        f"alert '{msg.alert_id}' was not sent to volunteer '{msg.volunteer_id}'",
+                        "not_alerted",
+                        msg.alert_id,
+                    )
+                )
+            ]
+        incident = self.incidents[alert.incident_id]
+        effects: list[Effect] = []
+        if msg.answer == "decline":
+            if alert.status is AlertStatus.PENDING:
+                alert.status, alert.answered_at = AlertStatus.DECLINED, now
+                self._free(alert.volunteer_id, alert.alert_id)
+                self._event(
+                    incident,
+                    "declined",
+                    now,
+                    effects,
+                    volunteer_id=alert.volunteer_id,
+                    alert_id=alert.alert_id,
+                )
+                if incident.still_needed and not incident.ended:
+                    self._replace(incident, now, effects)
+                self._changed(incident, effects)
+            return effects
+        return self._accept(incident, alert, now)
+
+    def _accept(self, incident: Incident, alert: Alert, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        status = alert.status
+        if status is AlertStatus.ACCEPTED:
+            effects.append(self._assignment(alert, "go", "confirmed"))  # a retry: confirm again
+            return effects
+        if status is AlertStatus.ACCEPTING:
+            return effects  # the claim is on its way
+        if incident.ended:
+            reason = f"incident {incident.state.value}"
+        elif status is AlertStatus.EXPIRED or now >= alert.expires_at:
+            reason = "alert expired"
+        elif status is AlertStatus.DECLINED:
+            reason = "you declined this alert"
+        elif status is AlertStatus.STOOD_DOWN or incident.still_needed == 0:
+            reason = "filled by others"
+        elif self.volunteers[alert.volunteer_id].engaged not in (None, incident.id):
+            reason = "already committed to another incident"
+        else:
+            alert.status, alert.answered_at = AlertStatus.ACCEPTING, now
+            effects.append(Claim(alert.volunteer_id, incident.id))
+            return effects
+        # Too late: the answer to an accept is always a go or a stand-down.
+        if alert.status is AlertStatus.PENDING:
+            alert.status = AlertStatus.STOOD_DOWN
+            self._free(alert.volunteer_id, alert.alert_id)
+        effects.append(self._assignment(alert, "stand_down", reason))
+        self._event(
+            incident,
+            "late_accept",
+            now,
+            effects,
+            volunteer_id=alert.volunteer_id,
+            alert_id=alert.alert_id,
+            reason=reason,
+        )
+        return effects
+
+    def claim_result(
+        self, volunteer_id: str, incident_id: str, ok: bool, now: float
+    ) -> list[Effect]:
+        """The store's answer to a Claim effect."""
+        incident = self.incidents.get(incident_id)
+        effects: list[Effect] = []
+        alert = None
+        if incident is not None:
+            alert = next(
+                (
+                    a
+                    for a in incident.alerts.values()
+                    if a.volunteer_id == volunteer_id and a.status is AlertStatus.ACCEPTING
+                ),
+                None,
+            )
+        if incident is None or alert is None:
+            if ok:  # nothing waits for this claim any more
+                effects.append(Release(volunteer_id, incident_id))
+            return effects
+        volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
+        if not ok or incident.ended or incident.still_needed == 0:
+            reason = (
+                "already committed to another incident"
+                if not ok
+                else (
+                    "filled by others" if not incident.ended else f"incident {incident.state.value}"
+                )
+            )
+            if ok:
+                effects.append(Release(volunteer_id, incident_id))
+            alert.status = AlertStatus.STOOD_DOWN
+            volunteer.alert_id = None
+            if not ok:
+                # Committed elsewhere (another engine instance): out of our index until
+                # they tell us otherwise.
+                self.index.remove(volunteer_id)
+            else:
+                self._refresh_availability(volunteer)
+            effects.append(self._assignment(alert, "stand_down", reason))
+            self._event(
+                incident,
+                "stood_down",
+                now,
+                effects,
+                volunteer_id=volunteer_id,
+                alert_id=alert.alert_id,
+                reason=reason,
+            )
+            if incident.still_needed and not incident.ended:
+                self._replace(incident, now, effects)
+            self._changed(incident, effects)
+            return effects
+        alert.status = AlertStatus.ACCEPTED
+        volunteer.engaged = incident.id
+        volunteer.alert_id = None
+        self.index.remove(volunteer_id)
+        incident.responders.append(Responder(volunteer_id, alert.eta_s, now, alert.alert_id))
+        if incident.first_accept_at is None:
+            incident.first_accept_at = now
+        if incident.state is not State.ON_SCENE:
+            self._move(incident, State.ASSIGNED, now, effects)
+        reason = "assigned by operator" if alert.assigned_by else "confirmed"
+        effects.append(self._assignment(alert, "go", reason))
+        self._event(
+            incident,
+            "assigned",
+            now,
+            effects,
+            volunteer_id=volunteer_id,
+            alert_id=alert.alert_id,
+            eta_s=round(alert.eta_s, 1),
+            by=alert.assigned_by,
+        )
+        if incident.still_needed == 0:
+            incident.next_wave_at = None
+            for other in incident.open_alerts():
+                if other.status is AlertStatus.PENDING:
+                    other.status = AlertStatus.STOOD_DOWN
+                    self._stand_down(other, "filled by others", now, effects)
+        self._changed(incident, effects)
+        return effects
+
+    def _replace(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Alert one more in place of a volunteer who dropped out; escalate if nobody is left."""
+        if self.policy.strategy is Strategy.NAIVE and incident.open_alerts():
+            return
+        chosen = self._alert_best(incident, 1, now, effects)
+        if not chosen and not incident.open_alerts() and not incident.responders:
+            reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
+            self._escalate(incident, reason, now, effects)
+
+    # ------------------------------------------------------------------ arrival
+
+    def arrived(self, msg: Arrived, now: float) -> list[Effect]:
+        incident = self.incidents.get(msg.incident_id)
+        topic = self.codec.topic("volunteers", msg.volunteer_id, "arrived")
+        if incident is None:
+            return [
+                Reject(
+                    BadMessage(
+                        topic,
+                        f"unknown incident_id '{msg.incident_id}'",
+                        "unknown_incident",
+                        msg.incident_id,
+                    )
+                )
+            ]
+        if not any(r.volunteer_id == msg.volunteer_id for r in incident.responders):
+            return [
+                Reject(
+                    BadMessage(
+                        topic,
+                        f"volunteer '{msg.volunteer_id}' is not assigned to "
+                        f"incident '{msg.incident_id}'",
+                        "not_alerted",
+                        msg.incident_id,
+                    )
+                )
+            ]
+        effects: list[Effect] = []
+        if not incident.ended:
+            self._arrive(incident, msg.volunteer_id, now, effects, how="button")
+        return effects
+
+    def _arrive(
+        self, incident: Incident, volunteer_id: str, now: float, effects: list[Effect], how: str
+    ) -> None:
+        responder = next(r for r in incident.responders if r.volunteer_id == volunteer_id)
+        if responder.arrived_at is not None:
+            return
+        responder.arrived_at = now
+        first = incident.first_arrival_at is None
+        if first:
+            incident.first_arrival_at = now
+            self._move(incident, State.ON_SCENE, now, effects)
+        tta = incident.time_to_arrival_s()
+        self._event(
+            incident,
+            "arrived",
+            now,
+            effects,
+            volunteer_id=volunteer_id,
+            how=how,
+            first=first,
+            time_to_arrival_s=round(now - incident.reported_at, 3),
+            within_target=None if tta is None else tta <= self.policy.target_s,
+        )
+        self._changed(incident, effects)
+
+    # ------------------------------------------------------------------ operators
+
+    def _get(self, incident_id: str) -> Incident:
+        incident = self.incidents.get(incident_id)
+        if incident is None:
+            raise UnknownIncident(incident_id)
+        return incident
+
+    def cancel(self, incident_id: str, now: float, by: str = "operator") -> list[Effect]:
+        return self._end(self._get(incident_id), State.CANCELLED, now, by)
+
+    def resolve(self, incident_id: str, now: float, by: str = "operator") -> list[Effect]:
+        return self._end(self._get(incident_id), State.RESOLVED, now, by)
+
+    def escalate(
+        self, incident_id: str, now: float, by: str = "operator", reason: str = ""
+    ) -> list[Effect]:
+        incident = self._get(incident_id)
+        advance(incident.id, incident.state, State.ESCALATED)
+        effects: list[Effect] = []
+        self._escalate(incident, reason or f"escalated by {by}", now, effects, by=by)
+        self._changed(incident, effects)
+        return effects
+
+    def assign(
+        self, incident_id: str, volunteer_id: str, now: float, by: str = "operator"
+    ) -> list[Effect]:
+        """Commit a volunteer by hand (the operator reached them another way)."""
+        incident = self._get(incident_id)
+        if incident.ended:
+            raise InvalidTransition(incident.id, incident.state, State.ASSIGNED)
+        volunteer = self.volunteers.get(volunteer_id)
+        if volunteer is None:
+            raise UnknownVolunteer(volunteer_id)
+        if volunteer.engaged is not None:
+            raise InvalidTransition(incident.id, incident.state, State.ASSIGNED)
+        effects: list[Effect] = []
+        if any(r.volunteer_id == volunteer_id for r in incident.responders):
+            return effects
+        if volunteer.alert_id is not None:
+            other = self.alerts.get(volunteer.alert_id)
+            if other is not None and other.incident_id == incident.id:
+                if other.status is AlertStatus.PENDING:  # as good as an accept
+                    other.status, other.answered_at, other.assigned_by = (
+                        AlertStatus.ACCEPTING,
+                        now,
+                        by,
+                    )
+                    effects.append(Claim(volunteer_id, incident.id))
+                return effects
+            if other is not None and other.status is AlertStatus.PENDING:  # the other call is off
+                other.status = AlertStatus.STOOD_DOWN
+                self._stand_down(other, "assigned elsewhere by the control room", now, effects)
+                self._changed(self.incidents[other.incident_id], effects)
+        distance = (
+            haversine_m(volunteer.lat, volunteer.lon, incident.lat, incident.lon)
+            if volunteer.lat is not None and volunteer.lon is not None
+            else 0.0
+        )
+        alert = Alert(
+            alert_id=f"a{self._rng.getrandbits(64):016x}",
+            incident_id=incident.id,
+            volunteer_id=volunteer_id,
+            wave=0,
+            sent_at=now,
+            expires_at=now + self.policy.alert_expiry_s,
+            distance_m=distance,
+            eta_s=self.travel.eta_s(distance, volunteer.mode.value),
+            status=AlertStatus.ACCEPTING,
+            answered_at=now,
+            assigned_by=by,
+        )
+        incident.alerts[alert.alert_id] = alert
+        self.alerts[alert.alert_id] = alert
+        volunteer.alert_id = alert.alert_id
+        self.index.remove(volunteer_id)
+        effects.append(Claim(volunteer_id, incident.id))
+        return effects
+
+    def _end(self, incident: Incident, state: State, now: float, by: str) -> list[Effect]:
+        advance(incident.id, incident.state, state)
+        effects: list[Effect] = []
+        if incident.ended:
+            return effects
+        self._move(incident, state, now, effects)
+        incident.ended_at, incident.end_reason = now, f"{state.value} by {by}"
+        incident.next_wave_at = None
+        reason = f"incident {state.value}"
+        for alert in incident.open_alerts():
+            alert.status = AlertStatus.STOOD_DOWN
+            self._stand_down(alert, reason, now, effects)
+        for responder in incident.responders:
+            volunteer = self.volunteers.get(responder.volunteer_id)
+            if volunteer is not None and volunteer.engaged == incident.id:
+                volunteer.engaged = None
+                self._refresh_availability(volunteer)
+            effects.append(Release(responder.volunteer_id, incident.id))
+            alert = incident.alerts[responder.alert_id]
+            effects.append(self._assignment(alert, "stand_down", reason))
+        self._event(incident, state.value, now, effects, by=by)
+        self._at(now + self.state_retention_s, _CLEAR, incident.id)
+        self._changed(incident, effects)
+        return effects
+
+    # ------------------------------------------------------------------ restore
+
+    def restore_volunteer(
+        self,
+        volunteer_id: str,
+        *,
+        duty: str | None,
+        skills: Iterable[str],
+        mode: str,
+        position: tuple[float, float, float] | None,
+    ) -> None:
+        """Rebuild one volunteer from the store after a restart (position: lat, lon, at)."""
+        volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
+        volunteer.duty = Duty(duty) if duty else None
+        volunteer.skills = frozenset(skills)
+        volunteer.mode = Mode(mode)
+        if position is not None and volunteer.duty is not Duty.OFF_DUTY:
+            lat, lon, at = position
+            volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, at
+            self._positions[volunteer_id] = at
+        self._refresh_availability(volunteer)
+
+    def restore_incident(self, record: Mapping[str, Any]) -> list[Effect]:
+        """Rebuild one incident and its timers after a restart. Call after the volunteers.
+
+        Returns the claims that were in flight when the engine stopped (they are
+        idempotent, so asking again is safe).
+        """
+        incident = Incident.from_record(record)
+        self.incidents[incident.id] = incident
+        effects: list[Effect] = []
+        for alert in incident.alerts.values():
+            self.alerts[alert.alert_id] = alert
+            if alert.status in _OPEN_ALERT:
+                volunteer = self.volunteers.setdefault(
+                    alert.volunteer_id, Volunteer(alert.volunteer_id)
+                )
+                volunteer.alert_id = alert.alert_id
+                self._refresh_availability(volunteer)
+                if alert.status is AlertStatus.PENDING:
+                    self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)
+                else:
+                    effects.append(Claim(alert.volunteer_id, incident.id))
+        if incident.ended:
+            self._at(
+                (incident.ended_at or incident.received_at) + self.state_retention_s,
+                _CLEAR,
+                incident.id,
+            )
+            return effects
+        for responder in incident.responders:
+            volunteer = self.volunteers.setdefault(
+                responder.volunteer_id, Volunteer(responder.volunteer_id)
+            )
+            volunteer.engaged = incident.id
+            self._refresh_availability(volunteer)
+        if incident.next_wave_at is not None:
+            self._at(incident.next_wave_at, _WAVE, incident.id)
+        return effects
+
+    # ------------------------------------------------------------------ helpers
+
+    def _state_topic(self, incident_id: str) -> str:
+        return self.codec.topic("incidents", incident_id, "state")
+
+    def _assignment(self, alert: Alert, action: str, reason: str) -> Publish:
+        payload = {
+            "incident_id": alert.incident_id,
+            "action": action,
+            "reason": reason,
+            "alert_id": alert.alert_id,
+        }
+        return Publish(
+            self.codec.topic("volunteers", alert.volunteer_id, "assignment"),
+            dumps(payload),
+            qos=1,
+            expiry_s=max(1, round(self.policy.alert_expiry_s)),
+        )
+
+    def _stand_down(self, alert: Alert, reason: str, now: float, effects: list[Effect]) -> None:
+        self._free(alert.volunteer_id, alert.alert_id)
+        effects.append(self._assignment(alert, "stand_down", reason))
+
+    def _move(
+        self,
+        incident: Incident,
+        state: State,
+        now: float,
+        effects: list[Effect],
+        only_from: tuple[State, ...] | None = None,
+    ) -> None:
+        if incident.state == state or (only_from is not None and incident.state not in only_from):
+            return
+        previous = incident.state
+        incident.state = advance(incident.id, incident.state, state)
+        self._event(incident, "state", now, effects, **{"from": previous.value, "to": state.value})
+
+    def _escalate(
+        self, incident: Incident, reason: str, now: float, effects: list[Effect], by: str = "engine"
+    ) -> None:
+        if incident.state is State.ESCALATED:
+            return
+        incident.escalated_at = now
+        incident.escalation_reason = reason
+        self._move(incident, State.ESCALATED, now, effects)
+        self._event(incident, "escalated", now, effects, reason=reason, by=by)
+
+    def _event(
+        self, incident: Incident, event_type: str, now: float, effects: list[Effect], **data: Any
+    ) -> None:
+        effects.append(LogEvent(incident.id, event_type, now, data))
+
+    def _changed(self, incident: Incident, effects: list[Effect]) -> None:
+        """Store, then announce: the retained state goes out only after SaveIncident."""
+        incident.version += 1
+        effects.append(
+            SaveIncident(
+                incident.id,
+                incident.to_record(),
+                open=not incident.ended,
+                reported_at=incident.reported_at,
+                ended_at=incident.ended_at,
+            )
+        )
+        effects.append(
+            Publish(
+                self._state_topic(incident.id),
+                dumps(self.public_state(incident)),
+                qos=1,
+                retain=True,
+            )
+        )

@@ -1,0 +1,83 @@
+"""Prometheus metrics: every name in one place, prefixed ``dispatch_``, in base units.
+
+A ``Metrics`` object owns its own registry (no global state), so two engines in one
+process (tests) never mix their figures. Most figures follow from the event log: the
+service feeds each LogEvent to ``observe_event``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+# Buckets with an edge exactly at each target: 1 s for dispatch, 180 s for arrival.
+_DISPATCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ARRIVAL_BUCKETS = (30, 60, 90, 120, 150, 180, 240, 300, 420, 600, 900)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.incidents = Counter(
+            "dispatch_incidents_total",
+            "Incident reports by kind and outcome (created, duplicate, conflict)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "dispatch_rejected_messages_total",
+            "Messages the engine could not accept, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "dispatch_messages_received_total", "Messages received, by type", ["type"], registry=r
+        )
+        self.alerts = Counter(
+            "dispatch_alerts_sent_total", "Alerts sent to volunteers, by wave", ["wave"], registry=r
+        )
+        self.escalations = Counter(
+            "dispatch_escalations_total", "Incidents escalated to the control room", registry=r
+        )
+        self.incident_endings = Counter(
+            "dispatch_incidents_ended_total", "Incidents ended, by how", ["how"], registry=r
+        )
+        self.decision_latency = Histogram(
+            "dispatch_decision_latency_seconds",
+            "From a report's receipt to its first alert published",
+            buckets=_DISPATCH_BUCKETS,
+            registry=r,
+        )
+        self.time_to_arrival = Histogram(
+            "dispatch_time_to_arrival_seconds",
+            "From reported_at to the first responder on scene",
+            buckets=_ARRIVAL_BUCKETS,
+            registry=r,
+        )
+        self.open_incidents = Gauge(
+            "dispatch_open_incidents", "Incidents not yet resolved or cancelled", registry=r
+        )
+        self.available_volunteers = Gauge(
+            "dispatch_available_volunteers", "Volunteers who could be alerted now", registry=r
+        )
+        self.backend_errors = Counter(
+            "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
+        )
+
+    def observe_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        if kind == "alerted":
+            self.alerts.labels(wave=str(data.get("wave", 0))).inc()
+        elif kind == "escalated":
+            self.escalations.inc()
+        elif kind == "arrived" and data.get("first"):
+            self.time_to_arrival.observe(float(data["time_to_arrival_s"]))
+        elif kind in ("resolved", "cancelled"):
+            self.incident_endings.labels(how=kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

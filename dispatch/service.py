@@ -1,0 +1,437 @@
+"""The service: the asyncio shell around the dispatcher.
+
+It decodes what arrives (MQTT, HTTP), feeds the core one event at a time, and carries
+out the effects the core returns: first everything to be stored (one Redis pipeline),
+then everything to be published. Nothing is announced before it is stored, so the
+retained state message is a reporter's proof that its incident is safe.
+
+Every event is handled under one lock, in arrival order, so effects go out in the
+order the core decided them. The core itself never waits; the lock is held only across
+the few Redis and broker round trips an event needs. Positions are the exception: they
+are coalesced per volunteer and written in one pipeline every 100 ms, off the path.
+
+While Redis is down the service retries the write it was doing (with capped back-off)
+instead of moving on: the core must never get ahead of what is stored. It reports
+itself not ready meanwhile, and messages wait in the MQTT client's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dispatch.bus import Bus
+from dispatch.codec import Codec, dumps
+from dispatch.config import Config
+from dispatch.dispatcher import Dispatcher, Incident
+from dispatch.effects import Claim, Effect, ForgetPosition, LogEvent, Publish, Reject, SavePosition
+from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.metrics import Metrics
+from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
+from dispatch.store import Store
+from geo.area import ServiceArea
+
+__all__ = ["ReportOutcome", "Service"]
+
+log = logging.getLogger(__name__)
+
+_POSITION_FLUSH_S = 0.1
+_TIMER_RESOLUTION_S = 0.1
+
+
+class ReportOutcome:
+    """What became of a report: its incident's public state, and whether it was new."""
+
+    __slots__ = ("created", "state")
+
+    def __init__(self, state: dict[str, Any], created: bool) -> None:
+        self.state = state
+        self.created = created
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        area: ServiceArea | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.area = area or ServiceArea.from_geojson(
+            config.area_geojson, cell_size_m=config.cell_size_m, name=config.area_name
+        )
+        self.codec = Codec(
+            root=config.topic_root,
+            max_payload_bytes=config.max_payload_bytes,
+            in_area=self.area.contains,
+            area_name=self.area.name,
+            future_tolerance_s=config.future_tolerance_s,
+        )
+        self.metrics = Metrics()
+        self.core = self._new_core()
+        self.store = Store.from_url(
+            config.redis_url,
+            prefix=f"{config.topic_root}:",
+            location_ttl_s=config.location_ttl_s,
+            idempotency_ttl_s=config.idempotency_ttl_s,
+            event_log_max=config.event_log_max,
+        )
+        instance = config.instance or f"{random.getrandbits(32):08x}"
+        self.bus = Bus(
+            config.mqtt_url,
+            client_id=f"dispatch-engine-{config.topic_root}-{instance}"[:64],
+            subscriptions=self.codec.subscriptions(),
+            protocol=config.mqtt_protocol,
+            on_connect=self._republish_states,
+        )
+        self._lock = asyncio.Lock()
+        self._positions: dict[str, SavePosition | ForgetPosition] = {}
+        self.restored = asyncio.Event()
+        self.redis_ok = False
+
+    def _new_core(self) -> Dispatcher:
+        c = self.config
+        return Dispatcher(
+            area=self.area,
+            codec=self.codec,
+            policy=c.policy,
+            travel=c.travel,
+            kinds=c.kinds,
+            location_ttl_s=c.location_ttl_s,
+            state_retention_s=c.state_retention_s,
+            rng=random.Random(),
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the broker and to Redis, subscribed, and state restored."""
+        return self.restored.is_set() and self.bus.ready.is_set() and self.redis_ok
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then stop cleanly."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._watch_redis(), name="redis-health")]
+            restore = tg.create_task(self._restore(), name="restore")
+            stopping = tg.create_task(stop.wait(), name="stop")
+            await asyncio.wait([restore, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if restore.done():
+                tasks += [
+                    tg.create_task(self.bus.run(self.on_message), name="mqtt"),
+                    tg.create_task(self._timers(), name="timers"),
+                    tg.create_task(self._flush_positions_forever(), name="positions"),
+                ]
+            await stopping
+            restore.cancel()
+            for task in tasks:
+                task.cancel()
+        with contextlib.suppress(BackendUnavailable):
+            await self._flush_positions()
+        await self.store.close()
+        log.info("stopped")
+
+    async def _watch_redis(self) -> None:
+        while True:
+            ok = await self.store.ping()
+            if ok != self.redis_ok:
+                log.log(
+                    logging.INFO if ok else logging.WARNING,
+                    "Redis %s",
+                    "up" if ok else "unreachable",
+                )
+                if not ok:
+                    self.metrics.backend_errors.labels(backend="redis").inc()
+            self.redis_ok = ok
+            await asyncio.sleep(1.0 if ok else 0.5)
+
+    async def _restore(self) -> None:
+        """Rebuild the core from Redis: volunteers first, then incidents and their timers."""
+        delay = 0.2
+        while True:
+            try:
+                volunteers = await self.store.volunteers()
+                open_ids = await self.store.open_incident_ids()
+                ended_ids = await self.store.ended_since(
+                    self.clock() - self.config.state_retention_s
+                )
+                records = await self.store.incidents(open_ids + ended_ids)
+                break
+            except (BackendUnavailable, OSError, ConnectionError) as exc:
+                log.warning("cannot read state from Redis yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:  # redis raises its own ConnectionError subclasses here
+                if "redis" not in type(exc).__module__:
+                    raise
+                log.warning("cannot read state from Redis yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        effects: list[Effect] = []
+        for v in volunteers:
+            self.core.restore_volunteer(
+                v.volunteer_id, duty=v.duty, skills=v.skills, mode=v.mode, position=v.position
+            )
+        for record in records:
+            effects += self.core.restore_incident(record)
+        async with self._lock:
+            await self._execute(effects)
+        self._update_gauges()
+        log.info(
+            "restored %d volunteers (%d available) and %d incidents (%d open)",
+            len(volunteers),
+            self.core.available,
+            len(records),
+            len(open_ids),
+        )
+        self.restored.set()
+
+    async def _republish_states(self) -> None:
+        """After every (re)connect: the broker may have lost its retained messages."""
+        for incident in list(self.core.incidents.values()):
+            if not incident.ended:
+                await self.bus.publish(self._state_message(incident))
+
+    def _state_message(self, incident: Incident) -> Publish:
+        return Publish(
+            self.codec.topic("incidents", incident.id, "state"),
+            dumps(self.core.public_state(incident)),
+            qos=1,
+            retain=True,
+        )
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            now = self.clock()
+            if deadline is not None and deadline <= now:
+                async with self._lock:
+                    await self._execute(self.core.tick(self.clock()))
+                self._update_gauges()
+                continue
+            wait = (
+                _TIMER_RESOLUTION_S
+                if deadline is None
+                else min(deadline - now, _TIMER_RESOLUTION_S)
+            )
+            await asyncio.sleep(max(wait, 0.001))
+
+    async def _flush_positions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_POSITION_FLUSH_S)
+            try:
+                await self._flush_positions()
+            except BackendUnavailable as exc:
+                log.warning("positions not stored (%s); retrying", exc)
+
+    async def _flush_positions(self) -> None:
+        if not self._positions:
+            return
+        batch, self._positions = self._positions, {}
+        try:
+            await self.store.apply(batch.values())
+        except BackendUnavailable:
+            # Keep what is newer: positions that came in meanwhile win.
+            self._positions = {**batch, **self._positions}
+            raise
+
+    # ------------------------------------------------------------------ inbound
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """One MQTT message, start to finish. Never raises for bad input."""
+        now = self.clock()
+        try:
+            msg = self.codec.decode(topic, payload, now)
+        except BadMessage as err:
+            await self._reject(err, now)
+            return
+        self.metrics.messages.labels(type=type(msg).__name__).inc()
+        if isinstance(msg, Report):
+            await self.report(msg, now)
+            return
+        async with self._lock:
+            if isinstance(msg, LocationUpdate):
+                effects = self.core.location(msg, now)
+            elif isinstance(msg, StatusUpdate):
+                effects = self.core.status(msg, now)
+            elif isinstance(msg, Reply):
+                effects = self.core.reply(msg, now)
+            elif isinstance(msg, Arrived):
+                effects = self.core.arrived(msg, now)
+            else:  # pragma: no cover - the codec returns nothing else
+                raise TypeError(f"unexpected message {msg!r}")
+            await self._execute(effects, now)
+        if not isinstance(msg, LocationUpdate):
+            self._update_gauges()
+
+    async def report(self, report: Report, now: float) -> ReportOutcome | None:
+        """Admit, store, then announce an incident. None when it was rejected."""
+        async with self._lock:
+            if report.id is not None:
+                admission = await self._retrying(
+                    lambda: self.store.admit(report.id or "", report.fingerprint)
+                )
+                if admission == "conflict":
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
+                    await self._reject(
+                        BadMessage(
+                            self.codec.topic("incidents", "report"),
+                            f"incident id '{report.id}' was already reported with a different "
+                            "body; send a new id for a new incident, or the same body to get "
+                            "the receipt again",
+                            "conflict",
+                            report.id,
+                        ),
+                        now,
+                    )
+                    return None
+                if admission == "same":
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+                    return ReportOutcome(await self._receipt_again(report.id), created=False)
+            effects = self.core.report(report, now)
+            self.metrics.incidents.labels(kind=report.kind.value, outcome="created").inc()
+            await self._execute(effects, now, decision_started=now)
+            incident_id = next(e.incident_id for e in effects if isinstance(e, LogEvent))
+            incident = self.core.incidents[incident_id]
+            state = self.core.public_state(incident)
+        self._update_gauges()
+        return ReportOutcome(state, created=True)
+
+    async def _receipt_again(self, incident_id: str) -> dict[str, Any]:
+        incident = self.core.incidents.get(incident_id)
+        if incident is None:  # ended and forgotten: rebuild its public state from the record
+            record = await self._retrying(lambda: self.store.incident(incident_id))
+            assert record is not None, "admission said 'same' for an incident with no record"
+            incident = Incident.from_record(record)
+        message = self._state_message(incident)
+        await self._publish([message])
+        return self.core.public_state(incident)
+
+    # ------------------------------------------------------------------ operators
+
+    async def operator(
+        self, action: str, incident_id: str, by: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """cancel, resolve, escalate or assign; returns the incident's public state.
+
+        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
+        """
+        now = self.clock()
+        async with self._lock:
+            if action == "assign":
+                effects = self.core.assign(incident_id, kwargs["volunteer_id"], now, by=by)
+            elif action == "escalate":
+                effects = self.core.escalate(
+                    incident_id, now, by=by, reason=kwargs.get("reason", "")
+                )
+            elif action == "cancel":
+                effects = self.core.cancel(incident_id, now, by=by)
+            elif action == "resolve":
+                effects = self.core.resolve(incident_id, now, by=by)
+            else:
+                raise ValueError(f"unknown operator action {action!r}")
+            await self._execute(effects, now)
+            state = self.core.public_state(self.core.incidents[incident_id])
+        self._update_gauges()
+        return state
+
+    # ------------------------------------------------------------------ effects
+
+    async def _execute(
+        self, effects: list[Effect], now: float | None = None, decision_started: float | None = None
+    ) -> None:
+        """Store, then publish; feed claim answers back to the core. Call under the lock."""
+        while effects:
+            stored: list[Effect] = []
+            publishes: list[Publish] = []
+            claims: list[Claim] = []
+            for effect in effects:
+                if isinstance(effect, Publish):
+                    publishes.append(effect)
+                elif isinstance(effect, SavePosition | ForgetPosition):
+                    self._positions[effect.volunteer_id] = effect
+                elif isinstance(effect, Claim):
+                    claims.append(effect)
+                elif isinstance(effect, Reject):
+                    await self._reject(effect.error, now if now is not None else self.clock())
+                else:
+                    stored.append(effect)
+                    if isinstance(effect, LogEvent):
+                        self.metrics.observe_event(effect.type, effect.data)
+                        self._log_event(effect)
+            if stored:
+                await self._retrying(lambda batch=stored: self.store.apply(batch))  # type: ignore[misc]
+            if publishes:
+                await self._publish(publishes, decision_started)
+                decision_started = None
+            effects = []
+            for claim in claims:
+                ok = await self._retrying(
+                    lambda c=claim: self.store.claim(c.volunteer_id, c.incident_id)
+                )  # type: ignore[misc]
+                effects += self.core.claim_result(
+                    claim.volunteer_id, claim.incident_id, ok, self.clock()
+                )
+
+    async def _publish(
+        self, publishes: list[Publish], decision_started: float | None = None
+    ) -> None:
+        # Only the last retained state per incident matters within one batch.
+        last_retained = {p.topic: i for i, p in enumerate(publishes) if p.retain}
+        batch = [p for i, p in enumerate(publishes) if not p.retain or last_retained[p.topic] == i]
+        if decision_started is not None and any(p.topic.endswith("/alert") for p in batch):
+            self.metrics.decision_latency.observe(self.clock() - decision_started)
+        results = await asyncio.gather(
+            *(self.bus.publish(p) for p in batch), return_exceptions=True
+        )
+        for p, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                # The broker is away. Retained states are re-sent on reconnect; an alert
+                # that never left is covered by the next wave and the expiry timers.
+                self.metrics.backend_errors.labels(backend="mqtt").inc()
+                log.warning("publish to %s failed: %s", p.topic, result)
+
+    async def _retrying(self, operation: Callable[[], Any]) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except BackendUnavailable as exc:
+                self.redis_ok = False
+                self.metrics.backend_errors.labels(backend="redis").inc()
+                log.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _reject(self, err: BadMessage, now: float) -> None:
+        self.metrics.rejected.labels(reason=err.code).inc()
+        log.info("rejected message on %s: %s (%s)", err.topic, err.code, err.reason)
+        await self._publish(
+            [Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), qos=1)]
+        )
+
+    def _log_event(self, event: LogEvent) -> None:
+        # One line per state change, ids only: never coordinates.
+        data = event.data
+        log.info(
+            "incident=%s event=%s volunteer=%s %s",
+            event.incident_id,
+            event.type,
+            data.get("volunteer_id", "-"),
+            " ".join(f"{k}={v}" for k, v in _loggable(data.items())),
+        )
+
+    def _update_gauges(self) -> None:
+        self.metrics.open_incidents.set(sum(1 for i in self.core.incidents.values() if not i.ended))
+        self.metrics.available_volunteers.set(self.core.available)
+
+
+def _loggable(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
+    return ((k, v) for k, v in items if k not in ("volunteer_id", "lat", "lon"))

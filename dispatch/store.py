@@ -1,0 +1,337 @@
+"""The Redis store: the engine's source of truth, and the only module that speaks Redis.
+
+Keys, all under one prefix (default ``dispatch:``, the topic root):
+
+- ``inc:{id}``: the incident's whole record (JSON); kept ``history_ttl_s`` after it ends
+- ``incidents:open`` (zset by reported_at), ``incidents:ended`` (zset by ended_at),
+  ``incidents:all`` (zset by reported_at): what to reload, and the history
+- ``idem:{id}``: the fingerprint of a report sent with an id, for idempotency
+- ``vol:{vid}``: duty, skills and mode (a hash); ``pos:{vid}``: the last position only,
+  "lat,lon,at", with a time-to-live, so a volunteer who stops reporting is forgotten here
+  too (never a history)
+- ``claim:{vid}``: the incident a volunteer is committed to; only the Lua scripts below
+  change it, so two engine processes can never both commit one volunteer
+- ``events``: the append-only event log (a stream, capped), replayed by the control room
+
+Redis errors become ``BackendUnavailable`` here, at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dispatch.effects import (
+    Effect,
+    ForgetPosition,
+    LogEvent,
+    Release,
+    SaveIncident,
+    SavePosition,
+    SaveVolunteer,
+)
+from dispatch.errors import BackendUnavailable
+
+__all__ = ["Admission", "Store", "StoredEvent", "StoredVolunteer"]
+
+Admission = Literal["new", "same", "conflict"]
+
+# Idempotent admission of a report that carries an id. A key without a stored incident
+# means the engine died between admitting and storing: the retry is new again.
+_ADMIT = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 'new'
+end
+if cur ~= ARGV[1] then return 'conflict' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'new' end
+return 'same'
+"""
+
+# Commit a volunteer to an incident unless committed to another one. Claiming again for
+# the same incident succeeds (replays after a restart are harmless).
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Release only our own claim: a stale release must not free a volunteer committed since.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVolunteer:
+    volunteer_id: str
+    duty: str | None
+    skills: tuple[str, ...]
+    mode: str
+    position: tuple[float, float, float] | None  # lat, lon, at
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str  # the stream id, usable as Last-Event-ID
+    incident_id: str
+    type: str
+    at: float
+    data: dict[str, Any]
+
+
+class Store:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "dispatch:",
+        location_ttl_s: float = 300.0,
+        idempotency_ttl_s: float = 604_800.0,
+        history_ttl_s: float = 30 * 86_400.0,
+        event_log_max: int = 1_000_000,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.location_ttl_ms = max(1, int(location_ttl_s * 1000))
+        self.idempotency_ttl_s = max(1, int(idempotency_ttl_s))
+        self.history_ttl_s = max(1, int(history_ttl_s))
+        self.event_log_max = event_log_max
+        self._admit = client.register_script(_ADMIT)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Store:
+        client = aioredis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+        )
+        return cls(client, **kwargs)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RedisError:
+            return False
+
+    # ---------------------------------------------------------------- incidents
+
+    async def admit(self, incident_id: str, fingerprint: str) -> Admission:
+        """Whether a report with this id is new, the same as one already stored, or a conflict."""
+        try:
+            result = await self._admit(
+                keys=[self._k("idem", incident_id), self._k("inc", incident_id)],
+                args=[fingerprint, self.idempotency_ttl_s],
+            )
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+        answer = result.decode() if isinstance(result, bytes) else str(result)
+        assert answer in ("new", "same", "conflict"), answer
+        return answer  # type: ignore[return-value]
+
+    async def incident(self, incident_id: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.redis.get(self._k("inc", incident_id))
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+        return None if raw is None else orjson.loads(raw)
+
+    async def incidents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        try:
+            raws = await self.redis.mget([self._k("inc", i) for i in ids])
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+        return [orjson.loads(r) for r in raws if r is not None]
+
+    async def open_incident_ids(self) -> list[str]:
+        return [i.decode() for i in await self.redis.zrange(self._k("incidents", "open"), 0, -1)]
+
+    async def ended_since(self, since: float) -> list[str]:
+        ids = await self.redis.zrangebyscore(self._k("incidents", "ended"), since, "+inf")
+        return [i.decode() for i in ids]
+
+    async def reported_since(self, since: float, limit: int = 1000) -> list[str]:
+        ids = await self.redis.zrangebyscore(
+            self._k("incidents", "all"), since, "+inf", start=0, num=limit
+        )
+        return [i.decode() for i in ids]
+
+    # ---------------------------------------------------------------- claims
+
+    async def claim(self, volunteer_id: str, incident_id: str) -> bool:
+        try:
+            return bool(
+                await self._claim(keys=[self._k("claim", volunteer_id)], args=[incident_id])
+            )
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+
+    async def claimed_by(self, volunteer_id: str) -> str | None:
+        raw = await self.redis.get(self._k("claim", volunteer_id))
+        return None if raw is None else raw.decode()
+
+    # ---------------------------------------------------------------- volunteers
+
+    async def volunteers(self) -> list[StoredVolunteer]:
+        """Every volunteer on record, with the last position where it has not expired."""
+        out: list[StoredVolunteer] = []
+        ids = [
+            key.decode()[len(self._k("vol", "")) :]
+            async for key in self.redis.scan_iter(match=self._k("vol", "*"), count=1000)
+        ]
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for vid in chunk:
+                    pipe.hgetall(self._k("vol", vid))
+                pipe.mget([self._k("pos", vid) for vid in chunk])
+                *hashes, positions = await pipe.execute()
+            for vid, fields, pos in zip(chunk, hashes, positions, strict=True):
+                f = {k.decode(): v.decode() for k, v in fields.items()}
+                position = None
+                if pos is not None:
+                    lat, lon, at = (float(x) for x in pos.decode().split(","))
+                    position = (lat, lon, at)
+                out.append(
+                    StoredVolunteer(
+                        vid,
+                        f.get("duty") or None,
+                        tuple(s for s in f.get("skills", "").split(",") if s),
+                        f.get("mode", "walk"),
+                        position,
+                    )
+                )
+        return out
+
+    # ---------------------------------------------------------------- effects
+
+    def has_work(self, effect: Effect) -> bool:
+        return isinstance(
+            effect,
+            SaveIncident | LogEvent | SaveVolunteer | SavePosition | ForgetPosition | Release,
+        )
+
+    async def apply(self, effects: Iterable[Effect]) -> list[str]:
+        """Carry out the persistence effects in one round trip; returns the new event ids."""
+        latest: dict[str, SaveIncident] = {}
+        count = 0
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                xadd_at: list[int] = []
+                for effect in effects:
+                    if isinstance(effect, SaveIncident):
+                        latest[effect.incident_id] = effect  # only the last state counts
+                        continue
+                    count += 1
+                    if isinstance(effect, LogEvent):
+                        xadd_at.append(len(pipe))
+                        pipe.xadd(
+                            self._k("events"),
+                            {
+                                "incident_id": effect.incident_id,
+                                "type": effect.type,
+                                "at": repr(effect.at),
+                                "data": orjson.dumps(dict(effect.data)),
+                            },
+                            maxlen=self.event_log_max,
+                            approximate=True,
+                        )
+                    elif isinstance(effect, SavePosition):
+                        pipe.set(
+                            self._k("pos", effect.volunteer_id),
+                            f"{effect.lat!r},{effect.lon!r},{effect.at!r}",
+                            px=self.location_ttl_ms,
+                        )
+                    elif isinstance(effect, SaveVolunteer):
+                        pipe.hset(
+                            self._k("vol", effect.volunteer_id),
+                            mapping={
+                                "duty": effect.duty,
+                                "skills": ",".join(effect.skills),
+                                "mode": effect.mode,
+                            },
+                        )
+                    elif isinstance(effect, ForgetPosition):
+                        pipe.delete(self._k("pos", effect.volunteer_id))
+                    elif isinstance(effect, Release):
+                        self._release(
+                            keys=[self._k("claim", effect.volunteer_id)],
+                            args=[effect.incident_id],
+                            client=pipe,
+                        )
+                    else:
+                        count -= 1
+                for save in latest.values():
+                    self._save_incident(pipe, save)
+                if not count and not latest:
+                    return []
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+        return [results[i].decode() for i in xadd_at]
+
+    def _save_incident(self, pipe: Any, save: SaveIncident) -> None:
+        key = self._k("inc", save.incident_id)
+        pipe.set(key, orjson.dumps(dict(save.record)))
+        pipe.zadd(self._k("incidents", "all"), {save.incident_id: save.reported_at})
+        if save.open:
+            pipe.zadd(self._k("incidents", "open"), {save.incident_id: save.reported_at})
+        else:
+            pipe.zrem(self._k("incidents", "open"), save.incident_id)
+            pipe.zadd(self._k("incidents", "ended"), {save.incident_id: save.ended_at or 0.0})
+            pipe.expire(key, self.history_ttl_s)
+
+    # ---------------------------------------------------------------- event log
+
+    async def events_after(
+        self, last_id: str = "0", count: int = 500, block_ms: int | None = None
+    ) -> list[StoredEvent]:
+        """Events after ``last_id`` (exclusive), oldest first; blocks up to ``block_ms`` if none."""
+        try:
+            reply = await self.redis.xread(
+                {self._k("events"): last_id}, count=count, block=block_ms
+            )
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from exc
+        out: list[StoredEvent] = []
+        for _stream, entries in reply or []:
+            for event_id, fields in entries:
+                out.append(_event(event_id, fields))
+        return out
+
+    async def incident_events(self, incident_id: str, limit: int = 1000) -> list[StoredEvent]:
+        """The incident's history, scanning the newest part of the log."""
+        entries = await self.redis.xrevrange(self._k("events"), count=50_000)
+        out = [
+            _event(eid, f) for eid, f in entries if f.get(b"incident_id") == incident_id.encode()
+        ]
+        out.reverse()
+        return out[-limit:]
+
+
+def _event(event_id: bytes, fields: Mapping[bytes, bytes]) -> StoredEvent:
+    return StoredEvent(
+        event_id.decode(),
+        fields[b"incident_id"].decode(),
+        fields[b"type"].decode(),
+        float(fields[b"at"]),
+        orjson.loads(fields[b"data"]),
+    )

@@ -1,0 +1,348 @@
+"""An exact k-nearest index of moving volunteers, filtered by skills, on in-memory R-trees.
+
+How a query stays exact although the R-tree searches in a projection:
+
+1. Ask the tree for the ``n`` (at first ``k + 1``) nearest points in the local
+   projection and compute their great-circle distances.
+2. Let ``B`` be the k-th smallest great-circle distance among those that pass
+   the filters (or ``radius_m``). Every point within ``B`` lies within ``B * f``
+   in the projection, where ``f`` (just above 1) is derived per query from the
+   latitudes the search can reach (see ``_reach_factor``).
+3. If the farthest projected distance returned already exceeds ``B * f``, no
+   unseen point can be nearer than ``B``: done. Otherwise take every point in
+   the square of half-side ``B * f`` and rank them all. If fewer than ``k``
+   passed the filters and there is no radius, double ``n`` and repeat.
+
+Results are sorted by ``(distance_m, volunteer_id)``, so ties at equal
+distances break deterministically and the result equals a brute-force
+haversine ranking exactly.
+"""
+
+import math
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+
+from rtree import index as rtree_index
+
+from geo.distance import EARTH_RADIUS_M, LocalProjection
+
+__all__ = ["Neighbour", "VolunteerIndex", "rtree_properties"]
+
+# Relative and absolute slack on search reaches, far above the rounding error of
+# the distance arithmetic (about 1e-15 relative), so that rounding never drops a point.
+_REL_SLACK = 1e-9
+_ABS_SLACK_M = 1e-6
+# Beyond this latitude the reach bound degrades; such queries scan every point instead.
+_MAX_REACH_LAT_RAD = math.radians(89.0)
+
+
+def rtree_properties() -> rtree_index.Property:
+    """R-tree properties tuned for many small moves and k-nearest queries.
+
+    The library defaults (R*-tree, capacity 100, fill factor 0.7) make a delete
+    cost hundreds of microseconds with multi-millisecond tails, because an
+    underfull node is dissolved and its entries reinserted. Small nodes with a
+    low minimum fill make deletes cheap and keep queries fast (measured at
+    100,000 points, see benchmarks/RESULTS.md): quadratic split, capacity 16,
+    fill factor 0.3. Capacity x fill factor = 4.8 stays above 2, below which
+    libspatialindex's bulk load never finishes. In memory: nothing to persist,
+    the index is rebuilt from the store after a restart.
+    """
+    props = rtree_index.Property()
+    props.storage = rtree_index.RT_Memory
+    props.dimension = 2
+    props.variant = rtree_index.RT_Quadratic
+    props.leaf_capacity = 16
+    props.index_capacity = 16
+    props.fill_factor = 0.3
+    # Must stay below both capacities or libspatialindex refuses the properties.
+    props.near_minimum_overlap_factor = 8
+    return props
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """A volunteer found by ``VolunteerIndex.nearest`` and its great-circle distance."""
+
+    volunteer_id: str
+    distance_m: float
+
+
+@dataclass(slots=True)
+class _Entry:
+    # Mutable on purpose: a move rewrites the position in place. x, y are the exact
+    # coordinates inserted into the trees, which rtree needs again to delete.
+    volunteer_id: str
+    lat: float
+    lon: float
+    x: float
+    y: float
+    skills: frozenset[str]
+    phi: float  # radians(lat) and its cosine, kept for the inlined haversine
+    cos_phi: float
+
+
+@dataclass(slots=True)
+class _SkillTree:
+    tree: rtree_index.Index
+    count: int = 0  # volunteers in the tree; the tree is dropped at 0
+
+
+class VolunteerIndex:
+    """Positions and skills of volunteers, answering exact k-nearest queries.
+
+    One R-tree holds every volunteer and one more per skill holds the volunteers
+    having it. A query needing skills searches the tree of its rarest required
+    skill and post-filters the others. Why: a post-filter on the tree of all
+    volunteers degrades without bound as a skill gets rare (an AED holder may be
+    one volunteer in a hundred, and the search must then wade through a
+    hundred times more points); a tree per combination of skills would multiply
+    without bound. Volunteers have 0-3 skills, so a move touches 1-4 trees.
+
+    R-trees need integer ids: each volunteer gets a slot number, and the slots
+    of removed volunteers are reused so that they stay small and dense.
+
+    Not thread-safe; the engine uses it from one thread.
+    """
+
+    __slots__ = ("_all", "_by_skill", "_entries", "_free", "_projection", "_slot_of")
+
+    def __init__(self, projection: LocalProjection) -> None:
+        self._projection = projection
+        self._slot_of: dict[str, int] = {}
+        self._entries: list[_Entry | None] = []
+        self._free: list[int] = []
+        self._all = rtree_index.Index(properties=rtree_properties())
+        self._by_skill: dict[str, _SkillTree] = {}
+
+    @property
+    def projection(self) -> LocalProjection:
+        """The projection the trees search in."""
+        return self._projection
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, volunteer_id: object) -> bool:
+        return volunteer_id in self._slot_of
+
+    def position(self, volunteer_id: str) -> tuple[float, float] | None:
+        """The volunteer's last ``(lat, lon)``, or None if not in the index."""
+        slot = self._slot_of.get(volunteer_id)
+        if slot is None:
+            return None
+        entry = self._entries[slot]
+        assert entry is not None  # a mapped slot always holds its entry
+        return entry.lat, entry.lon
+
+    def skills(self, volunteer_id: str) -> frozenset[str]:
+        """The volunteer's skills; empty if the volunteer is not in the index."""
+        slot = self._slot_of.get(volunteer_id)
+        if slot is None:
+            return frozenset()
+        entry = self._entries[slot]
+        assert entry is not None
+        return entry.skills
+
+    def put(self, volunteer_id: str, lat: float, lon: float, skills: Iterable[str] = ()) -> None:
+        """Add a volunteer, or move one already present; either way its skills become ``skills``.
+
+        The skills are replaced, not merged: a location update must pass the
+        volunteer's skills again (passing none clears them).
+        """
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
+            raise ValueError(f"volunteer {volunteer_id!r}: invalid position ({lat}, {lon})")
+        new_skills = frozenset(skills)
+        x, y = self._projection.to_xy(lat, lon)
+        slot = self._slot_of.get(volunteer_id)
+        if slot is None:
+            self._add(volunteer_id, lat, lon, x, y, new_skills)
+            return
+        entry = self._entries[slot]
+        assert entry is not None
+        old_xy = (entry.x, entry.y)
+        new_xy = (x, y)
+        old_skills = entry.skills
+        if old_xy != new_xy:
+            self._all.delete(slot, old_xy)
+            self._all.insert(slot, new_xy)
+            for skill in old_skills & new_skills:
+                tree = self._by_skill[skill].tree
+                tree.delete(slot, old_xy)
+                tree.insert(slot, new_xy)
+        if old_skills is not new_skills and old_skills != new_skills:
+            for skill in old_skills - new_skills:
+                self._skill_remove(skill, slot, old_xy)
+            for skill in new_skills - old_skills:
+                self._skill_add(skill, slot, new_xy)
+        entry.lat, entry.lon, entry.x, entry.y, entry.skills = lat, lon, x, y, new_skills
+        entry.phi = math.radians(lat)
+        entry.cos_phi = math.cos(entry.phi)
+
+    def remove(self, volunteer_id: str) -> bool:
+        """Remove a volunteer; True if it was in the index."""
+        slot = self._slot_of.pop(volunteer_id, None)
+        if slot is None:
+            return False
+        entry = self._entries[slot]
+        assert entry is not None
+        xy = (entry.x, entry.y)
+        self._all.delete(slot, xy)
+        for skill in entry.skills:
+            self._skill_remove(skill, slot, xy)
+        self._entries[slot] = None
+        self._free.append(slot)
+        return True
+
+    def nearest(
+        self,
+        lat: float,
+        lon: float,
+        k: int,
+        *,
+        skills: Iterable[str] = (),
+        radius_m: float | None = None,
+        exclude: Container[str] = (),
+    ) -> list[Neighbour]:
+        """The ``k`` volunteers nearest to ``(lat, lon)`` by great-circle distance.
+
+        Only volunteers having all of ``skills``, within ``radius_m`` (if given,
+        inclusive) and not in ``exclude`` count. Sorted by
+        ``(distance_m, volunteer_id)``; exact, equal to a brute-force ranking.
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if radius_m is not None and not radius_m >= 0.0:
+            raise ValueError(f"radius_m must be >= 0 or None, got {radius_m}")
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            raise ValueError(f"invalid query position ({lat}, {lon})")
+        required = frozenset(skills)
+        if k == 0:
+            return []
+        tree = self._tree_for(required)
+        if tree is None:
+            return []
+        qx, qy = self._projection.to_xy(lat, lon)
+        entries = self._entries
+        limit = math.inf if radius_m is None else radius_m
+        # Haversine inlined with the query's terms hoisted: the same operations in the
+        # same order as haversine_m, so the distances are bit-for-bit equal to it.
+        phi = math.radians(lat)
+        cos_phi = math.cos(phi)
+        sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
+        diameter = 2.0 * EARTH_RADIUS_M
+
+        def rank(slots: Iterable[int]) -> tuple[list[tuple[float, str]], float]:
+            """Candidates passing the filters, ranked, and the farthest projected distance."""
+            found = []
+            seen_sq = 0.0
+            for slot in slots:
+                e = entries[slot]
+                assert e is not None
+                dx = e.x - qx
+                dy = e.y - qy
+                seen_sq = max(seen_sq, dx * dx + dy * dy)
+                # The tree's own skill holds by construction; the others are checked here.
+                if (required and not required <= e.skills) or e.volunteer_id in exclude:
+                    continue
+                h = (
+                    sin((e.phi - phi) * 0.5) ** 2
+                    + cos_phi * e.cos_phi * sin(radians(e.lon - lon) * 0.5) ** 2
+                )
+                d = diameter * asin(sqrt(min(1.0, h)))
+                if d <= limit:
+                    found.append((d, e.volunteer_id))
+            found.sort()
+            return found, math.sqrt(seen_sq)
+
+        n = k + 1  # one spare point usually proves the first k complete at once
+        while True:
+            slots = list(tree.nearest((qx, qy), n))
+            found, seen_m = rank(slots)
+            if len(slots) < n:
+                break  # the tree holds no more points: everything was seen
+            bound = found[k - 1][0] if len(found) >= k else limit
+            if bound == math.inf:
+                n *= 2  # filters rejected too many; widen the candidate set
+                continue
+            reach = self._reach_m(lat, bound)
+            if reach < seen_m:
+                break  # every unseen point is projected beyond reach, so farther than bound
+            if reach == math.inf:
+                found, _ = rank(s for s, e in enumerate(entries) if e is not None)
+            else:
+                box = (qx - reach, qy - reach, qx + reach, qy + reach)
+                found, _ = rank(tree.intersection(box))
+            break
+        return [Neighbour(vid, d) for d, vid in found[:k]]
+
+    def _reach_m(self, lat: float, distance_m: float) -> float:
+        """A projected distance that every point within ``distance_m`` great-circle lies within.
+
+        With dphi, dlam the differences in latitude and longitude of two points
+        at great-circle angle t, and c the smallest cosine of their latitudes:
+        hav(t) = hav(dphi) + cos(phi1) cos(phi2) hav(dlam) >= hav(dphi) + c^2 hav(dlam),
+        and x^2/4 >= hav(x) >= x^2/4 (1 - x^2/12), so
+        t^2 >= (1 - m^2/12) (dphi^2 + c^2 dlam^2) where m bounds |dphi| and |dlam|.
+        The projection measures sqrt(dphi^2 + cos(lat0)^2 dlam^2) (times R), which
+        is at most max(1, cos(lat0)/c) sqrt(dphi^2 + c^2 dlam^2).
+        """
+        angle = distance_m / EARTH_RADIUS_M
+        far_lat = abs(math.radians(lat)) + angle
+        if far_lat >= _MAX_REACH_LAT_RAD:
+            return math.inf
+        c = math.cos(far_lat)
+        # |dlam| <= asin(sin(t) / cos(lat)) <= (pi/2) t / c
+        m = 0.5 * math.pi * angle / c
+        if m >= 1.0:
+            return math.inf
+        factor = max(1.0, math.cos(math.radians(self._projection.lat0)) / c)
+        factor /= math.sqrt(1.0 - m * m / 12.0)
+        return distance_m * factor * (1.0 + _REL_SLACK) + _ABS_SLACK_M
+
+    def _tree_for(self, required: frozenset[str]) -> rtree_index.Index | None:
+        """The smallest tree holding every candidate, or None if some skill has nobody."""
+        if not required:
+            return self._all
+        best: _SkillTree | None = None
+        for skill in required:
+            candidate = self._by_skill.get(skill)
+            if candidate is None:
+                return None
+            if best is None or candidate.count < best.count:
+                best = candidate
+        assert best is not None
+        return best.tree
+
+    def _add(
+        self, volunteer_id: str, lat: float, lon: float, x: float, y: float, skills: frozenset[str]
+    ) -> None:
+        phi = math.radians(lat)
+        entry = _Entry(volunteer_id, lat, lon, x, y, skills, phi, math.cos(phi))
+        if self._free:
+            slot = self._free.pop()
+            self._entries[slot] = entry
+        else:
+            slot = len(self._entries)
+            self._entries.append(entry)
+        self._slot_of[volunteer_id] = slot
+        xy = (x, y)
+        self._all.insert(slot, xy)
+        for skill in skills:
+            self._skill_add(skill, slot, xy)
+
+    def _skill_add(self, skill: str, slot: int, xy: tuple[float, float]) -> None:
+        skill_tree = self._by_skill.get(skill)
+        if skill_tree is None:
+            skill_tree = _SkillTree(rtree_index.Index(properties=rtree_properties()))
+            self._by_skill[skill] = skill_tree
+        skill_tree.tree.insert(slot, xy)
+        skill_tree.count += 1
+
+    def _skill_remove(self, skill: str, slot: int, xy: tuple[float, float]) -> None:
+        skill_tree = self._by_skill[skill]
+        skill_tree.tree.delete(slot, xy)
+        skill_tree.count -= 1
+        if skill_tree.count == 0:
+            # Skills are free-form strings: drop empty trees so that they cannot pile up.
+            del self._by_skill[skill]

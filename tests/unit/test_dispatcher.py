@@ -1,0 +1,428 @@
+"""The dispatcher's decisions, driven event by event with a hand-moved clock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pytest
+
+from dispatch.codec import Codec
+from dispatch.config import load_config
+from dispatch.dispatcher import Dispatcher, UnknownIncident
+from dispatch.effects import Claim, Effect, LogEvent, Publish, Reject, Release, SaveIncident
+from dispatch.errors import InvalidTransition
+from dispatch.lifecycle import State
+from dispatch.model import (
+    Answer,
+    Arrived,
+    Duty,
+    Kind,
+    LocationUpdate,
+    Mode,
+    Reply,
+    Report,
+    StatusUpdate,
+)
+from dispatch.policy import Policy, Strategy
+from geo.area import ServiceArea
+
+LAT, LON = 30.2591, 120.1698  # 小营巷
+T0 = 1_800_000_000.0
+CONFIG = load_config(env={})
+
+
+@pytest.fixture(scope="module")
+def area() -> ServiceArea:
+    return ServiceArea.from_geojson(CONFIG.area_geojson)
+
+
+def make(area: ServiceArea, **policy: Any) -> Dispatcher:
+    codec = Codec(root="dispatch", in_area=area.contains)
+    return Dispatcher(
+        area=area,
+        codec=codec,
+        policy=Policy(**policy),
+        travel=CONFIG.travel,
+        kinds=CONFIG.kinds,
+        rng=random.Random(7),
+    )
+
+
+def on_duty(
+    d: Dispatcher,
+    vid: str,
+    north_m: float,
+    *,
+    skills: Iterable[str] = ("first_aid",),
+    mode: Mode = Mode.WALK,
+) -> None:
+    effects = d.status(
+        StatusUpdate(vid, Duty.AVAILABLE, tuple(skills), mode, LAT + north_m / 111_195, LON), T0
+    )
+    assert not [e for e in effects if isinstance(e, Reject)]
+
+
+def published(effects: list[Effect], suffix: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.topic, orjson.loads(e.payload))
+        for e in effects
+        if isinstance(e, Publish) and e.topic.endswith(suffix) and e.payload
+    ]
+
+
+def alerts(effects: list[Effect]) -> dict[str, dict[str, Any]]:
+    """volunteer id -> alert payload"""
+    return {topic.split("/")[2]: p for topic, p in published(effects, "/alert")}
+
+
+def assignments(effects: list[Effect]) -> dict[str, dict[str, Any]]:
+    return {topic.split("/")[2]: p for topic, p in published(effects, "/assignment")}
+
+
+def state_of(effects: list[Effect]) -> dict[str, Any]:
+    return published(effects, "/state")[-1][1]
+
+
+def accept(d: Dispatcher, vid: str, alert_id: str, now: float) -> list[Effect]:
+    effects = d.reply(Reply(vid, alert_id, Answer.ACCEPT), now)
+    claims = [e for e in effects if isinstance(e, Claim)]
+    for claim in claims:  # the store says yes, as a single engine's would
+        effects += d.claim_result(claim.volunteer_id, claim.incident_id, True, now)
+    return effects
+
+
+def report(d: Dispatcher, **fields: Any) -> list[Effect]:
+    fields.setdefault("kind", Kind.MEDICAL)
+    fields.setdefault("lat", LAT)
+    fields.setdefault("lon", LON)
+    fields.setdefault("id", "inc1")
+    return d.report(Report(**fields), T0)
+
+
+def test_first_wave_alerts_the_nearest_eligible_sized_from_acceptance(area: ServiceArea) -> None:
+    d = make(area)  # 35 % acceptance, 90 % confidence: 6 per wave
+    for i in range(10):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    on_duty(d, "nofirstaid", 10, skills=())
+    on_duty(d, "far", 3500)
+    effects = report(d)
+    sent = alerts(effects)
+    assert sorted(sent) == [f"v{i}" for i in range(6)]
+    assert sent["v0"]["distance_m"] == pytest.approx(100, abs=1)
+    assert sent["v0"]["eta_s"] == pytest.approx(100 * 1.3 / 1.8, abs=1)
+    assert sent["v0"]["incident_id"] == "inc1"
+    assert sent["v0"]["expires_at"].endswith("Z")
+    state = state_of(effects)
+    assert state["state"] == "alerting"
+    assert state["responders"] == []
+    # stored before announced
+    kinds = [type(e) for e in effects]
+    assert kinds.index(SaveIncident) < max(
+        i for i, k in enumerate(kinds) if k is Publish and effects[i].retain
+    )  # type: ignore[union-attr]
+    # alerted volunteers are not alerted again for another incident while they owe an answer
+    other = d.report(Report(Kind.MEDICAL, LAT, LON, id="inc2"), T0 + 1)
+    assert set(alerts(other)) == {"v6", "v7", "v8", "v9"}
+
+
+def test_accept_confirms_and_stands_the_others_down(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(6):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    effects = accept(d, "v2", sent["v2"]["alert_id"], T0 + 10)
+    out = assignments(effects)
+    assert out["v2"]["action"] == "go"
+    assert {v for v, a in out.items() if a["action"] == "stand_down"} == {
+        "v0",
+        "v1",
+        "v3",
+        "v4",
+        "v5",
+    }
+    assert out["v0"]["reason"] == "filled by others"
+    state = state_of(effects)
+    assert state["state"] == "assigned"
+    assert [r["volunteer_id"] for r in state["responders"]] == ["v2"]
+    # the stood-down are free again; the responder is not
+    assert "v0" in d.index and "v2" not in d.index
+
+
+def test_late_accept_of_a_filled_incident_is_stood_down(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(6):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    effects = accept(d, "v1", sent["v1"]["alert_id"], T0 + 6)
+    assert not [e for e in effects if isinstance(e, Claim)]
+    assert assignments(effects)["v1"] == {
+        "incident_id": "inc1",
+        "action": "stand_down",
+        "reason": "filled by others",
+        "alert_id": sent["v1"]["alert_id"],
+    }
+
+
+def test_two_responders_needed_waves_go_on_until_both(area: ServiceArea) -> None:
+    d = make(area, acceptance_rate=0.5, wave_confidence=0.5)  # 1 needed -> 1; 2 needed -> 3
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d, responders=2))
+    assert len(sent) == 3
+    e1 = accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    assert state_of(e1)["state"] == "assigned"
+    assert not [a for a in assignments(e1).values() if a["action"] == "stand_down"]
+    e2 = accept(d, "v1", sent["v1"]["alert_id"], T0 + 6)
+    assert assignments(e2)["v2"]["action"] == "stand_down"
+
+
+def test_decline_is_replaced_at_once(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    effects = d.reply(Reply("v0", sent["v0"]["alert_id"], Answer.DECLINE), T0 + 3)
+    assert set(alerts(effects)) == {"v6"}
+    assert "v0" in d.index  # free for other incidents, never re-alerted for this one
+    again = d.reply(Reply("v1", sent["v1"]["alert_id"], Answer.DECLINE), T0 + 4)
+    assert set(alerts(again)) == {"v7"}
+
+
+def test_wave_timeout_sends_the_next_wave_then_escalates(area: ServiceArea) -> None:
+    d = make(area, acceptance_rate=0.5, wave_confidence=0.5, max_waves=2, wave_timeout_s=20)
+    for i in range(5):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    first = alerts(report(d))
+    assert set(first) == {"v0"}
+    assert d.next_deadline() == T0 + 20
+    assert d.tick(T0 + 19.9) == []
+    second = d.tick(T0 + 20)
+    assert set(alerts(second)) == {"v1"}
+    assert alerts(second)["v1"]["wave"] == 2
+    third = d.tick(T0 + 40)
+    assert alerts(third) == {}
+    state = state_of(third)
+    assert state["state"] == "escalated"
+    assert "nobody accepted after 2 waves" in state["escalation_reason"]
+    # a late accept still helps: escalated -> assigned
+    effects = accept(d, "v0", first["v0"]["alert_id"], T0 + 41)
+    assert state_of(effects)["state"] == "assigned"
+
+
+def test_alert_expires_and_a_late_accept_is_refused(area: ServiceArea) -> None:
+    d = make(area, alert_expiry_s=90, max_waves=1)
+    on_duty(d, "v0", 100)
+    sent = alerts(report(d))
+    effects = d.tick(T0 + 90)
+    assert assignments(effects)["v0"]["reason"] == "alert expired"
+    assert "v0" in d.index
+    late = accept(d, "v0", sent["v0"]["alert_id"], T0 + 95)
+    assert assignments(late)["v0"]["action"] == "stand_down"
+    assert assignments(late)["v0"]["reason"] == "alert expired"
+
+
+def test_nobody_in_reach_escalates_at_once(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "far", 3500)
+    on_duty(d, "noskill", 50, skills=())
+    effects = report(d)
+    assert alerts(effects) == {}
+    state = state_of(effects)
+    assert state["state"] == "escalated"
+    assert "first_aid" in state["escalation_reason"]
+    assert "3000 m" in state["escalation_reason"]
+
+
+def test_too_far_for_the_target_alerts_and_escalates_together(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "slow", 2500)  # 2500 * 1.3 / 1.8 = 1806 s on foot
+    effects = report(d)
+    assert set(alerts(effects)) == {"slow"}
+    assert state_of(effects)["state"] == "escalated"
+    assert "more than the 180 s target" in state_of(effects)["escalation_reason"]
+
+
+def test_arrival_by_geofence_measures_time_to_arrival(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 200)
+    sent = alerts(report(d, reported_at=T0 - 10))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    outside = d.location(LocationUpdate("v0", LAT + 40 / 111_195, LON), T0 + 100)
+    assert not published(outside, "/state")
+    inside = d.location(LocationUpdate("v0", LAT + 20 / 111_195, LON), T0 + 120)
+    state = state_of(inside)
+    assert state["state"] == "on_scene"
+    assert state["time_to_arrival_s"] == pytest.approx(130)
+    assert state["within_target"] is True
+    assert state["responders"][0]["arrived_at"].endswith("Z")
+
+
+def test_arrived_button_and_who_may_press_it(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 200)
+    on_duty(d, "v1", 300)
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    rejected = d.arrived(Arrived("v1", "inc1"), T0 + 50)
+    assert isinstance(rejected[0], Reject)
+    assert rejected[0].error.code == "not_alerted"
+    unknown = d.arrived(Arrived("v0", "nope"), T0 + 50)
+    assert isinstance(unknown[0], Reject)
+    assert unknown[0].error.code == "unknown_incident"
+    effects = d.arrived(Arrived("v0", "inc1"), T0 + 200)
+    state = state_of(effects)
+    assert state["state"] == "on_scene"
+    assert state["within_target"] is False
+    assert d.arrived(Arrived("v0", "inc1"), T0 + 201) == []  # once is enough
+
+
+def test_replies_that_do_not_fit_are_rejected(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 200)
+    on_duty(d, "v1", 300)
+    sent = alerts(report(d))
+    unknown = d.reply(Reply("v0", "a0000", Answer.ACCEPT), T0 + 1)
+    assert isinstance(unknown[0], Reject)
+    assert unknown[0].error.code == "unknown_alert"
+    assert unknown[0].error.id == "a0000"
+    stolen = d.reply(Reply("v1", sent["v0"]["alert_id"], Answer.ACCEPT), T0 + 1)
+    assert isinstance(stolen[0], Reject)
+    assert stolen[0].error.code == "not_alerted"
+
+
+def test_cancel_stands_everyone_down_and_releases_claims(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(6):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d, responders=2))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    effects = d.cancel("inc1", T0 + 30, by="op-li")
+    out = assignments(effects)
+    assert set(out) == set(sent)
+    assert all(
+        a["action"] == "stand_down" and a["reason"] == "incident cancelled" for a in out.values()
+    )
+    assert [e.volunteer_id for e in effects if isinstance(e, Release)] == ["v0"]
+    assert state_of(effects)["state"] == "cancelled"
+    assert any(
+        isinstance(e, LogEvent) and e.type == "cancelled" and e.data["by"] == "op-li"
+        for e in effects
+    )
+    assert all(f"v{i}" in d.index for i in range(6))
+    with pytest.raises(InvalidTransition):
+        d.resolve("inc1", T0 + 31)
+    with pytest.raises(UnknownIncident):
+        d.cancel("nope", T0)
+    # the retained state is cleared after the retention time, and the incident forgotten
+    clear = d.tick(T0 + 30 + 3600)
+    assert any(isinstance(e, Publish) and e.retain and e.payload == b"" for e in clear)
+    assert "inc1" not in d.incidents
+
+
+def test_claim_refused_elsewhere_stands_down_and_replaces(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    claim = d.reply(Reply("v0", sent["v0"]["alert_id"], Answer.ACCEPT), T0 + 2)
+    assert claim == [Claim("v0", "inc1")]
+    effects = d.claim_result("v0", "inc1", False, T0 + 2)
+    assert assignments(effects)["v0"]["reason"] == "already committed to another incident"
+    assert set(alerts(effects)) == {"v6"}
+
+
+def test_operator_assigns_by_hand(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    on_duty(d, "v9", 2900, skills=())  # the operator may send anyone they trust
+    sent = alerts(report(d))
+    assert set(sent) == {"v0"}
+    effects = d.assign("inc1", "v9", T0 + 3, by="op-wang")
+    assert effects == [Claim("v9", "inc1")]
+    effects = d.claim_result("v9", "inc1", True, T0 + 3)
+    out = assignments(effects)
+    assert out["v9"]["action"] == "go"
+    assert out["v9"]["reason"] == "assigned by operator"
+    assert out["v0"]["action"] == "stand_down"  # filled
+
+
+def test_operator_assigning_an_alerted_volunteer_counts_as_their_accept(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    on_duty(d, "v1", 200)
+    alerts(report(d))
+    assert d.assign("inc1", "v1", T0 + 3) == [Claim("v1", "inc1")]
+    out = assignments(d.claim_result("v1", "inc1", True, T0 + 3))
+    assert out["v1"]["action"] == "go"
+    assert out["v0"]["action"] == "stand_down"
+
+
+def test_naive_policy_alerts_one_at_a_time(area: ServiceArea) -> None:
+    d = make(area, strategy=Strategy.NAIVE, max_waves=10)
+    for i in range(3):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    assert set(alerts(report(d))) == {"v0"}
+    first_alert = next(iter(d.alerts))
+    nxt = d.reply(Reply("v0", first_alert, Answer.DECLINE), T0 + 10)
+    assert set(alerts(nxt)) == {"v1"}
+    expired = d.tick(T0 + 10 + 90)
+    assert set(alerts(expired)) == {"v2"}
+
+
+def test_first_status_needs_a_position_and_off_duty_forgets_it(area: ServiceArea) -> None:
+    d = make(area)
+    effects = d.status(StatusUpdate("v0", Duty.AVAILABLE), T0)
+    assert isinstance(effects[0], Reject)
+    assert "lat" in effects[0].error.reason
+    # a location first makes it possible, but a location alone makes nobody available
+    d.location(LocationUpdate("v0", LAT, LON), T0)
+    assert "v0" not in d.index
+    d.status(StatusUpdate("v0", Duty.AVAILABLE, ("first_aid",)), T0 + 1)
+    assert "v0" in d.index
+    d.status(StatusUpdate("v0", Duty.OFF_DUTY), T0 + 2)
+    assert "v0" not in d.index
+    assert d.volunteers["v0"].lat is None
+
+
+def test_stale_positions_are_forgotten(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    on_duty(d, "v1", 200)
+    d.location(LocationUpdate("v1", LAT, LON), T0 + 200)
+    assert d.next_deadline() == T0 + 300
+    d.tick(T0 + 300)
+    assert "v0" not in d.index and d.volunteers["v0"].lat is None
+    assert "v1" in d.index
+
+
+def test_restore_carries_on_where_it_stopped(area: ServiceArea) -> None:
+    d = make(area, max_waves=2)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    record = d.incidents["inc1"].to_record()
+    volunteers = [
+        (v.id, v.duty, sorted(v.skills), v.mode, (v.lat, v.lon, v.seen_at))
+        for v in d.volunteers.values()
+    ]
+
+    fresh = make(area, max_waves=2)
+    for vid, duty, skills, mode, pos in volunteers:
+        fresh.restore_volunteer(vid, duty=duty, skills=skills, mode=mode, position=pos)  # type: ignore[arg-type]
+    assert fresh.restore_incident(orjson.loads(orjson.dumps(record))) == []
+    assert "v0" not in fresh.index and "v6" in fresh.index
+    # an accept for an alert issued before the restart is honoured
+    effects = accept(fresh, "v3", sent["v3"]["alert_id"], T0 + 30)
+    assert assignments(effects)["v3"]["action"] == "go"
+    # overdue timers fire at once
+    assert fresh.next_deadline() is not None
+
+
+def test_out_of_area_report_is_the_codec_s_job_but_cell_is_recorded(area: ServiceArea) -> None:
+    d = make(area)
+    effects = report(d)
+    assert state_of(effects)["cell"] == area.cell_at(LAT, LON).id
