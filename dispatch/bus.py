@@ -100,10 +100,10 @@ class Bus:
     async def publish(self, message: Publish) -> None:
         client = self._client
         if client is None:
-            raise BackendUnavailable("not connected to the MQTT broker")
+            raise BackendUnavailable("mqtt", "not connected to the broker")
         properties = None
         if message.expiry_s is not None and self.protocol == 5:
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.MessageExpiryInterval = message.expiry_s
         try:
             await client.publish(
@@ -115,4 +115,4 @@ class Bus:
                 timeout=10,
             )
         except aiomqtt.MqttError as exc:
-            raise BackendUnavailable(f"MQTT publish to {message.topic} failed: {exc}") from exc
+            raise BackendUnavailable("mqtt", f"publish to {message.topic} failed: {exc}") from exc

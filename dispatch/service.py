@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -367,15 +368,15 @@ class Service:
                         self.metrics.observe_event(effect.type, effect.data)
                         self._log_event(effect)
             if stored:
-                await self._retrying(lambda batch=stored: self.store.apply(batch))  # type: ignore[misc]
+                await self._retrying(functools.partial(self.store.apply, stored))
             if publishes:
                 await self._publish(publishes, decision_started)
                 decision_started = None
             effects = []
             for claim in claims:
                 ok = await self._retrying(
-                    lambda c=claim: self.store.claim(c.volunteer_id, c.incident_id)
-                )  # type: ignore[misc]
+                    functools.partial(self.store.claim, claim.volunteer_id, claim.incident_id)
+                )
                 effects += self.core.claim_result(
                     claim.volunteer_id, claim.incident_id, ok, self.clock()
                 )

@@ -101,7 +101,8 @@ class Store:
         history_ttl_s: float = 30 * 86_400.0,
         event_log_max: int = 1_000_000,
     ) -> None:
-        self.redis = client
+        # redis-py's annotations are unions of bytes, str and awaitables; decoded by hand here.
+        self.redis: Any = client
         self.prefix = prefix
         self.location_ttl_ms = max(1, int(location_ttl_s * 1000))
         self.idempotency_ttl_s = max(1, int(idempotency_ttl_s))
@@ -140,7 +141,7 @@ class Store:
                 args=[fingerprint, self.idempotency_ttl_s],
             )
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
         answer = result.decode() if isinstance(result, bytes) else str(result)
         assert answer in ("new", "same", "conflict"), answer
         return answer  # type: ignore[return-value]
@@ -149,7 +150,7 @@ class Store:
         try:
             raw = await self.redis.get(self._k("inc", incident_id))
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
         return None if raw is None else orjson.loads(raw)
 
     async def incidents(self, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -158,7 +159,7 @@ class Store:
         try:
             raws = await self.redis.mget([self._k("inc", i) for i in ids])
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
         return [orjson.loads(r) for r in raws if r is not None]
 
     async def open_incident_ids(self) -> list[str]:
@@ -182,7 +183,7 @@ class Store:
                 await self._claim(keys=[self._k("claim", volunteer_id)], args=[incident_id])
             )
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
 
     async def claimed_by(self, volunteer_id: str) -> str | None:
         raw = await self.redis.get(self._k("claim", volunteer_id))
@@ -272,7 +273,7 @@ class Store:
                     elif isinstance(effect, ForgetPosition):
                         pipe.delete(self._k("pos", effect.volunteer_id))
                     elif isinstance(effect, Release):
-                        self._release(
+                        await self._release(
                             keys=[self._k("claim", effect.volunteer_id)],
                             args=[effect.incident_id],
                             client=pipe,
@@ -285,7 +286,7 @@ class Store:
                     return []
                 results = await pipe.execute()
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
         return [results[i].decode() for i in xadd_at]
 
     def _save_incident(self, pipe: Any, save: SaveIncident) -> None:
@@ -310,12 +311,19 @@ class Store:
                 {self._k("events"): last_id}, count=count, block=block_ms
             )
         except RedisError as exc:
-            raise BackendUnavailable(f"Redis: {exc}") from exc
+            raise BackendUnavailable("redis", str(exc)) from exc
         out: list[StoredEvent] = []
         for _stream, entries in reply or []:
             for event_id, fields in entries:
                 out.append(_event(event_id, fields))
         return out
+
+    async def last_event_id(self) -> str:
+        try:
+            newest = await self.redis.xrevrange(self._k("events"), count=1)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return newest[0][0].decode() if newest else "0"
 
     async def incident_events(self, incident_id: str, limit: int = 1000) -> list[StoredEvent]:
         """The incident's history, scanning the newest part of the log."""

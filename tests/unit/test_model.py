@@ -61,7 +61,7 @@ def test_enums_are_the_protocols_strings() -> None:
     assert [m.value for m in Mode] == ["walk", "bike", "ebike"]
     assert [d.value for d in Duty] == ["available", "off_duty"]
     assert [a.value for a in Answer] == ["accept", "decline"]
-    assert Kind.FIRE == "fire"
+    assert str(Kind.FIRE) == "fire"
 
 
 def test_report_defaults_are_not_filled_in() -> None:

@@ -1,0 +1,116 @@
+"""The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from dispatch.config import Config, load_config
+from dispatch.errors import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("dispatch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatch",
+        description="Real-time dispatch of community volunteer responders over MQTT.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the engine",
+        description="Run the engine. Every flag defaults from --config, then the environment "
+        "(DISPATCH_MQTT, DISPATCH_REDIS, DISPATCH_HTTP, DISPATCH_TOPIC_ROOT, DISPATCH_CONFIG).",
+    )
+    run.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1:1883")
+    run.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    run.add_argument("--http", help="HOST:PORT for the control room and API, e.g. 127.0.0.1:8080")
+    run.add_argument("--topic-root", help="first level of every MQTT topic (default: dispatch)")
+    run.add_argument("--config", help="a TOML file (see config/default.toml)")
+    run.add_argument("--instance", help="this engine's name, unique among engines sharing a broker")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("mqtt", "engine.mqtt"),
+        ("redis", "engine.redis"),
+        ("http", "engine.http"),
+        ("topic_root", "engine.topic_root"),
+        ("instance", "engine.instance"),
+        ("log_level", "engine.log_level"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    return load_config(args.config or env.get("DISPATCH_CONFIG"), env=env, overrides=overrides)
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """The engine and its HTTP port, until ``stop`` is set."""
+    from dispatch.service import Service
+    from dispatch.web import make_app
+
+    service = Service(config)
+    runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port, shutdown_timeout=2)
+    await site.start()
+    log.info(
+        "serving http://%s:%s (MQTT %s, topic root '%s')",
+        config.http_host,
+        config.http_port,
+        config.mqtt_url.split("@")[-1],
+        config.topic_root,
+    )
+    try:
+        await service.run(stop)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = dict(os.environ)
+    try:
+        config = load(args, env)
+    except ConfigError as exc:
+        print(f"dispatch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "run":
+        return _run(config)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _run(config: Config) -> int:
+    async def start() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(start())
+    else:
+        uvloop.run(start())
+    return 0
