@@ -110,7 +110,15 @@ def _run(config: Config) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(start())
+        runner = asyncio.run
     else:
-        uvloop.run(start())
+        runner = uvloop.run
+    try:
+        runner(start())
+    except OSError as exc:  # the HTTP port is taken, most often
+        print(
+            f"dispatch: cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

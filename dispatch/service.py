@@ -24,7 +24,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from dispatch.bus import Bus
 from dispatch.codec import Codec, dumps
@@ -45,14 +46,12 @@ _POSITION_FLUSH_S = 0.1
 _TIMER_RESOLUTION_S = 0.1
 
 
+@dataclass(frozen=True, slots=True)
 class ReportOutcome:
-    """What became of a report: its incident's public state, and whether it was new."""
+    """What became of a report, and its incident's public state where there is one."""
 
-    __slots__ = ("created", "state")
-
-    def __init__(self, state: dict[str, Any], created: bool) -> None:
-        self.state = state
-        self.created = created
+    status: Literal["created", "duplicate", "conflict", "pending"]
+    state: dict[str, Any] | None = None
 
 
 class Service:
@@ -272,8 +271,11 @@ class Service:
         if not isinstance(msg, LocationUpdate):
             self._update_gauges()
 
-    async def report(self, report: Report, now: float) -> ReportOutcome | None:
-        """Admit, store, then announce an incident. None when it was rejected."""
+    async def report(self, report: Report, now: float) -> ReportOutcome:
+        """Admit, store, then announce an incident.
+
+        "pending": another engine is storing the same report; its receipt comes from there.
+        """
         async with self._lock:
             if report.id is not None:
                 admission = await self._retrying(
@@ -292,10 +294,13 @@ class Service:
                         ),
                         now,
                     )
-                    return None
+                    return ReportOutcome("conflict")
+                if admission == "pending":  # another engine is storing it right now
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+                    return ReportOutcome("pending")
                 if admission == "same":
                     self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
-                    return ReportOutcome(await self._receipt_again(report.id), created=False)
+                    return ReportOutcome("duplicate", await self._receipt_again(report.id))
             effects = self.core.report(report, now)
             self.metrics.incidents.labels(kind=report.kind.value, outcome="created").inc()
             await self._execute(effects, now, decision_started=now)
@@ -303,7 +308,7 @@ class Service:
             incident = self.core.incidents[incident_id]
             state = self.core.public_state(incident)
         self._update_gauges()
-        return ReportOutcome(state, created=True)
+        return ReportOutcome("created", state)
 
     async def _receipt_again(self, incident_id: str) -> dict[str, Any]:
         incident = self.core.incidents.get(incident_id)

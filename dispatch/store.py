@@ -39,19 +39,23 @@ from dispatch.errors import BackendUnavailable
 
 __all__ = ["Admission", "Store", "StoredEvent", "StoredVolunteer"]
 
-Admission = Literal["new", "same", "conflict"]
+Admission = Literal["new", "same", "conflict", "pending"]
 
-# Idempotent admission of a report that carries an id. A key without a stored incident
-# means the engine died between admitting and storing: the retry is new again.
+# Idempotent admission of a report that carries an id. The admitter holds a short lease
+# until the incident is stored: a copy arriving meanwhile (at another engine) is
+# "pending" and dropped, since the reporter retries until it sees the receipt. A lease
+# that ran out without a stored incident means the admitter died: the next copy is new.
 _ADMIT = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
   return 'new'
 end
 if cur ~= ARGV[1] then return 'conflict' end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 'new' end
-return 'same'
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'same' end
+if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 'new' end
+return 'pending'
 """
 
 # Commit a volunteer to an incident unless committed to another one. Claiming again for
@@ -100,6 +104,7 @@ class Store:
         idempotency_ttl_s: float = 604_800.0,
         history_ttl_s: float = 30 * 86_400.0,
         event_log_max: int = 1_000_000,
+        admission_lease_s: float = 5.0,
     ) -> None:
         # redis-py's annotations are unions of bytes, str and awaitables; decoded by hand here.
         self.redis: Any = client
@@ -108,6 +113,7 @@ class Store:
         self.idempotency_ttl_s = max(1, int(idempotency_ttl_s))
         self.history_ttl_s = max(1, int(history_ttl_s))
         self.event_log_max = event_log_max
+        self.admission_lease_ms = max(1, int(admission_lease_s * 1000))
         self._admit = client.register_script(_ADMIT)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
@@ -134,16 +140,20 @@ class Store:
     # ---------------------------------------------------------------- incidents
 
     async def admit(self, incident_id: str, fingerprint: str) -> Admission:
-        """Whether a report with this id is new, the same as one already stored, or a conflict."""
+        """Whether a report with this id is new, already stored, being stored, or a conflict."""
         try:
             result = await self._admit(
-                keys=[self._k("idem", incident_id), self._k("inc", incident_id)],
-                args=[fingerprint, self.idempotency_ttl_s],
+                keys=[
+                    self._k("idem", incident_id),
+                    self._k("inc", incident_id),
+                    self._k("admitting", incident_id),
+                ],
+                args=[fingerprint, self.idempotency_ttl_s, self.admission_lease_ms],
             )
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
         answer = result.decode() if isinstance(result, bytes) else str(result)
-        assert answer in ("new", "same", "conflict"), answer
+        assert answer in ("new", "same", "conflict", "pending"), answer
         return answer  # type: ignore[return-value]
 
     async def incident(self, incident_id: str) -> dict[str, Any] | None:

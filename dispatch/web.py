@@ -194,24 +194,25 @@ class _Api:
     async def report(self, request: web.Request) -> web.Response:
         if (denied := self._check_operator(request)) is not None:
             return denied
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"the body must be a JSON object: {exc}")
         now = self.service.clock()
         try:
-            report = self.service.codec.decode_report_object(body, now, topic="POST /api/incidents")
+            report = self.service.codec.decode_report_body(
+                await request.read(), now, topic="POST /api/incidents"
+            )
         except BadMessage as err:
             self.service.metrics.rejected.labels(reason=err.code).inc()
-            return _error(400 if err.code != "outside_area" else 422, err.reason)
+            status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
+            return _error(status, err.reason)
         outcome = await self.service.report(report, now)
-        if outcome is None:
+        if outcome.status == "conflict":
             return _error(
                 409,
                 f"incident id '{report.id}' was already reported with a different body; "
                 "use a new id for a new incident",
             )
-        return _json(outcome.state, 201 if outcome.created else 200)
+        if outcome.status == "pending":  # being stored by another engine right now
+            return _json({"id": report.id, "status": "pending"}, 202)
+        return _json(outcome.state, 201 if outcome.status == "created" else 200)
 
     def action(self, name: str) -> Handler:
         async def handle(request: web.Request) -> web.Response:

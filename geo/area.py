@@ -134,17 +134,38 @@ class ServiceArea:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not GeoJSON, invalid JSON: {exc}") from exc
+        return cls.from_geojson_object(
+            data, source=str(path), default_name=path.stem, cell_size_m=cell_size_m, name=name
+        )
+
+    @classmethod
+    def from_geojson_object(
+        cls,
+        data: Any,
+        *,
+        source: str,
+        default_name: str | None = None,
+        cell_size_m: float = 500.0,
+        name: str | None = None,
+    ) -> "ServiceArea":
+        """Build an area from decoded GeoJSON (as ``from_geojson`` does after reading the file).
+
+        ``source`` names where the data came from in error messages; the name is
+        ``name``, else the first feature's ``name`` property, else ``default_name``,
+        else ``source``.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            raise ValueError(f"{path}: not GeoJSON, expected an object with a 'type'")
-        geometries, feature_name = _polygons_of(data, path)
+            raise ValueError(f"{source}: not GeoJSON, expected an object with a 'type'")
+        geometries, feature_name = _polygons_of(data, source)
         if not geometries:
-            raise ValueError(f"{path}: no Polygon or MultiPolygon in this GeoJSON {data['type']}")
+            raise ValueError(f"{source}: no Polygon or MultiPolygon in this GeoJSON {data['type']}")
         try:
             parts = [shape(g) for g in geometries]
         except (ValueError, TypeError, KeyError, IndexError, shapely.errors.ShapelyError) as exc:
-            raise ValueError(f"{path}: malformed polygon coordinates: {exc}") from exc
-        outline = _as_area(shapely.union_all(parts) if len(parts) > 1 else parts[0], path)
-        return cls(outline, name=name or feature_name or path.stem, cell_size_m=cell_size_m)
+            raise ValueError(f"{source}: malformed polygon coordinates: {exc}") from exc
+        outline = _as_area(shapely.union_all(parts) if len(parts) > 1 else parts[0], source)
+        chosen = name or feature_name or default_name or source
+        return cls(outline, name=chosen, cell_size_m=cell_size_m)
 
     @classmethod
     def from_geometry(
@@ -338,21 +359,21 @@ class ServiceArea:
         return tuple(by_key.values())
 
 
-def _polygons_of(data: dict[str, Any], path: Path) -> tuple[list[dict[str, Any]], str | None]:
+def _polygons_of(data: dict[str, Any], source: str) -> tuple[list[dict[str, Any]], str | None]:
     """The polygon geometries of a GeoJSON object, and the first feature name found."""
     kind = data["type"]
     features: list[Any]
     if kind == "FeatureCollection":
         features = data.get("features")  # type: ignore[assignment]
         if not isinstance(features, list):
-            raise ValueError(f"{path}: FeatureCollection without a 'features' list")
+            raise ValueError(f"{source}: FeatureCollection without a 'features' list")
     elif kind == "Feature":
         features = [data]
     elif kind in ("Polygon", "MultiPolygon"):
         return [data], None
     else:
         raise ValueError(
-            f"{path}: GeoJSON type {kind!r} is not a FeatureCollection, Feature, "
+            f"{source}: GeoJSON type {kind!r} is not a FeatureCollection, Feature, "
             "Polygon or MultiPolygon"
         )
     geometries: list[dict[str, Any]] = []

@@ -51,7 +51,7 @@ def test_projection_centre_is_origin() -> None:
 
 @pytest.mark.parametrize(("lat0", "lon0"), [(91.0, 0.0), (math.nan, 0.0), (0.0, 181.0)])
 def test_projection_rejects_bad_centre(lat0: float, lon0: float) -> None:
-    with pytest.raises(ValueError, match="lat0|lon0"):
+    with pytest.raises(ValueError, match=r"lat0|lon0"):
         LocalProjection(lat0, lon0)
 
 

@@ -120,7 +120,9 @@ def test_nearest_equals_brute_force_on_a_large_fleet() -> None:
         return rng.uniform(30.20, 30.39), rng.uniform(120.11, 120.32)
 
     for i in range(3_000):
-        skills = frozenset(s for s, p in zip(SKILLS, (0.3, 0.02, 0.1), strict=True) if rng.random() < p)
+        skills = frozenset(
+            s for s, p in zip(SKILLS, (0.3, 0.02, 0.1), strict=True) if rng.random() < p
+        )
         lat, lon = random_point()
         index.put(f"v{i}", lat, lon, skills)
         model[f"v{i}"] = (lat, lon, skills)
@@ -141,7 +143,9 @@ def test_nearest_equals_brute_force_on_a_large_fleet() -> None:
         skills_q = rng.choice([(), ("first_aid",), ("aed",), ("aed", "nurse"), ("nurse",)])
         radius = rng.choice([None, 250.0, 2_000.0])
         exclude = {f"v{rng.randrange(3_000)}" for _ in range(30)}
-        expected = brute_force(model, lat, lon, k, skills=skills_q, radius_m=radius, exclude=exclude)
+        expected = brute_force(
+            model, lat, lon, k, skills=skills_q, radius_m=radius, exclude=exclude
+        )
         got = index.nearest(lat, lon, k, skills=skills_q, radius_m=radius, exclude=exclude)
         assert got == expected
         # Radius exactly at a result's distance: that result is included (inclusive edge).

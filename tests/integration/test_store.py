@@ -1,0 +1,148 @@
+"""The Redis store against a real Redis: admission, atomic claims, persistence and the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from dispatch.effects import (
+    ForgetPosition,
+    LogEvent,
+    Release,
+    SaveIncident,
+    SavePosition,
+    SaveVolunteer,
+)
+from dispatch.store import Store
+
+
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store.from_url(redis_url, prefix="t:", location_ttl_s=300)
+    yield s
+    await s.close()
+
+
+async def test_admission_is_idempotent_and_detects_conflicts(redis_url: str) -> None:
+    store = Store.from_url(redis_url, prefix="t:", admission_lease_s=0.2)
+    assert await store.admit("inc-1", "fp-a") == "new"
+    # being stored by whoever admitted it: a copy now is dropped (the reporter retries)
+    assert await store.admit("inc-1", "fp-a") == "pending"
+    # admitted but never stored (the admitter died): once the lease is over, new again
+    await asyncio.sleep(0.3)
+    assert await store.admit("inc-1", "fp-a") == "new"
+    await store.apply([SaveIncident("inc-1", {"id": "inc-1"}, open=True, reported_at=1.0)])
+    assert await store.admit("inc-1", "fp-a") == "same"
+    assert await store.admit("inc-1", "fp-b") == "conflict"
+    assert await store.incident("inc-1") == {"id": "inc-1"}
+    await store.close()
+
+
+async def test_concurrent_admissions_create_one_incident(redis_url: str) -> None:
+    stores = [Store.from_url(redis_url, prefix="t:") for _ in range(5)]
+    try:
+        answers = await asyncio.gather(*(s.admit("inc-x", "fp") for s in stores))
+        assert sorted(answers) == ["new", "pending", "pending", "pending", "pending"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_volunteer_is_never_committed_twice_even_by_two_engines(redis_url: str) -> None:
+    engines = [Store.from_url(redis_url, prefix="t:") for _ in range(2)]
+    try:
+        for round_ in range(50):
+            vid = f"v{round_}"
+            results = await asyncio.gather(
+                engines[0].claim(vid, "inc-a"), engines[1].claim(vid, "inc-b")
+            )
+            assert sorted(results) == [False, True], results
+            winner = "inc-a" if results[0] else "inc-b"
+            assert await engines[0].claimed_by(vid) == winner
+            # claiming again for the same incident is harmless (replays after restart)
+            assert await engines[0].claim(vid, winner)
+    finally:
+        for s in engines:
+            await s.close()
+
+
+async def test_release_frees_only_its_own_claim(store: Store) -> None:
+    assert await store.claim("v1", "inc-a")
+    await store.apply([Release("v1", "inc-b")])  # a stale release from elsewhere
+    assert await store.claimed_by("v1") == "inc-a"
+    await store.apply([Release("v1", "inc-a")])
+    assert await store.claimed_by("v1") is None
+    assert await store.claim("v1", "inc-b")
+
+
+async def test_volunteers_round_trip_and_positions_expire(redis_url: str) -> None:
+    store = Store.from_url(redis_url, prefix="t:", location_ttl_s=0.3)
+    try:
+        await store.apply(
+            [
+                SaveVolunteer("v1", "available", ("first_aid", "patrol"), "bike"),
+                SavePosition("v1", 30.25, 120.17, 1000.0),
+                SaveVolunteer("v2", "off_duty", (), "walk"),
+                SavePosition("v2", 30.26, 120.18, 1000.0),
+                ForgetPosition("v2"),
+            ]
+        )
+        got = {v.volunteer_id: v for v in await store.volunteers()}
+        assert got["v1"].duty == "available"
+        assert got["v1"].skills == ("first_aid", "patrol")
+        assert got["v1"].mode == "bike"
+        assert got["v1"].position == (30.25, 120.17, 1000.0)
+        assert got["v2"].position is None
+        await asyncio.sleep(0.5)
+        assert {v.volunteer_id: v for v in await store.volunteers()}["v1"].position is None
+    finally:
+        await store.close()
+
+
+async def test_incidents_open_then_ended_and_the_event_log(store: Store) -> None:
+    ids = await store.apply(
+        [
+            SaveIncident("a", {"id": "a", "v": 1}, open=True, reported_at=10.0),
+            LogEvent("a", "reported", 10.0, {"kind": "fall"}),
+            SaveIncident("a", {"id": "a", "v": 2}, open=True, reported_at=10.0),
+            SaveIncident("b", {"id": "b"}, open=True, reported_at=11.0),
+            LogEvent("b", "reported", 11.0),
+        ]
+    )
+    assert len(ids) == 2
+    assert await store.incident("a") == {"id": "a", "v": 2}  # the last save wins
+    assert await store.open_incident_ids() == ["a", "b"]
+    await store.apply(
+        [
+            SaveIncident("a", {"id": "a", "v": 3}, open=False, reported_at=10.0, ended_at=20.0),
+            LogEvent("a", "resolved", 20.0, {"by": "op"}),
+        ]
+    )
+    assert await store.open_incident_ids() == ["b"]
+    assert await store.ended_since(15.0) == ["a"]
+    assert await store.reported_since(0) == ["a", "b"]
+    events = await store.events_after("0")
+    assert [(e.incident_id, e.type) for e in events] == [
+        ("a", "reported"),
+        ("b", "reported"),
+        ("a", "resolved"),
+    ]
+    assert events[0].data == {"kind": "fall"}
+    assert await store.events_after(events[1].event_id) == events[2:]
+    assert [e.type for e in await store.incident_events("a")] == ["reported", "resolved"]
+    assert await store.last_event_id() == events[-1].event_id
+
+
+async def test_backend_down_is_reported_as_such() -> None:
+    from dispatch.errors import BackendUnavailable
+
+    dead = Store.from_url("redis://127.0.0.1:1/0")
+    try:
+        assert await dead.ping() is False
+        with pytest.raises(BackendUnavailable):
+            await dead.admit("x", "fp")
+    finally:
+        await dead.close()
