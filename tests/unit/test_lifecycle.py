@@ -65,3 +65,12 @@ def test_mermaid_lists_every_move() -> None:
     for source, targets in TRANSITIONS.items():
         for target in targets:
             assert f"{source} --> {target}" in text
+
+
+def test_the_architecture_doc_shows_the_current_table() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text(
+        encoding="utf-8"
+    )
+    assert mermaid() in doc
