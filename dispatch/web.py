@@ -1,8 +1,12 @@
-"""The HTTP layer (aiohttp): health, metrics, the JSON API and the event stream.
+"""The HTTP layer (aiohttp): the control-room page, the JSON API, events, health, metrics.
 
 Errors are JSON ``{"error": ...}`` with a 4xx status that says what to fix. Operator
 actions need ``Authorization: Bearer <operator token>``; reading needs the read token
-only when one is configured. Nothing here decides anything: it calls the service.
+only when one is configured (the event stream also takes it as ``?access_token=``,
+since a browser's EventSource cannot send headers). Nothing here decides anything: it
+calls the service, and the pure ``dispatch.coverage`` for the map and the figures.
+The page itself is static (``dispatch/static/``) and uses nothing but this API; every
+route is described in docs/api.md.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from dispatch import coverage
 from dispatch.codec import format_time, parse_time
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
@@ -29,6 +36,15 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _MAX_BODY = 64 * 1024
+_FIGURES_LIMIT = 20_000  # incidents read for one request of figures
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Coverage and figures are computed on request and kept this long: cheap, yet live.
+_CACHE_S = 3.0
+# "Today" for the figures is the operators' day: China Standard Time has no DST.
+_LOCAL_TZ = timezone(timedelta(hours=8), "CST")
+# An SSE listener's blocking read must return well within the Redis client's 5 s
+# socket timeout, or the read would fail as a timeout; it doubles as the keep-alive.
+_EVENTS_BLOCK_MS = 3_000
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -52,7 +68,12 @@ def make_app(service: Service) -> web.Application:
         app.router.add_post(f"/api/incidents/{{iid}}/{action}", api.action(action))
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/area", api.area)
+    app.router.add_get("/api/volunteers", api.volunteers)
+    app.router.add_get("/api/coverage", api.coverage)
+    app.router.add_get("/api/figures", api.figures)
+    app.router.add_get("/api/openapi.json", api.openapi)
     app.router.add_get("/", api.index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
 
 
@@ -72,25 +93,36 @@ class _Api:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.config = service.config
+        # (computed at, answer) by query; see _CACHE_S
+        self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
 
     # ---------------------------------------------------------------- auth
 
-    def _check(self, request: web.Request, token: str, what: str) -> web.Response | None:
+    def _check(
+        self, request: web.Request, token: str, what: str, query_ok: bool = False
+    ) -> web.Response | None:
         if not token:
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
+        if not header and query_ok and request.query.get("access_token"):
+            scheme, given = "bearer", request.query["access_token"]
         if scheme.lower() != "bearer" or not given:
             return _error(401, f"{what} needs 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return _error(403, f"the token is not valid for {what}")
         return None
 
-    def _check_read(self, request: web.Request) -> web.Response | None:
+    def _check_read(self, request: web.Request, query_ok: bool = False) -> web.Response | None:
         token = self.config.read_token
-        if token and self._check(request, self.config.operator_token, "reading") is None:
+        if (
+            token
+            and self.config.operator_token
+            and self._check(request, self.config.operator_token, "reading", query_ok) is None
+        ):
             return None  # the operator may read too
-        return self._check(request, token, "reading")
+        return self._check(request, token, "reading", query_ok)
 
     def _check_operator(self, request: web.Request) -> web.Response | None:
         if not self.config.operator_token:
@@ -118,10 +150,94 @@ class _Api:
         )
 
     async def area(self, request: web.Request) -> web.Response:
+        if (denied := self._check_read(request)) is not None:
+            return denied
         return _json(self.service.area.to_geojson())
 
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX_PAGE, content_type="text/html")
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        # The page holds no data: it is public, and asks for a token when the API does.
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(
+            STATIC_DIR / "openapi.json",
+            headers={"Content-Type": "application/json", "Cache-Control": "no-cache"},
+        )
+
+    # ---------------------------------------------------------------- the map and figures
+
+    async def volunteers(self, request: web.Request) -> web.Response:
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        core = self.service.core
+        return _json(
+            {
+                "coarse_m": coverage.COARSE_M,
+                "available": core.available,
+                "volunteers": coverage.volunteer_view(core),
+            }
+        )
+
+    async def coverage(self, request: web.Request) -> web.Response:
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        skill = request.query.get("skill", "")
+        if skill and not is_valid_id(skill):
+            return _error(400, "'skill' must be 1-64 characters of A-Z a-z 0-9 _ -")
+        now = self.service.clock()
+        cached = self._coverage.get(skill)
+        if cached is not None and now - cached[0] < _CACHE_S:
+            return _json(cached[1])
+        core = self.service.core
+        cells = coverage.coverage(core, self.service.area.cells, skills=(skill,) if skill else ())
+        reached = [c for c in cells if c.within_target]
+        body = {
+            "computed_at": format_time(now),
+            "target_s": core.policy.target_s,
+            "radius_m": core.policy.max_radius_m,
+            "skill": skill or None,
+            "available": core.available,
+            "cells_within_target": len(reached),
+            "cells_total": len(cells),
+            "cells": [c.to_json() for c in cells],
+        }
+        self._coverage[skill] = (now, body)
+        return _json(body)
+
+    async def figures(self, request: web.Request) -> web.Response:
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        now = self.service.clock()
+        raw = request.query.get("since")
+        if raw is None:
+            local = datetime.fromtimestamp(now, _LOCAL_TZ)
+            since = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        else:
+            try:
+                since = parse_time(raw)
+            except ValueError as exc:
+                return _error(400, f"'since' must be an RFC 3339 time or Unix seconds: {exc}")
+        cached = self._figures.get(since)
+        if cached is not None and now - cached[0] < _CACHE_S:
+            return _json(cached[1])
+        core = self.service.core
+        ids = await self.service.store.reported_since(since, limit=_FIGURES_LIMIT)
+        live = core.incidents
+        stored = await self.service.store.incidents([i for i in ids if i not in live])
+        incidents = [live[i] for i in ids if i in live] + [Incident.from_record(r) for r in stored]
+        open_now = core.open_incidents()
+        body = {
+            "since": format_time(since),
+            "computed_at": format_time(now),
+            "target_s": core.policy.target_s,
+            **coverage.figures(incidents, target_s=core.policy.target_s),
+            "truncated": len(ids) >= _FIGURES_LIMIT,
+            "open": len(open_now),
+            "escalated": sum(1 for i in open_now if i.state is State.ESCALATED),
+            "available_volunteers": core.available,
+        }
+        self._figures = {since: (now, body)}  # one day at a time is all the page asks for
+        return _json(body)
 
     # ---------------------------------------------------------------- incidents
 
@@ -129,6 +245,9 @@ class _Api:
         if (denied := self._check_read(request)) is not None:
             return denied
         core = self.service.core
+        # Read before the incidents: a page that opens the event stream from this id
+        # misses nothing that changed after its snapshot.
+        last_event_id = await self.service.store.last_event_id()
         state_filter = request.query.get("state")
         if state_filter is not None and state_filter not in {s.value for s in State}:
             allowed = ", ".join(s.value for s in State)
@@ -146,8 +265,14 @@ class _Api:
             incidents = core.open_incidents()
         if state_filter is not None:
             incidents = [i for i in incidents if i.state.value == state_filter]
-        incidents.sort(key=lambda i: (i.priority, i.reported_at))
-        return _json({"incidents": [core.public_state(i) for i in incidents]})
+        incidents.sort(key=lambda i: (i.priority, i.reported_at, i.id))
+        return _json(
+            {
+                "incidents": [core.public_state(i) for i in incidents],
+                "last_event_id": last_event_id,
+                "server_time": format_time(self.service.clock()),
+            }
+        )
 
     async def get_incident(self, request: web.Request) -> web.Response:
         if (denied := self._check_read(request)) is not None:
@@ -185,6 +310,8 @@ class _Api:
             }
             for a in incident.alerts.values()
         ]
+        if request.query.get("events") in ("0", "false"):
+            return _json(body)  # the page's quick refetch after an event: no history scan
         events = await self.service.store.incident_events(iid)
         body["events"] = [
             {"id": e.event_id, "type": e.type, "at": format_time(e.at), **e.data} for e in events
@@ -255,7 +382,7 @@ class _Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events from the Redis event log, resumable with Last-Event-ID."""
-        if (denied := self._check_read(request)) is not None:
+        if (denied := self._check_read(request, query_ok=True)) is not None:
             return denied
         last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "$"
         if last != "$" and not _is_stream_id(last):
@@ -269,13 +396,17 @@ class _Api:
                 "X-Accel-Buffering": "no",
             }
         )
+        store = self.service.store
+        try:
+            if last == "$":  # new listeners start from now, not from the beginning of time
+                last = await store.last_event_id()
+        except BackendUnavailable as exc:
+            return _error(503, f"the engine cannot reach {exc}; try again shortly")
         await response.prepare(request)
         await response.write(b"retry: 1000\n\n")
-        if last == "$":  # new listeners start from now, not from the beginning of time
-            last = await self.service.store.last_event_id()
         try:
             while True:
-                events = await self.service.store.events_after(last, count=500, block_ms=15_000)
+                events = await store.events_after(last, count=500, block_ms=_EVENTS_BLOCK_MS)
                 if not events:
                     await response.write(b": keep-alive\n\n")
                     continue
@@ -294,6 +425,10 @@ class _Api:
                     last = e.event_id
         except ConnectionResetError:
             pass  # the browser went away; it will come back with Last-Event-ID
+        except BackendUnavailable as exc:
+            # Redis went away (or the engine is stopping): end the stream; the browser
+            # reconnects after `retry` with Last-Event-ID and misses nothing.
+            log.info("event stream ended: %s", exc)
         return response
 
 
@@ -304,12 +439,3 @@ def _t(ts: float | None) -> str | None:
 def _is_stream_id(value: str) -> bool:
     ms, _, seq = value.partition("-")
     return ms.isdigit() and (seq == "" or seq.isdigit())
-
-
-_INDEX_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Dispatch engine</title></head>
-<body><h1>Dispatch engine</h1>
-<p>The control-room page is on its way. The JSON API is live:
-<a href="/api/incidents">/api/incidents</a>, <a href="/api/events">/api/events</a>,
-<a href="/metrics">/metrics</a>, <a href="/readyz">/readyz</a>.</p></body></html>
-"""

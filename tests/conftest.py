@@ -20,7 +20,8 @@ Isolation between tests
     support and can be handed a plain URL; note Redis pub/sub channels are
     server-wide, not per database (tests run one at a time, so this does not bite).
 
-Helpers for tests live in tests/servers.py: ``from servers import mqtt_client``.
+Helpers for tests live in tests/servers.py: ``from servers import mqtt_client``; the servers
+themselves are started by dispatch/localservers.py, which the demo uses too.
 """
 
 from __future__ import annotations

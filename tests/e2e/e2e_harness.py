@@ -9,11 +9,13 @@ reporter and a control room would.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,26 +23,61 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import _parent_death_signal, free_port, parse_mqtt_url
 
 REPO = Path(__file__).resolve().parents[2]
+# The directory the engine is started in (``-m dispatch`` imports from there first);
+# E2E_ENGINE_DIR runs another checkout of the engine against these tests.
+ENGINE_DIR = Path(os.environ.get("E2E_ENGINE_DIR") or REPO)
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 WAIT = 5.0  # default patience for anything the engine should do "at once"
+TOKEN = "op-secret-e2e"  # the operator token every test engine is started with
 
 # 小营巷, Shangcheng district, Hangzhou: inside the service area.
 XIAOYING = (30.2591, 120.1698)
 OUTSIDE = (30.10, 120.00)
 EARTH_RADIUS_M = 6_371_008.8
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname, url
+    return parts.hostname, parts.port or 1883
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn: the engine gets SIGKILL if pytest dies (Linux), so none is left over."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return preexec
 
 
 # --------------------------------------------------------------------------- geometry
@@ -259,12 +296,16 @@ class Field:
         self.mqtt_url = mqtt_url
         self.observer = MqttClient(mqtt_url, name="observer")
         self.all = self.observer.subscribe(f"{root}/#")
-        self.rejected = self.observer.subscribe(f"{root}/rejected")
+        # Its own connection: overlapping subscriptions on one would get every message twice.
+        self.rejections = MqttClient(mqtt_url, name="rejections")
+        self.rejected = self.rejections.subscribe(f"{root}/rejected")
         self.phone = MqttClient(mqtt_url, protocol=protocol, name="phone")
         self.volunteers: set[str] = set()
+        self.incidents: set[str] = set()  # ids reported here (to clean up after a test)
 
     def close(self) -> None:
         self.phone.close()
+        self.rejections.close()
         self.observer.close()
 
     # ---- topics
@@ -308,6 +349,8 @@ class Field:
         self.phone.publish(self.t("volunteers", vid, "arrived"), {"incident_id": incident_id})
 
     def report(self, body: Mapping[str, Any] | bytes | str) -> None:
+        if isinstance(body, Mapping) and isinstance(body.get("id"), str):
+            self.incidents.add(body["id"])
         self.phone.publish(self.t("incidents", "report"), body)
 
     # ---- outbound, as seen by the observer
@@ -394,7 +437,7 @@ class Field:
         body: dict[str, Any] = self.rejected.wait_for(match, timeout, "(rejection)", start).json
         return body
 
-    def sync(self, timeout: float = WAIT) -> None:
+    def sync(self, timeout: float = WAIT, also: Sequence[Subscription] = ()) -> None:
         """Wait until the engine has handled everything sent before, and the observer has
         received everything it published for it.
 
@@ -485,7 +528,7 @@ class Engine:
         topic_root: str,
         log_path: Path,
         env: Mapping[str, str] | None = None,
-        token: str = "op-secret",
+        token: str = TOKEN,
     ) -> None:
         self.mqtt_url = mqtt_url
         self.redis_url = redis_url
@@ -523,13 +566,13 @@ class Engine:
             log.flush()
             self.proc = subprocess.Popen(
                 argv,
-                cwd=REPO,
+                cwd=ENGINE_DIR,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=_die_with_parent(),
             )
         if wait:
             self.wait_ready()

