@@ -50,7 +50,7 @@ from dispatch.model import Arrived, Duty, Kind, LocationUpdate, Mode, Reply, Rep
 from dispatch.policy import Candidate, Policy, Strategy, fastest, wave_size
 from geo.area import ServiceArea
 from geo.distance import haversine_m
-from geo.index import VolunteerIndex
+from geo.index import PartitionedIndex
 from geo.travel import TravelModel
 
 __all__ = [
@@ -268,7 +268,7 @@ class Dispatcher:
         self.location_ttl_s = location_ttl_s
         self.state_retention_s = state_retention_s
         self._rng = rng or random.Random()
-        self.index = VolunteerIndex(area.projection)
+        self.index = PartitionedIndex(area.projection, (m.value for m in Mode))
         self.incidents: dict[str, Incident] = {}
         self.alerts: dict[str, Alert] = {}
         self.volunteers: dict[str, Volunteer] = {}
@@ -419,7 +419,6 @@ class Dispatcher:
         chosen = fastest(
             self.index,
             self.travel,
-            self._mode_of,
             incident.lat,
             incident.lon,
             count,
@@ -430,9 +429,6 @@ class Dispatcher:
         for candidate in chosen:
             self._alert(incident, candidate, now, effects)
         return chosen
-
-    def _mode_of(self, volunteer_id: str) -> str:
-        return self.volunteers[volunteer_id].mode.value
 
     def _alert(self, incident: Incident, c: Candidate, now: float, effects: list[Effect]) -> None:
         alert = Alert(
@@ -617,7 +613,9 @@ class Dispatcher:
             and volunteer.engaged is None
             and volunteer.alert_id is None
         ):
-            self.index.put(volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills)
+            self.index.put(
+                volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills, volunteer.mode.value
+            )
         else:
             self.index.remove(volunteer.id)
 

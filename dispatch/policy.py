@@ -14,11 +14,11 @@ change anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from geo.index import VolunteerIndex
+from geo.index import PartitionedIndex
 from geo.travel import TravelModel
 
 __all__ = ["Candidate", "Policy", "Strategy", "fastest", "wave_size"]
@@ -78,17 +78,19 @@ def wave_size(policy: Policy, needed: int) -> int:
         return 1
     p = policy.acceptance_rate
     for n in range(needed, policy.max_wave_size + 1):
-        # P(at least `needed` of n accept) = 1 - P(fewer than `needed` accept)
-        below = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(needed))
-        if 1 - below >= policy.wave_confidence:
+        if _at_least(n, needed, p) >= policy.wave_confidence - 1e-12:
             return n
     return max(needed, policy.max_wave_size)
 
 
+def _at_least(n: int, k: int, p: float) -> float:
+    """P(at least k of n accept), each independently with probability p (binomial)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
 def fastest(
-    index: VolunteerIndex,
+    index: PartitionedIndex,
     travel: TravelModel,
-    mode_of: Callable[[str], str],
     lat: float,
     lon: float,
     k: int,
@@ -97,33 +99,20 @@ def fastest(
     radius_m: float,
     exclude: Container[str] = (),
 ) -> list[Candidate]:
-    """The ``k`` volunteers in the index with the shortest estimated arrival, best first.
+    """The ``k`` volunteers with the shortest estimated arrival, best first.
 
-    Exact with mixed modes: the index hands out volunteers by distance, and the search
-    widens until nobody farther away could still beat the k-th best (a volunteer at
-    distance d needs at least ``eta(d, fastest mode)``).
+    The index is partitioned by travel mode: within a mode the fastest are the nearest,
+    so the k fastest overall are among the k nearest of each mode. Exact, and three
+    small queries instead of one ever-widening one.
     """
     if k <= 0:
         return []
     skills = tuple(skills)
-    fastest_mode = max(travel.speeds_mps, key=lambda m: travel.speeds_mps[m])
-    asked = max(2 * k, 8)
-    while True:
-        near = index.nearest(lat, lon, asked, skills=skills, radius_m=radius_m, exclude=exclude)
-        ranked = sorted(
-            (
-                Candidate(
-                    n.volunteer_id,
-                    n.distance_m,
-                    travel.eta_s(n.distance_m, mode_of(n.volunteer_id)),
-                )
-                for n in near
-            ),
-            key=lambda c: (c.eta_s, c.volunteer_id),
-        )
-        if len(near) < asked:  # everyone in reach has been seen
-            return ranked[:k]
-        floor_beyond = travel.eta_s(near[-1].distance_m, fastest_mode)
-        if len(ranked) >= k and ranked[k - 1].eta_s < floor_beyond:
-            return ranked[:k]
-        asked *= 4
+    ranked = [
+        Candidate(n.volunteer_id, n.distance_m, travel.eta_s(n.distance_m, mode))
+        for mode, part in index.parts.items()
+        if len(part)
+        for n in part.nearest(lat, lon, k, skills=skills, radius_m=radius_m, exclude=exclude)
+    ]
+    ranked.sort(key=lambda c: (c.eta_s, c.volunteer_id))
+    return ranked[:k]

@@ -26,7 +26,7 @@ from rtree import index as rtree_index
 
 from geo.distance import EARTH_RADIUS_M, LocalProjection
 
-__all__ = ["Neighbour", "VolunteerIndex", "rtree_properties"]
+__all__ = ["Neighbour", "PartitionedIndex", "VolunteerIndex", "rtree_properties"]
 
 # Relative and absolute slack on search reaches, far above the rounding error of
 # the distance arithmetic (about 1e-15 relative), so that rounding never drops a point.
@@ -349,3 +349,45 @@ class VolunteerIndex:
         if skill_tree.count == 0:
             # Skills are free-form strings: drop empty trees so that they cannot pile up.
             del self._by_skill[skill]
+
+
+class PartitionedIndex:
+    """Volunteers split into disjoint parts (one per travel mode), each with its own index.
+
+    Ranking by travel time over mixed speeds is then exact and cheap: within one part
+    time grows with distance, so the k fastest overall are among the k nearest of each
+    part. A move touches only the volunteer's own part.
+    """
+
+    def __init__(self, projection: LocalProjection, parts: Iterable[str]) -> None:
+        self.parts: dict[str, VolunteerIndex] = {p: VolunteerIndex(projection) for p in parts}
+        self._part_of: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._part_of)
+
+    def __contains__(self, volunteer_id: object) -> bool:
+        return volunteer_id in self._part_of
+
+    def part_of(self, volunteer_id: str) -> str | None:
+        return self._part_of.get(volunteer_id)
+
+    def position(self, volunteer_id: str) -> tuple[float, float] | None:
+        part = self._part_of.get(volunteer_id)
+        return None if part is None else self.parts[part].position(volunteer_id)
+
+    def put(
+        self, volunteer_id: str, lat: float, lon: float, skills: Iterable[str], part: str
+    ) -> None:
+        """Add or move a volunteer (and move them to ``part`` if they changed parts)."""
+        if part not in self.parts:
+            raise ValueError(f"unknown part {part!r}; expected one of {sorted(self.parts)}")
+        previous = self._part_of.get(volunteer_id)
+        if previous is not None and previous != part:
+            self.parts[previous].remove(volunteer_id)
+        self.parts[part].put(volunteer_id, lat, lon, skills)
+        self._part_of[volunteer_id] = part
+
+    def remove(self, volunteer_id: str) -> bool:
+        part = self._part_of.pop(volunteer_id, None)
+        return part is not None and self.parts[part].remove(volunteer_id)

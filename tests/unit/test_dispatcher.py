@@ -14,7 +14,6 @@ from dispatch.config import load_config
 from dispatch.dispatcher import Dispatcher, UnknownIncident
 from dispatch.effects import Claim, Effect, LogEvent, Publish, Reject, Release, SaveIncident
 from dispatch.errors import InvalidTransition
-from dispatch.lifecycle import State
 from dispatch.model import (
     Answer,
     Arrived,
@@ -148,7 +147,8 @@ def test_accept_confirms_and_stands_the_others_down(area: ServiceArea) -> None:
     assert state["state"] == "assigned"
     assert [r["volunteer_id"] for r in state["responders"]] == ["v2"]
     # the stood-down are free again; the responder is not
-    assert "v0" in d.index and "v2" not in d.index
+    assert "v0" in d.index
+    assert "v2" not in d.index
 
 
 def test_late_accept_of_a_filled_incident_is_stood_down(area: ServiceArea) -> None:
@@ -395,7 +395,8 @@ def test_stale_positions_are_forgotten(area: ServiceArea) -> None:
     d.location(LocationUpdate("v1", LAT, LON), T0 + 200)
     assert d.next_deadline() == T0 + 300
     d.tick(T0 + 300)
-    assert "v0" not in d.index and d.volunteers["v0"].lat is None
+    assert "v0" not in d.index
+    assert d.volunteers["v0"].lat is None
     assert "v1" in d.index
 
 
@@ -414,7 +415,8 @@ def test_restore_carries_on_where_it_stopped(area: ServiceArea) -> None:
     for vid, duty, skills, mode, pos in volunteers:
         fresh.restore_volunteer(vid, duty=duty, skills=skills, mode=mode, position=pos)  # type: ignore[arg-type]
     assert fresh.restore_incident(orjson.loads(orjson.dumps(record))) == []
-    assert "v0" not in fresh.index and "v6" in fresh.index
+    assert "v0" not in fresh.index
+    assert "v6" in fresh.index
     # an accept for an alert issued before the restart is honoured
     effects = accept(fresh, "v3", sent["v3"]["alert_id"], T0 + 30)
     assert assignments(effects)["v3"]["action"] == "go"

@@ -53,8 +53,8 @@ def test_staying_put_is_not_a_move() -> None:
 
 
 def test_only_resolved_and_cancelled_end() -> None:
-    assert ENDED == {S.RESOLVED, S.CANCELLED}
-    assert OPEN_STATES == set(State) - ENDED
+    assert set(ENDED) == {S.RESOLVED, S.CANCELLED}
+    assert set(OPEN_STATES) == set(State) - ENDED
     # Every open state can reach an end, so nothing is stuck forever.
     for state in OPEN_STATES:
         assert TRANSITIONS[state] & ENDED
