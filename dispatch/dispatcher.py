@@ -241,6 +241,9 @@ class Volunteer:
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
 
 
+# Held volunteers really removed from the index per tick (each removal some 30 µs).
+_COMPACT_PER_TICK = 64
+
 # Timer kinds, kept in one heap: (due, sequence, kind, incident id, alert id)
 _WAVE, _EXPIRE, _CLEAR = "wave", "expire", "clear"
 
@@ -333,8 +336,13 @@ class Dispatcher:
         heapq.heappush(self._timers, (due, self._timer_seq, kind, incident_id, alert_id))
 
     def tick(self, now: float) -> list[Effect]:
-        """Fire every timer due at ``now``, and forget positions that went stale."""
+        """Fire every timer due at ``now``, forget stale positions, tidy the index.
+
+        Cheap when nothing is due: the shell may call it as often as it likes.
+        """
         effects: list[Effect] = []
+        # Volunteers held for an alert leave the trees a few at a time, off the hot path.
+        self.index.compact(_COMPACT_PER_TICK)
         while self._positions:
             vid, seen = next(iter(self._positions.items()))
             if seen + self.location_ttl_s > now:
@@ -445,7 +453,7 @@ class Dispatcher:
         self.alerts[alert.alert_id] = alert
         volunteer = self.volunteers[c.volunteer_id]
         volunteer.alert_id = alert.alert_id
-        self.index.remove(c.volunteer_id)
+        self.index.hold(c.volunteer_id)  # O(1) on the hot path; see PartitionedIndex
         if incident.first_alert_at is None:
             incident.first_alert_at = now
         self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)

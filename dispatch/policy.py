@@ -110,9 +110,8 @@ def fastest(
     skills = tuple(skills)
     ranked = [
         Candidate(n.volunteer_id, n.distance_m, travel.eta_s(n.distance_m, mode))
-        for mode, part in index.parts.items()
-        if len(part)
-        for n in part.nearest(lat, lon, k, skills=skills, radius_m=radius_m, exclude=exclude)
+        for mode in index.parts
+        for n in index.nearest(mode, lat, lon, k, skills=skills, radius_m=radius_m, exclude=exclude)
     ]
     ranked.sort(key=lambda c: (c.eta_s, c.volunteer_id))
     return ranked[:k]

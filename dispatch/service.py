@@ -211,17 +211,14 @@ class Service:
         while True:
             deadline = self.core.next_deadline()
             now = self.clock()
-            if deadline is not None and deadline <= now:
-                async with self._lock:
-                    await self._execute(self.core.tick(self.clock()))
+            wait = _TIMER_RESOLUTION_S if deadline is None else deadline - now
+            await asyncio.sleep(min(max(wait, 0.0), _TIMER_RESOLUTION_S))
+            async with self._lock:
+                effects = self.core.tick(self.clock())
+                if effects:
+                    await self._execute(effects)
+            if effects:
                 self._update_gauges()
-                continue
-            wait = (
-                _TIMER_RESOLUTION_S
-                if deadline is None
-                else min(deadline - now, _TIMER_RESOLUTION_S)
-            )
-            await asyncio.sleep(max(wait, 0.001))
 
     async def _flush_positions_forever(self) -> None:
         while True:

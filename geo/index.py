@@ -357,37 +357,98 @@ class PartitionedIndex:
     Ranking by travel time over mixed speeds is then exact and cheap: within one part
     time grows with distance, so the k fastest overall are among the k nearest of each
     part. A move touches only the volunteer's own part.
+
+    ``hold`` takes a volunteer out of every answer without touching the trees: it is
+    O(1), where a delete costs tens of microseconds per tree. Alerting a wave holds its
+    volunteers on the report's hot path; most are released unmoved a few seconds later,
+    and a ``put`` that changes nothing is free.
     """
 
     def __init__(self, projection: LocalProjection, parts: Iterable[str]) -> None:
         self.parts: dict[str, VolunteerIndex] = {p: VolunteerIndex(projection) for p in parts}
-        self._part_of: dict[str, str] = {}
+        self._entries: dict[str, tuple[float, float, frozenset[str], str]] = {}
+        self._held: dict[str, None] = {}  # insertion-ordered: the oldest hold first
 
     def __len__(self) -> int:
-        return len(self._part_of)
+        return len(self._entries) - len(self._held)
 
     def __contains__(self, volunteer_id: object) -> bool:
-        return volunteer_id in self._part_of
+        return volunteer_id in self._entries and volunteer_id not in self._held
 
     def part_of(self, volunteer_id: str) -> str | None:
-        return self._part_of.get(volunteer_id)
+        entry = self._entries.get(volunteer_id)
+        return None if entry is None or volunteer_id in self._held else entry[3]
 
     def position(self, volunteer_id: str) -> tuple[float, float] | None:
-        part = self._part_of.get(volunteer_id)
-        return None if part is None else self.parts[part].position(volunteer_id)
+        entry = self._entries.get(volunteer_id)
+        return None if entry is None or volunteer_id in self._held else (entry[0], entry[1])
 
     def put(
         self, volunteer_id: str, lat: float, lon: float, skills: Iterable[str], part: str
     ) -> None:
-        """Add or move a volunteer (and move them to ``part`` if they changed parts)."""
+        """Add, move or release a volunteer (moving them to ``part`` if it changed)."""
         if part not in self.parts:
             raise ValueError(f"unknown part {part!r}; expected one of {sorted(self.parts)}")
-        previous = self._part_of.get(volunteer_id)
-        if previous is not None and previous != part:
-            self.parts[previous].remove(volunteer_id)
-        self.parts[part].put(volunteer_id, lat, lon, skills)
-        self._part_of[volunteer_id] = part
+        entry = (lat, lon, frozenset(skills), part)
+        self._held.pop(volunteer_id, None)
+        previous = self._entries.get(volunteer_id)
+        if previous == entry:
+            return
+        if previous is not None and previous[3] != part:
+            self.parts[previous[3]].remove(volunteer_id)
+        self.parts[part].put(volunteer_id, lat, lon, entry[2])
+        self._entries[volunteer_id] = entry
+
+    def hold(self, volunteer_id: str) -> None:
+        """Leave the volunteer out of every answer until the next ``put`` or ``remove``."""
+        if volunteer_id in self._entries:
+            self._held[volunteer_id] = None
+
+    def compact(self, limit: int) -> int:
+        """Really remove up to ``limit`` of the longest-held volunteers from the trees.
+
+        Held entries still cost every query that meets them; a shell calls this when it
+        has a moment, so that holds stay cheap on the hot path without piling up.
+        """
+        done = 0
+        while self._held and done < limit:
+            volunteer_id = next(iter(self._held))
+            self.remove(volunteer_id)
+            done += 1
+        return done
 
     def remove(self, volunteer_id: str) -> bool:
-        part = self._part_of.pop(volunteer_id, None)
-        return part is not None and self.parts[part].remove(volunteer_id)
+        self._held.pop(volunteer_id, None)
+        entry = self._entries.pop(volunteer_id, None)
+        return entry is not None and self.parts[entry[3]].remove(volunteer_id)
+
+    def nearest(
+        self,
+        part: str,
+        lat: float,
+        lon: float,
+        k: int,
+        *,
+        skills: Iterable[str] = (),
+        radius_m: float | None = None,
+        exclude: Container[str] = (),
+    ) -> list[Neighbour]:
+        """The k nearest in one part, leaving out held volunteers and ``exclude``."""
+        index = self.parts[part]
+        if not len(index):
+            return []
+        return index.nearest(
+            lat, lon, k, skills=skills, radius_m=radius_m, exclude=_Both(self._held, exclude)
+        )
+
+
+class _Both:
+    """Membership in either of two containers, without building their union."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Container[str], b: Container[str]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.a or item in self.b

@@ -1,0 +1,55 @@
+"""The index partitioned by travel mode, with cheap holds."""
+
+import pytest
+
+from geo.distance import LocalProjection
+from geo.index import PartitionedIndex
+
+LAT, LON = 30.2591, 120.1698
+
+
+def make() -> PartitionedIndex:
+    index = PartitionedIndex(LocalProjection(LAT, LON), ("walk", "bike"))
+    for i in range(5):
+        index.put(f"w{i}", LAT + i * 0.001, LON, ("first_aid",), "walk")
+        index.put(f"b{i}", LAT - i * 0.001, LON, (), "bike")
+    return index
+
+
+def test_parts_are_disjoint_and_a_volunteer_can_change_part() -> None:
+    index = make()
+    assert len(index) == 10
+    index.put("w0", LAT, LON, ("first_aid",), "bike")
+    assert index.part_of("w0") == "bike"
+    assert "w0" not in {n.volunteer_id for n in index.nearest("walk", LAT, LON, 10)}
+    assert "w0" in {n.volunteer_id for n in index.nearest("bike", LAT, LON, 10)}
+    assert len(index) == 10
+    with pytest.raises(ValueError, match="unknown part"):
+        index.put("x", LAT, LON, (), "rocket")
+
+
+def test_held_volunteers_are_left_out_until_put_again() -> None:
+    index = make()
+    index.hold("w0")
+    assert "w0" not in index
+    assert len(index) == 9
+    assert index.position("w0") is None
+    assert [n.volunteer_id for n in index.nearest("walk", LAT, LON, 1)] == ["w1"]
+    index.put("w0", LAT, LON, ("first_aid",), "walk")  # released where it was
+    assert [n.volunteer_id for n in index.nearest("walk", LAT, LON, 1)] == ["w0"]
+
+
+def test_compact_removes_the_longest_held_first() -> None:
+    index = make()
+    for vid in ("w0", "w1", "w2"):
+        index.hold(vid)
+    assert index.compact(2) == 2
+    assert index.part_of("w0") is None
+    assert len(index.parts["walk"]) == 3  # w0 and w1 really left the tree; w2 is held
+    assert index.compact(10) == 1
+    assert len(index.parts["walk"]) == 2
+    assert len(index) == 7
+    index.put("w1", LAT, LON, ("first_aid",), "walk")
+    assert "w1" in index
+    assert index.remove("w1")
+    assert not index.remove("w1")
