@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a TOML file (see config/default.toml)")
     run.add_argument("--instance", help="this engine's name, unique among engines sharing a broker")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo = sub.add_parser(
+        "demo",
+        help="run the engine with simulated volunteers and incidents on throwaway servers",
+        description="Start a throwaway broker and Redis (unless --mqtt/--redis name running "
+        "ones), the engine, a simulated volunteer fleet and a stream of incidents, all on "
+        "127.0.0.1; Ctrl-C stops everything it started. See docs/demo.md.",
+    )
+    from dispatch.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
     return parser
 
 
@@ -65,9 +75,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     from dispatch.web import make_app
 
     service = Service(config)
-    runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(service), access_log=None, handle_signals=False, shutdown_timeout=2
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port, shutdown_timeout=2)
+    site = web.TCPSite(runner, config.http_host, config.http_port)
     await site.start()
     log.info(
         "serving http://%s:%s (MQTT %s, topic root '%s')",
@@ -85,6 +97,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = dict(os.environ)
+    if args.command == "demo":
+        from dispatch.demo import main as demo_main
+
+        return demo_main(args, env)
     try:
         config = load(args, env)
     except ConfigError as exc:

@@ -18,7 +18,7 @@ calls these on request and caches the answers for a few seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,25 +76,11 @@ def coverage(
     out: list[CellCoverage] = []
     for cell in cells:
         best = fastest(
-            core.index,
-            core.travel,
-            _mode_of(core),
-            cell.lat,
-            cell.lon,
-            1,
-            skills=wanted,
-            radius_m=radius,
+            core.index, core.travel, cell.lat, cell.lon, 1, skills=wanted, radius_m=radius
         )
         eta = best[0].eta_s if best else None
         out.append(CellCoverage(cell.id, eta, None if eta is None else eta <= target))
     return out
-
-
-def _mode_of(core: Dispatcher) -> Callable[[str], str]:
-    def mode_of(volunteer_id: str) -> str:
-        return core.volunteers[volunteer_id].mode.value
-
-    return mode_of
 
 
 def coarsen(

@@ -71,7 +71,6 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/api/volunteers", api.volunteers)
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
-    app.router.add_get("/api/openapi.json", api.openapi)
     app.router.add_get("/", api.index)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
@@ -158,12 +157,6 @@ class _Api:
         # The page holds no data: it is public, and asks for a token when the API does.
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def openapi(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(
-            STATIC_DIR / "openapi.json",
-            headers={"Content-Type": "application/json", "Cache-Control": "no-cache"},
-        )
-
     # ---------------------------------------------------------------- the map and figures
 
     async def volunteers(self, request: web.Request) -> web.Response:
@@ -201,6 +194,8 @@ class _Api:
             "cells_total": len(cells),
             "cells": [c.to_json() for c in cells],
         }
+        if len(self._coverage) >= 16:  # any valid id may be asked for: keep the cache small
+            self._coverage.clear()
         self._coverage[skill] = (now, body)
         return _json(body)
 
@@ -214,7 +209,7 @@ class _Api:
             since = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         else:
             try:
-                since = parse_time(raw)
+                since = _parse_since(raw)
             except ValueError as exc:
                 return _error(400, f"'since' must be an RFC 3339 time or Unix seconds: {exc}")
         cached = self._figures.get(since)
@@ -255,7 +250,7 @@ class _Api:
         since = request.query.get("since")
         if since is not None:
             try:
-                since_ts = parse_time(since)
+                since_ts = _parse_since(since)
             except ValueError as exc:
                 return _error(400, f"'since' must be an RFC 3339 time or Unix seconds: {exc}")
             ids = await self.service.store.reported_since(since_ts)
@@ -430,6 +425,15 @@ class _Api:
             # reconnects after `retry` with Last-Event-ID and misses nothing.
             log.info("event stream ended: %s", exc)
         return response
+
+
+def _parse_since(raw: str) -> float:
+    """A query's time: RFC 3339, or Unix seconds (a query parameter is always a string)."""
+    try:
+        number = float(raw)
+    except ValueError:
+        return parse_time(raw)
+    return parse_time(number)
 
 
 def _t(ts: float | None) -> str | None:

@@ -22,7 +22,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE_DISPATCH = ("model", "codec", "errors", "lifecycle", "policy", "dispatcher", "config")
+PURE_DISPATCH = (
+    "model",
+    "codec",
+    "errors",
+    "lifecycle",
+    "policy",
+    "dispatcher",
+    "config",
+    "effects",
+    "coverage",
+)
 FORBIDDEN_MODULES = frozenset({"asyncio", "redis", "aiomqtt", "aiohttp", "time", "socket"})
 ENV_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"})
 

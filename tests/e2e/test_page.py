@@ -1,0 +1,355 @@
+"""The control-room page in a real headless Chromium, against the engine as a process.
+
+Debian's ``chromium`` driven by Playwright through its executable path (never a browser
+download). Without chromium or playwright these tests are skipped, except under CI=true
+where they fail with what to install. Screenshots go to test-output/ (gitignored).
+
+The engine runs as ``python -m dispatch run`` on a fixed port, so that after a restart
+the page's EventSource finds it again at the same address, as it would in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import servers
+from e2e_harness import Field, http, rfc3339, uid
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output"
+CHROMIUM = os.environ.get("DISPATCH_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "op-secret-page"
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+def _playwright() -> Any:
+    """The sync Playwright module, or skip (fail under CI) saying what to install."""
+    missing = []
+    sync_api: Any = None
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError:
+        missing.append("Playwright for Python (.venv/bin/pip install 'playwright>=1.40')")
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        missing.append(
+            f"chromium at {CHROMIUM} (apt-get install -y --no-install-recommends chromium)"
+        )
+    if missing:
+        message = "browser tests need " + " and ".join(missing)
+        if servers.in_ci():
+            pytest.fail(message + " (CI=true: the browser tests are required)", pytrace=False)
+        pytest.skip(message)
+    return sync_api
+
+
+# ------------------------------------------------------------------------- the engine
+
+
+class PageEngine:
+    """``python -m dispatch run`` on one port for its whole life, restartable."""
+
+    def __init__(self, mqtt_url: str, redis_url: str, topic_root: str, log_path: Path) -> None:
+        self.mqtt_url, self.redis_url, self.topic_root = mqtt_url, redis_url, topic_root
+        self.log_path = log_path
+        self.port = servers.free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+        env.update({"DISPATCH_HTTP_OPERATOR_TOKEN": TOKEN, "DISPATCH_LOG_LEVEL": "info"})
+        argv = [
+            sys.executable, "-m", "dispatch", "run",
+            "--mqtt", self.mqtt_url, "--redis", self.redis_url,
+            "--http", f"127.0.0.1:{self.port}", "--topic-root", self.topic_root,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.proc.poll() is None, f"the engine exited:\n{self.log_tail()}"
+            with contextlib.suppress(OSError):
+                if http("GET", self.base + "/readyz", timeout=1.0).status == 200:
+                    return
+            assert time.monotonic() < deadline, f"never ready:\n{self.log_tail()}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        result = http("POST", self.base + path, body if body is not None else {}, token=TOKEN)
+        assert result.status in (200, 201), (path, result.status, result.body)
+        return result.json
+
+    def get(self, path: str) -> Any:
+        result = http("GET", self.base + path)
+        assert result.status == 200, (path, result.status, result.body)
+        return result.json
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture
+def engine(mqtt_url: str, redis_server: str, tmp_path: Path) -> Iterator[PageEngine]:
+    url = f"{redis_server}/{servers.next_redis_db()}"
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        client.flushdb()
+    e = PageEngine(mqtt_url, url, uid("page"), tmp_path / "engine.log")
+    e.start()
+    try:
+        yield e
+    finally:
+        e.stop()
+        if e.proc is not None and e.proc.poll() is None:
+            e.proc.kill()
+
+
+@pytest.fixture
+def field(engine: PageEngine, mqtt_url: str) -> Iterator[Field]:
+    f = Field(mqtt_url, engine.topic_root)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = _playwright()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """A page plus what it logged: console errors and uncaught exceptions."""
+
+    def __init__(self, browser: Any, base: str) -> None:
+        self.context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.goto(base + "/")
+        self.page.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+
+    def row(self, iid: str) -> Any:
+        return self.page.locator(f"#queue li.inc[data-id='{iid}']")
+
+    def screenshot(self, name: str) -> Path:
+        OUTPUT.mkdir(exist_ok=True)
+        path = OUTPUT / name
+        self.page.screenshot(path=str(path))
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser: Any, engine: PageEngine) -> Iterator[Page]:
+    p = Page(browser, engine.base)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _clock_seconds(text: str) -> int:
+    minutes, _, seconds = text.strip().partition(":")
+    return int(minutes) * 60 + int(seconds)
+
+
+def _volunteers(field: Field, n: int, seed: int = 7) -> list[tuple[str, float, float]]:
+    """n volunteers scattered over the district, denser in the old town; some without
+    first aid. Positions outside the outline are allowed (PROTOCOL.md)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        vid = f"v{i:03d}"
+        if i % 2:
+            lat, lon = rng.uniform(30.235, 30.285), rng.uniform(120.160, 120.200)
+        else:
+            lat, lon = rng.uniform(30.200, 30.380), rng.uniform(120.150, 120.280)
+        skills = ["first_aid"] if i % 3 else ["patrol"]
+        mode = ("walk", "bike", "ebike")[i % 3]
+        field.status(vid, lat=lat, lon=lon, skills=skills, mode=mode)
+        out.append((vid, lat, lon))
+    return out
+
+
+# ------------------------------------------------------------------------- the tests
+
+
+def test_live_queue_clock_cancel_and_screenshots(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    p = page.page
+    assert page.errors == [], f"console errors on load: {page.errors}"
+    assert p.locator("#queue-empty").is_visible()
+    assert p.locator("#g-cells path").count() > 400  # the grid is drawn
+
+    # An incident reported over MQTT appears in the queue within 2 s, without a refresh.
+    started = time.monotonic()
+    field.report(
+        {"id": "pg-fall", "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+         "address": "小营巷 12 号", "description": "老人跌倒，意识清醒"}
+    )  # fmt: skip
+    page.row("pg-fall").wait_for(state="visible", timeout=2_000)
+    assert time.monotonic() - started < 2.0
+    row = page.row("pg-fall")
+    assert "小营巷 12 号" in row.inner_text()
+    assert row.get_attribute("data-state") == "escalated"  # nobody on duty yet
+
+    # Its clock runs.
+    first = _clock_seconds(row.locator(".clock").inner_text().splitlines()[0])
+    p.wait_for_timeout(2_600)  # the clock repaints every 250 ms: at least 2 s more shown
+    second = _clock_seconds(row.locator(".clock").inner_text().splitlines()[0])
+    assert second >= first + 2, (first, second)
+
+    # The operator cancels it from the page: a confirm click, then the token asked once.
+    row.locator("button[data-act=cancel]").click()
+    row.locator("button[data-act=cancel]").click()
+    p.locator("#auth-dialog").wait_for(state="visible")
+    p.fill("#auth-name", "值班员 陈")
+    p.fill("#auth-token", TOKEN)
+    p.click("#auth-ok")
+    page.row("pg-fall").wait_for(state="detached", timeout=3_000)
+    state = engine.get("/api/incidents/pg-fall")
+    assert state["state"] == "cancelled"
+    assert [e.get("by") for e in state["events"] if e["type"] == "cancelled"] == ["值班员 陈"]
+    # ... and is found in the history view.
+    p.click(".tabs button[data-tab=history]")
+    p.locator("#history tr[data-id='pg-fall']").wait_for(timeout=3_000)
+    p.click(".tabs button[data-tab=queue]")
+
+    # A busier screen for the screenshots: volunteers, and incidents in every state.
+    vols = _volunteers(field, 90)
+    field.sync()
+    p.wait_for_timeout(300)
+    # Reported a while ago (as a hotline may forward them), so the clocks show every band.
+    incidents = [
+        ("pg-cardiac", "cardiac_arrest", 30.3100, 120.2050, "九堡 客运中心 地铁站 C 口", 150),
+        ("pg-medical", "medical", 30.2479, 120.1781, "南星街道 馒头山社区 7 幢", 95),
+        ("pg-dispute", "dispute", 30.2655, 120.1840, "凯旋街道 景芳三区 12 幢楼下", 40),
+        ("pg-lost", "lost_person", 30.2390, 120.1712, "望江门外 钱塘江边步道", 135),
+        ("pg-fire", "fire", 30.3400, 120.2300, "丁兰街道 皋亭山 山脚仓库", 200),
+    ]
+    for iid, kind, lat, lon, address, ago in incidents:
+        field.report(
+            {"id": iid, "kind": kind, "lat": lat, "lon": lon, "address": address,
+             "reported_at": rfc3339(time.time() - ago)}
+        )  # fmt: skip
+    for iid, *_ in incidents:
+        page.row(iid).wait_for(timeout=2_000)
+    # Two of them get a volunteer who accepts; one of those arrives.
+    for iid, arrive in (("pg-cardiac", True), ("pg-medical", False)):
+        inc = engine.get(f"/api/incidents/{iid}")
+        alert = next(a for a in inc["alerts"] if a["status"] == "pending")
+        field.reply(alert["volunteer_id"], alert["alert_id"], "accept")
+        field.wait_assignment(alert["volunteer_id"], iid, "go")
+        if arrive:
+            field.arrived(alert["volunteer_id"], iid)
+    p.locator("#queue li.inc[data-id='pg-cardiac'][data-state=on_scene]").wait_for(timeout=3_000)
+    p.locator("#queue li.inc[data-id='pg-medical'][data-state=assigned]").wait_for(timeout=3_000)
+    assert p.locator("#queue li.inc.escalated").count() >= 1  # the dispute: no mediator
+    fire_clock = page.row("pg-fire").locator(".clock")
+    assert "red" in (fire_clock.get_attribute("class") or "")  # past 180 s
+    lost_clock = page.row("pg-lost").locator(".clock")
+    assert "amber" in (lost_clock.get_attribute("class") or "")  # past 120 s
+    assert p.locator("#g-volunteers circle").count() >= len(vols) - 10
+    p.wait_for_timeout(3_500)  # coverage and figures catch up
+    assert int(p.locator("#f-incidents").inner_text()) == 6
+    page.screenshot("control-room-zh.png")
+    p.click("#lang")
+    assert p.locator("#lang").inner_text() == "中文"
+    assert "Queue" in p.locator(".tabs").inner_text()
+    page.screenshot("control-room-en.png")
+    page.row("pg-medical").click()
+    p.locator("#detail").wait_for(state="visible")
+    page.screenshot("control-room-detail.png")
+    assert page.errors == [], f"console errors: {page.errors}"
+
+
+def test_page_reconnects_after_a_restart_and_shows_what_happened(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    p = page.page
+    field.report({"id": "pg-r1", "kind": "medical", "lat": 30.2591, "lon": 120.1698})
+    page.row("pg-r1").wait_for(timeout=2_000)
+    assert page.errors == []
+    sent: list[tuple[str, str | None]] = []
+    p.on(
+        "request",
+        lambda r: (
+            sent.append((r.url, r.headers.get("last-event-id"))) if "/api/events" in r.url else None
+        ),
+    )
+
+    engine.stop()
+    p.locator("#conn[data-state=reconnecting]").wait_for(timeout=5_000)
+    # Keep the page away until things have happened, so that it must catch up.
+    p.route("**/api/events*", lambda route: route.abort())
+    engine.start()
+    engine.post("/api/incidents/pg-r1/resolve", {"by": "restart-test"})
+    engine.post(
+        "/api/incidents",
+        {"id": "pg-r2", "kind": "fire", "lat": 30.2750, "lon": 120.1850, "address": "艮山门"},
+    )
+    assert page.row("pg-r1").count() == 1  # not seen yet
+    p.unroute("**/api/events*")
+
+    page.row("pg-r1").wait_for(state="detached", timeout=10_000)
+    page.row("pg-r2").wait_for(timeout=10_000)
+    p.locator("#conn[data-state=live]").wait_for(timeout=10_000)
+    # The stream resumed from where it stopped (Last-Event-ID), not from "now".
+    resumed = [s for s in sent if s[1] or "last_event_id=" in s[0]]
+    assert resumed, f"no resuming request among {sent}"
+    # It keeps working live after the restart.
+    field.report({"id": "pg-r3", "kind": "fall", "lat": 30.2600, "lon": 120.1750})
+    page.row("pg-r3").wait_for(timeout=2_000)
+    assert p.locator("#f-open").inner_text() == "2"  # the figures follow the queue
+    page.screenshot("control-room-after-restart.png")
+    for iid in ("pg-r2", "pg-r3"):
+        engine.post(f"/api/incidents/{iid}/cancel", {"by": "cleanup"})
