@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "ones), the engine, a simulated volunteer fleet and a stream of incidents, all on "
         "127.0.0.1; Ctrl-C stops everything it started. See docs/demo.md.",
     )
-    from dispatch.demo import add_arguments as add_demo_arguments
+    from simulators.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(demo)
     return parser
@@ -91,14 +92,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     try:
         await service.run(stop)
     finally:
-        await runner.cleanup()
+        # Open event streams are cut after the runner's 2 s grace; never hang on exit.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.cleanup(), 5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = dict(os.environ)
     if args.command == "demo":
-        from dispatch.demo import main as demo_main
+        from simulators.demo import main as demo_main
 
         return demo_main(args, env)
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -312,7 +313,7 @@ def start_redis() -> tuple[ManagedServer, str]:
         ]  # fmt: skip
         server = _spawn("redis-server", argv, workdir)
         server.ports["tcp"] = port
-        if _wait_ready(server, lambda p=port: redis_ping("127.0.0.1", p)):
+        if _wait_ready(server, functools.partial(redis_ping, "127.0.0.1", port)):
             return server, f"redis://127.0.0.1:{port}"
         last_log = server.log_tail()
         server.stop()

@@ -131,11 +131,19 @@ class Service:
                 ]
             await stopping
             restore.cancel()
+            tasks.append(restore)
             for task in tasks:
                 task.cancel()
-        with contextlib.suppress(BackendUnavailable):
-            await self._flush_positions()
-        await self.store.close()
+            # Python 3.11's asyncio.wait_for (inside aiomqtt) can swallow a cancellation
+            # that races with its own completion: cancel again until everything is done.
+            while pending := [t for t in tasks if not t.done()]:
+                await asyncio.wait(pending, timeout=1.0)
+                for task in pending:
+                    task.cancel()
+        with contextlib.suppress(BackendUnavailable, TimeoutError):
+            await asyncio.wait_for(self._flush_positions(), 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.store.close(), 2)
         log.info("stopped")
 
     async def _watch_redis(self) -> None:
@@ -209,6 +217,10 @@ class Service:
 
     async def _timers(self) -> None:
         while True:
+            # Timers fire only while the broker is reachable: most of what they decide
+            # (stand-downs, next waves) must reach phones, and overdue ones fire at once
+            # when it is back (after a restart too).
+            await self.bus.ready.wait()
             deadline = self.core.next_deadline()
             now = self.clock()
             wait = _TIMER_RESOLUTION_S if deadline is None else deadline - now
@@ -268,10 +280,12 @@ class Service:
         if not isinstance(msg, LocationUpdate):
             self._update_gauges()
 
-    async def report(self, report: Report, now: float) -> ReportOutcome:
+    async def report(self, report: Report, now: float, *, via_mqtt: bool = True) -> ReportOutcome:
         """Admit, store, then announce an incident.
 
         "pending": another engine is storing the same report; its receipt comes from there.
+        A conflict is reported on ``rejected`` only for MQTT reports: an HTTP caller gets
+        its answer in the response, like every other HTTP error.
         """
         async with self._lock:
             if report.id is not None:
@@ -280,17 +294,18 @@ class Service:
                 )
                 if admission == "conflict":
                     self.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
-                    await self._reject(
-                        BadMessage(
-                            self.codec.topic("incidents", "report"),
-                            f"incident id '{report.id}' was already reported with a different "
-                            "body; send a new id for a new incident, or the same body to get "
-                            "the receipt again",
-                            "conflict",
-                            report.id,
-                        ),
-                        now,
+                    conflict = BadMessage(
+                        self.codec.topic("incidents", "report"),
+                        f"incident id '{report.id}' was already reported with a different "
+                        "body; send a new id for a new incident, or the same body to get "
+                        "the receipt again",
+                        "conflict",
+                        report.id,
                     )
+                    if via_mqtt:
+                        await self._reject(conflict, now)
+                    else:
+                        self.metrics.rejected.labels(reason=conflict.code).inc()
                     return ReportOutcome("conflict")
                 if admission == "pending":  # another engine is storing it right now
                     self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()

@@ -325,7 +325,7 @@ class _Api:
             self.service.metrics.rejected.labels(reason=err.code).inc()
             status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
             return _error(status, err.reason)
-        outcome = await self.service.report(report, now)
+        outcome = await self.service.report(report, now, via_mqtt=False)
         if outcome.status == "conflict":
             return _error(
                 409,

@@ -71,6 +71,7 @@ SPEEDS_MPS: Mapping[str, float] = {"walk": 2.3, "bike": 4.0, "ebike": 5.5}
 DENSE_WALK_MPS = 1.8
 
 _M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
+_PUBLISH_BATCH = 8
 
 
 class VolunteerState(enum.Enum):
@@ -306,8 +307,9 @@ class FleetModel:
         v.state = VolunteerState.DECIDING
         v.alert_id, v.incident_id = alert_id, incident_id
         lat, lon = alert.get("lat"), alert.get("lon")
-        numbers = isinstance(lat, int | float) and isinstance(lon, int | float)
-        v.target = (float(lat), float(lon)) if numbers else None  # type: ignore[arg-type]
+        v.target = None
+        if isinstance(lat, int | float) and isinstance(lon, int | float):
+            v.target = (float(lat), float(lon))
         v.reply_at = now + delay
         v.will_accept = v.target is not None and self.rng.random() < self.p.acceptance
         v.will_arrive = self.rng.random() < self.p.arrive_share
@@ -400,7 +402,8 @@ class FleetModel:
             v.heading += math.pi  # the district's edge: turn back
 
     def _travel(self, v: _Volunteer, now: float, dt: float, out: list[Outbound]) -> None:
-        assert v.target is not None and v.incident_id is not None
+        assert v.target is not None
+        assert v.incident_id is not None
         remaining = haversine_m(v.lat, v.lon, *v.target)
         step = min(remaining, v.speed_mps / self.p.circuity * dt)
         if not v.will_arrive:
@@ -490,7 +493,7 @@ class Fleet:
         return (time.monotonic() - self._t0) * self.time_scale
 
     def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             username=self.username,
@@ -505,6 +508,9 @@ class Fleet:
             keepalive=30,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # One client speaks for hundreds of phones: dozens of publishes in flight are normal.
+        client.pending_calls_threshold = 200
+        return client
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect (again, after a loss), put everyone on duty and play until ``stop``."""
@@ -537,9 +543,14 @@ class Fleet:
                 backoff = min(backoff * 2, 5.0)
 
     async def _publish(self, client: aiomqtt.Client, messages: Sequence[Outbound]) -> None:
-        if messages:
+        # A few at a time: the client warns (and the broker's in-flight window fills)
+        # when hundreds of QoS 1 publishes wait at once, as at start and at leaving.
+        for i in range(0, len(messages), _PUBLISH_BATCH):
             await asyncio.gather(
-                *(client.publish(m.topic, m.payload, qos=m.qos, timeout=10) for m in messages)
+                *(
+                    client.publish(m.topic, m.payload, qos=m.qos, timeout=10)
+                    for m in messages[i : i + _PUBLISH_BATCH]
+                )
             )
 
     async def _drive(self, client: aiomqtt.Client) -> None:

@@ -305,7 +305,7 @@ class IncidentStream:
             yield at, None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Send reports until the schedule ends and every receipt is in, or ``stop`` is set."""
+        """Send reports (and keep following their states) until ``stop`` is set."""
         schedule = self._schedule()
         started = time.monotonic()
         upcoming = next(schedule, None)
@@ -322,8 +322,6 @@ class IncidentStream:
                                 await self._send_new(client, upcoming[1])
                                 upcoming = next(schedule, None)
                             await self._resend_due(client, now_real)
-                            if upcoming is None and not self._pending:
-                                break
                             wait = 0.2
                             if upcoming is not None:
                                 wait = min(wait, (upcoming[0] - sim_elapsed) / self.time_scale)

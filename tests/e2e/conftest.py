@@ -73,7 +73,8 @@ def shared_engine(
 @pytest.fixture
 def engine(shared_engine: Engine, request: pytest.FixtureRequest) -> Iterator[Engine]:
     """The module's engine, checked alive before the test; its log printed on failure."""
-    assert shared_engine.proc is not None and shared_engine.proc.poll() is None, (
+    assert shared_engine.proc is not None
+    assert shared_engine.proc.poll() is None, (
         "the shared engine died earlier:\n" + shared_engine.log_tail()
     )
     yield shared_engine

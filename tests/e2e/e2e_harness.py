@@ -308,6 +308,13 @@ class Field:
         self.rejections.close()
         self.observer.close()
 
+    def dump(self, last: int = 40) -> str:
+        """The last messages the observer saw, for assertion messages."""
+        lines = [
+            f"{m.topic.removeprefix(self.root)} {m.payload[:160]!r}" for m in self.all.all()[-last:]
+        ]
+        return "observed:\n  " + "\n  ".join(lines)
+
     # ---- topics
 
     def t(self, *parts: str) -> str:
@@ -448,11 +455,11 @@ class Field:
         marker = uid("sync")
         topic = self.t("volunteers", marker, "status")
         self.phone.publish(topic, b"sync: not json")
-        self.rejected.wait_for(
-            _topic_pred(self.rejected.filter, lambda b: b["topic"] == topic),
-            timeout,
-            "(sync marker)",
-        )
+        pred = _topic_pred(self.t("rejected"), lambda b: b.get("topic") == topic)
+        # The observer's connection and every other subscription given: each must have
+        # had everything the engine published before the marker's rejection.
+        for sub in (self.rejected, self.all, *also):
+            sub.wait_for(pred, timeout, "(sync marker)")
 
     def off_duty_all(self) -> None:
         for vid in sorted(self.volunteers):

@@ -80,7 +80,14 @@ def place(
 ) -> tuple[float, float]:
     """An available volunteer ``distance_m`` from ``center``; returns its position."""
     lat, lon = offset(*center, distance_m, bearing)
-    field.status(vid, "available", lat=lat, lon=lon, skills=["first_aid"] if skills is None else skills, mode=mode)
+    field.status(
+        vid,
+        "available",
+        lat=lat,
+        lon=lon,
+        skills=["first_aid"] if skills is None else skills,
+        mode=mode,
+    )
     return lat, lon
 
 
@@ -235,8 +242,7 @@ def test_accept_go_stand_down_and_late_accept(engine: Engine, mqtt_url: str) -> 
         # A retried accept from the assigned volunteer is confirmed again, never refused.
         field.reply(first, alerts[first]["alert_id"], "accept")
         field.sync()
-        print("DEBUG", [(m.topic.split("/", 1)[1], m.payload[:60]) for m in field.all.all()][-12:])
-        assert [a["action"] for a in field.assignments(first, iid)] == ["go", "go"]
+        assert [a["action"] for a in field.assignments(first, iid)] == ["go", "go"], field.dump()
         assert_no_rejections(field)
         after = engine.incident(iid)
         assert after["state"] == "assigned"
@@ -254,9 +260,7 @@ def test_accept_go_stand_down_and_late_accept(engine: Engine, mqtt_url: str) -> 
 
 def test_arrival_by_location_within_radius(engine: Engine, field: Field) -> None:
     reported_at = time.time() - 5.0
-    iid, vids, alerts = alerted_incident(
-        field, C3, 2, "t3", reported_at=rfc3339(reported_at)
-    )
+    iid, vids, alerts = alerted_incident(field, C3, 2, "t3", reported_at=rfc3339(reported_at))
     vid = vids[0]
     field.reply(vid, alerts[vid]["alert_id"], "accept")
     field.wait_assignment(vid, iid, "go")
@@ -268,7 +272,9 @@ def test_arrival_by_location_within_radius(engine: Engine, field: Field) -> None
     field.location(vid, *offset(*C3, 40, 10))
     field.sync()
     assert all(m.json["state"] == "assigned" for m in field.states(iid)[-1:])
-    assert field.all.all(lambda m: m.topic.endswith(f"{iid}/state") and b"on_scene" in m.payload) == []
+    assert (
+        field.all.all(lambda m: m.topic.endswith(f"{iid}/state") and b"on_scene" in m.payload) == []
+    )
 
     before = time.time()
     field.location(vid, *offset(*C3, 20, 10), accuracy_m=8)
@@ -339,7 +345,11 @@ def test_duplicate_report_gets_the_receipt_again_and_conflict_is_rejected(
     field.report(dict(reversed(list(body.items()))))
     field.sync()
     states = field.states(iid)
-    assert len(states) == states_before + 1, "the retry must get the receipt again"
+    assert len(states) == states_before + 1, (
+        "the retry must get the receipt again; duplicates counted: "
+        f"{engine.metric('dispatch_incidents_total', kind='fall', outcome='duplicate')} "
+        f"(before {dup_before})\n{field.dump()}"
+    )
     assert states[-1].json["id"] == iid
     assert states[-1].json["state"] == "alerting"
     assert len(field.alerts()) == alerts_before, "a retry must not alert anyone"
@@ -486,7 +496,8 @@ def test_every_bad_input_is_rejected_once_and_the_engine_carries_on(
         got = field.rejected.wait_for(None, what=f"(case {i}: {code} on {topic})", start=n).json
         assert got.get("code") == code, (i, topic, payload[:80], got)
         assert got["topic"] == topic, (i, got)
-        assert isinstance(got["reason"], str) and len(got["reason"]) > 10, (i, got)
+        assert isinstance(got["reason"], str), (i, got)
+        assert len(got["reason"]) > 10, (i, got)
         assert "id" in got, got
         assert got["id"] == rid, (i, got)
         assert is_rfc3339_utc(got["received_at"]), got
@@ -567,9 +578,11 @@ def test_http_api(engine: Engine, field: Field) -> None:
     bad = engine.post("/api/incidents", {**body, "id": uid("t8bad"), "kind": "flood"}, token=TOKEN)
     assert bad.status == 400
     assert "error" in bad.json
+    n_rejected = len(field.rejected.all())
     conflict = engine.post("/api/incidents", {**body, "responders": 3}, token=TOKEN)
     assert conflict.status == 409
     assert "error" in conflict.json
+    # (HTTP errors are answered in the response only: test_http_conflict_is_answered_...)
 
     first = vids[0]
     field.reply(first, alerts[first]["alert_id"], "accept")
@@ -623,4 +636,21 @@ def test_http_api(engine: Engine, field: Field) -> None:
     assert 'dispatch_time_to_arrival_seconds_bucket{le="180.0"}' in text
     m = engine.metrics()
     assert m[("dispatch_decision_latency_seconds_count", frozenset())] >= 1
-    assert_no_rejections(field)
+    assert_no_rejections(field, start=n_rejected)
+
+
+def test_http_conflict_is_answered_over_http_only(engine: Engine, field: Field) -> None:
+    """HTTP callers get their errors in the response; `rejected` is for MQTT messages."""
+    iid = uid("t8c")
+    field.incidents.add(iid)
+    body = {"id": iid, "kind": "other", "lat": C7[0] + 0.01, "lon": C7[1]}
+    assert engine.post("/api/incidents", body, token=TOKEN).status == 201
+    n = len(field.rejected.all())
+    assert engine.post("/api/incidents", {**body, "priority": 1}, token=TOKEN).status == 409
+    # a marker over MQTT proves the engine has handled everything sent before it
+    marker = uid("t8m")
+    field.phone.publish(f"{field.root}/incidents/report", b"not json " + marker.encode())
+    field.wait_rejected(lambda b: b.get("code") == "not_json", start=n)
+    assert not [m for m in field.rejected.all()[n:] if m.json.get("id") == iid]
+    m = engine.metrics()
+    assert m[("dispatch_rejected_messages_total", frozenset({("reason", "conflict")}))] >= 1

@@ -49,7 +49,8 @@ def test_nobody_eligible_in_reach_escalates_at_once(short: tuple[Engine, Field])
     state = field.wait_state(iid, "escalated", timeout=2.0)
     assert time.time() - t0 < 2.0
     reason = state.get("escalation_reason")
-    assert isinstance(reason, str) and reason, state
+    assert isinstance(reason, str), state
+    assert reason, state
     assert "first_aid" in reason
     field.sync()
     assert field.alerts(incident_id=iid) == []
@@ -63,8 +64,9 @@ def test_escalates_after_the_last_wave_when_nobody_answers(short: tuple[Engine, 
     engine, field = short
     vids = [uid(f"w{i}") for i in range(8)]
     for i, vid in enumerate(vids):
+        # By bike, 60-480 m: everyone within the 180 s target, so only silence escalates.
         lat, lon = offset(*D2, 60.0 * (i + 1), 45.0 * i)
-        field.status(vid, lat=lat, lon=lon, skills=["first_aid"])
+        field.status(vid, lat=lat, lon=lon, skills=["first_aid"], mode="bike")
     field.sync()
     iid = uid("esc-waves")
     reported = time.time()
@@ -77,6 +79,9 @@ def test_escalates_after_the_last_wave_when_nobody_answers(short: tuple[Engine, 
     # After the last wave (max 2) goes unanswered: escalated, with a reason.
     state = field.wait_state(iid, "escalated", timeout=5.0)
     escalated_after = time.time() - reported
+    states = [m.json["state"] for m in field.states(iid)]
+    assert states[0] == "alerting"
+    assert states.index("escalated") == len(states) - 1, states
     assert state["escalation_reason"], state
     assert "2 waves" in state["escalation_reason"]
     assert escalated_after >= 1.9, escalated_after
@@ -93,11 +98,11 @@ def test_escalates_after_the_last_wave_when_nobody_answers(short: tuple[Engine, 
     field.sync()
     actions = [a["action"] for a in field.assignments(vids[0], iid)]
     assert actions == ["stand_down", "stand_down"], actions
-    assert field.alerts(incident_id=iid) and len(field.alerts(incident_id=iid)) == 8
+    assert len(field.alerts(incident_id=iid)) == 8
 
 
 def test_too_far_to_be_in_time_alerts_anyway_and_escalates(short: tuple[Engine, Field]) -> None:
-    engine, field = short
+    _, field = short
     vid = uid("slow")
     lat, lon = offset(*D3, 1500, 200)  # walking: about 1083 s, far beyond the 180 s target
     field.status(vid, lat=lat, lon=lon, skills=["first_aid"], mode="walk")
@@ -113,6 +118,7 @@ def test_too_far_to_be_in_time_alerts_anyway_and_escalates(short: tuple[Engine, 
     assert field.wait_assignment(vid, iid)["action"] == "go"
     state = field.wait_state(iid, lambda b: b["responders"] != [])
     assert state["responders"][0]["volunteer_id"] == vid
+    assert state["state"] == "assigned"  # an escalated incident is still worked on
 
 
 def test_a_volunteer_who_stops_reporting_is_not_alerted(

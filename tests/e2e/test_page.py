@@ -298,7 +298,11 @@ def test_live_queue_clock_cancel_and_screenshots(
     assert "red" in (fire_clock.get_attribute("class") or "")  # past 180 s
     lost_clock = page.row("pg-lost").locator(".clock")
     assert "amber" in (lost_clock.get_attribute("class") or "")  # past 120 s
-    assert p.locator("#g-volunteers circle").count() >= len(vols) - 10
+    # the map reloads volunteers on incident events and every 5 s: wait for it
+    p.wait_for_function(
+        f"document.querySelectorAll('#g-volunteers circle').length >= {len(vols) - 10}",
+        timeout=7_000,
+    )
     p.wait_for_timeout(3_500)  # coverage and figures catch up
     assert int(p.locator("#f-incidents").inner_text()) == 6
     page.screenshot("control-room-zh.png")
