@@ -83,7 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of the control room (default 127.0.0.1:8080; a free port if taken)",
     )
     parser.add_argument(
-        "--volunteers", type=_non_negative_int, default=1500, help="simulated volunteers (default 1500)"
+        "--volunteers",
+        type=_non_negative_int,
+        default=1500,
+        help="simulated volunteers (default 1500)",
     )
     parser.add_argument(
         "--rate", type=_positive_float, default=360.0, help="incidents per hour (default 360)"
