@@ -169,8 +169,8 @@ def find_amqtt() -> bool:
 # --- managed server processes ----------------------------------------------------
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGTERM when its parent dies.
+def _parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get ``sig`` (SIGTERM) when its parent dies.
 
     atexit does not run when the parent is killed (SIGKILL, or os._exit from a
     pytest-timeout thread), and the server would outlive it; PR_SET_PDEATHSIG covers
@@ -186,7 +186,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(pr_set_pdeathsig, sig)
 
     return preexec
 

@@ -23,7 +23,7 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 import servers  # noqa: E402
-from e2e_harness import TOKEN, Engine, Field, uid  # noqa: E402
+from e2e_harness import TOKEN, Engine, Field, running, uid  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,13 +61,8 @@ def shared_engine(
         log_path=log,
         token=TOKEN,
     )
-    try:
-        engine.start()
+    with running(engine):
         yield engine
-        code = engine.stop()
-        assert code == 0, f"the shared engine exited {code} on SIGTERM:\n{engine.log_tail()}"
-    finally:
-        engine.ensure_dead()
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ reporter and a control room would.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from servers import _parent_death_signal, free_port, parse_mqtt_url
 
 REPO = Path(__file__).resolve().parents[2]
 # The directory the engine is started in (``-m dispatch`` imports from there first);
@@ -52,32 +50,9 @@ EARTH_RADIUS_M = 6_371_008.8
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    assert parts.hostname, url
-    return parts.hostname, parts.port or 1883
-
-
 def _die_with_parent() -> Callable[[], None] | None:
     """A preexec_fn: the engine gets SIGKILL if pytest dies (Linux), so none is left over."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return preexec
+    return _parent_death_signal(signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- geometry
