@@ -51,6 +51,36 @@ def _parser() -> argparse.ArgumentParser:
     from simulators.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(demo)
+    volunteer = sub.add_parser(
+        "volunteer",
+        help="be one volunteer in the terminal: see alerts, accept, decline, arrive",
+        description="A volunteer in the terminal for field tests and demos: goes on duty "
+        "with its position, prints alerts and assignments, takes a/d/h (accept, decline, "
+        "I'm here) and more from stdin; goes off duty on exit. See docs/volunteer.md.",
+    )
+    from simulators.terminal_volunteer import add_arguments as add_volunteer_arguments
+
+    add_volunteer_arguments(volunteer)
+    simulate = sub.add_parser(
+        "simulate",
+        help="offline scenario runner: the engine's core on a simulated clock, no servers",
+        description="Play a scenario of volunteers and incidents against the engine's own "
+        "dispatch core on a simulated clock and report time to arrival, escalations and "
+        "alert load; --compare adds the naive policy and the stations baseline. See "
+        "docs/planning.md.",
+    )
+    from simulators.simulate import add_arguments as add_simulate_arguments
+
+    add_simulate_arguments(simulate)
+    accounts = sub.add_parser(
+        "accounts",
+        help="add, disable, enable, remove or list broker accounts (Mosquitto password file)",
+        description="Keep the Mosquitto password file and ACL of config/mosquitto/ "
+        "(see docs/security.md). Passwords are asked for, or read with --password-stdin.",
+    )
+    from dispatch.accounts import add_arguments as add_accounts_arguments
+
+    add_accounts_arguments(accounts)
     return parser
 
 
@@ -104,6 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from simulators.demo import main as demo_main
 
         return demo_main(args, env)
+    if args.command == "volunteer":
+        from simulators.terminal_volunteer import main as volunteer_main
+
+        return volunteer_main(args, env)
+    if args.command == "simulate":
+        from simulators.simulate import main as simulate_main
+
+        return simulate_main(args, env)
+    if args.command == "accounts":
+        from dispatch.accounts import main as accounts_main
+
+        return accounts_main(args)
     try:
         config = load(args, env)
     except ConfigError as exc:

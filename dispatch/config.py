@@ -70,6 +70,10 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "max_wave_size": 8,
             "max_waves": 3,
             "arrival_radius_m": 30.0,
+            "backup_responders": 0,
+            "overdue_factor": 1.5,
+            "overdue_grace_s": 30.0,
+            "stall_after_s": 60.0,
         },
         "travel": {"circuity": 1.3, "walk_mps": 1.8, "bike_mps": 4.0, "ebike_mps": 5.5},
         "volunteers": {"location_ttl_s": 300.0},
@@ -81,6 +85,9 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "event_log_max": 1_000_000,
         },
         "http": {"operator_token": "", "read_token": ""},
+        "volunteer_app": {"mqtt_ws_url": "", "mqtt_ws_port": 9001, "open_broker": False},
+        "backends": {"mqtt_keepalive_s": 15, "redis_timeout_s": 5.0, "redis_health_check_s": 10},
+        "cluster": {"enabled": False, "lease_s": 5.0, "reclaim_idle_s": 5.0},
         "kinds": _kind_table(
             {
                 Kind.CARDIAC_ARREST: (1, ("first_aid",)),
@@ -120,6 +127,18 @@ class Config:
     event_log_max: int
     operator_token: str
     read_token: str
+    # [backends]: how fast a dead or hung broker / Redis is noticed (docs/reliability.md).
+    mqtt_keepalive_s: int = 15
+    redis_timeout_s: float = 5.0
+    redis_health_check_s: int = 10
+    # [cluster]: several engine instances sharing the work (dispatch/cluster.py).
+    cluster_enabled: bool = False
+    cluster_lease_s: float = 5.0
+    cluster_reclaim_idle_s: float = 5.0
+    # [volunteer_app]: how the volunteer page (/volunteer) reaches the broker's websockets.
+    volunteer_ws_url: str = ""
+    volunteer_ws_port: int = 9001
+    volunteer_open_broker: bool = False
     kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
 
     def kind_defaults(self, kind: Kind) -> KindDefaults:
@@ -134,6 +153,20 @@ def _positive(value: Any) -> float:
         raise ValueError("a number greater than 0")
     if not math.isfinite(value):
         raise ValueError("a finite number")
+    return float(value)
+
+
+def _non_negative(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError("a number of at least 0")
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
+    return float(value)
+
+
+def _factor(value: Any) -> float:
+    if _positive(value) < 1:
+        raise ValueError("a factor of at least 1")
     return float(value)
 
 
@@ -226,6 +259,10 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_wave_size": _int_range(1, 100),
         "max_waves": _int_range(1, 20),
         "arrival_radius_m": _positive,
+        "backup_responders": _int_range(0, 10),
+        "overdue_factor": _factor,
+        "overdue_grace_s": _non_negative,
+        "stall_after_s": _non_negative,
     },
     "travel": {
         "circuity": lambda v: _at_least_one(v),
@@ -242,7 +279,28 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "event_log_max": _int_range(1000, 1 << 31),
     },
     "http": {"operator_token": _text, "read_token": _text},
+    "volunteer_app": {
+        "mqtt_ws_url": lambda v: v if v == "" else _url("ws", "wss")(v),
+        "mqtt_ws_port": _int_range(1, 65535),
+        "open_broker": lambda v: _flag(v),
+    },
+    "backends": {
+        "mqtt_keepalive_s": _int_range(1, 3600),
+        "redis_timeout_s": _positive,
+        "redis_health_check_s": _int_range(0, 3600),
+    },
+    "cluster": {
+        "enabled": lambda v: _flag(v),
+        "lease_s": _positive,
+        "reclaim_idle_s": _positive,
+    },
 }
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
 
 
 def _at_least_one(value: Any) -> float:
@@ -383,6 +441,10 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
             max_wave_size=policy["max_wave_size"],
             max_waves=policy["max_waves"],
             arrival_radius_m=policy["arrival_radius_m"],
+            backup_responders=policy["backup_responders"],
+            overdue_factor=policy["overdue_factor"],
+            overdue_grace_s=policy["overdue_grace_s"],
+            stall_after_s=policy["stall_after_s"],
         ),
         travel=TravelModel(
             circuity=travel["circuity"],
@@ -402,5 +464,14 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         event_log_max=clean["incidents"]["event_log_max"],
         operator_token=clean["http"]["operator_token"],
         read_token=clean["http"]["read_token"],
+        mqtt_keepalive_s=clean["backends"]["mqtt_keepalive_s"],
+        redis_timeout_s=clean["backends"]["redis_timeout_s"],
+        redis_health_check_s=clean["backends"]["redis_health_check_s"],
+        cluster_enabled=clean["cluster"]["enabled"],
+        cluster_lease_s=clean["cluster"]["lease_s"],
+        cluster_reclaim_idle_s=clean["cluster"]["reclaim_idle_s"],
+        volunteer_ws_url=clean["volunteer_app"]["mqtt_ws_url"],
+        volunteer_ws_port=clean["volunteer_app"]["mqtt_ws_port"],
+        volunteer_open_broker=clean["volunteer_app"]["open_broker"],
         kinds=MappingProxyType(kinds),
     )

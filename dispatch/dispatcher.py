@@ -126,6 +126,17 @@ class Responder:
     accepted_at: float
     alert_id: str
     arrived_at: float | None = None
+    overdue: bool = False  # not on scene in time: no longer counted on
+    released_at: float | None = None  # stood down on the way: enough others arrived
+
+    @property
+    def counted(self) -> bool:
+        """On scene, or on the way, not overdue and not released."""
+        return self.arrived_at is not None or not (self.overdue or self.released_at)
+
+    @property
+    def on_the_way(self) -> bool:
+        return self.arrived_at is None and self.released_at is None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -134,6 +145,8 @@ class Responder:
             "accepted_at": self.accepted_at,
             "alert_id": self.alert_id,
             "arrived_at": self.arrived_at,
+            "overdue": self.overdue,
+            "released_at": self.released_at,
         }
 
 
@@ -172,11 +185,16 @@ class Incident:
 
     @property
     def confirmed(self) -> int:
-        return len(self.responders)
+        """Responders counted on: on scene, or on the way and not overdue."""
+        return sum(1 for r in self.responders if r.counted)
 
     @property
     def still_needed(self) -> int:
         return max(0, self.responders_needed - self.confirmed)
+
+    def still_wanted(self, backups: int) -> int:
+        """Accepts still welcome: the responders needed plus ``backups`` spare ones."""
+        return max(0, self.responders_needed + backups - self.confirmed)
 
     def open_alerts(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.status in _OPEN_ALERT]
@@ -241,11 +259,15 @@ class Volunteer:
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
 
 
-# Held volunteers really removed from the index per tick (each removal some 30 µs).
+# Held volunteers really removed from the index per tick (each removal some 30 µs): at
+# least this many, more while a backlog builds (a quarter of it, capped so that one tick
+# never holds the engine for more than about 15 ms). 64 a tick alone would fall behind
+# the design load's 600 holds/s when alerts go unanswered.
 _COMPACT_PER_TICK = 64
+_COMPACT_MAX_PER_TICK = 512
 
 # Timer kinds, kept in one heap: (due, sequence, kind, incident id, alert id)
-_WAVE, _EXPIRE, _CLEAR = "wave", "expire", "clear"
+_WAVE, _EXPIRE, _CLEAR, _OVERDUE = "wave", "expire", "clear", "overdue"
 
 
 class Dispatcher:
@@ -307,6 +329,8 @@ class Dispatcher:
                     "eta_s": round(r.eta_s, 1),
                     "accepted_at": format_time(r.accepted_at),
                     "arrived_at": None if r.arrived_at is None else format_time(r.arrived_at),
+                    "overdue": r.overdue,  # extensions
+                    "released": r.released_at is not None,
                 }
                 for r in incident.responders
             ],
@@ -342,7 +366,7 @@ class Dispatcher:
         """
         effects: list[Effect] = []
         # Volunteers held for an alert leave the trees a few at a time, off the hot path.
-        self.index.compact(_COMPACT_PER_TICK)
+        self.index.compact(max(_COMPACT_PER_TICK, min(self.index.held // 4, _COMPACT_MAX_PER_TICK)))
         while self._positions:
             vid, seen = next(iter(self._positions.items()))
             if seen + self.location_ttl_s > now:
@@ -359,6 +383,8 @@ class Dispatcher:
                 self._on_wave_timeout(incident, now, effects)
             elif kind == _CLEAR:
                 self._on_clear(incident, effects)
+            elif kind == _OVERDUE:
+                self._on_overdue(incident, alert_id, now, effects)
         return effects
 
     # ------------------------------------------------------------------ reports
@@ -401,7 +427,7 @@ class Dispatcher:
         self._at(incident.next_wave_at, _WAVE, incident.id)
         if chosen:
             self._move(incident, State.ALERTING, now, effects, only_from=(State.OPEN,))
-            if chosen[0].eta_s > self.policy.target_s and not incident.responders:
+            if chosen[0].eta_s > self.policy.target_s and not incident.confirmed:
                 # A late responder is better than none, but a person must know now.
                 self._escalate(
                     incident,
@@ -410,7 +436,7 @@ class Dispatcher:
                     now,
                     effects,
                 )
-        elif not incident.open_alerts() and not incident.responders:
+        elif not incident.open_alerts() and not incident.confirmed:
             skills = ", ".join(incident.skills) or "no particular skills"
             self._escalate(
                 incident,
@@ -423,7 +449,13 @@ class Dispatcher:
     def _alert_best(
         self, incident: Incident, count: int, now: float, effects: list[Effect]
     ) -> list[Candidate]:
-        already = {a.volunteer_id for a in incident.alerts.values()}
+        # Everyone asked before, except those stood down unasked-for ("filled by others"),
+        # who are welcome again when a responder turns out overdue.
+        already = {
+            a.volunteer_id
+            for a in incident.alerts.values()
+            if a.status is not AlertStatus.STOOD_DOWN or a.answered_at is not None
+        }
         chosen = fastest(
             self.index,
             self.travel,
@@ -499,11 +531,19 @@ class Dispatcher:
         incident.next_wave_at = None
         if incident.still_needed == 0:
             return
+        if self.policy.strategy is Strategy.NAIVE and incident.open_alerts():
+            # One at a time: a replacement is still awaiting its answer; wait for it.
+            incident.next_wave_at = now + self.policy.reply_wait_s
+            self._at(incident.next_wave_at, _WAVE, incident.id)
+            return
         if incident.wave >= self.policy.max_waves:
-            if not incident.responders:
-                self._escalate(
-                    incident, f"nobody accepted after {incident.wave} waves", now, effects
-                )
+            if not incident.confirmed:
+                reason = f"nobody accepted after {incident.wave} waves"
+                if incident.responders:
+                    reason = (
+                        f"responders overdue, and nobody else accepted after {incident.wave} waves"
+                    )
+                self._escalate(incident, reason, now, effects)
             self._changed(incident, effects)
             return
         self._send_wave(incident, now, effects)
@@ -522,6 +562,40 @@ class Dispatcher:
         )
         if self.policy.strategy is Strategy.NAIVE and incident.still_needed and not incident.ended:
             self._replace(incident, now, effects)
+        self._changed(incident, effects)
+
+    def _on_overdue(
+        self,
+        incident: Incident,
+        alert_id: str,
+        now: float,
+        effects: list[Effect],
+        why: str = "late",
+    ) -> None:
+        """A confirmed responder should be there by now: look for another one meanwhile."""
+        responder = next((r for r in incident.responders if r.alert_id == alert_id), None)
+        if incident.ended or responder is None or not responder.on_the_way or responder.overdue:
+            return
+        if sum(1 for r in incident.responders if r.arrived_at is not None) >= (
+            incident.responders_needed
+        ):
+            return  # enough are on scene already
+        responder.overdue = True
+        self._event(
+            incident,
+            "overdue",
+            now,
+            effects,
+            volunteer_id=responder.volunteer_id,
+            alert_id=alert_id,
+            eta_s=round(responder.eta_s, 1),
+            waited_s=round(now - responder.accepted_at, 1),
+            why=why,
+        )
+        # The overdue volunteer stays assigned (they may still come); if another is
+        # needed now, a wave goes out, and escalation follows the usual rules.
+        if incident.still_needed and incident.next_wave_at is None:
+            self._send_wave(incident, now, effects)
         self._changed(incident, effects)
 
     def _on_clear(self, incident: Incident, effects: list[Effect]) -> None:
@@ -589,16 +663,37 @@ class Dispatcher:
         self._set_position(volunteer, msg.lat, msg.lon, now, effects)
         if volunteer.engaged is not None:
             incident = self.incidents.get(volunteer.engaged)
-            if (
-                incident is not None
-                and not incident.ended
-                and haversine_m(msg.lat, msg.lon, incident.lat, incident.lon)
-                <= self.policy.arrival_radius_m
-            ):
-                self._arrive(incident, volunteer.id, now, effects, how="geofence")
+            if incident is not None and not incident.ended:
+                distance = haversine_m(msg.lat, msg.lon, incident.lat, incident.lon)
+                if distance <= self.policy.arrival_radius_m:
+                    self._arrive(incident, volunteer.id, now, effects, how="geofence")
+                else:
+                    self._check_progress(incident, volunteer, distance, now, effects)
         else:
             self._refresh_availability(volunteer)
         return effects
+
+    def _check_progress(
+        self,
+        incident: Incident,
+        volunteer: Volunteer,
+        distance_m: float,
+        now: float,
+        effects: list[Effect],
+    ) -> None:
+        """A responder who is hardly moving toward the incident will not make it in time."""
+        if not self.policy.stall_after_s:
+            return
+        responder = next((r for r in incident.responders if r.volunteer_id == volunteer.id), None)
+        if responder is None or responder.overdue or not responder.on_the_way:
+            return
+        waited = now - responder.accepted_at
+        alert = incident.alerts.get(responder.alert_id)
+        if waited < self.policy.stall_after_s or alert is None or not _eta_known(alert):
+            return
+        expected_m = self.travel.reach_m(waited, volunteer.mode.value)
+        if alert.distance_m - distance_m < max(20.0, 0.25 * expected_m):
+            self._on_overdue(incident, responder.alert_id, now, effects, why="no progress")
 
     def _set_position(
         self, volunteer: Volunteer, lat: float, lon: float, now: float, effects: list[Effect]
@@ -694,7 +789,10 @@ class Dispatcher:
             reason = "alert expired"
         elif status is AlertStatus.DECLINED:
             reason = "you declined this alert"
-        elif status is AlertStatus.STOOD_DOWN or incident.still_needed == 0:
+        elif (
+            status is AlertStatus.STOOD_DOWN
+            or incident.still_wanted(self.policy.backup_responders) == 0
+        ):
             reason = "filled by others"
         elif self.volunteers[alert.volunteer_id].engaged not in (None, incident.id):
             reason = "already committed to another incident"
@@ -739,7 +837,7 @@ class Dispatcher:
                 effects.append(Release(volunteer_id, incident_id))
             return effects
         volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
-        if not ok or incident.ended or incident.still_needed == 0:
+        if not ok or incident.ended or incident.still_wanted(self.policy.backup_responders) == 0:
             reason = (
                 "already committed to another incident"
                 if not ok
@@ -776,6 +874,9 @@ class Dispatcher:
         volunteer.alert_id = None
         self.index.remove(volunteer_id)
         incident.responders.append(Responder(volunteer_id, alert.eta_s, now, alert.alert_id))
+        if _eta_known(alert):
+            due = now + self.policy.overdue_after_s(alert.eta_s)
+            self._at(due, _OVERDUE, incident.id, alert.alert_id)
         if incident.first_accept_at is None:
             incident.first_accept_at = now
         if incident.state is not State.ON_SCENE:
@@ -793,7 +894,8 @@ class Dispatcher:
             by=alert.assigned_by,
         )
         if incident.still_needed == 0:
-            incident.next_wave_at = None
+            incident.next_wave_at = None  # no more waves; spare accepts are welcome as backups
+        if incident.still_wanted(self.policy.backup_responders) == 0:
             for other in incident.open_alerts():
                 if other.status is AlertStatus.PENDING:
                     other.status = AlertStatus.STOOD_DOWN
@@ -806,7 +908,7 @@ class Dispatcher:
         if self.policy.strategy is Strategy.NAIVE and incident.open_alerts():
             return
         chosen = self._alert_best(incident, 1, now, effects)
-        if not chosen and not incident.open_alerts() and not incident.responders:
+        if not chosen and not incident.open_alerts() and not incident.confirmed:
             reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
             self._escalate(incident, reason, now, effects)
 
@@ -866,7 +968,41 @@ class Dispatcher:
             time_to_arrival_s=round(now - incident.reported_at, 3),
             within_target=None if tta is None else tta <= self.policy.target_s,
         )
+        if sum(1 for r in incident.responders if r.arrived_at is not None) >= (
+            incident.responders_needed
+        ):
+            self._release_the_rest(incident, now, effects)
         self._changed(incident, effects)
+
+    def _release_the_rest(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Enough are on scene: backups and overdue responders still on the way may go."""
+        incident.next_wave_at = None
+        for alert in incident.open_alerts():
+            if alert.status is AlertStatus.PENDING:
+                alert.status = AlertStatus.STOOD_DOWN
+                self._stand_down(alert, "filled by others", now, effects)
+        for responder in incident.responders:
+            if not responder.on_the_way:
+                continue
+            responder.released_at = now
+            volunteer = self.volunteers.get(responder.volunteer_id)
+            if volunteer is not None and volunteer.engaged == incident.id:
+                volunteer.engaged = None
+                self._refresh_availability(volunteer)
+            effects.append(Release(responder.volunteer_id, incident.id))
+            reason = "enough responders on scene"
+            effects.append(
+                self._assignment(incident.alerts[responder.alert_id], "stand_down", reason)
+            )
+            self._event(
+                incident,
+                "stood_down",
+                now,
+                effects,
+                volunteer_id=responder.volunteer_id,
+                alert_id=responder.alert_id,
+                reason=reason,
+            )
 
     # ------------------------------------------------------------------ operators
 
@@ -960,6 +1096,8 @@ class Dispatcher:
             alert.status = AlertStatus.STOOD_DOWN
             self._stand_down(alert, reason, now, effects)
         for responder in incident.responders:
+            if responder.released_at is not None:
+                continue  # stood down already
             volunteer = self.volunteers.get(responder.volunteer_id)
             if volunteer is not None and volunteer.engaged == incident.id:
                 volunteer.engaged = None
@@ -1023,11 +1161,17 @@ class Dispatcher:
             )
             return effects
         for responder in incident.responders:
+            if responder.released_at is not None:
+                continue
             volunteer = self.volunteers.setdefault(
                 responder.volunteer_id, Volunteer(responder.volunteer_id)
             )
             volunteer.engaged = incident.id
             self._refresh_availability(volunteer)
+            sent = incident.alerts.get(responder.alert_id)
+            if responder.on_the_way and not responder.overdue and sent and _eta_known(sent):
+                due = responder.accepted_at + self.policy.overdue_after_s(responder.eta_s)
+                self._at(due, _OVERDUE, incident.id, responder.alert_id)
         if incident.next_wave_at is not None:
             self._at(incident.next_wave_at, _WAVE, incident.id)
         return effects
@@ -1104,3 +1248,9 @@ class Dispatcher:
                 retain=True,
             )
         )
+
+
+def _eta_known(alert: Alert) -> bool:
+    """False for a hand assignment of a volunteer whose position the engine does not know
+    (distance and ETA 0): nothing to measure them against; the operator follows them."""
+    return alert.wave > 0 or alert.distance_m > 0

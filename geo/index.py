@@ -375,6 +375,11 @@ class PartitionedIndex:
     def __contains__(self, volunteer_id: object) -> bool:
         return volunteer_id in self._entries and volunteer_id not in self._held
 
+    @property
+    def held(self) -> int:
+        """Volunteers held and not yet compacted out of the trees."""
+        return len(self._held)
+
     def part_of(self, volunteer_id: str) -> str | None:
         entry = self._entries.get(volunteer_id)
         return None if entry is None or volunteer_id in self._held else entry[3]

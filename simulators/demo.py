@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MQTT version for --mqtt (default 5; a throwaway amqtt broker gets 3)",
     )
     parser.add_argument(
+        "--mqtt-ws-url",
+        help="with --mqtt: the broker's websockets URL for the volunteer page "
+        "(ws://host:port; default: the page's host, port 9001)",
+    )
+    parser.add_argument(
         "--redis", help="use this running Redis (redis://host:port/db) instead of a throwaway one"
     )
     parser.add_argument(
@@ -214,15 +219,23 @@ def _setup(
     args: argparse.Namespace, say: Callable[[str], None], started: _Started
 ) -> tuple[Config, int]:
     # Servers first, before any thread exists (they are started with a preexec_fn).
+    # The volunteer page (/volunteer) speaks MQTT over the broker's websockets listener.
+    volunteer_app: dict[str, Any] = {}
     if args.mqtt:
         mqtt_url, protocol = args.mqtt, args.mqtt_protocol or 5
+        if args.mqtt_ws_url:
+            volunteer_app["volunteer_app.mqtt_ws_url"] = args.mqtt_ws_url
         say(f"broker   {mqtt_url} (given)")
     else:
-        broker, mqtt_url, _ = start_broker()
+        broker, mqtt_url, ws_port = start_broker()
         started.servers.append(broker)
         protocol = broker.mqtt_protocol or 5
         version = "5" if protocol == 5 else "3.1.1"
         say(f"broker   {mqtt_url} ({broker.name}, throwaway, MQTT {version})")
+        if ws_port is not None:
+            # Throwaway and open: the page may sign in with any id (it says so).
+            volunteer_app["volunteer_app.mqtt_ws_port"] = ws_port
+            volunteer_app["volunteer_app.open_broker"] = True
     if args.redis:
         redis_url = args.redis
         say(f"redis    {redis_url} (given; keys under '{TOPIC_ROOT}:')")
@@ -243,6 +256,7 @@ def _setup(
             "engine.instance": "demo",
             "engine.log_level": args.log_level,
             "http.operator_token": token,
+            **volunteer_app,
         }
     )
     return config, protocol
@@ -308,6 +322,8 @@ async def _demo(
             if await _until_ready(http, base_url, stop):
                 say(f"control room  {base_url}/   (API {base_url}/api/incidents)")
                 say(f"operator token  {config.operator_token}")
+                ws = config.volunteer_ws_url or f"ws://{host}:{config.volunteer_ws_port}"
+                say(f"volunteer app  {base_url}/volunteer   (MQTT over websockets {ws})")
                 say(
                     f"simulating {args.volunteers} volunteers and "
                     + (

@@ -25,7 +25,7 @@
       assign_title: "指派志愿者", assign_vid: "志愿者编号", assign: "指派",
       live: "实时", reconnecting: "重新连接中…", connecting: "连接中…",
       sign_in: "操作员登录", act_resolve: "结案", act_cancel: "取消", act_escalate: "升级", act_assign: "指派…",
-      confirm: "确认？", responders: "响应者", eta: "预计", accepted: "已接受", arrived: "已到场",
+      confirm: "确认？", responders: "响应者", eta: "预计", accepted: "已接受", arrived: "已到场", overdue: "超时未到",
       alerts_sent: "已通知 {n} 人", needed: "需 {n} 人", on_scene_in: "到场用时", target: "目标 3:00",
       legend_60: "≤1 分钟", legend_120: "≤2 分钟", legend_180: "≤3 分钟", legend_late: ">3 分钟",
       legend_none: "无人可达", cov_summary: "{a}/{b} 个网格 3 分钟可达",
@@ -56,7 +56,7 @@
       assign_title: "Assign a volunteer", assign_vid: "Volunteer id", assign: "Assign",
       live: "Live", reconnecting: "Reconnecting…", connecting: "Connecting…",
       sign_in: "Operator sign-in", act_resolve: "Resolve", act_cancel: "Cancel", act_escalate: "Escalate",
-      act_assign: "Assign…", confirm: "Confirm?", responders: "Responders", eta: "ETA", accepted: "accepted",
+      act_assign: "Assign…", confirm: "Confirm?", responders: "Responders", eta: "ETA", accepted: "accepted", overdue: "overdue",
       arrived: "arrived", alerts_sent: "{n} alerted", needed: "needs {n}", on_scene_in: "on scene in",
       target: "target 3:00", legend_60: "≤1 min", legend_120: "≤2 min", legend_180: "≤3 min",
       legend_late: ">3 min", legend_none: "nobody in reach", cov_summary: "{a}/{b} cells reachable in 3 min",
@@ -402,8 +402,8 @@
   function queueItem(s) {
     const clock = el("div", { class: "clock" }, document.createTextNode(""), el("small"), el("span", { class: "bar" }, el("i")));
     paintClock(clock, s);
-    const responders = s.responders.map((r) => el("li", { class: r.arrived_at ? "arrived" : "" },
-      `${r.volunteer_id} · ${t("eta")} ${mmss(r.eta_s)} · ${r.arrived_at ? `${t("arrived")} ${hhmm(r.arrived_at)}` : `${t("accepted")} ${hhmm(r.accepted_at)}`}`));
+    const responders = s.responders.map((r) => el("li", { class: r.arrived_at ? "arrived" : r.overdue ? "overdue" : "" },
+      `${r.volunteer_id} · ${t("eta")} ${mmss(r.eta_s)} · ${r.arrived_at ? `${t("arrived")} ${hhmm(r.arrived_at)}` : `${t("accepted")} ${hhmm(r.accepted_at)}`}${!r.arrived_at && r.overdue ? ` · ${t("overdue")}` : ""}`));
     const confirmable = (label, action) => {
       const b = el("button", { type: "button", class: "danger", "data-act": action }, label);
       b.addEventListener("click", (ev) => {

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -198,6 +199,12 @@ class MqttClient:
             client_id=f"e2e-{name}-{uuid.uuid4().hex[:8]}",
             protocol=protocol,
         )
+        # mqtt://user:password@host:port logs in with those (percent-escapes decoded).
+        user = urllib.parse.urlsplit(url)
+        if user.username is not None:
+            self.client.username_pw_set(
+                urllib.parse.unquote(user.username), urllib.parse.unquote(user.password or "")
+            )
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()

@@ -1,4 +1,8 @@
-"""The benchmark scripts run: a smoke run (figures go to benchmarks/RESULTS.md, not here)."""
+"""The benchmark scripts run: a smoke run (figures go to benchmarks/RESULTS.md, not here).
+
+The scripts that need a broker and Redis (load_test.py, bench_geosearch.py) are run
+against real ones in tests/integration/test_load_smoke.py.
+"""
 
 import json
 import subprocess
@@ -25,7 +29,9 @@ def test_benchmark_runs_quick_and_writes_json(script: str, tmp_path: Path) -> No
     assert json.loads(out.read_text())  # and the JSON, not empty
 
 
-@pytest.mark.parametrize("script", ["bench_spatial.py", "bench_core.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_spatial.py", "bench_core.py", "bench_geosearch.py", "load_test.py"]
+)
 def test_benchmark_explains_itself(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"],

@@ -428,3 +428,187 @@ def test_out_of_area_report_is_the_codec_s_job_but_cell_is_recorded(area: Servic
     d = make(area)
     effects = report(d)
     assert state_of(effects)["cell"] == area.cell_at(LAT, LON).id
+
+
+def test_naive_waits_for_a_pending_replacement_before_the_next(area: ServiceArea) -> None:
+    d = make(area, strategy=Strategy.NAIVE, max_waves=10)
+    for i in range(3):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    report(d)
+    first_alert = next(iter(d.alerts))
+    d.reply(Reply("v0", first_alert, Answer.DECLINE), T0 + 80)  # v1 alerted at T0 + 80
+    # the wave timer (T0 + 90) must not add a second open alert while v1's is pending
+    assert alerts(d.tick(T0 + 90)) == {}
+    assert len(d.incidents["inc1"].open_alerts()) == 1
+    assert set(alerts(d.tick(T0 + 80 + 90))) == {"v2"}  # v1's alert expired: next one
+
+
+def test_overdue_responder_brings_a_new_wave_and_stays_assigned(area: ServiceArea) -> None:
+    d = make(area, overdue_factor=1.5, overdue_grace_s=30)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
+    eta = sent["v0"]["eta_s"]
+    due = T0 + 10 + eta * 1.5 + 30 + 0.1  # the alert's eta_s is rounded to 0.1 s
+    assert alerts(d.tick(due - 1)) == {}  # not yet
+    effects = d.tick(due)
+    second = alerts(effects)
+    # those stood down unasked are asked again (6 per wave); v0 is not
+    assert set(second) == {"v1", "v2", "v3", "v4", "v5", "v6"}
+    incident = d.incidents["inc1"]
+    assert incident.responders[0].overdue
+    assert incident.still_needed == 1
+    state = state_of(effects)
+    assert state["state"] == "assigned"  # the overdue volunteer may still come
+    assert state["responders"][0]["overdue"] is True
+    assert any(isinstance(e, LogEvent) and e.type == "overdue" for e in effects)
+    # the overdue volunteer still counts when they do arrive
+    effects = d.arrived(Arrived("v0", "inc1"), due + 5)
+    assert state_of(effects)["state"] == "on_scene"
+
+
+def test_overdue_with_nobody_else_escalates(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 300)
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
+    effects = d.tick(T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1)
+    state = state_of(effects)
+    assert state["state"] == "escalated"
+    assert "no available volunteer" in state["escalation_reason"]
+
+
+def test_on_scene_responder_is_never_overdue(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
+    d.arrived(Arrived("v0", "inc1"), T0 + 60)
+    assert d.tick(T0 + 10_000) == []
+    assert not d.incidents["inc1"].responders[0].overdue
+
+
+def test_backups_keep_spare_acceptors_without_extra_waves(area: ServiceArea) -> None:
+    d = make(area, backup_responders=1)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    first = assignments(accept(d, "v1", sent["v1"]["alert_id"], T0 + 5))
+    assert list(first) == ["v1"]  # nobody stood down
+    assert first["v1"]["action"] == "go"
+    assert alerts(d.tick(T0 + 20)) == {}  # no wave for a backup
+    second = assignments(accept(d, "v3", sent["v3"]["alert_id"], T0 + 25))
+    assert second["v3"]["action"] == "go"
+    assert {v for v, a in second.items() if a["action"] == "stand_down"} == {
+        "v0",
+        "v2",
+        "v4",
+        "v5",
+    }
+    third = assignments(accept(d, "v0", sent["v0"]["alert_id"], T0 + 26))
+    assert (third["v0"]["action"], third["v0"]["reason"]) == ("stand_down", "filled by others")
+    # a backup covers an overdue responder: no new wave is needed
+    v1_due = T0 + 5 + sent["v1"]["eta_s"] * 1.5 + 30 + 0.1
+    assert alerts(d.tick(v1_due)) == {}
+    assert d.incidents["inc1"].still_needed == 0
+
+
+def test_restore_rearms_overdue_timers(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(3):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
+    record = orjson.loads(orjson.dumps(d.incidents["inc1"].to_record()))
+    fresh = make(area)
+    for i in range(3):
+        on_duty(fresh, f"v{i}", 100 * (i + 1))
+    fresh.restore_incident(record)
+    due = T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1
+    effects = fresh.tick(due)
+    assert any(isinstance(e, LogEvent) and e.type == "overdue" for e in effects)
+
+
+def test_responder_making_no_progress_is_overdue_early(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v3", sent["v3"]["alert_id"], T0 + 10)  # 400 m north, walking 1.8 m/s
+    here = LAT + 400 / 111_195
+    # too early to judge, however still they are
+    early = d.location(LocationUpdate("v3", here, LON), T0 + 50)
+    assert not [e for e in early if isinstance(e, LogEvent)]
+    # 65 s after accepting they should have come some 90 m; 10 m is not progress
+    effects = d.location(LocationUpdate("v3", here - 10 / 111_195, LON), T0 + 75)
+    overdue = [e for e in effects if isinstance(e, LogEvent) and e.type == "overdue"]
+    assert [e.data["why"] for e in overdue] == ["no progress"]
+    assert alerts(effects)  # a new wave for the missing responder
+
+
+def test_responder_on_the_way_is_not_overdue(area: ServiceArea) -> None:
+    d = make(area)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v3", sent["v3"]["alert_id"], T0 + 10)
+    # 70 m closer after 65 s: slower than the model, but coming
+    effects = d.location(LocationUpdate("v3", LAT + 330 / 111_195, LON), T0 + 75)
+    assert not [e for e in effects if isinstance(e, LogEvent)]
+    assert not d.incidents["inc1"].responders[0].overdue
+
+
+def test_stall_check_can_be_turned_off(area: ServiceArea) -> None:
+    d = make(area, stall_after_s=0)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v3", sent["v3"]["alert_id"], T0 + 10)
+    d.location(LocationUpdate("v3", LAT + 400 / 111_195, LON), T0 + 100)
+    assert not d.incidents["inc1"].responders[0].overdue
+
+
+def test_first_arrival_releases_backups_still_on_the_way(area: ServiceArea) -> None:
+    d = make(area, backup_responders=1)
+    for i in range(8):
+        on_duty(d, f"v{i}", 100 * (i + 1))
+    sent = alerts(report(d))
+    accept(d, "v1", sent["v1"]["alert_id"], T0 + 5)
+    accept(d, "v4", sent["v4"]["alert_id"], T0 + 6)
+    effects = d.arrived(Arrived("v1", "inc1"), T0 + 90)
+    out = assignments(effects)
+    assert (out["v4"]["action"], out["v4"]["reason"]) == (
+        "stand_down",
+        "enough responders on scene",
+    )
+    assert [e.volunteer_id for e in effects if isinstance(e, Release)] == ["v4"]
+    assert "v4" in d.index  # free for the next call
+    state = state_of(effects)
+    assert state["state"] == "on_scene"
+    assert [(r["volunteer_id"], r["released"]) for r in state["responders"]] == [
+        ("v1", False),
+        ("v4", True),
+    ]
+    # a released backup is neither overdue later nor released twice when it ends
+    assert not [e for e in d.tick(T0 + 10_000) if isinstance(e, LogEvent) and e.type == "overdue"]
+    ended = d.resolve("inc1", T0 + 10_001)
+    assert [e.volunteer_id for e in ended if isinstance(e, Release)] == ["v1"]
+    assert set(assignments(ended)) == {"v1"}
+
+
+def test_hand_assigned_volunteer_of_unknown_position_is_never_overdue(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    d.tick(T0 + 400)  # v0's position is forgotten (stale after 300 s)
+    assert d.volunteers["v0"].lat is None
+    d.report(
+        Report(id="inc1", kind=Kind.CARDIAC_ARREST, lat=LAT - 800 / 111_195, lon=LON), T0 + 400
+    )
+    d.assign("inc1", "v0", T0 + 401)
+    d.claim_result("v0", "inc1", True, T0 + 401)
+    later = d.tick(T0 + 401 + 3600)
+    assert not [e for e in later if isinstance(e, LogEvent) and e.type == "overdue"]
+    # nor by the stall check: the engine has nothing to measure them against
+    moved = d.location(LocationUpdate("v0", LAT, LON), T0 + 500)
+    assert not [e for e in moved if isinstance(e, LogEvent) and e.type == "overdue"]

@@ -53,3 +53,19 @@ def test_compact_removes_the_longest_held_first() -> None:
     assert "w1" in index
     assert index.remove("w1")
     assert not index.remove("w1")
+
+
+def test_held_counts_what_compact_has_still_to_remove() -> None:
+    index = make()
+    assert index.held == 0
+    for vid in ("w0", "w1", "b0"):
+        index.hold(vid)
+    index.hold("nobody")  # not in the index: nothing to hold
+    assert index.held == 3
+    index.put("w1", LAT, LON, ("first_aid",), "walk")  # released
+    assert index.held == 2
+    assert index.compact(1) == 1
+    assert index.held == 1
+    assert index.compact(10) == 1
+    assert index.held == 0
+    assert len(index) == 8

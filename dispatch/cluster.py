@@ -1,0 +1,632 @@
+"""Several engine instances on one broker and one Redis, sharing the work (``[cluster]``).
+
+Off by default: a single engine never loads this module. With ``[cluster] enabled``:
+
+- Every instance subscribes to every topic, so each keeps the whole volunteer index.
+- A report is admitted by exactly one instance: for a report with an id, the same Lua
+  admission as a single engine (``new``/``same``/``conflict``/``pending``) that, when
+  new, also adds it to the work stream ``work``, atomically; a report without an id
+  reaches every instance as the same bytes, so the first to ``SET NX`` a hash of them
+  (kept ``_ONCE_MS``) assigns the id and adds it. An identical id-less report sent
+  again within that time is taken for the same one (send an id to be safe).
+- The consumer group ``engines`` hands each work entry to one instance, which creates
+  the incident and so becomes its **owner**: ``owner:{id}`` holds that instance's
+  fencing token (instance name and a random part) with a lease of ``lease_s``,
+  renewed every third of it. Replies, arrivals, timers and operator actions for an
+  incident are acted on only by its owner; the others do not know it and stay silent.
+- Every write for an incident is fenced: the persistence effects run in a transaction
+  that WATCHes the owner keys and checks the tokens (``FencedStore.apply``), and a
+  volunteer is claimed by a Lua script that checks the token in the same step
+  (``_CLAIM``). An instance that was paused (SIGSTOP, a long GC, a VM migration) past
+  its lease finds its token gone when it wakes: its writes and claims are refused, it
+  forgets those incidents and publishes nothing for them.
+- An instance that died leaves entries pending in the group and incidents whose lease
+  runs out. Every second each instance takes entries idle for ``reclaim_idle_s``
+  (XAUTOCLAIM), and adopts open incidents with no owner: it takes the lease, reloads
+  the incident from Redis (as after a restart) and carries on with its timers.
+- Rejections that every instance would send (bad bytes, unknown alert or incident ids)
+  are sent once: by the instance that wins a ``SET NX`` on a hash of the message, and
+  only when no instance knows the alert (``alert:{id}``) or incident.
+
+Known limits, written down in docs/reliability.md: an instance's HTTP API shows and acts
+on the incidents it owns; a volunteer's pending alert is known to its owner only, so two
+instances may alert one volunteer at the same time (the claims still let only one
+commit them). Replies and arrivals for others' incidents are parked 30 s, so that the
+instance that adopts an incident answers those sent while its owner was dying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError, WatchError
+
+from dispatch.effects import Effect, LogEvent, Publish, Release, SaveIncident
+from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.model import Report
+from dispatch.store import Admission, Store
+
+if TYPE_CHECKING:
+    from dispatch.dispatcher import Dispatcher
+    from dispatch.service import Service
+
+__all__ = ["Cluster", "FencedStore", "current_message"]
+
+log = logging.getLogger(__name__)
+
+_GROUP = "engines"
+_ONCE_MS = 10_000  # how long a "sent once" decision (a rejection, an id-less report) holds
+_WORK_MAX = 100_000  # the work stream's cap (acknowledged entries are deleted at once)
+_LOST_KEEP_S = 60.0
+
+# The message being handled (topic, payload): what "once" decisions key on, and what is
+# parked for an incident whose owner is gone.
+current_message: contextvars.ContextVar[tuple[str, bytes] | None] = contextvars.ContextVar(
+    "current_message", default=None
+)
+_PARK_S = 30.0  # how long a message for an orphaned incident waits for its adopter
+_PARK_MAX = 10_000
+_CLEAR_EVERY_S = 5.0
+
+# The single engine's admission (dispatch/store.py) plus, when new, the work entry.
+_ADMIT = """
+local cur = redis.call('GET', KEYS[1])
+local verdict
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+  verdict = 'new'
+elseif cur ~= ARGV[1] then
+  return 'conflict'
+elseif redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'same'
+elseif redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then
+  verdict = 'new'
+else
+  return 'pending'
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
+           'id', ARGV[6], 'payload', ARGV[4], 'at', ARGV[5])
+return verdict
+"""
+
+# Commit a volunteer, only while we own the incident (token checked in the same step).
+_CLAIM = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_DISOWN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Adopt an incident nobody owns (its owner died, or let its lease run out).
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def _incident_of(effect: Effect) -> str | None:
+    if isinstance(effect, SaveIncident | LogEvent | Release):
+        return effect.incident_id
+    return None
+
+
+def message_key(topic: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
+
+
+class FencedStore(Store):
+    """The store, with every incident write and claim checked against its owner's token."""
+
+    cluster: Cluster | None = None  # set by Cluster; None: behaves as Store
+
+    async def claim(self, volunteer_id: str, incident_id: str) -> bool:
+        cluster = self.cluster
+        if cluster is None:
+            return await super().claim(volunteer_id, incident_id)
+        token = cluster.tokens.get(incident_id)
+        if token is None:
+            return False
+        try:
+            result = await cluster.claim_script(
+                keys=[self._k("claim", volunteer_id), self._k("owner", incident_id)],
+                args=[incident_id, token],
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        if int(result) == -1:
+            cluster.lose(incident_id, "claim refused")
+            return False
+        return bool(result)
+
+    async def apply(self, effects: Iterable[Effect]) -> list[str]:
+        cluster = self.cluster
+        batch = list(effects)
+        touched = sorted({i for e in batch if (i := _incident_of(e)) is not None})
+        if cluster is None or not touched:
+            return await super().apply(batch)
+        creating = {
+            e.incident_id for e in batch if isinstance(e, LogEvent) and e.type == "reported"
+        }
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    owner_keys = [self._k("owner", i) for i in touched]
+                    await pipe.watch(*owner_keys)
+                    current = await pipe.mget(owner_keys)
+                    new_tokens: dict[str, str] = {}
+                    lost: list[str] = []
+                    for iid, raw in zip(touched, current, strict=True):
+                        held = None if raw is None else raw.decode()
+                        mine = cluster.tokens.get(iid)
+                        if held is None and iid in creating:
+                            new_tokens[iid] = cluster.new_token()
+                        elif held is None and iid in cluster.retired:
+                            pass  # ended here: nobody adopts it, late answers are ours
+                        elif held is None or held != mine:
+                            lost.append(iid)
+                    if lost:
+                        for iid in lost:
+                            cluster.lose(iid, "write refused")
+                        batch = [e for e in batch if _incident_of(e) not in lost]
+                    pipe.multi()
+                    for iid, token in new_tokens.items():
+                        pipe.set(self._k("owner", iid), token, px=cluster.lease_ms)
+                    for e in batch:
+                        if isinstance(e, LogEvent) and e.type == "alerted":
+                            # Lets the other instances tell "someone else's alert" from
+                            # "nobody's alert" when a reply reaches them.
+                            pipe.set(
+                                self._k("alert", str(e.data.get("alert_id", ""))),
+                                e.incident_id,
+                                ex=self.idempotency_ttl_s,
+                            )
+                    xadd_at = await self._queue(pipe, batch)
+                    if xadd_at is None and not new_tokens:
+                        return []
+                    results = await pipe.execute()
+                cluster.tokens.update(new_tokens)
+                return [results[i].decode() for i in xadd_at or []]
+            except WatchError:
+                continue  # an owner key changed meanwhile: look again
+            except RedisError as exc:
+                raise BackendUnavailable("redis", str(exc)) from exc
+
+
+class Cluster:
+    """This instance's part in the cluster: its work, its incidents, its leases."""
+
+    def __init__(self, service: Service, instance: str) -> None:
+        if not isinstance(service.store, FencedStore):
+            raise TypeError("cluster mode needs the service to use a FencedStore")
+        config = service.config
+        self.service = service
+        self.instance = instance
+        self.store: FencedStore = service.store
+        self.store.cluster = self
+        self.redis: Any = self.store.redis
+        self.lease_ms = max(100, int(config.cluster_lease_s * 1000))
+        self.reclaim_idle_ms = max(100, int(config.cluster_reclaim_idle_s * 1000))
+        self.block_ms = max(10, int(min(1.0, config.redis_timeout_s / 2) * 1000))
+        self.tokens: dict[str, str] = {}  # incident id -> our fencing token
+        # Incidents that ended here: the lease is given up (nothing can change them any
+        # more, and nobody adopts an ended incident), but late answers are still ours.
+        self.retired: set[str] = set()
+        self.lost: dict[str, float] = {}  # incidents we lost lately -> when
+        # Replies and arrivals for other instances' incidents, lately (see _park).
+        self.parked: dict[str, list[tuple[float, str, bytes]]] = {}
+        self.work = self.store._k("work")
+        self.admit_script = self.redis.register_script(_ADMIT)
+        self.claim_script = self.redis.register_script(_CLAIM)
+        self._renew = self.redis.register_script(_RENEW)
+        self._disown = self.redis.register_script(_DISOWN)
+        self._adopt = self.redis.register_script(_ADOPT)
+
+    # ------------------------------------------------------------------ tokens
+
+    def new_token(self) -> str:
+        return f"{self.instance}:{secrets.token_hex(6)}"
+
+    def lose(self, incident_id: str, why: str) -> None:
+        """Someone else owns it now: forget it here and publish nothing more for it."""
+        self.tokens.pop(incident_id, None)
+        self.lost[incident_id] = time.monotonic()
+        if incident_id in self.service.core.incidents:
+            log.warning("incident=%s lost ownership (%s); forgetting it here", incident_id, why)
+        forget_incident(self.service.core, incident_id)
+
+    def keep(self, publishes: list[Publish]) -> list[Publish]:
+        """The publishes that do not belong to an incident lost during this batch."""
+        if not self.lost:
+            return publishes
+        return [p for p in publishes if _publish_incident(p) not in self.lost]
+
+    def begin(self, topic: str, payload: bytes) -> None:
+        """Called for every inbound message, before anything else is done with it."""
+        current_message.set((topic, payload))
+
+    async def once(self, what: tuple[str, bytes] | None) -> bool:
+        """True for exactly one instance per message (the first to ask)."""
+        if what is None:
+            return True
+        key = self.store._k("once", message_key(*what).hex())
+        try:
+            return bool(await self.redis.set(key, b"1", nx=True, px=_ONCE_MS))
+        except RedisError:
+            return True  # Redis is away: rather twice than never
+
+    async def should_reject(self, err: BadMessage) -> bool:
+        """Whether this instance reports ``err``: only if no instance knows the id, once."""
+        message = current_message.get()
+        try:
+            if err.code == "unknown_alert" and err.id:
+                owner_of = await self.redis.get(self.store._k("alert", err.id))
+                if owner_of is not None:  # another instance's alert: its owner answers
+                    self._park(owner_of.decode(), message)
+                    return False
+            incident = err.id if err.code == "unknown_incident" else None
+            if incident and await self.redis.exists(self.store._k("inc", incident)):
+                self._park(incident, message)
+                return False
+        except RedisError:
+            pass
+        return await self.once(message)
+
+    def _park(self, incident_id: str, message: tuple[str, bytes] | None) -> None:
+        """Keep a reply or arrival for someone else's incident a while: should its owner
+        have died before it was handled, whoever adopts the incident handles it then."""
+        if message is None:
+            return
+        if sum(len(v) for v in self.parked.values()) >= _PARK_MAX:
+            oldest = min(self.parked, key=lambda i: self.parked[i][0][0])
+            del self.parked[oldest]
+        self.parked.setdefault(incident_id, []).append((time.monotonic(), *message))
+
+    # ------------------------------------------------------------------ admission
+
+    async def admit(self, report: Report, payload: bytes, now: float) -> None:
+        """Admit a report from MQTT into the work stream (exactly one instance does)."""
+        service = self.service
+        if report.id is None:
+            if not await self.once(current_message.get()):
+                return
+            incident_id = service.core.new_incident_id(now)
+            await service._retrying(
+                lambda: self._enqueue_raw(incident_id, payload, now),
+            )
+            return
+        rid = report.id
+        answer: Admission = await service._retrying(
+            lambda: self._admit(rid, report.fingerprint, payload, now)
+        )
+        if answer == "conflict":
+            service.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
+            await service._reject(
+                BadMessage(
+                    service.codec.topic("incidents", "report"),
+                    f"incident id '{rid}' was already reported with a different body; send a "
+                    "new id for a new incident, or the same body to get the receipt again",
+                    "conflict",
+                    rid,
+                ),
+                now,
+            )
+        elif answer == "same":
+            service.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+            # Its owner sends the receipt again; with no owner (ended and forgotten, or
+            # an owner that just died), one instance sends it from the stored record.
+            # Another owner's incident is left alone: an older state from here could
+            # overtake its newer one.
+            if rid in self.tokens or (
+                not await self._has_owner(rid) and await self.once(current_message.get())
+            ):
+                await service._receipt_again(rid)
+
+    async def _has_owner(self, incident_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(self.store._k("owner", incident_id)))
+        except RedisError:
+            return True  # cannot tell: stay silent, the reporter sends it again
+
+    async def _admit(self, rid: str, fingerprint: str, payload: bytes, now: float) -> Admission:
+        s = self.store
+        try:
+            result = await self.admit_script(
+                keys=[s._k("idem", rid), s._k("inc", rid), s._k("admitting", rid), self.work],
+                args=[
+                    fingerprint,
+                    s.idempotency_ttl_s,
+                    s.admission_lease_ms,
+                    payload,
+                    repr(now),
+                    rid,
+                    _WORK_MAX,
+                ],
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        answer = result.decode() if isinstance(result, bytes) else str(result)
+        assert answer in ("new", "same", "conflict", "pending"), answer
+        return answer  # type: ignore[return-value]
+
+    async def _enqueue_raw(self, incident_id: str, payload: bytes, now: float) -> None:
+        try:
+            await self.redis.xadd(
+                self.work,
+                {"id": incident_id, "payload": payload, "at": repr(now)},
+                maxlen=_WORK_MAX,
+                approximate=True,
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Take work, reclaim a dead instance's work, renew leases and adopt: until cancelled."""
+        await self._ensure_group()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._consume(), name="cluster-consume")
+            tg.create_task(self._maintain(), name="cluster-maintain")
+
+    async def _ensure_group(self) -> None:
+        while True:
+            try:
+                await self.redis.xgroup_create(self.work, _GROUP, id="0", mkstream=True)
+                return
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except RedisError as exc:
+                log.warning("cannot create the work group yet (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+
+    async def _consume(self) -> None:
+        while True:
+            await self.service.bus.ready.wait()
+            try:
+                reply = await self.redis.xreadgroup(
+                    _GROUP, self.instance, {self.work: ">"}, count=16, block=self.block_ms
+                )
+            except RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._ensure_group()
+                else:
+                    log.debug("work stream not readable (%s)", exc)
+                    await asyncio.sleep(0.2)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    await self._handle(entry_id, fields)
+
+    async def _maintain(self) -> None:
+        period = self.lease_ms / 3000.0
+        reclaim_every = 1.0
+        last_reclaim = last_clear = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.heartbeat()
+                if started - last_reclaim >= reclaim_every:
+                    last_reclaim = started
+                    await self._reclaim()
+                await self._adopt_orphans()
+                if started - last_clear >= _CLEAR_EVERY_S:
+                    last_clear = started
+                    await self._clear_expired_states()
+            except (RedisError, BackendUnavailable) as exc:
+                log.warning("cluster upkeep failed (%s); retrying", exc)
+            for iid, at in list(self.lost.items()):
+                if started - at > _LOST_KEEP_S:
+                    del self.lost[iid]
+            for iid, parked in list(self.parked.items()):
+                fresh = [m for m in parked if started - m[0] < _PARK_S]
+                if fresh:
+                    self.parked[iid] = fresh
+                else:
+                    del self.parked[iid]
+            await asyncio.sleep(
+                max(0.05, min(period, reclaim_every) - (time.monotonic() - started))
+            )
+
+    async def heartbeat(self) -> None:
+        """Renew every lease we hold; forget what we lost; give up what has ended."""
+        core = self.service.core
+        self.retired.intersection_update(core.incidents)
+        tokens = dict(self.tokens)
+        if not tokens:
+            return
+        gone = [i for i in tokens if i not in core.incidents or core.incidents[i].ended]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for iid, token in tokens.items():
+                script = self._disown if iid in gone else self._renew
+                args = [token] if iid in gone else [token, self.lease_ms]
+                await script(keys=[self.store._k("owner", iid)], args=args, client=pipe)
+            results = await pipe.execute()
+        for (iid, token), ok in zip(tokens.items(), results, strict=True):
+            if iid in gone:
+                if self.tokens.get(iid) == token:
+                    del self.tokens[iid]
+                    if iid in core.incidents:
+                        self.retired.add(iid)
+            elif not ok and self.tokens.get(iid) == token:
+                self.lose(iid, "lease expired")
+
+    async def confirmed(self, incident_ids: Sequence[str]) -> list[str]:
+        """Those of ``incident_ids`` we still own (leases renewed now); [] if Redis is away."""
+        try:
+            await self.heartbeat()
+        except RedisError:
+            return []
+        return [i for i in incident_ids if i in self.tokens]
+
+    async def _reclaim(self) -> None:
+        reply = await self.redis.xautoclaim(
+            self.work, _GROUP, self.instance, self.reclaim_idle_ms, start_id="0-0", count=64
+        )
+        entries = reply[1] if len(reply) > 1 else []
+        for entry_id, fields in entries:
+            if fields:
+                log.info("reclaimed work entry %s", entry_id.decode())
+                await self._handle(entry_id, fields)
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        service = self.service
+        incident_id = fields[b"id"].decode()
+        received = float(fields[b"at"])
+        topic = service.codec.topic("incidents", "report")
+        try:
+            report = service.codec.decode(topic, fields[b"payload"], received)
+        except BadMessage as err:  # admitted by an instance with other settings
+            log.warning("work entry %s not decodable here: %s", entry_id.decode(), err)
+            await self._done(entry_id)
+            return
+        assert isinstance(report, Report)
+        exists = await service._retrying(lambda: self._exists(incident_id))
+        if not exists:
+            async with service._lock:
+                if incident_id not in service.core.incidents:
+                    now = service.clock()
+                    effects = service.core.report(report, now, incident_id=incident_id)
+                    await service._execute(effects, now, decision_started=now)
+                    if incident_id in self.tokens:
+                        service.metrics.incidents.labels(
+                            kind=report.kind.value, outcome="created"
+                        ).inc()
+            service._update_gauges()
+        await self._done(entry_id)
+
+    async def _exists(self, incident_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(self.store._k("inc", incident_id)))
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+
+    async def _done(self, entry_id: bytes) -> None:
+        async def ack() -> None:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(self.work, _GROUP, entry_id)
+                    pipe.xdel(self.work, entry_id)
+                    await pipe.execute()
+            except RedisError as exc:
+                raise BackendUnavailable("redis", str(exc)) from exc
+
+        await self.service._retrying(ack)
+
+    async def _clear_expired_states(self) -> None:
+        """Clear the retained state of incidents that ended ``state_retention_s`` ago.
+
+        Their owner does it with a timer; this covers an owner that has died since (ended
+        incidents are not adopted). Clearing twice is harmless; one instance does it.
+        """
+        service = self.service
+        now = service.clock()
+        retention = service.config.state_retention_s
+        ids = await self.redis.zrangebyscore(
+            self.store._k("incidents", "ended"), now - retention - 3600, now - retention
+        )
+        for raw in ids:
+            iid = raw.decode()
+            if iid in service.core.incidents:
+                continue  # ours: our own timer clears it
+            key = self.store._k("cleared", iid)
+            if await self.redis.set(key, b"1", nx=True, ex=int(retention) + 7200):
+                await service._publish(
+                    [Publish(service.codec.topic("incidents", iid, "state"), b"", retain=True)]
+                )
+
+    async def _adopt_orphans(self) -> None:
+        """Take over open incidents whose owner's lease ran out."""
+        core = self.service.core
+        open_ids = await self.store.open_incident_ids()
+        candidates = [i for i in open_ids if i not in self.tokens]
+        if not candidates:
+            return
+        held = await self.redis.mget([self.store._k("owner", i) for i in candidates])
+        for iid, owner in zip(candidates, held, strict=True):
+            if owner is not None:
+                continue
+            token = self.new_token()
+            keys = [self.store._k("owner", iid), self.store._k("inc", iid)]
+            if not await self._adopt(keys=keys, args=[token, self.lease_ms]):
+                continue
+            record = await self.store.incident(iid)
+            if record is None:
+                await self._disown(keys=[keys[0]], args=[token])
+                continue
+            service = self.service
+            async with service._lock:
+                forget_incident(core, iid)  # a stale copy from before we lost it
+                self.tokens[iid] = token
+                self.lost.pop(iid, None)
+                effects = core.restore_incident(record)
+                await service._execute(effects)
+                incident = core.incidents.get(iid)
+                if incident is not None:
+                    await service._publish([service._state_message(incident)])
+            log.warning("incident=%s adopted (its owner's lease ran out)", iid)
+            service._update_gauges()
+            # What reached us for it while its owner was gone (an accept, an arrival):
+            # handled now, in order. One its owner did handle is answered again, which
+            # the protocol allows (an accept gets its "go" again).
+            for _, topic, payload in self.parked.pop(iid, []):
+                await service.on_message(topic, payload)
+
+
+def _publish_incident(p: Publish) -> str | None:
+    parts = p.topic.split("/")
+    if len(parts) >= 3 and parts[-1] == "state" and parts[-3] == "incidents":
+        return parts[-2]
+    if parts[-1] in ("alert", "assignment") and p.payload:
+        try:
+            body = orjson.loads(p.payload)
+        except orjson.JSONDecodeError:
+            return None
+        value = body.get("incident_id") if isinstance(body, dict) else None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def forget_incident(core: Dispatcher, incident_id: str) -> None:
+    """Drop an incident (and its alerts) from this instance's core; no effects.
+
+    Its volunteers stay out of this instance's index until they next report: whoever
+    owns the incident now may have them alerted or committed.
+    """
+    incident = core.incidents.pop(incident_id, None)
+    if incident is None:
+        return
+    for alert_id, alert in incident.alerts.items():
+        core.alerts.pop(alert_id, None)
+        volunteer = core.volunteers.get(alert.volunteer_id)
+        if volunteer is not None and volunteer.alert_id == alert_id:
+            volunteer.alert_id = None
+    for responder in incident.responders:
+        volunteer = core.volunteers.get(responder.volunteer_id)
+        if volunteer is not None and volunteer.engaged == incident_id:
+            volunteer.engaged = None
+            core.index.remove(responder.volunteer_id)

@@ -1,0 +1,811 @@
+/* The volunteer app: a phone's browser as a volunteer, speaking the wire protocol
+ * (PROTOCOL.md) over MQTT over WebSockets straight to the broker, like a native app.
+ *
+ * Out:  <root>/volunteers/<id>/status   QoS 1  available | off_duty (+ skills, mode, lat, lon)
+ *       <root>/volunteers/<id>/location QoS 0  every few seconds, only while on duty
+ *       <root>/volunteers/<id>/reply    QoS 1  accept | decline an alert
+ *       <root>/volunteers/<id>/arrived  QoS 1  "I'm here"
+ * In:   <root>/volunteers/<id>/alert, .../assignment (QoS 1, never retained)
+ *       <root>/incidents/<iid>/state while assigned (retained: shows when the engine
+ *       saw us arrive from our location)
+ * Nothing is ever published retained. The broker checks the id and password; the page
+ * learns the broker's address from GET /api/volunteer-app.
+ */
+"use strict";
+
+(() => {
+  const LOCATION_EVERY_MS = 5000;
+  const LOCATION_EVERY_GUIDED_MS = 2000; // on the way: the engine detects arrival sooner
+  const EARTH_M = 6371008.8;
+
+  const T = {
+    zh: {
+      conn_online: "在线", conn_connecting: "连接中…", conn_offline: "离线",
+      offline_title: "离线：", offline_text: "收不到呼叫。正在自动重连…",
+      signin_title: "志愿者登录", signin_lead: "用你的志愿者编号和密码登录，即可接收附近的求助呼叫。",
+      vid: "志愿者编号", password: "密码", signin: "登录",
+      demo_note: "演示模式：本演示的消息服务器不检查账号，任意编号都可登录，密码可留空。",
+      bad_id: "编号只能包含字母、数字、_ 和 -（1–64 位）。",
+      auth_failed: "编号或密码不正确，或该账号无权登录。",
+      no_broker: "连不上消息服务器：",
+      on_duty: "值班中", off_duty: "未值班", locating: "正在获取位置…",
+      on_sub: "每 {s} 秒共享位置 · 精度约 {a} 米", off_sub: "未值班时不共享位置，也不会收到呼叫。",
+      locating_sub: "请在浏览器弹窗中允许使用位置。",
+      go_on: "开始值班", go_off: "结束值班",
+      geo_denied: "未获得位置权限。值班需要共享位置，才能把你派往最近的求助者。请在浏览器设置中允许本网站使用位置，然后重试。",
+      geo_unavailable: "暂时无法获取位置（{m}）。请到室外或打开 GPS 后重试。",
+      geo_insecure: "此浏览器只在 https 或本机地址下提供定位。请通过 https 地址打开本页。",
+      geo_missing: "此浏览器不支持定位。",
+      mode: "出行方式", walk: "步行", bike: "自行车", ebike: "电动车",
+      skills: "技能（登记在案）", skills_hint: "点按修改；值班时会随状态一同上报。",
+      no_skills: "（无）",
+      privacy: "隐私：只在值班时共享位置；服务端只保存你最新的一个位置，下班即删除，不记录轨迹。",
+      signout: "退出登录",
+      alert_label: "紧急呼叫", distance: "直线距离", eta: "预计到达",
+      answer_within: "内请回复（之后呼叫失效）", accept: "接受", decline: "拒绝",
+      waiting_title: "已接受，正在确认…", waiting_text: "调度中心正在确认由你前往。请稍候，不要离开本页面。",
+      here: "我已到达", here_sent: "已报到达",
+      open_nav: "用手机导航前往", amap: "高德地图", baidu: "百度地图",
+      arrived_title: "已到达现场", arrived_text: "谢谢你！请先确保自身安全，再按需要提供帮助，等待专业救援到来。",
+      dist_note: "到现场的直线距离", heading_live: "箭头已按手机朝向校正。",
+      heading_north: "箭头以正北为上：请将手机顶部朝北。",
+      no_fix: "等待定位…",
+      stood_title: "无需前往", back: "返回值班",
+      reason_filled: "已有其他志愿者前往，谢谢你的响应。",
+      reason_on_scene: "已有志愿者到达现场，你可以返回了。谢谢你！",
+      reason_expired: "呼叫已过期，已安排其他人员处理。",
+      reason_declined: "你已拒绝这次呼叫。",
+      reason_committed: "你已在处理另一起事件。",
+      reason_elsewhere: "调度中心已另行安排人员。",
+      reason_resolved: "事件已处理完毕，谢谢你！",
+      reason_cancelled: "事件已取消，无需前往。",
+      reason_other: "调度中心的说明：{r}",
+      expired_toast: "呼叫已过期。",
+      kinds: { cardiac_arrest: "心脏骤停", medical: "急症", fall: "跌倒", fire: "火情",
+        dispute: "纠纷", security: "治安", lost_person: "走失", other: "其他" },
+      prio: { 1: "危及生命", 2: "紧急", 3: "一般" },
+      skill_names: { first_aid: "急救", patrol: "巡逻", mediation: "调解" },
+      min: "分钟", sec: "秒", m: "米", km: "公里", no_address: "（无地址，按方向前往）",
+    },
+    en: {
+      conn_online: "Online", conn_connecting: "Connecting…", conn_offline: "Offline",
+      offline_title: "Offline:", offline_text: "alerts cannot reach you. Reconnecting by itself…",
+      signin_title: "Volunteer sign-in", signin_lead: "Sign in with your volunteer id and password to receive calls for help nearby.",
+      vid: "Volunteer id", password: "Password", signin: "Sign in",
+      demo_note: "Demo mode: this demo's broker checks no accounts, so any id works and the password may be empty.",
+      bad_id: "The id may only hold letters, digits, _ and - (1–64 characters).",
+      auth_failed: "Wrong id or password, or this account may not sign in.",
+      no_broker: "Cannot reach the message broker: ",
+      on_duty: "On duty", off_duty: "Off duty", locating: "Finding your position…",
+      on_sub: "Sharing location every {s} s · accuracy about {a} m", off_sub: "Off duty: no location is shared and no calls come.",
+      locating_sub: "Please allow location in the browser's prompt.",
+      go_on: "Go on duty", go_off: "Go off duty",
+      geo_denied: "Location permission was not given. On duty your location is needed to send you to the nearest person in need. Allow location for this site in the browser settings, then try again.",
+      geo_unavailable: "Your position is not available right now ({m}). Step outside or turn on GPS, then try again.",
+      geo_insecure: "This browser gives a position only to https or local pages. Open this page by its https address.",
+      geo_missing: "This browser cannot give a position.",
+      mode: "How you travel", walk: "Walk", bike: "Bike", ebike: "E-bike",
+      skills: "Skills on record", skills_hint: "Tap to change; sent with your status while on duty.",
+      no_skills: "(none)",
+      privacy: "Privacy: your location is shared only on duty; the server keeps only your latest position and forgets it when you go off duty. No track is recorded.",
+      signout: "Sign out",
+      alert_label: "EMERGENCY CALL", distance: "Distance", eta: "Estimated arrival",
+      answer_within: "left to answer", accept: "Accept", decline: "Decline",
+      waiting_title: "Accepted, confirming…", waiting_text: "Dispatch is confirming that you go. Please wait and keep this page open.",
+      here: "I'm here", here_sent: "Arrival sent",
+      open_nav: "Navigate with my phone", amap: "Amap", baidu: "Baidu Maps",
+      arrived_title: "You are on scene", arrived_text: "Thank you! Keep yourself safe first, then help as needed until professionals arrive.",
+      dist_note: "straight-line distance", heading_live: "The arrow follows the phone's heading.",
+      heading_north: "The arrow is drawn with north up: point the top of the phone north.",
+      no_fix: "Waiting for position…",
+      stood_title: "You are not needed", back: "Back to duty",
+      reason_filled: "Others are already on their way. Thank you for answering.",
+      reason_on_scene: "Others are on scene now; you can turn back. Thank you!",
+      reason_expired: "The call expired; others are taking care of it.",
+      reason_declined: "You declined this call.",
+      reason_committed: "You are already helping at another incident.",
+      reason_elsewhere: "The control room has sent someone else.",
+      reason_resolved: "The incident has been dealt with. Thank you!",
+      reason_cancelled: "The incident was cancelled; no need to go.",
+      reason_other: "From dispatch: {r}",
+      expired_toast: "The call expired.",
+      kinds: { cardiac_arrest: "Cardiac arrest", medical: "Medical", fall: "Fall", fire: "Fire",
+        dispute: "Dispute", security: "Security", lost_person: "Lost person", other: "Other" },
+      prio: { 1: "Life-threatening", 2: "Urgent", 3: "Routine" },
+      skill_names: { first_aid: "First aid", patrol: "Patrol", mediation: "Mediation" },
+      min: "min", sec: "s", m: "m", km: "km", no_address: "(no address: follow the arrow)",
+    },
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const store = window.localStorage;
+  const session = window.sessionStorage;
+
+  const S = {
+    lang: store.getItem("vol.lang") || ((navigator.language || "zh").startsWith("zh") ? "zh" : "en"),
+    app: null, // GET /api/volunteer-app
+    vid: null,
+    client: null,
+    conn: "offline",
+    everConnected: false,
+    duty: "off", // off | locating | on
+    mode: store.getItem("vol.mode") || "walk",
+    skills: JSON.parse(store.getItem("vol.skills") || '["first_aid"]'),
+    fix: null, // {lat, lon, accuracy, at}
+    watchId: null,
+    timer: null,
+    heading: null,
+    alert: null, // the alert on screen
+    job: null, // {incident_id, alert_id, lat, lon, address, kind, priority, arrived}
+    audio: null,
+    beepTimer: null,
+    wakeLock: null,
+  };
+
+  const t = (key, vars) => {
+    let s = T[S.lang][key];
+    if (s === undefined) s = key;
+    for (const [k, v] of Object.entries(vars || {})) s = s.replace(`{${k}}`, v);
+    return s;
+  };
+
+  // ------------------------------------------------------------------ rendering
+
+  function applyLang() {
+    document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
+    $("lang").textContent = S.lang === "zh" ? "EN" : "中文";
+    for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+    renderConn();
+    renderDuty();
+    renderSkills();
+    if (S.alert) renderAlert();
+    if (S.job) renderGuide();
+    if (S.stood) renderStood();
+  }
+
+  function show(screen) {
+    document.body.dataset.screen = screen;
+    window.scrollTo(0, 0);
+  }
+
+  function toast(text, ms = 3500) {
+    const el = $("toast");
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { el.hidden = true; }, ms);
+  }
+
+  function renderConn() {
+    const el = $("conn");
+    el.dataset.state = S.conn;
+    $("conn-text").textContent = t(`conn_${S.conn}`);
+    // The banner only once signed in: before that the sign-in form shows what is wrong.
+    $("offline-banner").hidden = !(S.vid && S.everConnected && S.conn !== "online");
+  }
+
+  function renderDuty() {
+    const card = $("duty-card");
+    card.dataset.duty = S.duty;
+    const btn = $("duty");
+    if (S.duty === "on") {
+      $("duty-state").textContent = t("on_duty");
+      const acc = S.fix ? Math.round(S.fix.accuracy || 0) : "–";
+      $("duty-sub").textContent = t("on_sub", { s: LOCATION_EVERY_MS / 1000, a: acc });
+    } else if (S.duty === "locating") {
+      $("duty-state").textContent = t("locating");
+      $("duty-sub").textContent = t("locating_sub");
+    } else {
+      $("duty-state").textContent = t("off_duty");
+      $("duty-sub").textContent = t("off_sub");
+    }
+    btn.textContent = S.duty === "off" ? t("go_on") : t("go_off");
+    btn.classList.toggle("stop", S.duty !== "off");
+    for (const b of document.querySelectorAll("#modes button")) {
+      b.setAttribute("aria-checked", String(b.dataset.mode === S.mode));
+    }
+  }
+
+  function renderSkills() {
+    const box = $("skills");
+    const known = (S.app && S.app.skills) || ["first_aid", "patrol", "mediation"];
+    const all = [...new Set([...known, ...S.skills])];
+    box.replaceChildren(
+      ...all.map((skill) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.skill = skill;
+        b.textContent = T[S.lang].skill_names[skill] || skill;
+        b.setAttribute("aria-pressed", String(S.skills.includes(skill)));
+        return b;
+      }),
+    );
+  }
+
+  function fmtDist(m) {
+    if (m == null || !isFinite(m)) return "–";
+    if (m < 1000) return `${Math.round(m)} ${t("m")}`;
+    return `${(m / 1000).toFixed(m < 10000 ? 1 : 0)} ${t("km")}`;
+  }
+
+  function fmtEta(s) {
+    if (s == null || !isFinite(s)) return "–";
+    if (s < 60) return `${Math.round(s)} ${t("sec")}`;
+    return `${Math.round(s / 60)} ${t("min")}`;
+  }
+
+  function kindName(kind) {
+    return T[S.lang].kinds[kind] || kind;
+  }
+
+  // ------------------------------------------------------------------ MQTT
+
+  function topic(...parts) {
+    return [S.app.topic_root, "volunteers", S.vid, ...parts].join("/");
+  }
+
+  function brokerUrl() {
+    if (S.app.mqtt_ws_url) return S.app.mqtt_ws_url;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const host = location.hostname.includes(":") ? `[${location.hostname}]` : location.hostname;
+    return `${scheme}://${host}:${S.app.mqtt_ws_port}/mqtt`;
+  }
+
+  function publish(sub, body, qos) {
+    if (!S.client) return;
+    // MQTT.js queues while offline and sends on reconnect (QoS 1 ones are acknowledged).
+    S.client.publish(topic(sub), JSON.stringify(body), { qos, retain: false });
+  }
+
+  function connect(vid, password) {
+    return new Promise((resolve, reject) => {
+      const v5 = S.app.mqtt_protocol === 5;
+      const rand = Math.random().toString(16).slice(2, 10);
+      const client = mqtt.connect(brokerUrl(), {
+        clientId: `vol-${vid}-${rand}`.slice(0, 64),
+        username: vid,
+        password: password || undefined,
+        protocolVersion: v5 ? 5 : 4,
+        clean: true, // alerts are never worth receiving late
+        keepalive: 20,
+        reconnectPeriod: 2000,
+        connectTimeout: 8000,
+        resubscribe: false, // the "connect" handler subscribes, every time
+      });
+      let settled = false;
+      client.on("connect", () => {
+        client.subscribe([topic("alert"), topic("assignment")], { qos: 1 }, (err) => {
+          if (err) console.warn("subscribe failed", err);
+        });
+        if (S.job) followState(S.job.incident_id);
+        setConn("online");
+        S.everConnected = true;
+        if (!settled) { settled = true; resolve(client); }
+        if (S.duty === "on") sendStatus(); // the engine may have forgotten us meanwhile
+      });
+      client.on("reconnect", () => setConn("connecting"));
+      client.on("offline", () => setConn("offline"));
+      client.on("close", () => { if (S.conn === "online") setConn("offline"); });
+      client.on("error", (err) => {
+        const code = err && (err.code ?? err.reasonCode);
+        // 4/5 (3.1.1) and 134/135 (v5): bad user name or password, not authorised.
+        if ([4, 5, 134, 135].includes(code)) {
+          client.end(true);
+          if (!settled) { settled = true; reject(new Error(t("auth_failed"))); }
+          else signOut(t("auth_failed"));
+        }
+      });
+      client.on("message", onMessage);
+      S.client = client;
+      setConn("connecting");
+      // A broker that never answers: say so on the sign-in form, keep trying behind it.
+      setTimeout(() => {
+        if (!settled) {
+          settled = true;
+          reject(new Error(t("no_broker") + brokerUrl()));
+        }
+      }, 10000);
+    });
+  }
+
+  function setConn(state) {
+    S.conn = state;
+    renderConn();
+  }
+
+  // The incident's retained state shows when the engine saw us arrive. A broker whose
+  // ACL keeps volunteers to their own topics refuses this: then the page relies on its
+  // own distance check and the "I'm here" button, which is fine. Kept apart from the
+  // alert subscription so that a refusal never touches it.
+  function followState(iid) {
+    if (!S.client) return;
+    S.client.subscribe(stateTopic(iid), { qos: 1 }, (err) => {
+      if (err) console.info("incident state not readable here:", err.message);
+    });
+  }
+
+  function stateTopic(iid) {
+    return [S.app.topic_root, "incidents", iid, "state"].join("/");
+  }
+
+  function onMessage(tp, payload) {
+    let body;
+    try {
+      body = JSON.parse(new TextDecoder().decode(payload));
+    } catch {
+      return; // an empty retained message clears a state; nothing else should be non-JSON
+    }
+    if (tp === topic("alert")) onAlert(body);
+    else if (tp === topic("assignment")) onAssignment(body);
+    else if (S.job && tp === stateTopic(S.job.incident_id)) onState(body);
+  }
+
+  // ------------------------------------------------------------------ duty and location
+
+  function sendStatus() {
+    const body = { status: "available", skills: S.skills, mode: S.mode };
+    if (S.fix) { body.lat = S.fix.lat; body.lon = S.fix.lon; }
+    publish("status", body, 1);
+  }
+
+  function sendLocation() {
+    if (S.duty !== "on" || !S.fix) return;
+    const body = { lat: S.fix.lat, lon: S.fix.lon, ts: new Date(S.fix.at).toISOString() };
+    if (S.fix.accuracy != null) body.accuracy_m = Math.round(S.fix.accuracy * 10) / 10;
+    publish("location", body, 0);
+  }
+
+  function onFix(pos) {
+    S.fix = {
+      lat: pos.coords.latitude, lon: pos.coords.longitude,
+      accuracy: pos.coords.accuracy, at: pos.timestamp || Date.now(),
+    };
+    if (pos.coords.heading != null && isFinite(pos.coords.heading) && pos.coords.speed > 1) {
+      S.gpsHeading = pos.coords.heading;
+    }
+    if (S.duty === "locating") {
+      S.duty = "on";
+      sendStatus(); // first status carries the position
+      scheduleLocations();
+    }
+    renderDuty();
+    if (S.job) renderGuide();
+  }
+
+  function onGeoError(err) {
+    if (S.duty === "off") return;
+    if (err.code === 1) { // PERMISSION_DENIED
+      goOffDuty(false);
+      showGeoError(t("geo_denied"));
+    } else if (S.duty === "locating") {
+      goOffDuty(false);
+      showGeoError(t("geo_unavailable", { m: err.message || err.code }));
+    } // on duty: keep the last fix, the watch goes on
+  }
+
+  function showGeoError(text) {
+    const el = $("geo-error");
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
+  function scheduleLocations() {
+    clearInterval(S.timer);
+    const every = S.job ? LOCATION_EVERY_GUIDED_MS : LOCATION_EVERY_MS;
+    S.timer = setInterval(() => {
+      // Some browsers only report a watch on movement: ask for a fresh fix when stale.
+      if (!S.fix || Date.now() - S.fix.at > every) {
+        navigator.geolocation.getCurrentPosition(onFix, onGeoError, {
+          enableHighAccuracy: true, maximumAge: every, timeout: every * 2,
+        });
+      }
+      sendLocation();
+    }, every);
+  }
+
+  function goOnDuty() {
+    showGeoError("");
+    unlockAudio();
+    if (!window.isSecureContext) return showGeoError(t("geo_insecure"));
+    if (!("geolocation" in navigator)) return showGeoError(t("geo_missing"));
+    S.duty = "locating";
+    renderDuty();
+    S.watchId = navigator.geolocation.watchPosition(onFix, onGeoError, {
+      enableHighAccuracy: true, maximumAge: 2000, timeout: 20000,
+    });
+    keepAwake(true);
+  }
+
+  function goOffDuty(announce = true) {
+    const was = S.duty;
+    S.duty = "off";
+    if (S.watchId != null) navigator.geolocation.clearWatch(S.watchId);
+    S.watchId = null;
+    clearInterval(S.timer);
+    S.fix = null;
+    if (announce && was === "on") publish("status", { status: "off_duty" }, 1);
+    keepAwake(false);
+    renderDuty();
+  }
+
+  async function keepAwake(on) {
+    try {
+      if (on && "wakeLock" in navigator && !S.wakeLock) {
+        S.wakeLock = await navigator.wakeLock.request("screen");
+        S.wakeLock.addEventListener("release", () => { S.wakeLock = null; });
+      } else if (!on && S.wakeLock) {
+        await S.wakeLock.release();
+      }
+    } catch { /* not allowed here: the screen may sleep, alerts still ring */ }
+  }
+
+  // ------------------------------------------------------------------ alerts
+
+  function onAlert(a) {
+    if (!a || typeof a.alert_id !== "string") return;
+    const expires = Date.parse(a.expires_at);
+    if (isFinite(expires) && expires <= Date.now()) return; // stale: never act on it
+    if (S.job && S.job.incident_id !== a.incident_id) return; // the engine should not, anyway
+    S.alert = { ...a, expiresMs: isFinite(expires) ? expires : Date.now() + 90000 };
+    renderAlert();
+    $("alert").hidden = false;
+    ring(true);
+    clearInterval(S.countTimer);
+    S.countTimer = setInterval(tickAlert, 250);
+    tickAlert();
+  }
+
+  function renderAlert() {
+    const a = S.alert;
+    $("a-kind").textContent = kindName(a.kind);
+    $("a-prio").textContent = T[S.lang].prio[a.priority] || `P${a.priority}`;
+    $("a-dist").textContent = fmtDist(a.distance_m);
+    $("a-eta").textContent = fmtEta(a.eta_s);
+    $("a-address").textContent = a.address || t("no_address");
+  }
+
+  function tickAlert() {
+    if (!S.alert) return;
+    const left = Math.max(0, Math.ceil((S.alert.expiresMs - Date.now()) / 1000));
+    $("a-count").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    if (left <= 0) {
+      closeAlert();
+      toast(t("expired_toast"));
+    }
+  }
+
+  function closeAlert() {
+    clearInterval(S.countTimer);
+    ring(false);
+    S.alert = null;
+    $("alert").hidden = true;
+  }
+
+  function answer(kind) {
+    const a = S.alert;
+    if (!a) return;
+    publish("reply", { alert_id: a.alert_id, answer: kind }, 1);
+    closeAlert();
+    if (kind === "accept") {
+      S.pending = { ...a };
+      show("waiting");
+    }
+  }
+
+  // A two-tone call that repeats until answered; vibration where the phone allows.
+  function unlockAudio() {
+    try {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!S.audio && Ctx) S.audio = new Ctx();
+      if (S.audio && S.audio.state === "suspended") S.audio.resume();
+    } catch { /* no sound here: the card and vibration still show */ }
+  }
+
+  function beep() {
+    const ctx = S.audio;
+    if (ctx && ctx.state === "running") {
+      const now = ctx.currentTime;
+      for (let i = 0; i < 4; i++) {
+        const osc = ctx.createOscillator();
+        const gain = ctx.createGain();
+        osc.type = "square";
+        osc.frequency.value = i % 2 ? 660 : 988;
+        gain.gain.setValueAtTime(0.0001, now + i * 0.22);
+        gain.gain.exponentialRampToValueAtTime(0.5, now + i * 0.22 + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, now + i * 0.22 + 0.2);
+        osc.connect(gain).connect(ctx.destination);
+        osc.start(now + i * 0.22);
+        osc.stop(now + i * 0.22 + 0.21);
+      }
+    }
+    if (navigator.vibrate) navigator.vibrate([400, 150, 400, 150, 400]);
+  }
+
+  function ring(on) {
+    clearInterval(S.beepTimer);
+    S.beepTimer = null;
+    if (on) {
+      beep();
+      S.beepTimer = setInterval(beep, 1600);
+    } else if (navigator.vibrate) {
+      navigator.vibrate(0);
+    }
+  }
+
+  // ------------------------------------------------------------------ assignments
+
+  function onAssignment(msg) {
+    if (!msg || typeof msg.incident_id !== "string") return;
+    const iid = msg.incident_id;
+    if (msg.action === "go") {
+      if (S.job && S.job.incident_id === iid) return; // a repeated confirmation
+      const a = S.pending && S.pending.incident_id === iid ? S.pending
+        : S.alert && S.alert.incident_id === iid ? S.alert : { incident_id: iid };
+      if (S.alert && S.alert.incident_id === iid) closeAlert();
+      S.pending = null;
+      S.job = {
+        incident_id: iid, alert_id: a.alert_id, kind: a.kind, priority: a.priority,
+        lat: a.lat, lon: a.lon, address: a.address, arrived: false, hereSent: false,
+      };
+      followState(iid);
+      $("here").disabled = false;
+      $("arrived-box").hidden = true;
+      $("s-guide").classList.remove("arrived-now");
+      if (S.duty === "on") scheduleLocations();
+      renderGuide();
+      show("guide");
+      if (navigator.vibrate) navigator.vibrate(200);
+    } else if (msg.action === "stand_down") {
+      const mine = (S.alert && S.alert.incident_id === iid)
+        || (S.pending && S.pending.incident_id === iid)
+        || (S.job && S.job.incident_id === iid);
+      if (!mine) return; // e.g. the answer to our own decline: nothing to show
+      if (S.alert && S.alert.incident_id === iid) closeAlert();
+      S.pending = null;
+      if (S.job && S.job.incident_id === iid) {
+        if (S.client) S.client.unsubscribe(stateTopic(iid));
+        S.job = null;
+        if (S.duty === "on") scheduleLocations();
+      }
+      S.stood = { reason: String(msg.reason || "") };
+      renderStood();
+      show("stood");
+    }
+  }
+
+  function reasonText(reason) {
+    const r = reason.toLowerCase();
+    if (r.includes("filled")) return t("reason_filled");
+    if (r.includes("on scene")) return t("reason_on_scene");
+    if (r.includes("expired")) return t("reason_expired");
+    if (r.includes("declined")) return t("reason_declined");
+    if (r.includes("committed")) return t("reason_committed");
+    if (r.includes("elsewhere")) return t("reason_elsewhere");
+    if (r.includes("resolved")) return t("reason_resolved");
+    if (r.includes("cancelled")) return t("reason_cancelled");
+    return t("reason_other", { r: reason || "–" });
+  }
+
+  function renderStood() {
+    $("stood-title").textContent = t("stood_title");
+    $("stood-reason").textContent = reasonText(S.stood.reason);
+  }
+
+  function onState(state) {
+    if (!S.job || !state || !Array.isArray(state.responders)) return;
+    const me = state.responders.find((r) => r.volunteer_id === S.vid);
+    if (me && me.arrived_at) markArrived();
+    if (typeof state.lat === "number" && S.job.lat == null) {
+      S.job.lat = state.lat;
+      S.job.lon = state.lon;
+      S.job.kind = S.job.kind || state.kind;
+      S.job.priority = S.job.priority || state.priority;
+      renderGuide();
+    }
+  }
+
+  function markArrived() {
+    if (!S.job || S.job.arrived) return;
+    S.job.arrived = true;
+    $("arrived-box").hidden = false;
+    $("s-guide").classList.add("arrived-now");
+    $("here").disabled = true;
+    $("here").textContent = t("here_sent");
+  }
+
+  // ------------------------------------------------------------------ guidance
+
+  function rad(d) { return (d * Math.PI) / 180; }
+
+  function distanceM(lat1, lon1, lat2, lon2) {
+    const dp = rad(lat2 - lat1);
+    const dl = rad(lon2 - lon1);
+    const h = Math.sin(dp / 2) ** 2 + Math.cos(rad(lat1)) * Math.cos(rad(lat2)) * Math.sin(dl / 2) ** 2;
+    return 2 * EARTH_M * Math.asin(Math.sqrt(h));
+  }
+
+  function bearingDeg(lat1, lon1, lat2, lon2) {
+    const y = Math.sin(rad(lon2 - lon1)) * Math.cos(rad(lat2));
+    const x = Math.cos(rad(lat1)) * Math.sin(rad(lat2))
+      - Math.sin(rad(lat1)) * Math.cos(rad(lat2)) * Math.cos(rad(lon2 - lon1));
+    return ((Math.atan2(y, x) * 180) / Math.PI + 360) % 360;
+  }
+
+  function renderGuide() {
+    const j = S.job;
+    if (!j) return;
+    $("g-kind").textContent = j.kind ? kindName(j.kind) : j.incident_id;
+    const prio = $("g-prio");
+    prio.textContent = j.priority ? T[S.lang].prio[j.priority] : "";
+    prio.dataset.p = j.priority || "";
+    prio.hidden = !j.priority;
+    $("g-address").textContent = j.address || t("no_address");
+    $("here").textContent = j.hereSent || j.arrived ? t("here_sent") : t("here");
+    const hasTarget = typeof j.lat === "number" && typeof j.lon === "number";
+    if (hasTarget) {
+      const label = encodeURIComponent(j.address || kindName(j.kind) || "incident");
+      $("nav-geo").href = `geo:${j.lat},${j.lon}?q=${j.lat},${j.lon}(${label})`;
+      // dev=1 / coord_type=wgs84: the apps convert our WGS84 to their GCJ-02 themselves.
+      $("nav-amap").href = `amapuri://route/plan/?dlat=${j.lat}&dlon=${j.lon}&dname=${label}&dev=1&t=2`;
+      $("nav-baidu").href = `baidumap://map/direction?destination=latlng:${j.lat},${j.lon}|name:${label}&coord_type=wgs84&mode=walking`;
+    }
+    if (!hasTarget || !S.fix) {
+      $("g-dist").textContent = "–";
+      $("g-dist-note").textContent = t("no_fix");
+      return;
+    }
+    const d = distanceM(S.fix.lat, S.fix.lon, j.lat, j.lon);
+    $("g-dist").textContent = fmtDist(d);
+    $("g-dist-note").textContent = t("dist_note");
+    const bearing = bearingDeg(S.fix.lat, S.fix.lon, j.lat, j.lon);
+    const heading = S.heading != null ? S.heading : S.gpsHeading != null ? S.gpsHeading : null;
+    const turn = heading == null ? 0 : -heading;
+    $("compass-rose").setAttribute("transform", `rotate(${turn})`);
+    $("arrow").setAttribute("transform", `rotate(${bearing + turn})`);
+    $("g-heading-note").textContent = heading == null ? t("heading_north") : t("heading_live");
+    if (S.app && d <= S.app.arrival_radius_m) markArrived(); // the engine sees the same
+  }
+
+  function onOrientation(e) {
+    let h = null;
+    if (typeof e.webkitCompassHeading === "number") h = e.webkitCompassHeading; // iOS
+    else if (e.absolute && typeof e.alpha === "number") h = (360 - e.alpha) % 360;
+    if (h == null) return;
+    S.heading = h;
+    if (S.job && document.body.dataset.screen === "guide") renderGuide();
+  }
+
+  function imHere() {
+    if (!S.job) return;
+    publish("arrived", { incident_id: S.job.incident_id }, 1);
+    S.job.hereSent = true;
+    $("here").textContent = t("here_sent");
+    markArrived();
+  }
+
+  // ------------------------------------------------------------------ sign in and out
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const vid = $("vid").value.trim();
+    const password = $("password").value;
+    const err = $("signin-error");
+    err.hidden = true;
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(vid)) {
+      err.textContent = t("bad_id");
+      err.hidden = false;
+      return;
+    }
+    $("signin").disabled = true;
+    S.vid = vid;
+    try {
+      await connect(vid, password);
+    } catch (e) {
+      if (S.client) S.client.end(true);
+      S.client = null;
+      S.vid = null;
+      setConn("offline");
+      err.textContent = e.message;
+      err.hidden = false;
+      $("signin").disabled = false;
+      return;
+    }
+    $("signin").disabled = false;
+    store.setItem("vol.id", vid);
+    session.setItem("vol.password", password); // this tab only, gone when it closes
+    $("who").textContent = vid;
+    show("home");
+    renderConn();
+  }
+
+  function signOut(message) {
+    if (S.duty !== "off") goOffDuty(true);
+    const client = S.client;
+    S.client = null;
+    S.vid = null;
+    S.everConnected = false;
+    if (client) client.end(false); // lets the off_duty status go out first
+    session.removeItem("vol.password");
+    $("who").textContent = "";
+    setConn("offline");
+    show("signin");
+    if (message) {
+      $("signin-error").textContent = message;
+      $("signin-error").hidden = false;
+    }
+  }
+
+  function bind() {
+    $("lang").addEventListener("click", () => {
+      S.lang = S.lang === "zh" ? "en" : "zh";
+      store.setItem("vol.lang", S.lang);
+      applyLang();
+    });
+    $("signin-form").addEventListener("submit", signIn);
+    $("duty").addEventListener("click", () => (S.duty === "off" ? goOnDuty() : goOffDuty(true)));
+    $("modes").addEventListener("click", (e) => {
+      const b = e.target.closest("button[data-mode]");
+      if (!b) return;
+      S.mode = b.dataset.mode;
+      store.setItem("vol.mode", S.mode);
+      renderDuty();
+      if (S.duty === "on") sendStatus();
+    });
+    $("skills").addEventListener("click", (e) => {
+      const b = e.target.closest("button[data-skill]");
+      if (!b) return;
+      const s = b.dataset.skill;
+      S.skills = S.skills.includes(s) ? S.skills.filter((x) => x !== s) : [...S.skills, s];
+      store.setItem("vol.skills", JSON.stringify(S.skills));
+      renderSkills();
+      if (S.duty === "on") sendStatus();
+    });
+    $("accept").addEventListener("click", () => answer("accept"));
+    $("decline").addEventListener("click", () => answer("decline"));
+    $("here").addEventListener("click", imHere);
+    $("stood-ok").addEventListener("click", () => { S.stood = null; show("home"); });
+    $("signout").addEventListener("click", () => signOut());
+    window.addEventListener("online", () => { if (S.client && S.conn !== "online") S.client.reconnect(); });
+    window.addEventListener("offline", () => setConn("offline"));
+    window.addEventListener("deviceorientationabsolute", onOrientation);
+    window.addEventListener("deviceorientation", onOrientation);
+    window.addEventListener("pagehide", () => {
+      // Closing the page while on duty: say so, so that nobody waits for us.
+      if (S.duty === "on") publish("status", { status: "off_duty" }, 1);
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && S.duty !== "off") keepAwake(true);
+    });
+  }
+
+  async function start() {
+    bind();
+    applyLang();
+    const saved = store.getItem("vol.id");
+    if (saved) $("vid").value = saved;
+    try {
+      const r = await fetch("/api/volunteer-app", { cache: "no-store" });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      S.app = await r.json();
+    } catch (e) {
+      show("signin");
+      $("signin-error").textContent = t("no_broker") + e.message;
+      $("signin-error").hidden = false;
+      $("signin").disabled = true;
+      return;
+    }
+    $("demo-note").hidden = !S.app.open_broker;
+    renderSkills();
+    show("signin");
+    applyLang();
+    // A reload in the same tab signs in again by itself (the password lives in this tab).
+    const password = session.getItem("vol.password");
+    if (saved && password !== null) {
+      $("password").value = password;
+      $("signin-form").requestSubmit();
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

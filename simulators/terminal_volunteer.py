@@ -1,0 +1,568 @@
+"""``dispatch volunteer``: one volunteer in a terminal, for field tests and demos.
+
+It speaks the wire protocol (PROTOCOL.md) like a phone: on start it goes on duty with
+its position, mode and skills, sends its location every few seconds, prints each alert
+and assignment readably, and takes commands from stdin (``a`` accept, ``d`` decline,
+``h`` I'm here, ``?`` for the rest). With ``--walk`` it moves toward the incident after a
+``go`` at its mode's speed, so the engine sees it arrive from its location. On exit
+(``q``, end of input, Ctrl-C, SIGTERM) it goes off duty.
+
+``Volunteer`` is the logic (no I/O: commands and messages in, messages and lines out);
+``run`` is the asyncio shell around it. Nothing in the engine imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from dispatch.model import is_valid_id
+from geo.distance import haversine_m
+
+__all__ = ["Volunteer", "add_arguments", "main"]
+
+MODES = ("walk", "bike", "ebike")
+# Default speeds by mode, m/s (config/default.toml [travel]); --speed overrides.
+SPEEDS = {"walk": 1.8, "bike": 4.0, "ebike": 5.5}
+XIAOYING = (30.2591, 120.1698)  # 小营巷, the old town
+QUIT = ("q", "quit", "exit")
+PRIORITY = {1: "life-threatening", 2: "urgent", 3: "routine"}
+HELP = (
+    "commands: a [ID] accept | d [ID] decline | h I'm here | on | off | m walk|bike|ebike | "
+    "p LAT LON move there | s state | q quit (goes off duty)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One message to publish: the topic's last level under volunteers/<id>/."""
+
+    leaf: str
+    body: dict[str, Any]
+    qos: int = 1
+
+
+@dataclass
+class Volunteer:
+    """A volunteer's state and decisions; time is passed in, nothing is awaited here."""
+
+    vid: str
+    lat: float
+    lon: float
+    mode: str = "walk"
+    skills: tuple[str, ...] = ("first_aid",)
+    walk: bool = False
+    speed_mps: float | None = None
+    on_duty: bool = False
+    alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # alert_id -> alert
+    job: dict[str, Any] | None = None  # the incident we were sent to (after go)
+    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)  # incident -> alert
+
+    # ---- commands
+
+    def start(self) -> list[Out]:
+        self.on_duty = True
+        return [self.status()]
+
+    def status(self) -> Out:
+        if not self.on_duty:
+            return Out("status", {"status": "off_duty"})
+        return Out(
+            "status",
+            {
+                "status": "available",
+                "skills": list(self.skills),
+                "mode": self.mode,
+                "lat": self.lat,
+                "lon": self.lon,
+            },
+        )
+
+    def location(self, now: float) -> Out:
+        ts = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        return Out(
+            "location",
+            {"lat": self.lat, "lon": self.lon, "ts": ts.replace("+00:00", "Z")},
+            qos=0,
+        )
+
+    def command(self, line: str, now: float) -> tuple[list[Out], list[str]]:
+        """One line typed by the user: what to publish and what to print."""
+        words = line.split()
+        if not words:
+            return [], []
+        cmd, args = words[0].lower(), words[1:]
+        if cmd in ("a", "accept", "d", "decline"):
+            return self._answer("accept" if cmd.startswith("a") else "decline", args, now)
+        if cmd in ("h", "here", "arrived"):
+            if self.job is None:
+                return [], ["no incident to arrive at (accept an alert first)"]
+            iid = self.job["incident_id"]
+            return [Out("arrived", {"incident_id": iid})], [f"told dispatch: here at {iid}"]
+        if cmd == "on":
+            self.on_duty = True
+            return [self.status()], ["on duty"]
+        if cmd == "off":
+            self.on_duty = False
+            return [self.status()], ["off duty: no locations are sent, no alerts come"]
+        if cmd in ("m", "mode"):
+            if len(args) != 1 or args[0] not in MODES:
+                return [], ["usage: m walk|bike|ebike"]
+            self.mode = args[0]
+            return ([self.status()] if self.on_duty else []), [f"mode {self.mode}"]
+        if cmd in ("p", "pos", "position"):
+            try:
+                lat, lon = float(args[0]), float(args[1])
+            except (IndexError, ValueError):
+                return [], ["usage: p LAT LON (WGS84 degrees, e.g. p 30.2591 120.1698)"]
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                return [], ["latitude must be -90..90 and longitude -180..180"]
+            self.lat, self.lon = lat, lon
+            return ([self.location(now)] if self.on_duty else []), [f"at {lat:.5f},{lon:.5f}"]
+        if cmd in ("s", "state"):
+            return [], [self.describe(now)]
+        if cmd in ("?", "help"):
+            return [], [HELP]
+        return [], [f"unknown command {cmd!r}; {HELP}"]
+
+    def _answer(self, answer: str, args: list[str], now: float) -> tuple[list[Out], list[str]]:
+        live = {k: a for k, a in self.alerts.items() if a["expires"] > now}
+        if args:
+            live = {k: a for k, a in live.items() if k.startswith(args[0])}
+        if not live:
+            return [], ["no alert to answer" + (f" matching {args[0]!r}" if args else "")]
+        alert_id, alert = max(live.items(), key=lambda item: item[1]["received"])
+        del self.alerts[alert_id]
+        if answer == "accept":
+            self.accepted[alert["incident_id"]] = alert
+        return (
+            [Out("reply", {"alert_id": alert_id, "answer": answer})],
+            [f"{answer} sent for incident {alert['incident_id']} (alert {alert_id})"],
+        )
+
+    # ---- messages from the engine
+
+    def on_alert(self, body: Mapping[str, Any], now: float) -> list[str]:
+        alert_id, iid = body.get("alert_id"), body.get("incident_id")
+        if not isinstance(alert_id, str) or not isinstance(iid, str):
+            return [f"ignored an alert without ids: {dict(body)}"]
+        expires = _parse_time(body.get("expires_at"), default=now + 90)
+        if expires <= now:
+            return [f"ignored a stale alert for incident {iid}"]
+        self.alerts[alert_id] = {**body, "expires": expires, "received": now}
+        prio = body.get("priority")
+        address = body.get("address") or "(no address)"
+        return [
+            f"ALERT incident {iid}: {body.get('kind')}, priority {prio} "
+            f"({PRIORITY.get(prio, '?') if isinstance(prio, int) else '?'}), "
+            f"{_metres(body.get('distance_m'))} away, ETA {_seconds(body.get('eta_s'))}, "
+            f"answer within {expires - now:.0f} s; {address}",
+            f"      a = accept, d = decline (alert {alert_id})",
+        ]
+
+    def on_assignment(self, body: Mapping[str, Any], now: float) -> list[str]:
+        iid, action = body.get("incident_id"), body.get("action")
+        reason = body.get("reason") or ""
+        if not isinstance(iid, str):
+            return [f"ignored an assignment without an incident id: {dict(body)}"]
+        for alert_id in [k for k, a in self.alerts.items() if a["incident_id"] == iid]:
+            del self.alerts[alert_id]
+        if action == "go":
+            alert = self.accepted.pop(iid, {})
+            self.job = {
+                "incident_id": iid,
+                "lat": alert.get("lat"),
+                "lon": alert.get("lon"),
+                "address": alert.get("address"),
+            }
+            where = self.job["address"] or "(no address)"
+            left = self._distance_left()
+            return [
+                f"GO to incident {iid} ({reason}): {where}"
+                + (f", {_metres(left)} away" if left is not None else ""),
+                "      walking there by itself (--walk)" if self.walk else "      h = I'm here",
+            ]
+        if action == "stand_down":
+            self.accepted.pop(iid, None)
+            if self.job is not None and self.job["incident_id"] == iid:
+                self.job = None
+            return [f"STAND DOWN incident {iid}: {reason or 'no reason given'}"]
+        return [f"ignored an assignment with action {action!r}"]
+
+    # ---- time passing
+
+    def tick(self, dt: float, now: float) -> tuple[list[Out], list[str]]:
+        """Every few seconds: walk on (with --walk) and send the location while on duty."""
+        lines: list[str] = []
+        if not self.on_duty:
+            return [], lines
+        left = self._distance_left()
+        if self.walk and self.job is not None and left is not None and left > 1:
+            step = min(left, (self.speed_mps or SPEEDS[self.mode]) * dt)
+            f = step / left
+            self.lat += (self.job["lat"] - self.lat) * f
+            self.lon += (self.job["lon"] - self.lon) * f
+            lines.append(f"walking: {_metres(left - step)} to go")
+        return [self.location(now)], lines
+
+    def _distance_left(self) -> float | None:
+        job = self.job
+        if job is None or not isinstance(job.get("lat"), int | float):
+            return None
+        if not isinstance(job.get("lon"), int | float):
+            return None
+        return haversine_m(self.lat, self.lon, float(job["lat"]), float(job["lon"]))
+
+    def describe(self, now: float) -> str:
+        duty = "on duty" if self.on_duty else "off duty"
+        parts = [
+            f"{self.vid}: {duty}, {self.mode}, skills {','.join(self.skills) or '-'}",
+            f"at {self.lat:.5f},{self.lon:.5f}",
+        ]
+        live = [a for a in self.alerts.values() if a["expires"] > now]
+        if live:
+            parts.append(f"{len(live)} alert(s) waiting")
+        if self.job is not None:
+            parts.append(f"going to {self.job['incident_id']}")
+        return "; ".join(parts)
+
+
+def _parse_time(value: Any, default: float) -> float:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return default
+
+
+def _metres(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "?"
+    return f"{value:.0f} m" if value < 1000 else f"{value / 1000:.1f} km"
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "?"
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.0f} min"
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``dispatch volunteer``."""
+    parser.add_argument("--id", required=True, help="the volunteer id (1-64 of A-Z a-z 0-9 _ -)")
+    parser.add_argument(
+        "--mqtt", help="broker URL, mqtt://host:port (default: $DISPATCH_MQTT or 127.0.0.1:1883)"
+    )
+    parser.add_argument("--topic-root", help="default: $DISPATCH_TOPIC_ROOT or 'dispatch'")
+    parser.add_argument(
+        "--password",
+        help="the broker password (default: $DISPATCH_VOLUNTEER_PASSWORD; the user name is "
+        "the id). An open broker, like the demo's, needs none",
+    )
+    parser.add_argument("--mqtt-protocol", type=int, choices=[3, 5], default=5)
+    parser.add_argument("--lat", type=float, default=XIAOYING[0], help="start latitude")
+    parser.add_argument("--lon", type=float, default=XIAOYING[1], help="start longitude")
+    parser.add_argument("--mode", choices=MODES, default="walk")
+    parser.add_argument(
+        "--skills", default="first_aid", help="comma-separated (default first_aid; '' for none)"
+    )
+    parser.add_argument(
+        "--walk", action="store_true", help="after a go, move toward the incident by itself"
+    )
+    parser.add_argument("--speed", type=float, help="m/s for --walk (default by mode)")
+    parser.add_argument(
+        "--every", type=float, default=5.0, help="seconds between locations (default 5)"
+    )
+
+
+def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    problem = _check(args)
+    if problem:
+        print(f"dispatch volunteer: {problem}", file=sys.stderr)
+        return 2
+    url = args.mqtt or env.get("DISPATCH_MQTT") or "mqtt://127.0.0.1:1883"
+    root = (args.topic_root or env.get("DISPATCH_TOPIC_ROOT") or "dispatch").rstrip("/")
+    password = args.password or env.get("DISPATCH_VOLUNTEER_PASSWORD") or None
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        print(f"dispatch volunteer: --mqtt must be mqtt://host:port, not {url!r}", file=sys.stderr)
+        return 2
+    skills = tuple(s for s in args.skills.split(",") if s)
+    volunteer = Volunteer(
+        args.id,
+        args.lat,
+        args.lon,
+        mode=args.mode,
+        skills=skills,
+        walk=args.walk,
+        speed_mps=args.speed,
+    )
+    shell = _Shell(
+        volunteer,
+        host=parts.hostname,
+        port=parts.port or 1883,
+        username=unquote(parts.username) if parts.username else args.id,
+        password=password or (unquote(parts.password) if parts.password else None),
+        root=root,
+        protocol=args.mqtt_protocol,
+        every_s=args.every,
+        out=out,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(shell.run())
+    return shell.exit_code
+
+
+def _check(args: argparse.Namespace) -> str:
+    if not is_valid_id(args.id):
+        return f"--id must be 1-64 characters of A-Z a-z 0-9 _ -, not {args.id!r}"
+    if not (-90 <= args.lat <= 90 and -180 <= args.lon <= 180):
+        return "--lat must be -90..90 and --lon -180..180"
+    if not (math.isfinite(args.every) and args.every > 0):
+        return "--every must be a number of seconds greater than 0"
+    if args.speed is not None and not (math.isfinite(args.speed) and args.speed > 0):
+        return "--speed must be greater than 0"
+    bad = [s for s in args.skills.split(",") if s and not is_valid_id(s)]
+    if bad:
+        return f"--skills: not valid skill names: {', '.join(bad)}"
+    return ""
+
+
+@dataclass
+class _Shell:
+    volunteer: Volunteer
+    host: str
+    port: int
+    username: str
+    password: str | None
+    root: str
+    protocol: int
+    every_s: float
+    out: TextIO
+    exit_code: int = 0
+
+    def say(self, *lines: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        for line in lines:
+            print(f"[{stamp}] {line}", file=self.out, flush=True)
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.root}/volunteers/{self.volunteer.vid}/{leaf}"
+
+    async def send(self, client: aiomqtt.Client, outs: list[Out]) -> None:
+        for o in outs:
+            # Never retained: a stale status or call must not outlive its moment.
+            await client.publish(
+                self.topic(o.leaf), json.dumps(o.body), qos=o.qos, retain=False, timeout=10
+            )
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        reader = _stdin_reader(lines)
+        v = self.volunteer
+        first = True
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    async with self._client() as client:
+                        await client.subscribe(self.topic("alert"), 1, timeout=10)
+                        await client.subscribe(self.topic("assignment"), 1, timeout=10)
+                        outs = v.start() if first else [v.status()]
+                        await self.send(client, outs)
+                        if first:
+                            self.say(
+                                f"connected to {self.host}:{self.port} as {v.vid} "
+                                f"(topic root '{self.root}')",
+                                v.describe(time.time()),
+                                HELP,
+                            )
+                        else:
+                            self.say("reconnected")
+                        first, backoff = False, 0.5
+                        await self._session(client, lines, stop)
+                        if v.on_duty:
+                            v.on_duty = False
+                            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                                await self.send(client, [v.status()])
+                            self.say("off duty; bye")
+                        return
+                except aiomqtt.MqttCodeError as exc:
+                    if exc.rc in (4, 5, 134, 135):
+                        self.say(f"the broker refused {v.vid}: {exc} (check --id and --password)")
+                        self.exit_code = 1
+                        return
+                    self.say(f"connection lost ({exc}); retrying")
+                except aiomqtt.MqttError as exc:
+                    if first:
+                        self.say(f"cannot reach the broker at {self.host}:{self.port}: {exc}")
+                    else:
+                        self.say(f"connection lost ({exc}); retrying")
+                if await self._offline(lines, stop, backoff):
+                    self.exit_code = 1 if first else 0  # never connected: say so
+                    return
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            reader()
+
+    async def _offline(
+        self, lines: asyncio.Queue[str | None], stop: asyncio.Event, seconds: float
+    ) -> bool:
+        """Wait before connecting again; True when the user quit (or stop) meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                line = await asyncio.wait_for(lines.get(), min(left, 0.2))
+            except TimeoutError:
+                continue
+            if line is None or line.strip().lower() in QUIT:
+                return True
+            if line.strip():
+                self.say("not connected: nothing was sent; try again once connected")
+        return True
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=f"term-{self.volunteer.vid}-{os.getpid()}"[:64],
+            protocol=(
+                aiomqtt.ProtocolVersion.V5 if self.protocol == 5 else aiomqtt.ProtocolVersion.V311
+            ),
+            timeout=10,
+            keepalive=20,
+        )
+
+    async def _session(
+        self, client: aiomqtt.Client, lines: asyncio.Queue[str | None], stop: asyncio.Event
+    ) -> None:
+        """Until quit: messages, typed commands and the location ticks, in one loop each."""
+        v = self.volunteer
+        done = asyncio.Event()
+
+        async def receive() -> None:
+            async for message in client.messages:
+                payload = message.payload
+                if not isinstance(payload, bytes | bytearray):
+                    continue
+                try:
+                    body = json.loads(payload)
+                except ValueError:
+                    continue
+                if not isinstance(body, dict):
+                    continue
+                now = time.time()
+                if message.topic.value.endswith("/alert"):
+                    self.say(*v.on_alert(body, now))
+                    print("\a", end="", file=self.out, flush=True)  # the terminal's bell
+                else:
+                    self.say(*v.on_assignment(body, now))
+
+        async def commands() -> None:
+            while True:
+                line = await lines.get()
+                if line is None or line.strip().lower() in QUIT:
+                    done.set()
+                    return
+                outs, said = v.command(line, time.time())
+                self.say(*said)
+                await self.send(client, outs)
+
+        async def ticks() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(self.every_s)
+                now = time.monotonic()
+                outs, said = v.tick(now - last, time.time())
+                last = now
+                self.say(*said)
+                await self.send(client, outs)
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(receive(), name="volunteer-receive"),
+                tg.create_task(commands(), name="volunteer-commands"),
+                tg.create_task(ticks(), name="volunteer-ticks"),
+            ]
+            quit_wait = tg.create_task(done.wait(), name="volunteer-quit")
+            stop_wait = tg.create_task(stop.wait(), name="volunteer-stop")
+            await asyncio.wait([quit_wait, stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*tasks, quit_wait, stop_wait]:
+                task.cancel()
+
+
+def _stdin_reader(lines: asyncio.Queue[str | None]) -> Callable[[], None]:
+    """Feed stdin's lines into ``lines`` (None at its end); returns a function that stops it.
+
+    A pipe or terminal is read without a thread (so exit never waits for a blocked read);
+    a regular file, which the event loop cannot watch, is read at once.
+    """
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    if fd < 0:
+        lines.put_nowait(None)
+        return lambda: None
+    if not os.isatty(fd) and os.path.isfile(f"/proc/self/fd/{fd}"):
+        for line in sys.stdin:
+            lines.put_nowait(line)
+        lines.put_nowait(None)
+        return lambda: None
+    buffer = bytearray()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not chunk:
+            if buffer:
+                lines.put_nowait(buffer.decode(errors="replace"))
+            lines.put_nowait(None)
+            loop.remove_reader(fd)
+            return
+        buffer.extend(chunk)
+        while b"\n" in buffer:
+            line, _, rest = bytes(buffer).partition(b"\n")
+            buffer[:] = rest
+            lines.put_nowait(line.decode(errors="replace"))
+
+    try:
+        loop.add_reader(fd, readable)
+    except OSError:  # /dev/null and the like cannot be watched: they hold no input
+        lines.put_nowait(None)
+        return lambda: None
+    os.set_blocking(fd, False)
+
+    def stop() -> None:
+        loop.remove_reader(fd)
+        os.set_blocking(fd, True)
+
+    return stop

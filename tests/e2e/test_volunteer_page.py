@@ -1,0 +1,494 @@
+"""The volunteer page (/volunteer) in a real headless Chromium at a phone's size.
+
+The page speaks MQTT over WebSockets to the test broker's websockets listener, exactly as
+a phone would; the engine runs as a process (``python -m dispatch run``) and learns the
+broker's websockets port from ``DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT``. Positions come
+from Chromium's emulated geolocation, set by the test. We observe the wire with paho-mqtt
+(``Field``) and the engine through its HTTP API.
+
+Screenshots of every screen go to test-output/volunteer-*.png, and with
+DISPATCH_UPDATE_SCREENSHOTS=1 also to docs/volunteer-*.png (the pictures of the docs and
+the README; not on every run, so that a test run leaves the tree clean).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from e2e_harness import Engine, Field, haversine_m, offset, running, uid
+from servers import free_port, next_redis_db, wait_for_port
+from test_page import CHROMIUM, CHROMIUM_ARGS, _playwright
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+OUTPUT = REPO / "test-output"
+PHONE = {"width": 390, "height": 844}
+# 小营巷, in the old town; the volunteers stand a few hundred metres away.
+INCIDENT = (30.2591, 120.1698)
+
+
+@pytest.fixture
+def ws_engine(engine_factory: Callable[..., Engine], mqtt_ws_port: int | None) -> Iterator[Engine]:
+    if mqtt_ws_port is None:
+        pytest.skip("the test broker has no websockets listener (mosquitto built without it)")
+    engine = engine_factory(
+        env={
+            "DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": str(mqtt_ws_port),
+            "DISPATCH_VOLUNTEER_APP_OPEN_BROKER": "true",
+        }
+    )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def field(ws_engine: Engine, mqtt_url: str) -> Iterator[Field]:
+    f = Field(mqtt_url, ws_engine.topic_root)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = _playwright()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Phone:
+    """One volunteer's phone: a browser context with location granted, and its errors."""
+
+    def __init__(
+        self, browser: Any, base: str, at: tuple[float, float], locale: str = "zh-CN"
+    ) -> None:
+        self.context = browser.new_context(
+            viewport=PHONE,
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+            locale=locale,
+            geolocation={"latitude": at[0], "longitude": at[1], "accuracy": 8},
+            permissions=["geolocation"],
+        )
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.goto(base + "/volunteer")
+        self.screen("signin")
+
+    def screen(self, name: str, timeout: float = 5_000) -> None:
+        self.page.wait_for_selector(f"body[data-screen={name}]", timeout=timeout)
+
+    def sign_in(self, vid: str, password: str = "") -> None:
+        self.page.fill("#vid", vid)
+        self.page.fill("#password", password)
+        self.page.click("#signin")
+        self.screen("home", timeout=10_000)
+        self.page.wait_for_selector("#conn[data-state=online]", timeout=5_000)
+
+    def on_duty(self) -> None:
+        self.page.click("#duty")
+        self.page.wait_for_selector("#duty-card[data-duty=on]", timeout=5_000)
+
+    def move(self, at: tuple[float, float]) -> None:
+        self.context.set_geolocation({"latitude": at[0], "longitude": at[1], "accuracy": 5})
+
+    def shot(self, name: str) -> None:
+        self.page.wait_for_timeout(300)  # let transitions settle
+        OUTPUT.mkdir(exist_ok=True)
+        path = OUTPUT / f"volunteer-{name}.png"
+        self.page.screenshot(path=str(path))
+        if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":
+            (DOCS / path.name).write_bytes(path.read_bytes())
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def phones(browser: Any, ws_engine: Engine) -> Iterator[Callable[..., Phone]]:
+    made: list[Phone] = []
+
+    def make(at: tuple[float, float], locale: str = "zh-CN") -> Phone:
+        phone = Phone(browser, ws_engine.base, at, locale)
+        made.append(phone)
+        return phone
+
+    try:
+        yield make
+    finally:
+        for phone in made:
+            phone.close()
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.1)
+
+
+def _volunteer(engine: Engine, vid: str) -> dict[str, Any] | None:
+    body = engine.get("/api/volunteers").json
+    return next((v for v in body["volunteers"] if v["id"] == vid), None)
+
+
+def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
+    ws_engine: Engine, field: Field, phones: Callable[..., Phone]
+) -> None:
+    engine = ws_engine
+    a_at = offset(*INCIDENT, 250, 200)  # about 3.5 minutes' walk
+    b_at = offset(*INCIDENT, 420, 20)
+    # Readable ids for the screenshots; each test has an engine (and topic root) of its own.
+    vid_a, vid_b = "zhang-wei", "li-na"
+
+    a = phones(a_at)
+    assert a.page.locator("#demo-note").is_visible()  # open broker: any id works
+    a.shot("signin")
+    a.page.fill("#vid", "张三 bad id")
+    a.page.click("#signin")
+    assert a.page.locator("#signin-error").is_visible()  # the id is checked before connecting
+    assert a.page.locator("body[data-screen=signin]").count() == 1
+    a.sign_in(vid_a)
+    assert a.page.locator("#offline-banner").is_hidden()
+    a.shot("off-duty")
+
+    # On duty: the first status carries the position; locations follow every few seconds.
+    a.on_duty()
+    status = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid_a, "status"), what="the page's status"
+    )
+    assert not status.retain
+    assert status.qos == 1
+    body = status.json
+    assert body["status"] == "available"
+    assert body["mode"] == "walk"
+    assert body["skills"] == ["first_aid"]
+    assert haversine_m(body["lat"], body["lon"], *a_at) < 1
+    _wait(lambda: _volunteer(engine, vid_a) is not None, 5, "the engine to list the volunteer")
+    seen = _volunteer(engine, vid_a)
+    assert seen is not None
+    assert seen["status"] == "available"
+    assert haversine_m(seen["lat"], seen["lon"], *a_at) < 150  # coarsened for the map
+    location = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid_a, "location"),
+        timeout=8,
+        what="a periodic location",
+    )
+    assert location.qos == 0
+    assert not location.retain
+    assert haversine_m(location.json["lat"], location.json["lon"], *a_at) < 1
+    # Choosing a mode tells the engine at once.
+    a.page.click("#modes button[data-mode=bike]")
+    field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid_a, "status") and m.json["mode"] == "bike",
+        what="the new mode",
+    )
+    a.shot("on-duty")
+
+    b = phones(b_at, locale="en-US")
+    assert "Sign in" in b.page.locator("#signin").inner_text()  # English from the locale
+    b.sign_in(vid_b)
+    b.on_duty()
+    _wait(lambda: _volunteer(engine, vid_b) is not None, 5, "the second volunteer")
+
+    # An incident nearby: both phones ring within 2 s.
+    iid = uid("inc")
+    started = time.monotonic()
+    field.report(
+        {"id": iid, "kind": "medical", "lat": INCIDENT[0], "lon": INCIDENT[1],
+         "address": "小营巷 12 号 3 单元", "description": "老人跌倒", "responders": 1}
+    )  # fmt: skip
+    a.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+    assert time.monotonic() - started < 2.0
+    b.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+    alert = field.wait_alert(vid_a, iid)
+    card = a.page.locator("#alert").inner_text()
+    assert "急症" in card
+    assert "危及生命" in card
+    assert "小营巷 12 号" in card
+    assert f"{round(alert['distance_m'])} 米" in card
+    count = a.page.locator("#a-count").inner_text()
+    minutes, _, seconds = count.partition(":")
+    assert 60 < int(minutes) * 60 + int(seconds) <= 90  # counting down to expires_at
+    assert "Medical" in b.page.locator("#a-kind").inner_text()
+    a.shot("alert")
+
+    # A accepts: go, and the guidance view.
+    a.page.click("#accept")
+    reply = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid_a, "reply"), what="the page's reply"
+    )
+    assert reply.json == {"alert_id": alert["alert_id"], "answer": "accept"}
+    assert reply.qos == 1
+    assert not reply.retain
+    field.wait_assignment(vid_a, iid, "go")
+    a.screen("guide")
+    guide = a.page.locator("#s-guide").inner_text()
+    assert "小营巷 12 号 3 单元" in guide
+    shown = a.page.locator("#g-dist").inner_text()
+    assert shown == "250 米", shown
+    geo = a.page.locator("#nav-geo").get_attribute("href") or ""
+    assert geo.startswith(f"geo:{INCIDENT[0]},{INCIDENT[1]}")
+    amap = a.page.locator("#nav-amap").get_attribute("href") or ""
+    assert amap.startswith("amapuri://route/plan/?dlat=30.2591&dlon=120.1698")
+    assert "dev=1" in amap
+    a.shot("guide")
+
+    # B is stood down (filled by others) and sees a calm message.
+    field.wait_assignment(vid_b, iid, "stand_down")
+    b.screen("stood")
+    assert b.page.locator("#alert").is_hidden()
+    assert "Others are already on their way" in b.page.locator("#stood-reason").inner_text()
+    b.shot("stood-down")
+    b.page.click("#stood-ok")
+    b.screen("home")
+
+    # A walks onto the incident: the engine detects arrival from the location alone.
+    a.move(offset(*INCIDENT, 8, 90))
+    _wait(
+        lambda: engine.incident(iid)["state"] == "on_scene",
+        10,
+        "the incident to be on_scene from the location",
+    )
+    state = engine.incident(iid)
+    assert [r["volunteer_id"] for r in state["responders"]] == [vid_a]
+    assert state["responders"][0]["arrived_at"]
+    assert field.all.all(lambda m: m.topic == field.t("volunteers", vid_a, "arrived")) == []
+    a.page.wait_for_selector("#arrived-box:not([hidden])", timeout=5_000)
+    assert a.page.locator("#here").is_disabled()
+    a.shot("arrived")
+
+    # Resolved by the control room: a calm thank-you.
+    assert engine.post(f"/api/incidents/{iid}/resolve", {}, token=engine.token).status == 200
+    a.screen("stood")
+    assert "已处理完毕" in a.page.locator("#stood-reason").inner_text()
+    a.page.click("#stood-ok")
+
+    # Off duty: the status says so and no location is sent any more.
+    a.page.click("#duty")
+    field.all.wait_for(
+        lambda m: (
+            m.topic == field.t("volunteers", vid_a, "status") and m.json["status"] == "off_duty"
+        ),
+        what="off_duty",
+    )
+    a.page.wait_for_timeout(300)
+    n = len(field.all.all(lambda m: m.topic == field.t("volunteers", vid_a, "location")))
+    a.page.wait_for_timeout(6_000)
+    after = len(field.all.all(lambda m: m.topic == field.t("volunteers", vid_a, "location")))
+    assert after == n, "locations were sent off duty"
+    _wait(lambda: _volunteer(engine, vid_a) is None, 5, "the engine to forget the volunteer")
+    assert a.errors == [], a.errors
+    assert b.errors == [], b.errors
+
+
+def test_i_am_here_button_and_decline(
+    ws_engine: Engine, field: Field, phones: Callable[..., Phone]
+) -> None:
+    vid = "wang-fang"
+    phone = phones(offset(*INCIDENT, 600, 300), locale="en-US")
+    phone.sign_in(vid)
+    phone.on_duty()
+    _wait(lambda: _volunteer(ws_engine, vid) is not None, 5, "the volunteer")
+
+    # Declined: the reply goes out and the card closes; no stand-down screen is shown.
+    first = uid("inc")
+    field.report({"id": first, "kind": "fall", "lat": INCIDENT[0], "lon": INCIDENT[1]})
+    phone.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+    alert = field.wait_alert(vid, first)
+    phone.page.click("#decline")
+    reply = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "reply"))
+    assert reply.json == {"alert_id": alert["alert_id"], "answer": "decline"}
+    phone.screen("home")
+    assert phone.page.locator("#alert").is_hidden()
+    ws_engine.post(f"/api/incidents/{first}/cancel", {}, token=ws_engine.token)
+
+    # Accepted, then "I'm here" far from the spot: the button publishes arrived.
+    second = uid("inc")
+    field.report({"id": second, "kind": "fire", "lat": INCIDENT[0], "lon": INCIDENT[1]})
+    phone.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+    phone.page.click("#accept")
+    phone.screen("guide")
+    phone.page.click("#here")
+    arrived = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "arrived"))
+    assert arrived.json == {"incident_id": second}
+    assert arrived.qos == 1
+    assert not arrived.retain
+    _wait(lambda: ws_engine.incident(second)["state"] == "on_scene", 5, "on_scene")
+    phone.page.wait_for_selector("#arrived-box:not([hidden])")
+    ws_engine.post(f"/api/incidents/{second}/cancel", {}, token=ws_engine.token)
+    phone.screen("stood")
+    assert "cancelled" in phone.page.locator("#stood-reason").inner_text()
+    assert phone.errors == [], phone.errors
+
+
+def test_offline_is_shown_and_the_page_reconnects_by_itself(
+    ws_engine: Engine, field: Field, phones: Callable[..., Phone]
+) -> None:
+    vid = "chen-jie"
+    phone = phones(offset(*INCIDENT, 300, 100))
+    phone.sign_in(vid)
+    phone.on_duty()
+    statuses = field.all.wait_count(
+        1, lambda m: m.topic == field.t("volunteers", vid, "status"), what="status"
+    )
+    assert statuses
+    phone.context.set_offline(True)
+    phone.page.wait_for_selector("#conn:not([data-state=online])", timeout=5_000)
+    phone.page.wait_for_selector("#offline-banner:not([hidden])", timeout=5_000)
+    phone.shot("offline")
+    phone.context.set_offline(False)
+    phone.page.wait_for_selector("#conn[data-state=online]", timeout=10_000)
+    assert phone.page.locator("#offline-banner").is_hidden()
+    # Back online while on duty, the page tells the engine again that it is available.
+    field.all.wait_count(
+        2, lambda m: m.topic == field.t("volunteers", vid, "status"), what="status again"
+    )
+    # A reload in the same tab signs in again by itself (off duty until asked).
+    phone.page.reload()
+    phone.screen("home", timeout=10_000)
+    phone.page.wait_for_selector("#conn[data-state=online]", timeout=5_000)
+    assert phone.page.locator("#duty-card").get_attribute("data-duty") == "off"
+    assert phone.errors == [], phone.errors
+
+
+# ------------------------------------------------------------------ with broker accounts
+
+
+@pytest.fixture
+def locked_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A mosquitto with accounts and the project's ACL (config/mosquitto/acl): the engine
+    as ``engine``, volunteer ``v-li`` with password ``pw-li``. Yields (mqtt URL, ws port)."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not (Path(mosquitto).is_file() and shutil.which("mosquitto_passwd")):
+        pytest.skip("needs mosquitto and mosquitto_passwd")
+    passwords = tmp_path / "passwords"
+    for i, (user, password) in enumerate((("engine", "pw-engine"), ("v-li", "pw-li"))):
+        flags = ["-c"] if i == 0 else []
+        subprocess.run(
+            ["mosquitto_passwd", *flags, "-b", str(passwords), user, password], check=True
+        )
+    acl = tmp_path / "acl"
+    acl.write_text(
+        (REPO / "config" / "mosquitto" / "acl").read_text() + "\nuser engine\ntopic readwrite #\n"
+    )
+    port, ws_port = free_port(), free_port()
+    conf = tmp_path / "mosquitto.conf"
+    lines = [
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {passwords}",
+        f"acl_file {acl}",
+        f"listener {port} 127.0.0.1",
+        f"listener {ws_port} 127.0.0.1",
+        "protocol websockets",
+        "log_dest stderr",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    conf.write_text("\n".join(lines) + "\n")
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port)
+        wait_for_port("127.0.0.1", ws_port)
+        yield f"mqtt://engine:pw-engine@127.0.0.1:{port}", ws_port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_sign_in_with_a_broker_account_under_the_acl(
+    browser: Any,
+    locked_broker: tuple[str, int],
+    redis_server: str,
+    tmp_path: Path,
+) -> None:
+    mqtt_url, ws_port = locked_broker
+    redis_url = f"{redis_server}/{next_redis_db()}"
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+        client.flushdb()
+    engine = Engine(
+        mqtt_url=mqtt_url,
+        redis_url=redis_url,
+        topic_root="dispatch",  # the ACL's patterns name the default root
+        log_path=tmp_path / "engine.log",
+        env={"DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": str(ws_port)},
+    )
+    with running(engine):
+        phone = Phone(browser, engine.base, offset(*INCIDENT, 200, 0), locale="en-US")
+        try:
+            assert phone.page.locator("#demo-note").is_hidden()  # accounts are checked
+            phone.page.fill("#vid", "v-li")
+            phone.page.fill("#password", "wrong")
+            phone.page.click("#signin")
+            error = phone.page.locator("#signin-error")
+            error.wait_for(state="visible", timeout=10_000)
+            assert "Wrong id or password" in error.inner_text()
+            phone.sign_in("v-li", "pw-li")
+            phone.on_duty()
+            _wait(lambda: _volunteer(engine, "v-li") is not None, 5, "the volunteer")
+            # The ACL lets the volunteer read its own alerts and assignments only.
+            iid = uid("acl")
+            result = engine.post(
+                "/api/incidents",
+                {"id": iid, "kind": "medical", "lat": INCIDENT[0], "lon": INCIDENT[1]},
+                token=engine.token,
+            )
+            assert result.status == 201, result.body
+            phone.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+            phone.page.click("#accept")
+            phone.screen("guide")
+            phone.move(offset(*INCIDENT, 5, 0))
+            _wait(lambda: engine.incident(iid)["state"] == "on_scene", 10, "on_scene")
+            phone.page.wait_for_selector("#arrived-box:not([hidden])", timeout=5_000)
+            assert phone.errors == [], phone.errors
+            engine.post(f"/api/incidents/{iid}/cancel", {}, token=engine.token)
+        finally:
+            phone.close()
+
+
+def test_sign_in_says_when_the_broker_cannot_be_reached(
+    engine_factory: Callable[..., Engine], browser: Any
+) -> None:
+    closed = free_port()  # nothing listens there
+    engine = engine_factory(env={"DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": str(closed)})
+    engine.start()
+    phone = Phone(browser, engine.base, INCIDENT, locale="en-US")
+    try:
+        phone.page.fill("#vid", "zhao-lei")
+        phone.page.click("#signin")
+        error = phone.page.locator("#signin-error")
+        error.wait_for(state="visible", timeout=15_000)
+        assert f"Cannot reach the message broker: ws://127.0.0.1:{closed}/mqtt" in (
+            error.inner_text()
+        )
+        assert phone.page.locator("body[data-screen=signin]").count() == 1
+        assert phone.page.locator("#signin").is_enabled()  # may try again
+    finally:
+        phone.close()
+        engine.stop()

@@ -1,0 +1,410 @@
+"""The offline scenario runner (simulators/scenario.py, stations.py, summary.py, simulate.py).
+
+It must be deterministic, drive the engine's own core (not a copy of the policy), play
+the naive baseline and the stations baseline as documented, refuse bad options with a
+message naming the option, and write its JSON and pictures from the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dispatch.dispatcher
+from dispatch.cli import main as cli_main
+from dispatch.config import load_config
+from geo.area import ServiceArea
+from simulators.scenario import (
+    Scenario,
+    ScenarioError,
+    incident_schedule,
+    load_area,
+    run_scenario,
+)
+from simulators.stations import place_stations
+from simulators.summary import format_report, summarize
+
+CONFIG = load_config()
+# A small but real run: the Shangcheng outline, a few hours, a few hundred volunteers.
+SMALL = Scenario(volunteers=600, hours=6.0, rate_per_hour=12.0, seed=7)
+
+
+@pytest.fixture(scope="module")
+def area() -> ServiceArea:
+    return load_area(CONFIG)
+
+
+def _summary(scenario: Scenario, area: ServiceArea) -> dict[str, object]:
+    return summarize(run_scenario(scenario, area=area, config=CONFIG))
+
+
+def test_same_seed_same_json_other_seed_differs(area: ServiceArea) -> None:
+    first = json.dumps(_summary(SMALL, area), sort_keys=True)
+    again = json.dumps(_summary(SMALL, area), sort_keys=True)
+    other = json.dumps(_summary(replace(SMALL, seed=8), area), sort_keys=True)
+    assert first == again
+    assert first != other
+
+
+def test_more_volunteers_face_the_same_incidents(area: ServiceArea) -> None:
+    # Independent random streams: the incidents do not depend on the fleet or policy.
+    assert incident_schedule(SMALL, area) == incident_schedule(
+        replace(SMALL, volunteers=50, policy="naive"), area
+    )
+
+
+def test_the_headline_figures_are_sane(area: ServiceArea) -> None:
+    s = _summary(SMALL, area)
+    n = s["incidents"]
+    assert isinstance(n, int)
+    assert abs(n - 72) < 4 * math.sqrt(72)  # Poisson, 12/h for 6 h
+    for key in ("p50_s", "mean_s", "within_target_share", "escalated_share"):
+        assert s[key] is not None, key
+    assert 0 < s["within_target_share"] < 1  # type: ignore[operator]
+    # Nobody is reached who did not accept. Only 72 % of confirmed get there, but the
+    # engine replaces an overdue responder, so more incidents than that are reached.
+    assert s["reached_share"] <= s["accepted_share"]  # type: ignore[operator]
+    assert 0.72 < s["reached_share"] <= 1  # type: ignore[operator]
+    assert s["first_wave_size"] == 6  # 35 % acceptance, 90 % confidence: 1 - 0.65^6 > 0.9
+    assert s["alerts_per_incident"] >= 6  # type: ignore[operator]
+    assert len(s["cells"]) > 20  # type: ignore[arg-type]
+    text = format_report(s)
+    assert "within 180 s" in text
+    assert "worst grid cells" in text
+
+
+def test_alerts_come_from_the_engines_dispatcher(
+    area: ServiceArea, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner imports no policy of its own: changing the core's changes the run."""
+    before = _summary(SMALL, area)
+    calls = []
+    real = dispatch.dispatcher.Dispatcher._alert
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[1].volunteer_id)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "_alert", spy)
+    monkeypatch.setattr(dispatch.dispatcher, "wave_size", lambda policy, needed: min(needed, 1))
+    after = _summary(SMALL, area)
+    assert len(calls) == after["alerts"]
+    # Waves of one: replacements and later waves still come, but far fewer alerts.
+    assert before["alerts_per_incident"] > 1.5 * after["alerts_per_incident"]  # type: ignore[operator]
+
+
+def test_naive_alerts_one_volunteer_at_a_time_in_sequence(area: ServiceArea) -> None:
+    result = run_scenario(replace(SMALL, policy="naive"), area=area, config=CONFIG)
+    assert result.wave_size == 1
+    s = summarize(result)
+    waves = _summary(SMALL, area)
+    assert s["alerts_per_incident"] < waves["alerts_per_incident"] / 2  # type: ignore[operator]
+    # Replies come back before the next volunteer is called: at 35 % acceptance, about
+    # 1 / 0.35 = 2.9 calls per incident.
+    assert 1.5 < s["alerts_per_incident"] < 4.5  # type: ignore[operator]
+
+
+def test_naive_never_has_two_alerts_open(area: ServiceArea) -> None:
+    result = run_scenario(replace(SMALL, policy="naive"), area=area, config=CONFIG)
+    assert result.max_open_alerts == 1
+
+
+def test_stations_baseline(area: ServiceArea) -> None:
+    stations = place_stations(area, 14)
+    assert len(set(stations)) == 14
+    assert all(area.contains(lat, lon) for lat, lon in stations)
+    s = _summary(replace(SMALL, baseline="stations", hours=48.0), area)
+    assert s["alerts"] == 0
+    assert s["reached_share"] == 1.0
+    # The documented calibration: about 8 minutes mean (between 5 and 11 to be robust).
+    assert 300 < s["mean_s"] < 660  # type: ignore[operator]
+    assert s["within_target_share"] < 0.15  # type: ignore[operator]
+    # Slower vehicles, later arrivals.
+    slow = _summary(replace(SMALL, baseline="stations", hours=48.0, vehicle_speed_kmh=9.0), area)
+    assert slow["mean_s"] > s["mean_s"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("change", "option"),
+    [
+        ({"acceptance": 1.5}, "--acceptance"),
+        ({"volunteers": -1}, "--volunteers"),
+        ({"hours": 0}, "--hours"),
+        ({"rate_per_hour": math.nan}, "--rate"),
+        ({"walk_speed_mps": -2.0}, "--walk-speed"),
+        ({"policy": "greedy"}, "--policy"),
+        ({"baseline": "ambulances"}, "--baseline"),
+        ({"responders": 0}, "--responders"),
+        ({"station_delay_min_s": 200.0}, "--station-delay-min"),
+        ({"location_interval_s": -1.0}, "--location-interval"),
+        ({"halfway_share": 1.5}, "--halfway-share"),
+    ],
+)
+def test_bad_values_name_the_option(change: dict[str, object], option: str) -> None:
+    with pytest.raises(ScenarioError, match=f"^{option} must be"):
+        Scenario(**change)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--acceptance", "2"], "--acceptance must be a share between 0 and 1, got 2.0"),
+        (["--volunteers", "ten"], "argument --volunteers: invalid int value: 'ten'"),
+        (["--policy", "greedy"], "argument --policy: invalid choice: 'greedy'"),
+        (["--hours", "-1"], "--hours must be greater than 0"),
+        (["--sweep", "100,x"], "argument --sweep: expected volunteer counts"),
+        (["--max-wave-size", "0"], "policy.max_wave_size"),
+        (["--location-interval", "-5"], "--location-interval must be between 0"),
+    ],
+)
+def test_cli_rejects_bad_options(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = cli_main(["simulate", "--quiet", *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_end_to_end_with_json_and_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pictures"
+    summary = tmp_path / "summary.json"
+    code = cli_main(
+        [
+            "simulate",
+            "--volunteers", "400",
+            "--hours", "4",
+            "--rate", "12",
+            "--seed", "3",
+            "--compare",
+            "--json", str(summary),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "time to arrival P50" in captured.out
+    assert "stations" in captured.out
+    assert "100 %" in captured.err  # progress, on stderr
+    data = json.loads(summary.read_text())
+    for key in (
+        "incidents",
+        "p50_s",
+        "p90_s",
+        "mean_s",
+        "within_target_share",
+        "escalated_share",
+        "alerts_per_incident",
+    ):
+        assert key in data, key
+    assert set(data["compare"]) == {"waves", "naive", "stations"}
+    assert data["compare"]["stations"]["alerts_per_incident"] == 0
+    pictures = [Path(p) for p in data["pictures"]]
+    assert {p.name for p in pictures} >= {"times.png", "cells.png", "cells-stations.png"}
+    for p in pictures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.stat().st_size > 10_000
+
+
+def test_cli_sweep(tmp_path: Path) -> None:
+    out = io.StringIO()
+    from simulators import simulate
+
+    parser = __import__("argparse").ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args(
+        ["--sweep", "100,800", "--hours", "3", "--rate", "12", "--quiet",
+         "--json", str(tmp_path / "s.json"), "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert simulate.main(args, {}, out=out) == 0
+    rows = json.loads((tmp_path / "s.json").read_text())["sweep"]
+    assert [r["volunteers"] for r in rows] == [100, 800]
+    # More volunteers nearby, sooner on scene.
+    assert rows[1]["within_target_share"] > rows[0]["within_target_share"]
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def _simulate_json(tmp_path: Path, name: str, *flags: str) -> dict[str, object]:
+    """One short ``dispatch simulate`` run (2,000 volunteers, 6 h) with ``flags``; its JSON."""
+    from simulators import simulate
+
+    parser = __import__("argparse").ArgumentParser()
+    simulate.add_arguments(parser)
+    target = tmp_path / f"{name}.json"
+    args = parser.parse_args(
+        ["--volunteers", "2000", "--hours", "6", "--rate", "12", "--seed", "7", "--quiet",
+         "--json", str(target), *flags]
+    )  # fmt: skip
+    assert simulate.main(args, {}, out=io.StringIO()) == 0
+    data: dict[str, object] = json.loads(target.read_text())
+    return data
+
+
+def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -> None:
+    """--overdue-grace/-factor and --backup-responders reach the engine's policy and act."""
+    default = _simulate_json(tmp_path, "default")
+    off = _simulate_json(tmp_path, "off", "--overdue-grace", "1e9", "--stall-after", "0")
+    backup = _simulate_json(tmp_path, "backup", "--backup-responders", "1")
+    # The overdue time acts on its own when no location reports come in.
+    clock = _simulate_json(tmp_path, "clock", "--location-interval", "0")
+    late = _simulate_json(
+        tmp_path, "late", "--location-interval", "0", "--overdue-factor", "3",
+        "--overdue-grace", "120",
+    )  # fmt: skip
+    assert default["policy"] == {
+        "strategy": "waves",
+        "target_s": 180.0,
+        "wave_timeout_s": 20.0,
+        "max_wave_size": 8,
+        "max_waves": 3,
+        "backup_responders": 0,
+        "overdue_factor": 1.5,
+        "overdue_grace_s": 30.0,
+        "stall_after_s": 60.0,
+    }
+    assert off["policy"]["overdue_grace_s"] == 1e9  # type: ignore[index]
+    assert off["policy"]["stall_after_s"] == 0.0  # type: ignore[index]
+    assert backup["policy"]["backup_responders"] == 1  # type: ignore[index]
+    assert late["policy"]["overdue_factor"] == 3.0  # type: ignore[index]
+    assert default["incidents"] == off["incidents"] == backup["incidents"]  # same incidents
+    # Overdue detection replaces the ~28 % who never arrive: without it, about that share
+    # of incidents is never reached; with it, nearly all are, at the cost of more alerts.
+    assert off["overdue_share"] == 0.0
+    assert off["responders_per_incident"] <= 1.0  # type: ignore[operator]
+    assert 0.15 < default["overdue_share"] < 0.45  # type: ignore[operator]
+    assert off["reached_share"] < 0.85 < 0.95 < default["reached_share"]  # type: ignore[operator]
+    assert default["alerts_per_incident"] > off["alerts_per_incident"]  # type: ignore[operator]
+    # Waiting longer before calling a responder overdue marks fewer of them so.
+    assert late["overdue_share"] < clock["overdue_share"]  # type: ignore[operator]
+    assert late["mean_time_to_overdue_s"] > clock["mean_time_to_overdue_s"]  # type: ignore[operator]
+    # A backup from the waves already sent: more people moving, more incidents in time,
+    # and fewer alerts than replacing overdue responders one wave at a time.
+    assert backup["responders_per_incident"] > 1.8  # type: ignore[operator]
+    assert backup["within_target_share"] > default["within_target_share"] + 0.05  # type: ignore[operator]
+    assert backup["alerts_per_incident"] < default["alerts_per_incident"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backup-responders", "11"], "'policy.backup_responders'"),
+        (["--overdue-factor", "0.5"], "a factor of at least 1 (set by --overdue-factor)"),
+        (["--overdue-grace", "-1"], "a number of at least 0 (set by --overdue-grace)"),
+        (["--stall-after", "-1"], "a number of at least 0 (set by --stall-after)"),
+    ],
+)
+def test_bad_policy_options_name_the_option(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["simulate", "--quiet", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_same_seed_same_json_across_processes(tmp_path: Path) -> None:
+    """No dependence on hash randomisation or anything else that differs between runs."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        target = tmp_path / f"run{hash_seed}.json"
+        subprocess.run(
+            [
+                sys.executable, "-m", "dispatch", "simulate", "--quiet",
+                "--volunteers", "300", "--hours", "3", "--rate", "12", "--seed", "5",
+                "--json", str(target),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            timeout=60,
+        )  # fmt: skip
+        outputs.append(target.read_text())
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0])["incidents"] > 0
+
+
+# Denser than SMALL (8,000 on duty, 24 incidents an hour for 12 h): ETAs of a minute or
+# two, where noticing a no-show at 60 s rather than at 1.5 x ETA + 30 s matters.
+DENSE = Scenario(volunteers=8000, hours=12.0, rate_per_hour=24.0, seed=7)
+
+
+def test_location_reports_make_stalled_responders_overdue_sooner(area: ServiceArea) -> None:
+    """The engine's stall check, fed by the phones' reports, gives up on no-shows at 60 s."""
+    reports = _summary(DENSE, area)
+    silent = _summary(replace(DENSE, location_interval_s=0.0), area)
+    assert reports["incidents"] == silent["incidents"] > 200
+    # Without reports only the clock acts (accept + 1.5 x ETA + 30 s); with them, a
+    # responder who has not moved is overdue at the first report 60 s after accepting.
+    assert silent["overdue_by_location_share"] == 0.0
+    assert reports["overdue_by_location_share"] > 0.8  # type: ignore[operator]
+    assert reports["mean_time_to_overdue_s"] <= 60 + DENSE.location_interval_s
+    assert silent["mean_time_to_overdue_s"] > 120  # type: ignore[operator]
+    # The no-shows are the same ~28 %, noticed sooner: more incidents reached in time.
+    assert 0.15 < reports["overdue_share"] < 0.45  # type: ignore[operator]
+    assert reports["within_target_share"] > silent["within_target_share"] + 0.05  # type: ignore[operator]
+    assert reports["p90_s"] < silent["p90_s"]  # type: ignore[operator]
+
+
+def test_location_reports_are_deterministic(area: ServiceArea) -> None:
+    s = replace(SMALL, halfway_share=0.5)
+    first = json.dumps(_summary(s, area), sort_keys=True)
+    assert first == json.dumps(_summary(s, area), sort_keys=True)
+    # Half-way quitters move, so the stall check catches fewer of them than stayers.
+    stay = _summary(SMALL, area)
+    assert json.loads(first)["overdue_by_location_share"] < stay["overdue_by_location_share"]
+
+
+def test_arrivals_come_once_by_geofence_or_button(
+    area: ServiceArea, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The geofence sees most arrivals; the button is never pressed after it; no reports
+    are sent with --location-interval 0, and only a few per responder otherwise."""
+    arrivals: list[tuple[str, bool]] = []
+    locations: list[str] = []
+    real_arrive = dispatch.dispatcher.Dispatcher._arrive
+    real_location = dispatch.dispatcher.Dispatcher.location
+
+    def arrive(self, incident, volunteer_id, now, effects, how):  # type: ignore[no-untyped-def]
+        responder = next(r for r in incident.responders if r.volunteer_id == volunteer_id)
+        arrivals.append((how, responder.arrived_at is None))
+        return real_arrive(self, incident, volunteer_id, now, effects, how)
+
+    def location(self, msg, now):  # type: ignore[no-untyped-def]
+        locations.append(msg.volunteer_id)
+        return real_location(self, msg, now)
+
+    monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "_arrive", arrive)
+    monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "location", location)
+    s = _summary(SMALL, area)
+    hows = [how for how, fresh in arrivals]
+    assert all(fresh for _, fresh in arrivals), "an arrival was reported twice"
+    assert hows.count("geofence") > hows.count("button") > 0
+    # Reports only from responders on the way (and one when they are home again).
+    responders = s["responders_per_incident"] * s["incidents"]  # type: ignore[operator]
+    assert 0 < len(locations) < 60 * responders
+    arrivals.clear()
+    locations.clear()
+    _summary(replace(SMALL, location_interval_s=0.0), area)
+    assert locations == []
+    assert arrivals
+    assert {how for how, _ in arrivals} == {"button"}
+
+
+def test_stall_check_off_leaves_only_the_clock(tmp_path: Path) -> None:
+    """--stall-after 0 reaches the engine: reports still come, no one is overdue by them."""
+    off = _simulate_json(tmp_path, "stall-off", "--stall-after", "0")
+    on = _simulate_json(tmp_path, "stall-on")
+    assert off["policy"]["stall_after_s"] == 0.0  # type: ignore[index]
+    assert off["overdue_by_location_share"] == 0.0
+    assert on["overdue_by_location_share"] > 0.8  # type: ignore[operator]
+    assert off["mean_time_to_overdue_s"] > on["mean_time_to_overdue_s"]  # type: ignore[operator]

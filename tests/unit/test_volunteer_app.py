@@ -1,0 +1,122 @@
+"""The volunteer app's routes and configuration, and its page's promises about the wire.
+
+The routes only read the configuration, so an in-process app on aiohttp's test server is
+enough (no broker, no Redis: the service is built, never run). The page itself is
+exercised in a real browser by tests/e2e/test_volunteer_page.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from dispatch.config import load_config
+from dispatch.errors import ConfigError
+from dispatch.service import Service
+from dispatch.web import STATIC_DIR, make_app
+
+VENDOR = STATIC_DIR / "vendor"
+
+
+async def _client(**overrides: object) -> TestClient:  # type: ignore[type-arg]
+    config = load_config(
+        overrides={"engine.redis": "redis://127.0.0.1:1/0", "engine.topic_root": "t", **overrides}
+    )
+    client: TestClient = TestClient(TestServer(make_app(Service(config))))  # type: ignore[type-arg]
+    await client.start_server()
+    return client
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    c = await _client()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_the_page_and_its_files_are_served(client: TestClient) -> None:  # type: ignore[type-arg]
+    page = await client.get("/volunteer")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    html = await page.text()
+    for src in re.findall(r'(?:src|href)="([^"]+)"', html):
+        # Everything the page loads comes from the engine: there is no internet.
+        assert src.startswith(("/static/", "data:")), src
+        if src.startswith("/static/"):
+            r = await client.get(src)
+            assert r.status == 200, src
+    lib = await client.get("/static/vendor/mqtt.min.js")
+    assert lib.status == 200
+    assert len(await lib.read()) > 100_000
+
+
+async def test_the_app_config_defaults_to_the_page_host(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.get("/api/volunteer-app")
+    assert r.status == 200
+    body = await r.json()
+    assert body == {
+        "mqtt_ws_url": None,
+        "mqtt_ws_port": 9001,
+        "mqtt_protocol": 5,
+        "topic_root": "t",
+        "open_broker": False,
+        "arrival_radius_m": 30.0,
+        "skills": ["first_aid", "mediation", "patrol"],
+    }
+
+
+async def test_the_app_config_follows_the_configuration() -> None:
+    c = await _client(
+        **{
+            "volunteer_app.mqtt_ws_url": "wss://dispatch.example.org/mqtt",
+            "volunteer_app.open_broker": True,
+            "engine.mqtt_protocol": 3,
+        }
+    )
+    try:
+        body = await (await c.get("/api/volunteer-app")).json()
+    finally:
+        await c.close()
+    assert body["mqtt_ws_url"] == "wss://dispatch.example.org/mqtt"
+    assert body["open_broker"] is True
+    assert body["mqtt_protocol"] == 3
+
+
+def test_config_keys_are_checked_and_read_from_the_environment() -> None:
+    with pytest.raises(ConfigError, match=r"volunteer_app\.mqtt_ws_url.*ws:// or wss://"):
+        load_config(overrides={"volunteer_app.mqtt_ws_url": "http://x:9001"})
+    with pytest.raises(ConfigError, match=r"volunteer_app\.mqtt_ws_port"):
+        load_config(overrides={"volunteer_app.mqtt_ws_port": 0})
+    config = load_config(
+        env={
+            "DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": "8083",
+            "DISPATCH_VOLUNTEER_APP_OPEN_BROKER": "true",
+        }
+    )
+    assert config.volunteer_ws_port == 8083
+    assert config.volunteer_open_broker is True
+
+
+def test_the_page_never_retains_and_uses_the_protocol_qos() -> None:
+    js = (STATIC_DIR / "volunteer.js").read_text(encoding="utf-8")
+    assert "retain: true" not in js
+    # status, reply and arrived at QoS 1; location at QoS 0 (PROTOCOL.md).
+    for leaf, qos in (("status", 1), ("reply", 1), ("arrived", 1), ("location", 0)):
+        calls = re.findall(rf'publish\("{leaf}", [^;]*?, (\d)\)', js)
+        assert calls, f"no publish of {leaf}"
+        assert set(calls) == {str(qos)}, (leaf, calls)
+
+
+def test_the_vendored_library_is_recorded() -> None:
+    versions = (VENDOR / "VERSIONS").read_text(encoding="utf-8")
+    assert re.search(r"mqtt \(MQTT\.js\) \d+\.\d+\.\d+", versions)
+    assert (VENDOR / "mqtt.LICENSE.md").is_file()
+    digest = hashlib.sha256((VENDOR / "mqtt.min.js").read_bytes()).hexdigest()
+    assert f"sha256 {digest}  mqtt.min.js" in versions, "mqtt.min.js changed: run scripts/vendor-js"
