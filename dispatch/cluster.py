@@ -1,6 +1,6 @@
 """Several engine instances on one broker and one Redis, sharing the work (``[cluster]``).
 
-Off by default: a single engine never loads this module. With ``[cluster] enabled``:
+Off by default: a single engine never uses this module. With ``[cluster] enabled``:
 
 - Every instance subscribes to every topic, so each keeps the whole volunteer index.
 - A report is admitted by exactly one instance: for a report with an id, the same Lua
@@ -27,12 +27,17 @@ Off by default: a single engine never loads this module. With ``[cluster] enable
 - Rejections that every instance would send (bad bytes, unknown alert or incident ids)
   are sent once: by the instance that wins a ``SET NX`` on a hash of the message, and
   only when no instance knows the alert (``alert:{id}``) or incident.
+- The HTTP API of every instance answers for every incident: it reads incidents from
+  Redis, sends a report through the work stream, and hands an operator action on
+  another instance's incident to that instance's command list ``commands:{instance}``
+  and waits (``_FORWARD_S``) for the answer on a reply key; an open incident with no
+  owner is adopted first. The owner acts under its fencing token, as on its own.
 
-Known limits, written down in docs/reliability.md: an instance's HTTP API shows and acts
-on the incidents it owns; a volunteer's pending alert is known to its owner only, so two
-instances may alert one volunteer at the same time (the claims still let only one
-commit them). Replies and arrivals for others' incidents are parked 30 s, so that the
-instance that adopts an incident answers those sent while its owner was dying.
+Known limits, written down in docs/reliability.md: a volunteer's pending alert is known
+to its owner only, so two instances may alert one volunteer at the same time (the claims
+still let only one commit them). Replies and arrivals for others' incidents are parked
+30 s, so that the instance that adopts an incident answers those sent while its owner was
+dying.
 """
 
 from __future__ import annotations
@@ -49,16 +54,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.effects import Effect, LogEvent, Publish, Release, SaveIncident
-from dispatch.errors import BackendUnavailable, BadMessage
-from dispatch.model import Report
+from dispatch.errors import BackendUnavailable, BadMessage, DispatchError, InvalidTransition
+from dispatch.lifecycle import ENDED, State, advance
+from dispatch.model import Report, is_valid_id
+from dispatch.service import ReportOutcome
 from dispatch.store import Admission, Store
 
 if TYPE_CHECKING:
     from dispatch.dispatcher import Dispatcher
     from dispatch.service import Service
 
-__all__ = ["Cluster", "FencedStore", "current_message"]
+__all__ = ["Cluster", "FencedStore", "OwnerUnavailable", "current_message"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,17 @@ current_message: contextvars.ContextVar[tuple[str, bytes] | None] = contextvars.
 _PARK_S = 30.0  # how long a message for an orphaned incident waits for its adopter
 _PARK_MAX = 10_000
 _CLEAR_EVERY_S = 5.0
+# The HTTP API of any instance serves every incident (see Cluster.operator, .submit).
+_FORWARD_S = 3.0  # how long an operator action waits for the incident's owner to answer
+_CREATED_WAIT_S = 5.0  # how long POST /api/incidents waits for the incident to be stored
+_OWNER_CHECK_S = 0.25  # while waiting, how often to check the owner still holds its lease
+_COMMANDS_KEEP_MS = 60_000  # a dead instance's command list is gone after this
+_ACTION_TARGET = {
+    "cancel": State.CANCELLED,
+    "resolve": State.RESOLVED,
+    "escalate": State.ESCALATED,
+    "assign": State.ASSIGNED,
+}
 
 # The single engine's admission (dispatch/store.py) plus, when new, the work entry.
 _ADMIT = """
@@ -135,6 +154,25 @@ def _incident_of(effect: Effect) -> str | None:
 
 def message_key(topic: str, payload: bytes) -> bytes:
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
+
+
+class OwnerUnavailable(DispatchError):
+    """The instance owning an incident did not answer a forwarded operator action in time."""
+
+    def __init__(self, incident_id: str, instance: str, *, maybe_done: bool, lease_s: float):
+        what = (
+            "the action may still be carried out: read the incident before trying again"
+            if maybe_done
+            else "the action was not carried out"
+        )
+        super().__init__(
+            f"incident '{incident_id}' is handled by engine instance '{instance}', which did "
+            f"not answer within {_FORWARD_S:g} s; {what}. If that instance has stopped, "
+            f"another takes its incidents over within {lease_s:g} s: try again then"
+        )
+        self.incident_id = incident_id
+        self.instance = instance
+        self.maybe_done = maybe_done
 
 
 class FencedStore(Store):
@@ -382,6 +420,212 @@ class Cluster:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
 
+    # ------------------------------------------------------------------ the HTTP API
+    #
+    # Any instance answers for every incident: reads come from Redis (every record is
+    # there, stored before it is announced), a report goes through the work stream like
+    # one from MQTT, and an operator action is carried out by the incident's owner, which
+    # takes it from its command list ``commands:{instance}`` and answers on a reply key.
+
+    async def open_records(self) -> list[dict[str, Any]]:
+        """Every open incident's record, whoever owns it."""
+        try:
+            ids = await self.store.open_incident_ids()
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return await self.store.incidents(ids)
+
+    async def submit(self, report: Report, payload: bytes, now: float) -> tuple[ReportOutcome, str]:
+        """A report from HTTP: admitted into the work stream, then its stored state.
+
+        Returns the outcome and the incident id ("pending" if no instance has stored it
+        within ``_CREATED_WAIT_S``: it will be, and its receipt published as usual).
+        """
+        service = self.service
+        counter = service.metrics.incidents
+        if report.id is None:
+            incident_id = service.core.new_incident_id(now)
+            await service._retrying(lambda: self._enqueue_raw(incident_id, payload, now))
+        else:
+            rid = incident_id = report.id
+            answer: Admission = await service._retrying(
+                lambda: self._admit(rid, report.fingerprint, payload, now)
+            )
+            if answer == "conflict":
+                counter.labels(kind=report.kind.value, outcome="conflict").inc()
+                service.metrics.rejected.labels(reason="conflict").inc()
+                return ReportOutcome("conflict"), rid
+            if answer != "new":
+                counter.labels(kind=report.kind.value, outcome="duplicate").inc()
+                if answer == "pending":
+                    return ReportOutcome("pending"), rid
+                if rid in self.tokens:  # ours: the receipt is published again, as alone
+                    return ReportOutcome("duplicate", await service._receipt_again(rid)), rid
+                record = await self.store.incident(rid)
+                if record is None:  # pragma: no cover - "same" means it is stored
+                    return ReportOutcome("pending"), rid
+                return ReportOutcome("duplicate", self._public(record)), rid
+        deadline = time.monotonic() + _CREATED_WAIT_S
+        while (record := await self.store.incident(incident_id)) is None:
+            if time.monotonic() >= deadline:
+                return ReportOutcome("pending"), incident_id
+            await asyncio.sleep(0.02)
+        return ReportOutcome("created", self._public(record)), incident_id
+
+    def _public(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.service.core.public_state(Incident.from_record(record))
+
+    def _acts_here(self, incident_id: str) -> bool:
+        """Whether this instance carries out actions on the incident itself."""
+        return incident_id in self.tokens or (
+            incident_id in self.retired and incident_id in self.service.core.incidents
+        )
+
+    async def operator(
+        self, action: str, incident_id: str, by: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """``Service.operator`` for any incident: here if ours, else by its owner.
+
+        Raises what ``Service.operator`` raises (the owner's answer, rebuilt), and
+        OwnerUnavailable if the owner does not answer within ``_FORWARD_S``. An open
+        incident nobody owns (its owner died) is adopted here first, then acted on.
+        """
+        target = _ACTION_TARGET.get(action)
+        if target is None:
+            raise ValueError(f"unknown operator action {action!r}")
+        if not is_valid_id(incident_id):
+            raise UnknownIncident(incident_id)
+        deadline = time.monotonic() + _FORWARD_S
+        try:
+            while True:
+                if self._acts_here(incident_id):
+                    return await self.service.operator(action, incident_id, by=by, **kwargs)
+                raw = await self.redis.get(self.store._k("owner", incident_id))
+                if raw is not None:
+                    answer = await self._forward(
+                        raw.decode(), deadline, action, incident_id, by, kwargs
+                    )
+                    if answer is not None:  # None: that instance no longer owns it
+                        return _unpack(answer, incident_id, kwargs)
+                else:
+                    record = await self.store.incident(incident_id)
+                    if record is None:
+                        raise UnknownIncident(incident_id)
+                    state = State(record["state"])
+                    if state in ENDED:  # nobody owns an ended incident; answer as its owner
+                        if action == "assign":
+                            raise InvalidTransition(incident_id, state, target)
+                        advance(incident_id, state, target)  # only "again" is allowed
+                        return self._public(record)
+                    if await self.adopt(incident_id):
+                        continue
+                if time.monotonic() >= deadline:
+                    owner = "?" if raw is None else raw.decode().rpartition(":")[0]
+                    raise OwnerUnavailable(
+                        incident_id, owner, maybe_done=False, lease_s=self.lease_ms / 1000
+                    )
+                await asyncio.sleep(0.05)  # ownership is moving: look again
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+
+    async def _forward(
+        self,
+        owner_token: str,
+        deadline: float,
+        action: str,
+        incident_id: str,
+        by: str,
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Hand the action to the owner's command list and wait for its answer.
+
+        None: the action was not carried out, as that instance no longer owns the incident.
+        """
+        instance = owner_token.rpartition(":")[0]
+        queue = self.store._k("commands", instance)
+        reply_key = self.store._k("reply", secrets.token_hex(8))
+        remaining = max(0.0, deadline - time.monotonic())
+        command = orjson.dumps(
+            {
+                "action": action,
+                "incident_id": incident_id,
+                "by": by,
+                "kwargs": kwargs,
+                "reply": reply_key,
+                # The owner drops a command it takes after this (wall clock, our clock).
+                "expires": self.service.clock() + remaining,
+            }
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(queue, command)
+            pipe.pexpire(queue, _COMMANDS_KEEP_MS)
+            await pipe.execute()
+        owner_key = self.store._k("owner", incident_id)
+        while (remaining := deadline - time.monotonic()) > 0:
+            wait_s = max(0.01, min(remaining, _OWNER_CHECK_S, self.block_ms / 1000))
+            got = await self.redis.blpop([reply_key], timeout=wait_s)
+            if got is not None:
+                answer: dict[str, Any] = orjson.loads(got[1])
+                return None if answer.get("moved") else answer
+            # Its lease ran out meanwhile (the owner died): withdraw the command, unless
+            # already taken, and route the action again (to the adopter, or adopt).
+            held = await self.redis.get(owner_key)
+            if (held is None or held.decode() != owner_token) and await self.redis.lrem(
+                queue, 1, command
+            ):
+                return None
+        # Not answered in time. Still in the list: never taken, so never carried out.
+        taken = not await self.redis.lrem(queue, 1, command)
+        raise OwnerUnavailable(
+            incident_id, instance, maybe_done=taken, lease_s=self.lease_ms / 1000
+        )
+
+    async def _serve_commands(self) -> None:
+        """Carry out the operator actions other instances forward to us, in order."""
+        queue = self.store._k("commands", self.instance)
+        while True:
+            try:
+                got = await self.redis.blpop([queue], timeout=self.block_ms / 1000)
+            except RedisError as exc:
+                log.debug("command list not readable (%s)", exc)
+                await asyncio.sleep(0.2)
+                continue
+            if got is not None:
+                await self._serve(got[1])
+
+    async def _serve(self, raw: bytes) -> None:
+        try:
+            command = orjson.loads(raw)
+            action, iid, by = command["action"], command["incident_id"], command["by"]
+            reply_key, expires = command["reply"], float(command["expires"])
+            given = command["kwargs"]
+            kwargs = {k: given[k] for k in ("volunteer_id", "reason") if k in given}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("dropped a malformed forwarded command (%s)", exc)
+            return
+        if self.service.clock() > expires:
+            log.info("incident=%s forwarded %s dropped: its sender gave up", iid, action)
+            return
+        answer: dict[str, Any]
+        if not self._acts_here(iid):
+            answer = {"moved": True}  # the sender looks up the owner again
+        else:
+            try:
+                answer = {"state": await self.service.operator(action, iid, by=by, **kwargs)}
+            except UnknownIncident:
+                answer = {"error": "unknown_incident"}
+            except UnknownVolunteer:
+                answer = {"error": "unknown_volunteer"}
+            except InvalidTransition as exc:
+                answer = {"error": "invalid_transition", "from": exc.from_state, "to": exc.to_state}
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(reply_key, orjson.dumps(answer))
+                pipe.pexpire(reply_key, int(_FORWARD_S * 1000) + 5_000)
+                await pipe.execute()
+        except RedisError as exc:  # its sender answers 503 "may still be carried out"
+            log.warning("incident=%s answer to a forwarded %s lost (%s)", iid, action, exc)
+
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
@@ -390,6 +634,7 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._consume(), name="cluster-consume")
             tg.create_task(self._maintain(), name="cluster-maintain")
+            tg.create_task(self._serve_commands(), name="cluster-commands")
 
     async def _ensure_group(self) -> None:
         while True:
@@ -561,40 +806,57 @@ class Cluster:
 
     async def _adopt_orphans(self) -> None:
         """Take over open incidents whose owner's lease ran out."""
-        core = self.service.core
         open_ids = await self.store.open_incident_ids()
         candidates = [i for i in open_ids if i not in self.tokens]
         if not candidates:
             return
         held = await self.redis.mget([self.store._k("owner", i) for i in candidates])
         for iid, owner in zip(candidates, held, strict=True):
-            if owner is not None:
-                continue
-            token = self.new_token()
-            keys = [self.store._k("owner", iid), self.store._k("inc", iid)]
-            if not await self._adopt(keys=keys, args=[token, self.lease_ms]):
-                continue
-            record = await self.store.incident(iid)
-            if record is None:
-                await self._disown(keys=[keys[0]], args=[token])
-                continue
-            service = self.service
-            async with service._lock:
-                forget_incident(core, iid)  # a stale copy from before we lost it
-                self.tokens[iid] = token
-                self.lost.pop(iid, None)
-                effects = core.restore_incident(record)
-                await service._execute(effects)
-                incident = core.incidents.get(iid)
-                if incident is not None:
-                    await service._publish([service._state_message(incident)])
-            log.warning("incident=%s adopted (its owner's lease ran out)", iid)
-            service._update_gauges()
-            # What reached us for it while its owner was gone (an accept, an arrival):
-            # handled now, in order. One its owner did handle is answered again, which
-            # the protocol allows (an accept gets its "go" again).
-            for _, topic, payload in self.parked.pop(iid, []):
-                await service.on_message(topic, payload)
+            if owner is None:
+                await self.adopt(iid)
+
+    async def adopt(self, iid: str) -> bool:
+        """Take over one open incident nobody owns; False if it has an owner (or no record)."""
+        core = self.service.core
+        token = self.new_token()
+        keys = [self.store._k("owner", iid), self.store._k("inc", iid)]
+        if not await self._adopt(keys=keys, args=[token, self.lease_ms]):
+            return False
+        record = await self.store.incident(iid)
+        if record is None:
+            await self._disown(keys=[keys[0]], args=[token])
+            return False
+        service = self.service
+        async with service._lock:
+            forget_incident(core, iid)  # a stale copy from before we lost it
+            self.tokens[iid] = token
+            self.lost.pop(iid, None)
+            effects = core.restore_incident(record)
+            await service._execute(effects)
+            incident = core.incidents.get(iid)
+            if incident is not None:
+                await service._publish([service._state_message(incident)])
+        log.warning("incident=%s adopted (its owner's lease ran out)", iid)
+        service._update_gauges()
+        # What reached us for it while its owner was gone (an accept, an arrival):
+        # handled now, in order. One its owner did handle is answered again, which
+        # the protocol allows (an accept gets its "go" again).
+        for _, topic, payload in self.parked.pop(iid, []):
+            await service.on_message(topic, payload)
+        return True
+
+
+def _unpack(answer: dict[str, Any], incident_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The owner's answer to a forwarded action: its state, or its error raised again."""
+    error = answer.get("error")
+    if error == "unknown_incident":
+        raise UnknownIncident(incident_id)
+    if error == "unknown_volunteer":
+        raise UnknownVolunteer(kwargs.get("volunteer_id"))
+    if error == "invalid_transition":
+        raise InvalidTransition(incident_id, str(answer["from"]), str(answer["to"]))
+    state: dict[str, Any] = answer["state"]
+    return state
 
 
 def _publish_incident(p: Publish) -> str | None:

@@ -7,6 +7,10 @@ since a browser's EventSource cannot send headers). Nothing here decides anythin
 calls the service, and the pure ``dispatch.coverage`` for the map and the figures.
 The page itself is static (``dispatch/static/``) and uses nothing but this API; every
 route is described in docs/api.md.
+
+With several instances (``[cluster] enabled``) every instance answers for every
+incident: it reads incidents from Redis and has operator actions carried out by the
+incident's owner (dispatch/cluster.py); a single engine reads its own core.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from dispatch import coverage
+from dispatch.cluster import OwnerUnavailable
 from dispatch.codec import format_time, parse_time
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
@@ -242,10 +247,15 @@ class _Api:
             return _json(cached[1])
         core = self.service.core
         ids = await self.service.store.reported_since(since, limit=_FIGURES_LIMIT)
-        live = core.incidents
+        cluster = self.service.cluster
+        # Several instances: each holds only its own incidents; Redis holds them all.
+        live = core.incidents if cluster is None else {}
         stored = await self.service.store.incidents([i for i in ids if i not in live])
         incidents = [live[i] for i in ids if i in live] + [Incident.from_record(r) for r in stored]
-        open_now = core.open_incidents()
+        if cluster is None:
+            open_now = core.open_incidents()
+        else:
+            open_now = [Incident.from_record(r) for r in await cluster.open_records()]
         body = {
             "since": format_time(since),
             "computed_at": format_time(now),
@@ -281,6 +291,8 @@ class _Api:
             ids = await self.service.store.reported_since(since_ts)
             records = await self.service.store.incidents(ids)
             incidents = [Incident.from_record(r) for r in records]
+        elif self.service.cluster is not None:  # every instance's, not only ours
+            incidents = [Incident.from_record(r) for r in await self.service.cluster.open_records()]
         else:
             incidents = core.open_incidents()
         if state_filter is not None:
@@ -298,7 +310,10 @@ class _Api:
         if (denied := self._check_read(request)) is not None:
             return denied
         iid = request.match_info["iid"]
-        incident = self.service.core.incidents.get(iid)
+        # Several instances: from Redis, so that every instance shows the same.
+        incident = (
+            None if self.service.cluster is not None else self.service.core.incidents.get(iid)
+        )
         if incident is None:
             record = await self.service.store.incident(iid) if is_valid_id(iid) else None
             if record is None:
@@ -350,7 +365,13 @@ class _Api:
             self.service.metrics.rejected.labels(reason=err.code).inc()
             status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
             return _error(status, err.reason)
-        outcome = await self.service.report(report, now, via_mqtt=False)
+        incident_id = report.id
+        if self.service.cluster is not None:  # through the work stream, as from MQTT
+            outcome, incident_id = await self.service.cluster.submit(
+                report, await request.read(), now
+            )
+        else:
+            outcome = await self.service.report(report, now, via_mqtt=False)
         if outcome.status == "conflict":
             return _error(
                 409,
@@ -358,7 +379,7 @@ class _Api:
                 "use a new id for a new incident",
             )
         if outcome.status == "pending":  # being stored by another engine right now
-            return _json({"id": report.id, "status": "pending"}, 202)
+            return _json({"id": incident_id, "status": "pending"}, 202)
         return _json(outcome.state, 201 if outcome.status == "created" else 200)
 
     def action(self, name: str) -> Handler:
@@ -386,14 +407,20 @@ class _Api:
             if name == "escalate" and isinstance(body.get("reason"), str):
                 kwargs["reason"] = body["reason"][:500]
             by = body.get("by") if isinstance(body.get("by"), str) else "operator"
+            cluster = self.service.cluster
             try:
-                state = await self.service.operator(name, iid, by=by[:64], **kwargs)
+                if cluster is None:
+                    state = await self.service.operator(name, iid, by=by[:64], **kwargs)
+                else:  # carried out by the incident's owner, wherever it runs
+                    state = await cluster.operator(name, iid, by=by[:64], **kwargs)
             except UnknownIncident:
                 return _error(404, f"no open incident with id '{iid}'")
             except UnknownVolunteer:
                 return _error(404, f"no volunteer with id '{kwargs.get('volunteer_id')}' is known")
             except InvalidTransition as exc:
                 return _error(409, f"cannot {name} incident '{iid}': {exc}")
+            except OwnerUnavailable as exc:
+                return _error(503, str(exc))
             return _json(state)
 
         return handle

@@ -9,6 +9,10 @@
 - An instance paused (SIGSTOP) past its lease and woken (SIGCONT) cannot commit: the
   other instance adopted its incident, answers the volunteer, and the woken one's claim
   is refused; the volunteer gets one ``go``, the log one ``assigned``.
+- The HTTP API is one system: a report posted to one instance is listed and readable at
+  the other, which also carries out operator actions on it through its owner (one
+  ``cancelled`` event, one stand-down); an unknown id is a 404 at both; once the owner
+  is dead, the other adopts the incident within the lease and acts on it itself.
 """
 
 from __future__ import annotations
@@ -339,5 +343,142 @@ def test_retained_state_of_a_dead_owners_ended_incident_is_cleared(
             assert fresh.states(iid) == [], "the retained state is still there"
         finally:
             fresh.close()
+    finally:
+        field.close()
+
+
+def _events_of(redis_url: str, root: str, iid: str) -> list[str]:
+    with redis.Redis.from_url(redis_url) as r:
+        entries = r.xrange(f"{root}:events")
+    return [f[b"type"].decode() for _, f in entries if f[b"incident_id"] == iid.encode()]
+
+
+def _by_owner(engines: list[Engine], redis_url: str, root: str, iid: str) -> tuple[Engine, Engine]:
+    """(the incident's owner, the other instance) of a pair."""
+    name = owners(redis_url, root, [iid])[iid]
+    assert name in ("e1", "e2"), f"incident {iid} has no owner: {name}"
+    owner = engines[int(name[1]) - 1]
+    return owner, engines[1] if owner is engines[0] else engines[0]
+
+
+def test_http_api_is_one_system_across_instances(
+    cluster: Callable[..., list[Engine]], mqtt_url: str
+) -> None:
+    engines = cluster(2)
+    a, b = engines
+    root, redis_url = a.topic_root, a.redis_url
+    field = Field(mqtt_url, root)
+    try:
+        vid = uid("hv")
+        field.status(vid, lat=CENTER[0], lon=CENTER[1], skills=["first_aid"])
+        field.sync()
+        lat, lon = offset(*CENTER, 150, 90)
+        iid = uid("http")
+        created = a.post(
+            "/api/incidents",
+            {"id": iid, "kind": "medical", "lat": lat, "lon": lon},
+            token=a.token,
+        )
+        assert created.status == 201, created.body
+        assert created.json["id"] == iid
+        assert created.json["state"] in ("open", "alerting"), created.json
+        alert = field.wait_alert(vid, iid)
+        field.reply(vid, alert["alert_id"], "accept")
+        field.wait_assignment(vid, iid, "go")
+        field.wait_state(iid, "assigned")
+        # Through the work stream: created (and counted) by exactly one instance.
+        assert created_by(a) + created_by(b) == 1
+        owner, other = _by_owner(engines, redis_url, root, iid)
+
+        # Both instances list it and show the same thing (read from Redis).
+        for engine in (a, b):
+            listed = engine.get("/api/incidents")
+            assert listed.status == 200, listed.body
+            mine = [i for i in listed.json["incidents"] if i["id"] == iid]
+            assert len(mine) == 1, listed.json
+            assert mine[0]["state"] == "assigned", listed.json
+            one = engine.get(f"/api/incidents/{iid}")
+            assert one.status == 200, one.body
+            assert one.json["state"] == "assigned", one.json
+            assert [r["volunteer_id"] for r in one.json["responders"]] == [vid]
+            assert "reported" in [e["type"] for e in one.json["events"]], one.json["events"]
+            figures = engine.get("/api/figures")
+            assert figures.status == 200, figures.body
+            assert figures.json["open"] == 1, figures.json
+        # A report posted without an id, through the other: readable at the owner's side.
+        unnamed = other.post(
+            "/api/incidents", {"kind": "fire", "lat": lat, "lon": lon}, token=other.token
+        )
+        assert unnamed.status == 201, unnamed.body
+        assert owner.get(f"/api/incidents/{unnamed.json['id']}").status == 200
+
+        # Cancelled through the instance that does not own it: carried out by the owner.
+        cancelled = other.post(f"/api/incidents/{iid}/cancel", {"by": "desk-2"}, token=other.token)
+        assert cancelled.status == 200, cancelled.body
+        assert cancelled.json["state"] == "cancelled", cancelled.json
+        assert cancelled.json["end_reason"] == "cancelled by desk-2", cancelled.json
+        assert owners(redis_url, root, [iid])[iid] in (None, owner.env["DISPATCH_INSTANCE"])
+        field.wait_state(iid, "cancelled")
+        field.wait_assignment(vid, iid, "stand_down")
+        # Again, at each, the same answers: cancel again is harmless, resolve is refused;
+        # and the same once the owner has given up the ended incident's lease.
+        for _ in range(2):
+            again = [e.post(f"/api/incidents/{iid}/cancel", token=e.token) for e in engines]
+            assert [r.status for r in again] == [200, 200], [r.body for r in again]
+            assert again[0].json == again[1].json == cancelled.json
+            refused = [e.post(f"/api/incidents/{iid}/resolve", token=e.token) for e in engines]
+            assert [r.status for r in refused] == [409, 409], [r.body for r in refused]
+            assert refused[0].json == refused[1].json, [r.json for r in refused]
+            while owners(redis_url, root, [iid])[iid] is not None:
+                time.sleep(0.05)
+        field.sync()
+        actions = [x["action"] for x in field.assignments(vid, iid)]
+        assert actions == ["go", "stand_down"], actions
+        assert _events_of(redis_url, root, iid).count("cancelled") == 1
+        assert other.get(f"/api/incidents/{iid}").json["state"] == "cancelled"
+
+        # An id nobody knows: 404 at both, for reading and for acting.
+        for engine in (a, b):
+            assert engine.get("/api/incidents/no-such-incident").status == 404
+            gone = engine.post("/api/incidents/no-such-incident/resolve", token=engine.token)
+            assert gone.status == 404, gone.body
+            assert "no-such-incident" in gone.json["error"]
+    finally:
+        field.close()
+
+
+def test_http_action_after_the_owner_died(
+    cluster: Callable[..., list[Engine]], mqtt_url: str
+) -> None:
+    """The owner is killed: the other instance answers 503 (saying why) until the lease
+    has run out, then adopts the incident and carries out the action itself."""
+    engines = cluster(2)
+    root, redis_url = engines[0].topic_root, engines[0].redis_url
+    field = Field(mqtt_url, root)
+    try:
+        iid = uid("dead")
+        field.report({"id": iid, "kind": "fire", "lat": CENTER[0], "lon": CENTER[1]})
+        field.wait_state(iid, lambda s: s.get("id") == iid)
+        owner, other = _by_owner(engines, redis_url, root, iid)
+        owner.kill9()
+        killed = time.monotonic()
+        answers: list[int] = []
+        while True:
+            result = other.post(f"/api/incidents/{iid}/resolve", token=other.token)
+            answers.append(result.status)
+            if result.status == 200:
+                break
+            assert result.status == 503, result.body
+            assert "try again" in result.json["error"], result.json
+            assert time.monotonic() - killed < TAKEOVER_BUDGET_S, answers
+        took = time.monotonic() - killed
+        assert result.json["state"] == "resolved", result.json
+        assert f"incident={iid} adopted" in other.log_path.read_text()
+        field.wait_state(iid, "resolved")
+        assert _events_of(redis_url, root, iid).count("resolved") == 1
+        print(
+            f"\n[cluster http] owner killed: resolved through the other after {took:.2f}s "
+            f"(answers {answers})"
+        )
     finally:
         field.close()

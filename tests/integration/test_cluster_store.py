@@ -3,18 +3,28 @@
 The instance that created an incident owns it; another instance's writes for it are
 dropped; once the ownership has moved (a lease ran out and another instance adopted
 it), the old owner's writes and claims are refused and it forgets the incident.
+
+An operator action given to another instance (its HTTP API) is carried out by the
+owner, through the owner's command list; one the owner does not take in time is
+withdrawn (never carried out later); an open incident nobody owns is adopted first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
+import orjson
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from dispatch.cluster import Cluster, FencedStore
+from dispatch.cluster import Cluster, FencedStore, OwnerUnavailable
 from dispatch.config import load_config
+from dispatch.dispatcher import UnknownIncident
 from dispatch.effects import LogEvent, SaveIncident
+from dispatch.errors import InvalidTransition
 from dispatch.service import Service
 
 
@@ -97,3 +107,77 @@ async def test_an_old_owner_cannot_write_or_claim_after_its_lease(
         assert await b.store.incident("i2") == {"id": "i2", "note": "b"}
     finally:
         await r.aclose()
+
+
+async def _reported(service: Service, iid: str) -> None:
+    """An incident created by ``service``, as from its work stream (no broker needed)."""
+    now = service.clock()
+    body = orjson.dumps({"id": iid, "kind": "fire", "lat": 30.28, "lon": 120.2})
+    report = service.codec.decode_report_body(body, now)
+    async with service._lock:
+        await service._execute(service.core.report(report, now, incident_id=iid), now)
+
+
+async def test_an_action_at_another_instance_is_carried_out_by_the_owner(
+    pair: tuple[Service, Service],
+) -> None:
+    a, b = pair
+    ca, cb = _cluster(a), _cluster(b)
+    await _reported(a, "f1")
+    assert "f1" in ca.tokens
+    serving = asyncio.create_task(ca._serve_commands())
+    try:
+        state = await cb.operator("cancel", "f1", by="desk")
+        assert state["state"] == "cancelled"
+        assert state["end_reason"] == "cancelled by desk"
+        assert a.core.incidents["f1"].state.value == "cancelled"  # done by a ...
+        assert "f1" not in b.core.incidents  # ... not by b
+        record = await b.store.incident("f1")
+        assert record is not None
+        assert record["state"] == "cancelled"
+        # The owner's refusals come back as the same errors.
+        with pytest.raises(InvalidTransition, match="cancelled to resolved"):
+            await cb.operator("resolve", "f1", by="desk")
+        with pytest.raises(UnknownIncident):
+            await cb.operator("cancel", "no-such", by="desk")
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_an_action_the_owner_does_not_take_is_withdrawn(
+    pair: tuple[Service, Service], redis_url: str
+) -> None:
+    a, b = pair
+    cb = _cluster(b)
+    await _reported(a, "f2")  # a holds the lease but serves no commands (hung)
+    started = time.monotonic()
+    with pytest.raises(OwnerUnavailable, match="was not carried out") as caught:
+        await cb.operator("cancel", "f2", by="desk")
+    assert 2.5 < time.monotonic() - started < 5.0
+    assert caught.value.instance == "a"
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await r.llen("fence:commands:a") == 0  # withdrawn: a never sees it
+    finally:
+        await r.aclose()
+    assert a.core.incidents["f2"].state.value != "cancelled"
+
+
+async def test_an_orphan_is_adopted_then_acted_on(
+    pair: tuple[Service, Service], redis_url: str
+) -> None:
+    a, b = pair
+    cb = _cluster(b)
+    await _reported(a, "f3")
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await r.delete("fence:owner:f3")  # a died and its lease ran out
+    finally:
+        await r.aclose()
+    state = await cb.operator("resolve", "f3", by="desk")
+    assert state["state"] == "resolved"
+    assert b.core.incidents["f3"].state.value == "resolved"  # b adopted it and acted
+    record = await b.store.incident("f3")
+    assert record is not None
+    assert record["state"] == "resolved"
