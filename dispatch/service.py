@@ -8,7 +8,7 @@ retained state message is a reporter's proof that its incident is safe.
 Every event is handled under one lock, in arrival order, so effects go out in the
 order the core decided them. The core itself never waits; the lock is held only across
 the few Redis and broker round trips an event needs. Positions are the exception: they
-are coalesced per volunteer and written in one pipeline every 100 ms, off the path.
+are coalesced per volunteer and written in one command every 25 ms, off the path.
 
 While Redis is down the service retries the write it was doing (with capped back-off)
 instead of moving on: the core must never get ahead of what is stored. It reports
@@ -47,12 +47,13 @@ __all__ = ["ReportOutcome", "Service"]
 
 log = logging.getLogger(__name__)
 
-_POSITION_FLUSH_S = 0.1
+_POSITION_FLUSH_S = 0.025  # small pieces: formatting 500 positions holds the loop 1-2 ms
 # A number with a fraction or an exponent (30.2591, 30,2591, 3025910e-5): a coordinate
 # precise enough to place a person; masked in the reasons that are logged.
 _NUMBER = re.compile(r"\d*[.,]\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+")
 _TIMER_RESOLUTION_S = 0.1
-_FREEZE_S = 2.0  # how often the heap is collected and frozen (see _freeze_heap)
+_FREEZE_S = 0.1  # how often the heap is collected and frozen (see _freeze_heap)
+_THAW_S = 600.0  # how often everything frozen is collected once more (see _freeze_heap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class Service:
         self.restored = asyncio.Event()
         self.redis_ok = False
         self._frozen_at = 0.0  # time.monotonic() of the last gc.freeze (see _freeze_heap)
+        self._thawed_at = time.monotonic()  # and of the last full collection
+        self._gauges_stale = True  # see _update_gauges
 
     def _new_core(self) -> Dispatcher:
         c = self.config
@@ -247,6 +250,7 @@ class Service:
         async with self._lock:
             await self._execute(effects)
         self._update_gauges()
+        self._refresh_gauges()
         log.info(
             "restored %d volunteers (%d available) and %d incidents (%d open)",
             len(volunteers),
@@ -289,6 +293,7 @@ class Service:
                     await self._execute(effects)
             if effects:
                 self._update_gauges()
+            self._refresh_gauges()
             self._freeze_heap()
 
     def _freeze_heap(self) -> None:
@@ -298,33 +303,45 @@ class Service:
         pause of 100-400 ms, every few seconds while incidents and locations come in (a
         location replaces a tracked tuple in the index), and it was the whole p99 of
         report-to-alert under load. Every ``_FREEZE_S``, collect (so no garbage is
-        frozen; a few ms, as everything older is frozen already) and freeze what is
-        left: the collector's passes then walk only what came since. Frozen objects are
-        still freed by reference counting; only cycles among them would stay, and the
-        core makes none that outlive a call (measured: its cyclic garbage is rtree's
-        ctypes temporaries, made and dropped within one query).
+        frozen) and freeze what is left: the collector's passes then walk only what came
+        since. The collection walks what survived since the last freeze, so it is done
+        often: every 2 s a pass held the loop 5-9 ms at the design load, every 0.1 s under
+        1 ms (measured with benchmarks/loopmon.py). Frozen objects are
+        still freed by reference counting; only cycles among them would stay. The core
+        makes none that outlive a call (measured: its cyclic garbage is rtree's ctypes
+        temporaries, made and dropped within one query), but the I/O libraries may (a
+        task or an exception alive at a freeze, in a cycle when it dies): every
+        ``_THAW_S`` everything is unfrozen and collected once, one full pass (100-400 ms
+        at 100,000 volunteers) every 10 minutes, so such garbage never outlives that.
         """
         now = time.monotonic()
         if now - self._frozen_at < _FREEZE_S:
             return
+        if now - self._thawed_at >= _THAW_S:
+            gc.unfreeze()
+            self._thawed_at = now
         gc.collect()
         gc.freeze()
         self._frozen_at = now
 
     async def _flush_positions_forever(self) -> None:
+        delay = _POSITION_FLUSH_S
         while True:
-            await asyncio.sleep(_POSITION_FLUSH_S)
+            await asyncio.sleep(delay)
             try:
                 await self._flush_positions()
+                delay = _POSITION_FLUSH_S
             except BackendUnavailable as exc:
                 log.warning("positions not stored (%s); retrying", exc)
+                # Backing off: every 25 ms would be 40 warnings a second while Redis is down.
+                delay = min(max(delay * 2, 0.1), 1.0)
 
     async def _flush_positions(self) -> None:
         if not self._positions:
             return
         batch, self._positions = self._positions, {}
         try:
-            await self.store.apply(batch.values())
+            await self.store.save_positions(batch.values())
         except BackendUnavailable:
             # Keep what is newer: positions that came in meanwhile win.
             self._positions = {**batch, **self._positions}
@@ -594,6 +611,17 @@ class Service:
         )
 
     def _update_gauges(self) -> None:
+        """Mark the gauges stale; the timer loop recomputes them (every 0.1 s at most).
+
+        Counting the open incidents walks all of them (the ended ones are kept for a
+        day): per event, that was 2.5 % of the engine's time at the design load.
+        """
+        self._gauges_stale = True
+
+    def _refresh_gauges(self) -> None:
+        if not self._gauges_stale:
+            return
+        self._gauges_stale = False
         self.metrics.open_incidents.set(sum(1 for i in self.core.incidents.values() if not i.ended))
         self.metrics.available_volunteers.set(self.core.available)
 

@@ -136,6 +136,38 @@ async def test_incidents_open_then_ended_and_the_event_log(store: Store) -> None
     assert await store.last_event_id() == events[-1].event_id
 
 
+async def test_positions_are_saved_and_forgotten_in_chunks(redis_url: str) -> None:
+    store = Store.from_url(redis_url, prefix="t:", location_ttl_s=0.3)
+    try:
+        await store.apply([SaveVolunteer(f"v{i}", "available", (), "walk") for i in range(5)])
+        await store.save_positions([SavePosition("v4", 30.2, 120.1, 1.0)])
+        # 5 effects in chunks of 2: three script calls
+        await store.save_positions(
+            [
+                SavePosition("v0", 30.25, 120.17, 1000.5),
+                SavePosition("v1", 30.26, 120.18, 1001.0),
+                SavePosition("v2", 30.27, 120.19, 1002.0),
+                SavePosition("v3", 30.28, 120.2, 1003.0),
+                ForgetPosition("v4"),
+            ],
+            chunk=2,
+        )
+        got = {v.volunteer_id: v.position for v in await store.volunteers()}
+        assert got == {
+            "v0": (30.25, 120.17, 1000.5),
+            "v1": (30.26, 120.18, 1001.0),
+            "v2": (30.27, 120.19, 1002.0),
+            "v3": (30.28, 120.2, 1003.0),
+            "v4": None,
+        }
+        assert 0 < await store.redis.pttl("t:pos:v0") <= 300
+        await store.save_positions([])  # nothing to write: no command
+        await asyncio.sleep(0.5)
+        assert all(v.position is None for v in await store.volunteers())
+    finally:
+        await store.close()
+
+
 async def test_backend_down_is_reported_as_such() -> None:
     from dispatch.errors import BackendUnavailable
 
@@ -144,5 +176,7 @@ async def test_backend_down_is_reported_as_such() -> None:
         assert await dead.ping() is False
         with pytest.raises(BackendUnavailable):
             await dead.admit("x", "fp")
+        with pytest.raises(BackendUnavailable):
+            await dead.save_positions([SavePosition("v1", 30.25, 120.17, 1000.0)])
     finally:
         await dead.close()
