@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,3 +131,48 @@ def engine_factory(
         if _failed(request):
             for engine in made:
                 print(f"\n----- engine log (tail) {engine.log_path}\n{engine.log_tail()}")
+
+
+# ------------------------------------------------------------------------- the browser
+
+CHROMIUM = os.environ.get("DISPATCH_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _playwright() -> Any:
+    """The sync Playwright module, or skip (fail under CI) saying what to install."""
+    missing = []
+    sync_api: Any = None
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError:
+        missing.append("Playwright for Python (.venv/bin/pip install 'playwright>=1.40')")
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        missing.append(
+            f"chromium at {CHROMIUM} (apt-get install -y --no-install-recommends chromium)"
+        )
+    if missing:
+        message = "browser tests need " + " and ".join(missing)
+        if servers.in_ci():
+            pytest.fail(message + " (CI=true: the browser tests are required)", pytrace=False)
+        pytest.skip(message)
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = _playwright()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -11,7 +11,6 @@ the page's EventSource finds it again at the same address, as it would in produc
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import random
 import signal
@@ -29,38 +28,8 @@ from e2e_harness import Field, http, rfc3339, uid
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output"
-CHROMIUM = os.environ.get("DISPATCH_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "op-secret-page"
 VIEWPORT = {"width": 1600, "height": 1000}
-
-
-def _playwright() -> Any:
-    """The sync Playwright module, or skip (fail under CI) saying what to install."""
-    missing = []
-    sync_api: Any = None
-    try:
-        sync_api = importlib.import_module("playwright.sync_api")
-    except ImportError:
-        missing.append("Playwright for Python (.venv/bin/pip install 'playwright>=1.40')")
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        missing.append(
-            f"chromium at {CHROMIUM} (apt-get install -y --no-install-recommends chromium)"
-        )
-    if missing:
-        message = "browser tests need " + " and ".join(missing)
-        if servers.in_ci():
-            pytest.fail(message + " (CI=true: the browser tests are required)", pytrace=False)
-        pytest.skip(message)
-    return sync_api
 
 
 # ------------------------------------------------------------------------- the engine
@@ -149,17 +118,6 @@ def field(engine: PageEngine, mqtt_url: str) -> Iterator[Field]:
         yield f
     finally:
         f.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = _playwright()
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Page:

