@@ -11,8 +11,8 @@ calls these on request and caches the answers for a few seconds.
 - ``volunteer_view``: volunteers on duty with a position, coarsened to the centre of a
   ~100 m square (PROTOCOL.md: the control room sees positions coarsened), exact only for
   those committed to an incident.
-- ``figures``: counts, P50/P90 time to arrival and the share within target, for the
-  district and per grid cell.
+- ``figures``: counts, P50/P90 time to arrival and the share within target (the
+  headline, ``dispatch.headline``), for the district and per grid cell.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatch.dispatcher import Dispatcher, Incident
+from dispatch.headline import Outcome, headline, outcome, percentile
 from dispatch.lifecycle import State
 from dispatch.model import Duty
 from dispatch.policy import fastest
@@ -35,6 +36,7 @@ __all__ = [
     "coarsen",
     "coverage",
     "figures",
+    "incident_outcome",
     "percentile",
     "volunteer_view",
 ]
@@ -133,61 +135,53 @@ def volunteer_view(core: Dispatcher) -> list[dict[str, Any]]:
     return out
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The ``q`` (0..1) percentile by linear interpolation between closest ranks."""
-    if not sorted_values:
-        return None
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be within 0..1, got {q!r}")
-    pos = (len(sorted_values) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def incident_outcome(incident: Incident, *, now: float, target_s: float) -> Outcome:
+    """One incident against the target, by the one definition (dispatch.headline)."""
+    return outcome(
+        reported_at=incident.reported_at,
+        verified_arrival_at=incident.first_verified_at,
+        cancelled=incident.state is State.CANCELLED,
+        now=now,
+        target_s=target_s,
+    )
 
 
-def _arrival_figures(times: list[float], target_s: float) -> dict[str, Any]:
-    times.sort()
-    p50, p90 = percentile(times, 0.5), percentile(times, 0.9)
-    return {
-        "arrived": len(times),
-        "p50_time_to_arrival_s": None if p50 is None else round(p50, 1),
-        "p90_time_to_arrival_s": None if p90 is None else round(p90, 1),
-        "within_target_share": (
-            round(sum(1 for t in times if t <= target_s) / len(times), 4) if times else None
-        ),
-    }
-
-
-def figures(incidents: Iterable[Incident], *, target_s: float) -> dict[str, Any]:
+def figures(incidents: Iterable[Incident], *, target_s: float, now: float) -> dict[str, Any]:
     """The figures for a set of incidents (e.g. today's), for the district and per cell.
 
-    Time to arrival counts incidents with a first arrival; the share within target is
-    of those. ``by_cell`` lists only cells that had an incident.
+    The share within target is the headline's (dispatch.headline): of every incident
+    that needed a responder and is decided, unreached ones as misses; times are to the
+    first verified arrival. ``by_cell`` lists only cells that had an incident.
     """
     total = 0
     states: dict[str, int] = {s.value: 0 for s in State}
-    escalated_ever = 0
-    times: list[float] = []
-    cells: dict[str, tuple[list[int], list[float]]] = {}
+    escalated_ever = unverified = 0
+    outcomes: list[Outcome] = []
+    cells: dict[str, list[Outcome]] = {}
     for incident in incidents:
         total += 1
         states[incident.state.value] += 1
         if incident.escalated_at is not None:
             escalated_ever += 1
-        counts, cell_times = cells.setdefault(incident.cell_id, ([0], []))
-        counts[0] += 1
-        tta = incident.time_to_arrival_s()
-        if tta is not None:
-            times.append(tta)
-            cell_times.append(tta)
+        if incident.first_arrival_at is not None and incident.first_verified_at is None:
+            unverified += 1
+        o = incident_outcome(incident, now=now, target_s=target_s)
+        outcomes.append(o)
+        cells.setdefault(incident.cell_id, []).append(o)
     by_cell = {
-        cell_id: {"incidents": counts[0], **_arrival_figures(cell_times, target_s)}
-        for cell_id, (counts, cell_times) in sorted(cells.items())
+        cell_id: {"incidents": len(group), **_compat(headline(group))}
+        for cell_id, group in sorted(cells.items())
     }
     return {
         "incidents": total,
         "by_state": states,
         "escalated_ever": escalated_ever,
-        **_arrival_figures(times, target_s),
+        "unverified_arrivals": unverified,
+        **_compat(headline(outcomes)),
         "by_cell": by_cell,
     }
+
+
+def _compat(figures: dict[str, Any]) -> dict[str, Any]:
+    """The headline plus ``arrived`` (the name the page and clients used before)."""
+    return {**figures, "arrived": figures["reached"]}

@@ -47,7 +47,7 @@ from dispatch.effects import (
 from dispatch.errors import BadMessage, InvalidTransition
 from dispatch.lifecycle import ENDED, State, advance
 from dispatch.model import Arrived, Duty, Kind, LocationUpdate, Mode, Reply, Report, StatusUpdate
-from dispatch.policy import Candidate, Policy, Strategy, fastest, wave_size
+from dispatch.policy import Candidate, Policy, Rank, Strategy, choose_wave, fastest
 from geo.area import ServiceArea
 from geo.distance import haversine_m
 from geo.index import PartitionedIndex
@@ -128,6 +128,15 @@ class Responder:
     arrived_at: float | None = None
     overdue: bool = False  # not on scene in time: no longer counted on
     released_at: float | None = None  # stood down on the way: enough others arrived
+    role: str = "primary"  # "primary" or "backup" (protocol 1.1)
+    # When a position near the scene confirmed the arrival: at once for the geofence,
+    # later (or never) for an "I'm here" pressed with no position near the scene.
+    verified_at: float | None = None
+    distance_m: float = 0.0  # from the scene when alerted
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
 
     @property
     def counted(self) -> bool:
@@ -147,6 +156,9 @@ class Responder:
             "arrived_at": self.arrived_at,
             "overdue": self.overdue,
             "released_at": self.released_at,
+            "role": self.role,
+            "verified_at": self.verified_at,
+            "distance_m": self.distance_m,
         }
 
 
@@ -172,7 +184,8 @@ class Incident:
     next_wave_at: float | None = None
     first_alert_at: float | None = None
     first_accept_at: float | None = None
-    first_arrival_at: float | None = None
+    first_arrival_at: float | None = None  # claimed: the geofence or "I'm here"
+    first_verified_at: float | None = None  # confirmed by a position near the scene
     escalated_at: float | None = None
     escalation_reason: str = ""
     ended_at: float | None = None
@@ -192,17 +205,18 @@ class Incident:
     def still_needed(self) -> int:
         return max(0, self.responders_needed - self.confirmed)
 
-    def still_wanted(self, backups: int) -> int:
-        """Accepts still welcome: the responders needed plus ``backups`` spare ones."""
-        return max(0, self.responders_needed + backups - self.confirmed)
-
     def open_alerts(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.status in _OPEN_ALERT]
 
     def time_to_arrival_s(self) -> float | None:
-        if self.first_arrival_at is None:
+        """Report to the first *verified* arrival: the headline's time (dispatch.headline)."""
+        if self.first_verified_at is None:
             return None
-        return self.first_arrival_at - self.reported_at
+        return self.first_verified_at - self.reported_at
+
+    def goers_open(self, goers: int) -> int:
+        """Accepts still welcome when ``goers`` responders (backups included) may go."""
+        return max(0, goers - self.confirmed)
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to carry on after a restart, JSON-ready."""
@@ -228,6 +242,7 @@ class Incident:
             "first_alert_at": self.first_alert_at,
             "first_accept_at": self.first_accept_at,
             "first_arrival_at": self.first_arrival_at,
+            "first_verified_at": self.first_verified_at,
             "escalated_at": self.escalated_at,
             "escalation_reason": self.escalation_reason,
             "ended_at": self.ended_at,
@@ -242,7 +257,12 @@ class Incident:
         fields["state"] = State(r["state"])
         fields["skills"] = tuple(r["skills"])
         fields["alerts"] = {a["alert_id"]: Alert.from_record(a) for a in r["alerts"]}
-        fields["responders"] = [Responder(**x) for x in r["responders"]]
+        fields["responders"] = [
+            Responder(**x) if "verified_at" in x else Responder(**x, verified_at=x["arrived_at"])
+            for x in r["responders"]
+        ]
+        if "first_verified_at" not in fields:  # stored before verified arrivals
+            fields["first_verified_at"] = fields["first_arrival_at"]
         return cls(**fields)
 
 
@@ -255,6 +275,7 @@ class Volunteer:
     lat: float | None = None
     lon: float | None = None
     seen_at: float | None = None  # when the position was last reported
+    accuracy_m: float | None = None  # of that position, as the phone reported it
     engaged: str | None = None  # the incident this volunteer is committed to
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
 
@@ -267,7 +288,14 @@ _COMPACT_PER_TICK = 64
 _COMPACT_MAX_PER_TICK = 512
 
 # Timer kinds, kept in one heap: (due, sequence, kind, incident id, alert id)
-_WAVE, _EXPIRE, _CLEAR, _OVERDUE = "wave", "expire", "clear", "overdue"
+_WAVE, _EXPIRE, _CLEAR, _OVERDUE, _TARGET = "wave", "expire", "clear", "overdue", "target"
+
+# A later acceptor takes a place only when expected on scene at least this much sooner.
+_FASTER_BY_S = 15.0
+# "I'm here" is believed when the last position, at most this old, is within the
+# arrival radius plus its reported accuracy (counted up to _MAX_ACCURACY_M).
+_FIX_MAX_AGE_S = 60.0
+_MAX_ACCURACY_M = 100.0
 
 
 class Dispatcher:
@@ -329,11 +357,14 @@ class Dispatcher:
                     "eta_s": round(r.eta_s, 1),
                     "accepted_at": format_time(r.accepted_at),
                     "arrived_at": None if r.arrived_at is None else format_time(r.arrived_at),
+                    "role": r.role,  # protocol 1.1
                     "overdue": r.overdue,  # extensions
                     "released": r.released_at is not None,
+                    "verified": r.verified,
                 }
                 for r in incident.responders
             ],
+            # The first verified arrival (an unverified "I'm here" does not count).
             "time_to_arrival_s": None if tta is None else round(tta, 3),
             "within_target": None if tta is None else tta <= self.policy.target_s,
             # extensions
@@ -342,6 +373,11 @@ class Dispatcher:
             "responders_needed": incident.responders_needed,
             "skills": list(incident.skills),
             "alerts_sent": len(incident.alerts),
+            "arrival_verified": (
+                None
+                if incident.first_arrival_at is None
+                else incident.first_verified_at is not None
+            ),
             "escalation_reason": incident.escalation_reason or None,
             "end_reason": incident.end_reason or None,
             "version": incident.version,
@@ -385,6 +421,8 @@ class Dispatcher:
                 self._on_clear(incident, effects)
             elif kind == _OVERDUE:
                 self._on_overdue(incident, alert_id, now, effects)
+            elif kind == _TARGET:
+                self._on_target(incident, now, effects)
         return effects
 
     # ------------------------------------------------------------------ reports
@@ -414,6 +452,7 @@ class Dispatcher:
         self.incidents[incident.id] = incident
         effects: list[Effect] = []
         self._event(incident, "reported", now, effects, kind=incident.kind.value)
+        self._at(incident.reported_at + self.policy.target_s, _TARGET, incident.id)
         self._send_wave(incident, now, effects)
         self._changed(incident, effects)
         return effects
@@ -421,34 +460,52 @@ class Dispatcher:
     def _send_wave(self, incident: Incident, now: float, effects: list[Effect]) -> list[Candidate]:
         """Alert the next wave; escalate when nobody can be found or nobody can be in time."""
         incident.wave += 1
-        count = wave_size(self.policy, incident.still_needed)
-        chosen = self._alert_best(incident, count, now, effects)
+        book = self.policy.playbook
+        chosen = self._alert_best(
+            incident, now, effects, fixed=book.first_wave if incident.wave == 1 else book.next_wave
+        )
         incident.next_wave_at = now + self.policy.reply_wait_s
         self._at(incident.next_wave_at, _WAVE, incident.id)
         if chosen:
             self._move(incident, State.ALERTING, now, effects, only_from=(State.OPEN,))
-            if chosen[0].eta_s > self.policy.target_s and not incident.confirmed:
+            best = min(c.eta_s for c in chosen)
+            if best > self.policy.target_s and not incident.confirmed:
                 # A late responder is better than none, but a person must know now.
                 self._escalate(
                     incident,
-                    f"the fastest volunteer needs about {chosen[0].eta_s:.0f} s, "
+                    f"the fastest volunteer needs about {best:.0f} s, "
                     f"more than the {self.policy.target_s:.0f} s target",
                     now,
                     effects,
                 )
         elif not incident.open_alerts() and not incident.confirmed:
-            skills = ", ".join(incident.skills) or "no particular skills"
-            self._escalate(
-                incident,
-                f"no available volunteer with {skills} within {self.policy.max_radius_m:.0f} m",
-                now,
-                effects,
-            )
+            self._escalate(incident, self._nobody_reason(incident), now, effects)
         return chosen
 
+    def _nobody_reason(self, incident: Incident) -> str:
+        if self._alert_budget_left(incident) == 0:
+            return f"the alert budget ({self.policy.max_alerts}) is spent and nobody accepted"
+        skills = ", ".join(incident.skills) or "no particular skills"
+        if self.policy.strategy is Strategy.WAVES:
+            return (
+                f"no available volunteer with {skills} who could be there within "
+                f"{self.policy.useful_eta_s:.0f} s ({self.policy.max_radius_m:.0f} m at most)"
+            )
+        return f"no available volunteer with {skills} within {self.policy.radius_m:.0f} m"
+
+    def _alert_budget_left(self, incident: Incident) -> int | None:
+        if not self.policy.max_alerts:
+            return None
+        sent = sum(1 for a in incident.alerts.values() if a.assigned_by is None)
+        return max(0, self.policy.max_alerts - sent)
+
     def _alert_best(
-        self, incident: Incident, count: int, now: float, effects: list[Effect]
+        self, incident: Incident, now: float, effects: list[Effect], fixed: int = 0
     ) -> list[Candidate]:
+        """Alert the best volunteers not yet asked: as many as the policy says, or ``fixed``."""
+        budget = self._alert_budget_left(incident)
+        if budget == 0:
+            return []
         # Everyone asked before, except those stood down unasked-for ("filled by others"),
         # who are welcome again when a responder turns out overdue.
         already = {
@@ -456,15 +513,32 @@ class Dispatcher:
             for a in incident.alerts.values()
             if a.status is not AlertStatus.STOOD_DOWN or a.answered_at is not None
         }
-        chosen = fastest(
+        policy = self.policy
+        looked_at = fixed or policy.max_wave_size
+        if budget is not None:
+            looked_at = min(looked_at, budget)
+        candidates = fastest(
             self.index,
             self.travel,
             incident.lat,
             incident.lon,
-            count,
+            looked_at,
             skills=incident.skills,
-            radius_m=self.policy.max_radius_m,
+            radius_m=policy.radius_m,
             exclude=already,
+            rank=policy.playbook.rank,
+        )
+        if policy.strategy is Strategy.WAVES:  # nobody who could make no useful difference
+            candidates = [c for c in candidates if c.eta_s <= policy.useful_eta_s]
+        pending = [a.eta_s for a in incident.alerts.values() if a.status is AlertStatus.PENDING]
+        chosen = choose_wave(
+            policy,
+            candidates,
+            needed=incident.still_needed,
+            time_left_s=policy.target_s - (now - incident.reported_at),
+            pending_etas=pending,
+            budget=budget,
+            fixed=fixed,
         )
         for candidate in chosen:
             self._alert(incident, candidate, now, effects)
@@ -531,12 +605,15 @@ class Dispatcher:
         incident.next_wave_at = None
         if incident.still_needed == 0:
             return
-        if self.policy.strategy is Strategy.NAIVE and incident.open_alerts():
+        book = self.policy.playbook
+        if book.one_at_a_time and incident.open_alerts():
             # One at a time: a replacement is still awaiting its answer; wait for it.
             incident.next_wave_at = now + self.policy.reply_wait_s
             self._at(incident.next_wave_at, _WAVE, incident.id)
             return
-        if incident.wave >= self.policy.max_waves:
+        if book.next_wave_only_if_unaccepted and incident.responders:
+            return  # someone accepted: this playbook sends no more waves
+        if incident.wave >= self.policy.waves:
             if not incident.confirmed:
                 reason = f"nobody accepted after {incident.wave} waves"
                 if incident.responders:
@@ -560,7 +637,7 @@ class Dispatcher:
         self._event(
             incident, "expired", now, effects, volunteer_id=alert.volunteer_id, alert_id=alert_id
         )
-        if self.policy.strategy is Strategy.NAIVE and incident.still_needed and not incident.ended:
+        if self.policy.playbook.one_at_a_time and incident.still_needed and not incident.ended:
             self._replace(incident, now, effects)
         self._changed(incident, effects)
 
@@ -592,11 +669,36 @@ class Dispatcher:
             waited_s=round(now - responder.accepted_at, 1),
             why=why,
         )
-        # The overdue volunteer stays assigned (they may still come); if another is
-        # needed now, a wave goes out, and escalation follows the usual rules.
-        if incident.still_needed and incident.next_wave_at is None:
+        # The overdue volunteer stays assigned (they may still come); a backup steps up,
+        # and if another is needed now, a wave goes out (escalation follows the usual rules).
+        self._rank_roles(incident)
+        if (
+            incident.still_needed
+            and incident.next_wave_at is None
+            and self.policy.playbook.chase_no_shows
+        ):
             self._send_wave(incident, now, effects)
         self._changed(incident, effects)
+
+    def _on_target(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """The target time has passed: log a miss unless someone was verified on scene in time.
+
+        Together with the ``arrived`` events this decides every incident that needed a
+        responder, for the metrics (the headline: dispatch/headline.py).
+        """
+        if incident.state is State.CANCELLED:
+            return
+        tta = incident.time_to_arrival_s()
+        if tta is not None and tta <= self.policy.target_s:
+            return
+        self._event(
+            incident,
+            "target_missed",
+            now,
+            effects,
+            target_s=self.policy.target_s,
+            claimed_arrival=incident.first_arrival_at is not None,
+        )
 
     def _on_clear(self, incident: Incident, effects: list[Effect]) -> None:
         """An ended incident's retention is over: clear its retained state and forget it."""
@@ -661,12 +763,21 @@ class Dispatcher:
         if volunteer.duty is Duty.OFF_DUTY:
             return effects  # positions are not kept off duty
         self._set_position(volunteer, msg.lat, msg.lon, now, effects)
+        volunteer.accuracy_m = msg.accuracy_m
         if volunteer.engaged is not None:
             incident = self.incidents.get(volunteer.engaged)
             if incident is not None and not incident.ended:
                 distance = haversine_m(msg.lat, msg.lon, incident.lat, incident.lon)
                 if distance <= self.policy.arrival_radius_m:
-                    self._arrive(incident, volunteer.id, now, effects, how="geofence")
+                    self._arrive(incident, volunteer.id, now, effects, "geofence", verified=True)
+                elif self._near_scene(volunteer, incident, now):  # confirms an "I'm here"
+                    responder = next(
+                        (r for r in incident.responders if r.volunteer_id == volunteer.id), None
+                    )
+                    if responder is not None and responder.arrived_at is not None:
+                        self._arrive(
+                            incident, volunteer.id, now, effects, "position", verified=True
+                        )
                 else:
                     self._check_progress(incident, volunteer, distance, now, effects)
         else:
@@ -704,7 +815,7 @@ class Dispatcher:
         effects.append(SavePosition(volunteer.id, lat, lon, now))
 
     def _forget_position(self, volunteer: Volunteer) -> None:
-        volunteer.lat = volunteer.lon = volunteer.seen_at = None
+        volunteer.lat = volunteer.lon = volunteer.seen_at = volunteer.accuracy_m = None
         self._positions.pop(volunteer.id, None)
         self.index.remove(volunteer.id)
 
@@ -779,7 +890,12 @@ class Dispatcher:
         effects: list[Effect] = []
         status = alert.status
         if status is AlertStatus.ACCEPTED:
-            effects.append(self._assignment(alert, "go", "confirmed"))  # a retry: confirm again
+            responder = next((r for r in incident.responders if r.alert_id == alert.alert_id), None)
+            if responder is not None and responder.released_at is not None:
+                effects.append(self._assignment(alert, "stand_down", "no longer needed"))
+                return effects
+            role = responder.role if responder is not None else "primary"
+            effects.append(self._assignment(alert, "go", "confirmed", role=role))  # a retry
             return effects
         if status is AlertStatus.ACCEPTING:
             return effects  # the claim is on its way
@@ -789,9 +905,9 @@ class Dispatcher:
             reason = "alert expired"
         elif status is AlertStatus.DECLINED:
             reason = "you declined this alert"
-        elif (
-            status is AlertStatus.STOOD_DOWN
-            or incident.still_wanted(self.policy.backup_responders) == 0
+        elif status is AlertStatus.STOOD_DOWN or (
+            incident.goers_open(self._goers(incident)) == 0
+            and self._would_displace(incident, alert, now) is None
         ):
             reason = "filled by others"
         elif self.volunteers[alert.volunteer_id].engaged not in (None, incident.id):
@@ -837,43 +953,24 @@ class Dispatcher:
                 effects.append(Release(volunteer_id, incident_id))
             return effects
         volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
-        if not ok or incident.ended or incident.still_wanted(self.policy.backup_responders) == 0:
-            reason = (
-                "already committed to another incident"
-                if not ok
-                else (
-                    "filled by others" if not incident.ended else f"incident {incident.state.value}"
-                )
-            )
-            if ok:
-                effects.append(Release(volunteer_id, incident_id))
-            alert.status = AlertStatus.STOOD_DOWN
-            volunteer.alert_id = None
-            if not ok:
-                # Committed elsewhere (another engine instance): out of our index until
-                # they tell us otherwise.
-                self.index.remove(volunteer_id)
-            else:
-                self._refresh_availability(volunteer)
-            effects.append(self._assignment(alert, "stand_down", reason))
-            self._event(
-                incident,
-                "stood_down",
-                now,
-                effects,
-                volunteer_id=volunteer_id,
-                alert_id=alert.alert_id,
-                reason=reason,
-            )
-            if incident.still_needed and not incident.ended:
-                self._replace(incident, now, effects)
-            self._changed(incident, effects)
+        full = incident.goers_open(self._goers(incident)) == 0
+        displaced = (
+            self._would_displace(incident, alert, alert.answered_at or now) if full else None
+        )
+        if not ok or incident.ended or (full and displaced is None):
+            self._claim_refused(incident, alert, volunteer, ok, now, effects)
             return effects
         alert.status = AlertStatus.ACCEPTED
         volunteer.engaged = incident.id
         volunteer.alert_id = None
         self.index.remove(volunteer_id)
-        incident.responders.append(Responder(volunteer_id, alert.eta_s, now, alert.alert_id))
+        responder = Responder(
+            volunteer_id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
+        )
+        incident.responders.append(responder)
+        if displaced is not None:  # the fastest acceptor wins
+            self._release(incident, displaced, "a faster responder is going", now, effects)
+        self._rank_roles(incident)
         if _eta_known(alert):
             due = now + self.policy.overdue_after_s(alert.eta_s)
             self._at(due, _OVERDUE, incident.id, alert.alert_id)
@@ -882,7 +979,7 @@ class Dispatcher:
         if incident.state is not State.ON_SCENE:
             self._move(incident, State.ASSIGNED, now, effects)
         reason = "assigned by operator" if alert.assigned_by else "confirmed"
-        effects.append(self._assignment(alert, "go", reason))
+        effects.append(self._assignment(alert, "go", reason, role=responder.role))
         self._event(
             incident,
             "assigned",
@@ -892,22 +989,147 @@ class Dispatcher:
             alert_id=alert.alert_id,
             eta_s=round(alert.eta_s, 1),
             by=alert.assigned_by,
+            role=responder.role,
         )
         if incident.still_needed == 0:
             incident.next_wave_at = None  # no more waves; spare accepts are welcome as backups
-        if incident.still_wanted(self.policy.backup_responders) == 0:
+        if incident.goers_open(self._goers(incident)) == 0:
+            # Filled: only alerts that could still bring someone sooner stay open.
             for other in incident.open_alerts():
-                if other.status is AlertStatus.PENDING:
+                if other.status is AlertStatus.PENDING and (
+                    self._would_displace(
+                        incident, other, max(now, other.sent_at + self.policy.reply_s)
+                    )
+                    is None
+                ):
                     other.status = AlertStatus.STOOD_DOWN
                     self._stand_down(other, "filled by others", now, effects)
         self._changed(incident, effects)
         return effects
 
+    def _claim_refused(
+        self,
+        incident: Incident,
+        alert: Alert,
+        volunteer: Volunteer,
+        ok: bool,
+        now: float,
+        effects: list[Effect],
+    ) -> None:
+        """The accept cannot be confirmed: committed elsewhere, ended, or filled."""
+        if not ok:
+            reason = "already committed to another incident"
+        elif incident.ended:
+            reason = f"incident {incident.state.value}"
+        else:
+            reason = "filled by others"
+        if ok:
+            effects.append(Release(volunteer.id, incident.id))
+        alert.status = AlertStatus.STOOD_DOWN
+        volunteer.alert_id = None
+        if not ok:
+            # Committed elsewhere (another engine instance): out of our index until
+            # they tell us otherwise.
+            self.index.remove(volunteer.id)
+        else:
+            self._refresh_availability(volunteer)
+        effects.append(self._assignment(alert, "stand_down", reason))
+        self._event(
+            incident,
+            "stood_down",
+            now,
+            effects,
+            volunteer_id=volunteer.id,
+            alert_id=alert.alert_id,
+            reason=reason,
+        )
+        if incident.still_needed and not incident.ended:
+            self._replace(incident, now, effects)
+        self._changed(incident, effects)
+
+    # ------------------------------------------------------------------ who goes
+
+    def _goers(self, incident: Incident) -> int:
+        return self.policy.goers(incident.responders_needed)
+
+    def _goer_key(self, responder: Responder) -> float:
+        """Smaller is better: expected time on scene (or distance, for distance playbooks)."""
+        if self.policy.playbook.rank is Rank.DISTANCE:
+            return responder.distance_m
+        return responder.accepted_at + self.policy.turnout_s + responder.eta_s
+
+    def _would_displace(
+        self, incident: Incident, alert: Alert, accept_at: float
+    ) -> Responder | None:
+        """The responder on the way whom ``alert``'s volunteer, accepting at ``accept_at``,
+        would replace (the fastest acceptor wins), or None."""
+        if not self.policy.playbook.fastest_wins or alert.assigned_by is not None:
+            return None
+        # An operator's hand assignment is never displaced: they chose that person.
+        going = [
+            r
+            for r in incident.responders
+            if r.counted
+            and r.arrived_at is None
+            and incident.alerts[r.alert_id].assigned_by is None
+        ]
+        if not going:
+            return None
+        slowest = max(going, key=self._goer_key)
+        if self.policy.playbook.rank is Rank.DISTANCE:
+            better = alert.distance_m < slowest.distance_m
+        else:
+            expected = accept_at + self.policy.turnout_s + alert.eta_s
+            better = expected < self._goer_key(slowest) - _FASTER_BY_S
+        return slowest if better and _eta_known(alert) else None
+
+    def _rank_roles(self, incident: Incident) -> None:
+        """The best ``responders_needed`` counted responders are primaries; the rest backups."""
+        counted = sorted(
+            (r for r in incident.responders if r.counted),
+            key=lambda r: (r.arrived_at is None, self._goer_key(r), r.volunteer_id),
+        )
+        for i, r in enumerate(counted):
+            r.role = "primary" if i < incident.responders_needed else "backup"
+        for r in incident.responders:
+            if not r.counted and r.on_the_way:
+                r.role = "backup"
+
+    def _release(
+        self,
+        incident: Incident,
+        responder: Responder,
+        reason: str,
+        now: float,
+        effects: list[Effect],
+    ) -> None:
+        """Stand a responder on the way down: their place is no longer needed."""
+        responder.released_at = now
+        volunteer = self.volunteers.get(responder.volunteer_id)
+        if volunteer is not None and volunteer.engaged == incident.id:
+            volunteer.engaged = None
+            self._refresh_availability(volunteer)
+        effects.append(Release(responder.volunteer_id, incident.id))
+        effects.append(self._assignment(incident.alerts[responder.alert_id], "stand_down", reason))
+        self._event(
+            incident,
+            "stood_down",
+            now,
+            effects,
+            volunteer_id=responder.volunteer_id,
+            alert_id=responder.alert_id,
+            reason=reason,
+        )
+
     def _replace(self, incident: Incident, now: float, effects: list[Effect]) -> None:
-        """Alert one more in place of a volunteer who dropped out; escalate if nobody is left."""
-        if self.policy.strategy is Strategy.NAIVE and incident.open_alerts():
+        """Alert others in place of a volunteer who dropped out; escalate if nobody is left."""
+        book = self.policy.playbook
+        if (book.one_at_a_time or book.replace_when_all_answered) and incident.open_alerts():
             return
-        chosen = self._alert_best(incident, 1, now, effects)
+        if not book.replace:
+            chosen: list[Candidate] = []
+        else:
+            chosen = self._alert_best(incident, now, effects, fixed=book.replace)
         if not chosen and not incident.open_alerts() and not incident.confirmed:
             reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
             self._escalate(incident, reason, now, effects)
@@ -942,35 +1164,67 @@ class Dispatcher:
             ]
         effects: list[Effect] = []
         if not incident.ended:
-            self._arrive(incident, msg.volunteer_id, now, effects, how="button")
+            volunteer = self.volunteers.get(msg.volunteer_id)
+            verified = volunteer is not None and self._near_scene(volunteer, incident, now)
+            self._arrive(incident, msg.volunteer_id, now, effects, how="button", verified=verified)
         return effects
 
+    def _near_scene(self, volunteer: Volunteer, incident: Incident, now: float) -> bool:
+        """A recent position within the arrival radius plus its reported accuracy."""
+        if volunteer.lat is None or volunteer.lon is None or volunteer.seen_at is None:
+            return False
+        if now - volunteer.seen_at > _FIX_MAX_AGE_S:
+            return False
+        slack = min(volunteer.accuracy_m or 0.0, _MAX_ACCURACY_M)
+        distance = haversine_m(volunteer.lat, volunteer.lon, incident.lat, incident.lon)
+        return distance <= self.policy.arrival_radius_m + slack
+
     def _arrive(
-        self, incident: Incident, volunteer_id: str, now: float, effects: list[Effect], how: str
+        self,
+        incident: Incident,
+        volunteer_id: str,
+        now: float,
+        effects: list[Effect],
+        how: str,
+        verified: bool,
     ) -> None:
+        """A responder is on scene (``verified``: a position near the scene confirms it).
+
+        An "I'm here" with no position near the scene is recorded as unverified: the
+        control room sees it, but the time to arrival waits until a position confirms
+        it, and nobody else is stood down on its word.
+        """
         responder = next(r for r in incident.responders if r.volunteer_id == volunteer_id)
-        if responder.arrived_at is not None:
+        if responder.arrived_at is not None and (responder.verified or not verified):
             return
-        responder.arrived_at = now
         first = incident.first_arrival_at is None
-        if first:
-            incident.first_arrival_at = now
-            self._move(incident, State.ON_SCENE, now, effects)
-        tta = incident.time_to_arrival_s()
+        if responder.arrived_at is None:
+            responder.arrived_at = now
+            if first:
+                incident.first_arrival_at = now
+                self._move(incident, State.ON_SCENE, now, effects)
+        first_verified = False
+        if verified:
+            responder.verified_at = now
+            first_verified = incident.first_verified_at is None
+            if first_verified:
+                incident.first_verified_at = now
+        tta = now - incident.reported_at
         self._event(
             incident,
-            "arrived",
+            "arrived" if responder.arrived_at == now else "arrival_verified",
             now,
             effects,
             volunteer_id=volunteer_id,
             how=how,
             first=first,
-            time_to_arrival_s=round(now - incident.reported_at, 3),
-            within_target=None if tta is None else tta <= self.policy.target_s,
+            verified=verified,
+            first_verified=first_verified,
+            time_to_arrival_s=round(tta, 3),
+            within_target=tta <= self.policy.target_s if first_verified else None,
         )
-        if sum(1 for r in incident.responders if r.arrived_at is not None) >= (
-            incident.responders_needed
-        ):
+        self._rank_roles(incident)
+        if sum(1 for r in incident.responders if r.verified) >= incident.responders_needed:
             self._release_the_rest(incident, now, effects)
         self._changed(incident, effects)
 
@@ -982,27 +1236,8 @@ class Dispatcher:
                 alert.status = AlertStatus.STOOD_DOWN
                 self._stand_down(alert, "filled by others", now, effects)
         for responder in incident.responders:
-            if not responder.on_the_way:
-                continue
-            responder.released_at = now
-            volunteer = self.volunteers.get(responder.volunteer_id)
-            if volunteer is not None and volunteer.engaged == incident.id:
-                volunteer.engaged = None
-                self._refresh_availability(volunteer)
-            effects.append(Release(responder.volunteer_id, incident.id))
-            reason = "enough responders on scene"
-            effects.append(
-                self._assignment(incident.alerts[responder.alert_id], "stand_down", reason)
-            )
-            self._event(
-                incident,
-                "stood_down",
-                now,
-                effects,
-                volunteer_id=responder.volunteer_id,
-                alert_id=responder.alert_id,
-                reason=reason,
-            )
+            if responder.on_the_way:
+                self._release(incident, responder, "enough responders on scene", now, effects)
 
     # ------------------------------------------------------------------ operators
 
@@ -1174,6 +1409,8 @@ class Dispatcher:
                 self._at(due, _OVERDUE, incident.id, responder.alert_id)
         if incident.next_wave_at is not None:
             self._at(incident.next_wave_at, _WAVE, incident.id)
+        if incident.first_verified_at is None:  # a miss while stopped is logged at once
+            self._at(incident.reported_at + self.policy.target_s, _TARGET, incident.id)
         return effects
 
     # ------------------------------------------------------------------ helpers
@@ -1181,13 +1418,17 @@ class Dispatcher:
     def _state_topic(self, incident_id: str) -> str:
         return self.codec.topic("incidents", incident_id, "state")
 
-    def _assignment(self, alert: Alert, action: str, reason: str) -> Publish:
+    def _assignment(
+        self, alert: Alert, action: str, reason: str, role: str | None = None
+    ) -> Publish:
         payload = {
             "incident_id": alert.incident_id,
             "action": action,
             "reason": reason,
             "alert_id": alert.alert_id,
         }
+        if role is not None:
+            payload["role"] = role  # protocol 1.1: with every "go"
         return Publish(
             self.codec.topic("volunteers", alert.volunteer_id, "assignment"),
             dumps(payload),

@@ -65,6 +65,15 @@ class Metrics:
         self.available_volunteers = Gauge(
             "dispatch_available_volunteers", "Volunteers who could be alerted now", registry=r
         )
+        # The headline (dispatch/headline.py): each incident that needed a responder is
+        # decided once, at its first verified arrival within the target or when the
+        # target passes without one.
+        self.target_outcomes = Counter(
+            "dispatch_target_outcomes_total",
+            "Incidents decided against the target: within (a verified arrival in time) or missed",
+            ["outcome"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )
@@ -74,8 +83,12 @@ class Metrics:
             self.alerts.labels(wave=str(data.get("wave", 0))).inc()
         elif kind == "escalated":
             self.escalations.inc()
-        elif kind == "arrived" and data.get("first"):
+        elif kind in ("arrived", "arrival_verified") and data.get("first_verified"):
             self.time_to_arrival.observe(float(data["time_to_arrival_s"]))
+            if data.get("within_target"):
+                self.target_outcomes.labels(outcome="within").inc()
+        elif kind == "target_missed":
+            self.target_outcomes.labels(outcome="missed").inc()
         elif kind in ("resolved", "cancelled"):
             self.incident_endings.labels(how=kind).inc()
 

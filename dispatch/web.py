@@ -260,7 +260,7 @@ class _Api:
             "since": format_time(since),
             "computed_at": format_time(now),
             "target_s": core.policy.target_s,
-            **coverage.figures(incidents, target_s=core.policy.target_s),
+            **coverage.figures(incidents, target_s=core.policy.target_s, now=now),
             "truncated": len(ids) >= _FIGURES_LIMIT,
             "open": len(open_now),
             "escalated": sum(1 for i in open_now if i.state is State.ESCALATED),

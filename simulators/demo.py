@@ -28,7 +28,6 @@ import math
 import secrets
 import signal
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -40,6 +39,7 @@ import aiohttp
 from dispatch.cli import serve
 from dispatch.config import Config, load_config
 from dispatch.errors import ConfigError
+from dispatch.headline import headline, outcome
 from dispatch.localservers import (
     LocalServerError,
     ManagedServer,
@@ -459,27 +459,32 @@ def figures(
 ) -> Figures:
     """The headline figures from the retained states (pure: give it ``now``).
 
-    ``decided`` counts incidents whose outcome against the target is known: a
-    responder arrived, or the target has passed without one.
+    The one definition of dispatch.headline: ``decided`` counts incidents that needed a
+    responder whose outcome against the target is known (a verified arrival, or the
+    target passed without one); ``within_target`` those with a verified arrival in time.
     """
-    arrivals = [
-        float(s["time_to_arrival_s"])
-        for s in states.values()
-        if isinstance(s.get("time_to_arrival_s"), int | float)
-    ]
-    within = sum(1 for s in states.values() if s.get("within_target") is True)
-    decided = len(arrivals) + sum(
-        1
-        for iid, s in states.items()
-        if s.get("time_to_arrival_s") is None and now - reported_at.get(iid, now) > target_s
-    )
+    outcomes = []
+    for iid, s in states.items():
+        reported = reported_at.get(iid, now)
+        tta = s.get("time_to_arrival_s")
+        verified_at = reported + float(tta) if isinstance(tta, int | float) else None
+        outcomes.append(
+            outcome(
+                reported_at=reported,
+                verified_arrival_at=verified_at,
+                cancelled=s.get("state") == "cancelled",
+                now=now,
+                target_s=target_s,
+            )
+        )
+    h = headline(outcomes)
     return Figures(
         incidents=sent,
         alerted=sum(1 for s in states.values() if int(s.get("alerts_sent") or 0) > 0),
-        on_scene=len(arrivals),
-        within_target=within,
-        decided=decided,
-        p50_s=statistics.median(arrivals) if arrivals else None,
+        on_scene=h["reached"],
+        within_target=h["within_target"],
+        decided=h["decided"],
+        p50_s=h["p50_time_to_arrival_s"],
         escalated=sum(1 for s in states.values() if s.get("escalation_reason")),
     )
 

@@ -692,7 +692,11 @@ class _Run:
         v = self.people[vid]
         if v.generation != generation or self._arrived(vid, incident_id):
             return  # moot, or the geofence saw the arrival already: no second one
-        self.apply(self.core.arrived(Arrived(vid, incident_id), now), now)
+        # The app sends a fix with "I'm here" (the engine believes it only near the scene).
+        incident = self.incidents[incident_id]
+        self.apply(self.core.location(LocationUpdate(vid, incident.lat, incident.lon), now), now)
+        if not self._arrived(vid, incident_id):
+            self.apply(self.core.arrived(Arrived(vid, incident_id), now), now)
 
     def _arrived(self, vid: str, incident_id: str) -> bool:
         return any(

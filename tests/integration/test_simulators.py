@@ -107,7 +107,8 @@ async def test_fleet_and_incidents_through_the_engine(
                 assert body["state"] == "on_scene"
                 assert body["time_to_arrival_s"] > 0
                 assert body["times"]["first_arrival_at"] is not None
-                assert body["responders"][0]["arrived_at"] is not None
+                # (the first to accept may have made way for a faster one)
+                assert any(r["arrived_at"] is not None for r in body["responders"])
                 assert any(e["type"] == "arrived" for e in body["events"])
 
 

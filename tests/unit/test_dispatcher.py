@@ -39,6 +39,10 @@ def area() -> ServiceArea:
 
 
 def make(area: ServiceArea, **policy: Any) -> Dispatcher:
+    """A dispatcher whose waves are at most 6 and keeps no backups unless a test says so:
+    the mechanics below are easier to follow on small numbers."""
+    policy.setdefault("max_wave_size", 6)
+    policy.setdefault("backup_responders", 0)
     codec = Codec(root="dispatch", in_area=area.contains)
     return Dispatcher(
         area=area,
@@ -123,8 +127,9 @@ def test_first_wave_alerts_the_nearest_eligible_sized_from_acceptance(area: Serv
         i for i, k in enumerate(kinds) if k is Publish and effects[i].retain
     )  # type: ignore[union-attr]
     # alerted volunteers are not alerted again for another incident while they owe an answer
+    # (v8 and v9, 900 and 1000 m on foot, could make no useful difference: 650 s and more)
     other = d.report(Report(Kind.MEDICAL, LAT, LON, id="inc2"), T0 + 1)
-    assert set(alerts(other)) == {"v6", "v7", "v8", "v9"}
+    assert set(alerts(other)) == {"v6", "v7"}
 
 
 def test_accept_confirms_and_stands_the_others_down(area: ServiceArea) -> None:
@@ -135,19 +140,16 @@ def test_accept_confirms_and_stands_the_others_down(area: ServiceArea) -> None:
     effects = accept(d, "v2", sent["v2"]["alert_id"], T0 + 10)
     out = assignments(effects)
     assert out["v2"]["action"] == "go"
-    assert {v for v, a in out.items() if a["action"] == "stand_down"} == {
-        "v0",
-        "v1",
-        "v3",
-        "v4",
-        "v5",
-    }
-    assert out["v0"]["reason"] == "filled by others"
+    assert out["v2"]["role"] == "primary"
+    # v0 and v1 are closer: their alerts stay open, they could still be there sooner
+    assert {v for v, a in out.items() if a["action"] == "stand_down"} == {"v3", "v4", "v5"}
+    assert out["v3"]["reason"] == "filled by others"
     state = state_of(effects)
     assert state["state"] == "assigned"
     assert [r["volunteer_id"] for r in state["responders"]] == ["v2"]
+    assert state["responders"][0]["role"] == "primary"
     # the stood-down are free again; the responder is not
-    assert "v0" in d.index
+    assert "v3" in d.index
     assert "v2" not in d.index
 
 
@@ -168,7 +170,7 @@ def test_late_accept_of_a_filled_incident_is_stood_down(area: ServiceArea) -> No
 
 
 def test_two_responders_needed_waves_go_on_until_both(area: ServiceArea) -> None:
-    d = make(area, acceptance_rate=0.5, wave_confidence=0.5)  # 1 needed -> 1; 2 needed -> 3
+    d = make(area, max_wave_size=3)
     for i in range(8):
         on_duty(d, f"v{i}", 100 * (i + 1))
     sent = alerts(report(d, responders=2))
@@ -177,7 +179,8 @@ def test_two_responders_needed_waves_go_on_until_both(area: ServiceArea) -> None
     assert state_of(e1)["state"] == "assigned"
     assert not [a for a in assignments(e1).values() if a["action"] == "stand_down"]
     e2 = accept(d, "v1", sent["v1"]["alert_id"], T0 + 6)
-    assert assignments(e2)["v2"]["action"] == "stand_down"
+    assert assignments(e2)["v2"]["action"] == "stand_down"  # slower than both
+    assert {r["role"] for r in state_of(e2)["responders"]} == {"primary"}
 
 
 def test_decline_is_replaced_at_once(area: ServiceArea) -> None:
@@ -193,7 +196,7 @@ def test_decline_is_replaced_at_once(area: ServiceArea) -> None:
 
 
 def test_wave_timeout_sends_the_next_wave_then_escalates(area: ServiceArea) -> None:
-    d = make(area, acceptance_rate=0.5, wave_confidence=0.5, max_waves=2, wave_timeout_s=20)
+    d = make(area, max_wave_size=1, max_waves=2, wave_timeout_s=20)
     for i in range(5):
         on_duty(d, f"v{i}", 100 * (i + 1))
     first = alerts(report(d))
@@ -239,7 +242,8 @@ def test_nobody_in_reach_escalates_at_once(area: ServiceArea) -> None:
 
 def test_too_far_for_the_target_alerts_and_escalates_together(area: ServiceArea) -> None:
     d = make(area)
-    on_duty(d, "slow", 2500)  # 2500 * 1.3 / 1.8 = 1806 s on foot
+    on_duty(d, "slow", 1500, mode=Mode.EBIKE)  # 1500 * 1.3 / 5.5 = 355 s
+    on_duty(d, "useless", 2500)  # 2500 * 1.3 / 1.8 = 1806 s on foot: not alerted
     effects = report(d)
     assert set(alerts(effects)) == {"slow"}
     assert state_of(effects)["state"] == "escalated"
@@ -273,11 +277,51 @@ def test_arrived_button_and_who_may_press_it(area: ServiceArea) -> None:
     unknown = d.arrived(Arrived("v0", "nope"), T0 + 50)
     assert isinstance(unknown[0], Reject)
     assert unknown[0].error.code == "unknown_incident"
-    effects = d.arrived(Arrived("v0", "inc1"), T0 + 200)
+    # pressed 200 m away (no position near the scene): on scene, but unverified
+    effects = d.arrived(Arrived("v0", "inc1"), T0 + 150)
     state = state_of(effects)
     assert state["state"] == "on_scene"
+    assert state["arrival_verified"] is False
+    assert state["responders"][0]["verified"] is False
+    assert state["time_to_arrival_s"] is None
+    assert state["within_target"] is None
+    assert d.arrived(Arrived("v0", "inc1"), T0 + 151) == []  # once is enough
+    # the target passes with no verified arrival: a miss
+    missed = [e for e in d.tick(T0 + 180) if isinstance(e, LogEvent)]
+    assert [e.type for e in missed] == ["target_missed"]
+    # a position near the scene confirms it later: the time counts from then
+    confirmed = d.location(LocationUpdate("v0", LAT + 45 / 111_195, LON, accuracy_m=20), T0 + 200)
+    state = state_of(confirmed)
+    assert state["arrival_verified"] is True
+    assert state["time_to_arrival_s"] == pytest.approx(200)
     assert state["within_target"] is False
-    assert d.arrived(Arrived("v0", "inc1"), T0 + 201) == []  # once is enough
+
+
+def test_arrived_button_is_believed_near_the_scene(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 400)
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 5)
+    # a fix 40 m away with 15 m accuracy: within 30 m + 15 m
+    d.location(LocationUpdate("v0", LAT + 40 / 111_195, LON, accuracy_m=15), T0 + 100)
+    state = state_of(d.arrived(Arrived("v0", "inc1"), T0 + 110))
+    assert state["arrival_verified"] is True
+    assert state["time_to_arrival_s"] == pytest.approx(110)
+    assert state["within_target"] is True
+    # an accuracy of kilometres does not stretch the radius past 100 m
+    d2 = make(area)
+    on_duty(d2, "v0", 400)
+    sent = alerts(report(d2))
+    accept(d2, "v0", sent["v0"]["alert_id"], T0 + 5)
+    d2.location(LocationUpdate("v0", LAT + 300 / 111_195, LON, accuracy_m=5000), T0 + 100)
+    assert state_of(d2.arrived(Arrived("v0", "inc1"), T0 + 110))["arrival_verified"] is False
+    # nor does a fix older than a minute
+    d3 = make(area)
+    on_duty(d3, "v0", 400)
+    sent = alerts(report(d3))
+    accept(d3, "v0", sent["v0"]["alert_id"], T0 + 5)
+    d3.location(LocationUpdate("v0", LAT + 40 / 111_195, LON), T0 + 20)
+    assert state_of(d3.arrived(Arrived("v0", "inc1"), T0 + 90))["arrival_verified"] is False
 
 
 def test_replies_that_do_not_fit_are_rejected(area: ServiceArea) -> None:
@@ -485,7 +529,7 @@ def test_on_scene_responder_is_never_overdue(area: ServiceArea) -> None:
     sent = alerts(report(d))
     accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
     d.arrived(Arrived("v0", "inc1"), T0 + 60)
-    assert d.tick(T0 + 10_000) == []
+    assert not [e for e in d.tick(T0 + 10_000) if isinstance(e, LogEvent) and e.type == "overdue"]
     assert not d.incidents["inc1"].responders[0].overdue
 
 
@@ -499,19 +543,28 @@ def test_backups_keep_spare_acceptors_without_extra_waves(area: ServiceArea) -> 
     assert first["v1"]["action"] == "go"
     assert alerts(d.tick(T0 + 20)) == {}  # no wave for a backup
     second = assignments(accept(d, "v3", sent["v3"]["alert_id"], T0 + 25))
-    assert second["v3"]["action"] == "go"
-    assert {v for v, a in second.items() if a["action"] == "stand_down"} == {
-        "v0",
-        "v2",
-        "v4",
-        "v5",
-    }
+    assert (second["v3"]["action"], second["v3"]["role"]) == ("go", "backup")
+    # filled: only those who could still be there sooner than v3 stay alerted
+    assert {v for v, a in second.items() if a["action"] == "stand_down"} == {"v4", "v5"}
+    # the fastest acceptor wins: v0 (100 m) takes v3's place (400 m)
     third = assignments(accept(d, "v0", sent["v0"]["alert_id"], T0 + 26))
-    assert (third["v0"]["action"], third["v0"]["reason"]) == ("stand_down", "filled by others")
+    assert (third["v0"]["action"], third["v0"]["role"]) == ("go", "primary")
+    assert (third["v3"]["action"], third["v3"]["reason"]) == (
+        "stand_down",
+        "a faster responder is going",
+    )
+    roles = {r.volunteer_id: r.role for r in d.incidents["inc1"].responders if r.counted}
+    assert roles == {"v0": "primary", "v1": "backup"}
+    # filled by the two fastest: v2 is slower than both and goes home
+    fourth = assignments(accept(d, "v2", sent["v2"]["alert_id"], T0 + 27))
+    assert (fourth["v2"]["action"], fourth["v2"]["reason"]) == ("stand_down", "filled by others")
     # a backup covers an overdue responder: no new wave is needed
-    v1_due = T0 + 5 + sent["v1"]["eta_s"] * 1.5 + 30 + 0.1
-    assert alerts(d.tick(v1_due)) == {}
+    v0_due = T0 + 26 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1
+    assert alerts(d.tick(v0_due)) == {}
     assert d.incidents["inc1"].still_needed == 0
+    assert {r.volunteer_id: r.role for r in d.incidents["inc1"].responders if r.counted} == {
+        "v1": "primary"
+    }
 
 
 def test_restore_rearms_overdue_timers(area: ServiceArea) -> None:
@@ -576,6 +629,8 @@ def test_first_arrival_releases_backups_still_on_the_way(area: ServiceArea) -> N
     sent = alerts(report(d))
     accept(d, "v1", sent["v1"]["alert_id"], T0 + 5)
     accept(d, "v4", sent["v4"]["alert_id"], T0 + 6)
+    # near the scene (40 m, accurate to 15 m): the button is believed
+    d.location(LocationUpdate("v1", LAT + 40 / 111_195, LON, accuracy_m=15), T0 + 88)
     effects = d.arrived(Arrived("v1", "inc1"), T0 + 90)
     out = assignments(effects)
     assert (out["v4"]["action"], out["v4"]["reason"]) == (

@@ -20,7 +20,7 @@ import pytest
 
 import dispatch.dispatcher
 from dispatch.cli import main as cli_main
-from dispatch.config import load_config
+from dispatch.config import Config, load_config
 from geo.area import ServiceArea
 from simulators.scenario import (
     Scenario,
@@ -42,8 +42,8 @@ def area() -> ServiceArea:
     return load_area(CONFIG)
 
 
-def _summary(scenario: Scenario, area: ServiceArea) -> dict[str, object]:
-    return summarize(run_scenario(scenario, area=area, config=CONFIG))
+def _summary(scenario: Scenario, area: ServiceArea, config: Config = CONFIG) -> dict[str, object]:
+    return summarize(run_scenario(scenario, area=area, config=config))
 
 
 def test_same_seed_same_json_other_seed_differs(area: ServiceArea) -> None:
@@ -94,7 +94,9 @@ def test_alerts_come_from_the_engines_dispatcher(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "_alert", spy)
-    monkeypatch.setattr(dispatch.dispatcher, "wave_size", lambda policy, needed: min(needed, 1))
+    monkeypatch.setattr(
+        dispatch.dispatcher, "choose_wave", lambda policy, candidates, **_: list(candidates[:1])
+    )
     after = _summary(SMALL, area)
     assert len(calls) == after["alerts"]
     # Waves of one: replacements and later waves still come, but far fewer alerts.
@@ -254,14 +256,16 @@ def _simulate_json(tmp_path: Path, name: str, *flags: str) -> dict[str, object]:
 
 def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -> None:
     """--overdue-grace/-factor and --backup-responders reach the engine's policy and act."""
-    default = _simulate_json(tmp_path, "default")
-    off = _simulate_json(tmp_path, "off", "--overdue-grace", "1e9", "--stall-after", "0")
+    # Overdue detection is measured without backups (on by default), which would hide it.
+    nb = ("--backup-responders", "0")
+    default = _simulate_json(tmp_path, "default", *nb)
+    off = _simulate_json(tmp_path, "off", "--overdue-grace", "1e9", "--stall-after", "0", *nb)
     backup = _simulate_json(tmp_path, "backup", "--backup-responders", "1")
     # The overdue time acts on its own when no location reports come in.
-    clock = _simulate_json(tmp_path, "clock", "--location-interval", "0")
+    clock = _simulate_json(tmp_path, "clock", "--location-interval", "0", *nb)
     late = _simulate_json(
         tmp_path, "late", "--location-interval", "0", "--overdue-factor", "3",
-        "--overdue-grace", "120",
+        "--overdue-grace", "120", *nb,
     )  # fmt: skip
     assert default["policy"] == {
         "strategy": "waves",
@@ -269,7 +273,7 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
         "wave_timeout_s": 20.0,
         "max_wave_size": 8,
         "max_waves": 3,
-        "backup_responders": 0,
+        "backup_responders": 0,  # set by the test (the default is 2)
         "overdue_factor": 1.5,
         "overdue_grace_s": 30.0,
         "stall_after_s": 60.0,
@@ -282,7 +286,8 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
     # Overdue detection replaces the ~28 % who never arrive: without it, about that share
     # of incidents is never reached; with it, nearly all are, at the cost of more alerts.
     assert off["overdue_share"] == 0.0
-    assert off["responders_per_incident"] <= 1.0  # type: ignore[operator]
+    # (more than one a call even so: a faster acceptor takes a slower one's place)
+    assert off["responders_per_incident"] < default["responders_per_incident"]  # type: ignore[operator]
     assert 0.15 < default["overdue_share"] < 0.45  # type: ignore[operator]
     assert off["reached_share"] < 0.85 < 0.95 < default["reached_share"]  # type: ignore[operator]
     assert default["alerts_per_incident"] > off["alerts_per_incident"]  # type: ignore[operator]
@@ -340,8 +345,10 @@ DENSE = Scenario(volunteers=8000, hours=12.0, rate_per_hour=24.0, seed=7)
 
 def test_location_reports_make_stalled_responders_overdue_sooner(area: ServiceArea) -> None:
     """The engine's stall check, fed by the phones' reports, gives up on no-shows at 60 s."""
-    reports = _summary(DENSE, area)
-    silent = _summary(replace(DENSE, location_interval_s=0.0), area)
+    # Without backups (on by default), which cover for no-shows and would hide the effect.
+    no_backups = replace(CONFIG, policy=replace(CONFIG.policy, backup_responders=0))
+    reports = _summary(DENSE, area, no_backups)
+    silent = _summary(replace(DENSE, location_interval_s=0.0), area, no_backups)
     assert reports["incidents"] == silent["incidents"] > 200
     # Without reports only the clock acts (accept + 1.5 x ETA + 30 s); with them, a
     # responder who has not moved is overdue at the first report 60 s after accepting.
@@ -374,10 +381,10 @@ def test_arrivals_come_once_by_geofence_or_button(
     real_arrive = dispatch.dispatcher.Dispatcher._arrive
     real_location = dispatch.dispatcher.Dispatcher.location
 
-    def arrive(self, incident, volunteer_id, now, effects, how):  # type: ignore[no-untyped-def]
+    def arrive(self, incident, volunteer_id, now, effects, how, verified):  # type: ignore[no-untyped-def]
         responder = next(r for r in incident.responders if r.volunteer_id == volunteer_id)
         arrivals.append((how, responder.arrived_at is None))
-        return real_arrive(self, incident, volunteer_id, now, effects, how)
+        return real_arrive(self, incident, volunteer_id, now, effects, how, verified)
 
     def location(self, msg, now):  # type: ignore[no-untyped-def]
         locations.append(msg.volunteer_id)
@@ -388,16 +395,18 @@ def test_arrivals_come_once_by_geofence_or_button(
     s = _summary(SMALL, area)
     hows = [how for how, fresh in arrivals]
     assert all(fresh for _, fresh in arrivals), "an arrival was reported twice"
-    assert hows.count("geofence") > hows.count("button") > 0
+    # The phone sends a fix with "I'm here", so the geofence sees every arrival first.
+    assert hows
+    assert set(hows) == {"geofence"}
     # Reports only from responders on the way (and one when they are home again).
     responders = s["responders_per_incident"] * s["incidents"]  # type: ignore[operator]
     assert 0 < len(locations) < 60 * responders
     arrivals.clear()
     locations.clear()
     _summary(replace(SMALL, location_interval_s=0.0), area)
-    assert locations == []
+    # No reports on the way: only the one fix that comes with each "I'm here".
     assert arrivals
-    assert {how for how, _ in arrivals} == {"button"}
+    assert len(locations) == len(arrivals)
 
 
 def test_stall_check_off_leaves_only_the_clock(tmp_path: Path) -> None:
