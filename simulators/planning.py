@@ -7,7 +7,10 @@ with one and two backup responders, with two responders per incident, without
 location reports (overdue by the clock only) and with naive dispatch; tunes backups,
 the stall check, the report interval and the overdue time at one fleet size; compares
 waves with naive at equal alert load; and runs the stations baseline, all on the same
-incidents (the seed fixes them). Prints the tables as Markdown and writes
+incidents (the seed fixes them). Every run has the simulator's human model on
+(turnout, silent alerts, unreachable phones, last leg, intake: printed first, with the
+stations baseline's calibration; docs/planning-assumptions.md gives the sources).
+Prints the tables as Markdown and writes
 ``planning-*.png`` into ``--out``. Takes about 15 minutes on a busy 2-core machine;
 ``--parts`` runs a subset.
 """
@@ -130,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = _Runner(area)
     base = Scenario(hours=args.hours, seed=args.seed, acceptance=0.35, walk_speed_mps=1.8)
     parts = set(args.parts.split(","))
+    _assumptions(base, runner)
     if "sweep" in parts:
         _sweep(_variants(base), runner, out, args.hours)
     if "tune" in parts:
@@ -139,6 +143,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "compare" in parts:
         _compare(base, runner, area, args.compare_at, out)
     return 0
+
+
+def _assumptions(base: Scenario, runner: _Runner) -> None:
+    """The human model every run below has, and what the stations baseline was fitted to."""
+    print("## assumptions\n")
+    print("| human model | value |\n|---|---|")
+    for key, value in base.assumptions().items():
+        print(f"| `{key}` | {value:g} |")
+    stations = runner.summary(replace(base, baseline="stations"))
+    calibration = stations["stations_calibration"]
+    chosen = ", ".join(f"`{k}` = {v:g}" for k, v in calibration["chosen"].items())
+    print(
+        f"\nStations baseline: {chosen} were chosen (not sourced) to reproduce the seed's "
+        f"{calibration['target_mean_s'] / 60:g} minutes; this run's mean is "
+        f"{stations['mean_s'] / 60:.1f} min. Mean minutes as they vary:\n"
+    )
+    sens = calibration["sensitivity"]
+    print(
+        "| station delay | "
+        + " | ".join(f"{v:g} km/h" for v in sens["vehicle_speeds_kmh"])
+        + " |\n|---|"
+        + "---|" * len(sens["vehicle_speeds_kmh"])
+    )
+    lo, hi = base.station_delay_min_s, base.station_delay_max_s
+    for shift, row in zip(sens["delay_shifts_s"], sens["mean_s"], strict=True):
+        cells = " | ".join(f"{m / 60:.1f}" for m in row)
+        print(f"| {max(0.0, lo + shift):g}-{max(0.0, hi + shift):g} s | {cells} |")
+    print()
+    sys.stdout.flush()
 
 
 def _variants(base: Scenario) -> list[Variant]:
@@ -311,7 +344,10 @@ def _compare(base: Scenario, runner: _Runner, area: ServiceArea, n: int, out: Pa
             "waves",
         ),
         "waves, 1 backup": (f"{n} volunteers, waves with backup_responders = 1", "backup"),
-        "stations": ("stations baseline (14 stations, 15 km/h)", "stations"),
+        "stations": (
+            f"stations baseline ({base.stations} stations, {base.vehicle_speed_kmh:g} km/h)",
+            "stations",
+        ),
     }
     for label, (title, name) in titles.items():
         plot_cells(

@@ -18,12 +18,27 @@ volunteer responder schemes; every one is a ``Scenario`` field):
   (walk 70 %, bike 20 %, e-bike 10 %) and skills (first aid 60 %, patrol 20 %,
   mediation 15 %; ``skills="all"`` gives everybody every skill). They stay at home
   until called; positions never go stale (phones report every few seconds).
-- An alert is answered after a lognormal delay (median 15 s), ``accept`` with
-  probability ``acceptance``; a volunteer who is stood down before answering never
-  answers (as the live fleet does).
-- A confirmed volunteer travels the straight line × circuity (``geo.travel``) at the
-  mode's speed (walkers ``walk_speed_mps``) with a personal ±15 % spread, and presses
-  "arrived" there. Only ``arrive_share`` (72 %) of them get there.
+- The human model (on by default; each a flag, echoed under ``"assumptions"`` in the
+  JSON, sourced or stated as an assumption in docs/planning-assumptions.md;
+  ``NO_HUMAN_MODEL`` turns it all off, as the live-vs-offline test does):
+  ``intake_s`` (30 s): the call is handled before the report reaches the engine; the
+  report's ``reported_at`` is the call's start, so every time counts from then (for
+  the stations baseline too). ``unreachable_share`` (10 %): phones on duty that never
+  receive an alert, a property of the person drawn once per run (``unreachable``).
+  ``silent_share`` (40 %): of the alerts received and not accepted, the share never
+  answered at all (the others are declined). ``turnout_s`` (lognormal, median 40 s,
+  ``turnout_sigma`` 0.5): from the accept to setting off. ``last_leg_s`` (20 s): from
+  the street point (the engine's geofence, the button) to the patient; time to arrival
+  is at the patient, and the engine's own moment is kept beside it.
+- An alert received is answered after a lognormal delay (median 15 s), ``accept`` with
+  probability ``acceptance`` (so per alert sent, ``acceptance × (1 −
+  unreachable_share)``); a volunteer who is stood down before answering never answers
+  (as the live fleet does).
+- A confirmed volunteer gets ready (the turnout, counted from the accept; never set
+  off before the engine's "go"), then travels the straight line × circuity
+  (``geo.travel``) at the mode's speed (walkers ``walk_speed_mps``) with a personal
+  ±15 % spread, and presses "arrived" at the street point. Only ``arrive_share`` (72 %)
+  of them get there.
 - Phones report where they are every ``location_interval_s`` while assigned (10 s by
   default, on the safe side: the volunteer app asks for a fix every 2 s on the way, but
   phones throttle pages in the background and fixes get lost; 0: no reports, the
@@ -44,8 +59,10 @@ volunteer responder schemes; every one is a ``Scenario`` field):
   or ``unreached_resolve_s`` after the report when no volunteer got there.
 
 Randomness: independent streams are derived from ``seed`` by name (population,
-incidents, behaviour, engine), so two runs with the same seed are identical and a run
-with more volunteers faces the very same incidents. Nothing reads a clock: simulated
+incidents, behaviour, engine; halfway, silence, turnout and behaviour/unreachable for
+the parts added later, so that adding them left the older draws as they were), so two
+runs with the same seed are identical and a run with more volunteers faces the very
+same incidents. Nothing reads a clock: simulated
 time starts at ``EPOCH``.
 """
 
@@ -92,6 +109,8 @@ from simulators.incidents import KIND_MIX, DensityModel, arrival_times, sample_k
 
 __all__ = [
     "EPOCH",
+    "HUMAN_MODEL",
+    "NO_HUMAN_MODEL",
     "OPTION_NAMES",
     "PlannedIncident",
     "Scenario",
@@ -100,8 +119,10 @@ __all__ = [
     "incident_schedule",
     "load_area",
     "make_population",
+    "qualified_on_duty",
     "run_scenario",
     "stream",
+    "unreachable",
 ]
 
 # Simulated time starts here (2026-11-26T00:00:00Z): incident ids carry the day.
@@ -140,6 +161,32 @@ OPTION_NAMES: Mapping[str, str] = {
     "station_delay_max_s": "--station-delay-max",
     "vehicle_speed_kmh": "--vehicle-speed",
     "vehicle_circuity": "--vehicle-circuity",
+    "turnout_s": "--turnout",
+    "turnout_sigma": "--turnout-sigma",
+    "silent_share": "--silent-share",
+    "unreachable_share": "--unreachable-share",
+    "last_leg_s": "--last-leg",
+    "intake_s": "--intake",
+}
+
+# The human model: the Scenario fields echoed under "assumptions" in the JSON, each
+# sourced or stated as an assumption in docs/planning-assumptions.md.
+HUMAN_MODEL = (
+    "turnout_s",
+    "turnout_sigma",
+    "silent_share",
+    "unreachable_share",
+    "last_leg_s",
+    "intake_s",
+)
+
+# Each of them set so that it has no effect: the world before the human model.
+NO_HUMAN_MODEL: Mapping[str, float] = {
+    "turnout_s": 0.0,
+    "silent_share": 0.0,
+    "unreachable_share": 0.0,
+    "last_leg_s": 0.0,
+    "intake_s": 0.0,
 }
 
 
@@ -184,10 +231,17 @@ class Scenario:
     spread_m: float = 600.0  # ... within this radius
     # The stations baseline (simulators/stations.py says where the figures come from).
     stations: int = 14
-    station_delay_min_s: float = 60.0
-    station_delay_max_s: float = 150.0
-    vehicle_speed_kmh: float = 15.0
+    station_delay_min_s: float = 30.0  # after the intake: passing it on, crew turnout
+    station_delay_max_s: float = 120.0
+    vehicle_speed_kmh: float = 16.0  # to the street point; the last leg is on foot
     vehicle_circuity: float = 1.4
+    # The human model (docs/planning-assumptions.md: a source or "an assumption" each).
+    turnout_s: float = 40.0  # median accept -> setting off, lognormal; 0: at once
+    turnout_sigma: float = 0.5  # of its log: 90 % between 0.44 and 2.3 x the median
+    silent_share: float = 0.4  # of the alerts not accepted: never answered at all
+    unreachable_share: float = 0.1  # phones on duty that never receive an alert
+    last_leg_s: float = 20.0  # from the street point (geofence, button) to the patient
+    intake_s: float = 30.0  # the call's start -> the report reaches the engine
 
     def __post_init__(self) -> None:
         def number(name: str) -> float:
@@ -207,7 +261,13 @@ class Scenario:
         integer("seed", -(2**63), 2**63 - 1)
         integer("responders", 1, 10)
         integer("stations", 1, 1000)
-        for name in ("acceptance", "arrive_share", "halfway_share"):
+        for name in (
+            "acceptance",
+            "arrive_share",
+            "halfway_share",
+            "silent_share",
+            "unreachable_share",
+        ):
             if not 0.0 <= number(name) <= 1.0:
                 raise ScenarioError(name, getattr(self, name), "a share between 0 and 1")
         for name in (
@@ -231,7 +291,10 @@ class Scenario:
             raise ScenarioError(
                 "rate_per_hour", self.rate_per_hour, "small enough for at most 2,000,000 incidents"
             )
-        for name in ("speed_spread", "reply_sigma"):
+        for name in ("turnout_s", "last_leg_s", "intake_s"):
+            if not 0.0 <= number(name) <= 3600.0:
+                raise ScenarioError(name, getattr(self, name), "between 0 and 3600 seconds")
+        for name in ("speed_spread", "reply_sigma", "turnout_sigma"):
             if not 0.0 <= number(name) <= 2.0:
                 raise ScenarioError(name, getattr(self, name), "between 0 and 2")
         for name in ("circuity", "vehicle_circuity"):
@@ -267,6 +330,10 @@ class Scenario:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["near"] = list(self.near) if self.near is not None else None
         return out
+
+    def assumptions(self) -> dict[str, float]:
+        """The human model of this run, as the JSON's ``"assumptions"`` echoes it."""
+        return {name: float(getattr(self, name)) for name in HUMAN_MODEL}
 
 
 def load_area(config: Config) -> ServiceArea:
@@ -307,6 +374,7 @@ class SimVolunteer:
     at: tuple[float, float] | None = None  # where they are when not at home (None: home)
     leg: _Leg | None = None  # the trip under way, for the location reports
     trips: int = 0  # bumped at every set-off and stand-down: a pending walk home is moot
+    accepted_at: float | None = None  # when they last accepted: getting ready starts then
 
     @property
     def position(self) -> tuple[float, float]:
@@ -381,6 +449,29 @@ def make_population(scenario: Scenario, area: ServiceArea) -> list[SimVolunteer]
     return people
 
 
+def unreachable(scenario: Scenario, ids: Sequence[str]) -> frozenset[str]:
+    """The volunteers whose phones never receive an alert in this run.
+
+    A property of the person (a phone that kills the app, no data, do-not-disturb), drawn
+    once per run, one draw per volunteer in the population's order from the stream
+    ``behaviour/unreachable``: the same people for every policy with the same seed, and
+    raising the share only adds people to them.
+    """
+    rng = stream(scenario.seed, "behaviour/unreachable")
+    return frozenset(vid for vid in ids if rng.random() < scenario.unreachable_share)
+
+
+def qualified_on_duty(people: Iterable[SimVolunteer]) -> dict[str, Any]:
+    """The fleet as planners count it: volunteers on duty in total and with each skill."""
+    total = 0
+    by_skill = dict.fromkeys(SKILL_SHARES, 0)
+    for v in people:
+        total += 1
+        for skill in v.skills:
+            by_skill[skill] = by_skill.get(skill, 0) + 1
+    return {"total": total, "by_skill": by_skill}
+
+
 # ----------------------------------------------------------------------------- incidents
 
 
@@ -421,7 +512,7 @@ class Outcome:
     cell: str
     lat: float
     lon: float
-    time_to_arrival_s: float | None  # None: nobody got there
+    time_to_arrival_s: float | None  # call to the first responder at the patient; None: nobody
     escalated: bool
     alerts: int
     accepted: bool
@@ -432,6 +523,9 @@ class Outcome:
     overdue_after_s: tuple[float, ...] = ()  # accept to overdue, for each one marked
     overdue_no_progress: int = 0  # of them, by the stall check (location), not by time
     released: int = 0  # stood down on the way: enough others on scene
+    # Call to the engine's arrival moment (geofence or button, at the street point): the
+    # figure the engine itself records; time_to_arrival_s adds the last leg to it.
+    engine_arrival_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,10 +578,14 @@ class _Run:
             rng=stream(scenario.seed, "engine"),
         )
         self.rng = stream(scenario.seed, "behaviour")
-        # Its own stream, so that a run without half-way quitters draws as before.
+        # Their own streams, so that a run without half-way quitters, silence or turnout
+        # draws the replies as before, and changing one share moves nothing else.
         self.halfway_rng = stream(scenario.seed, "halfway")
+        self.silence_rng = stream(scenario.seed, "silence")
+        self.turnout_rng = stream(scenario.seed, "turnout")
         self.overdue: dict[str, list[tuple[float, str]]] = {}  # incident -> (waited, why)
         self.people = {v.id: v for v in make_population(scenario, area)}
+        self.unreachable = unreachable(scenario, list(self.people))
         self.plan = incident_schedule(scenario, area)
         self.incidents: dict[str, Incident] = {}
         self.claims: dict[str, str] = {}  # volunteer -> incident, as Redis keeps them
@@ -506,7 +604,8 @@ class _Run:
             msg = StatusUpdate(v.id, Duty.AVAILABLE, v.skills, v.mode, v.lat, v.lon)
             self.apply(self.core.status(msg, EPOCH), EPOCH)
         for planned in self.plan:
-            self.at(EPOCH + planned.at_s, _REPORT, planned)
+            # The call starts at at_s; the engine has the report intake_s later.
+            self.at(EPOCH + planned.at_s + self.s.intake_s, _REPORT, planned)
         next_progress = 0.0
         while self.events:
             t = self.events[0][0]
@@ -530,18 +629,22 @@ class _Run:
             alerts=self.alerts,
             wave_size=wave_size(self.core.policy, 1),
             max_open_alerts=self.max_open,
-            extra={"policy": _policy_record(self.core.policy)},
+            extra={
+                "policy": _policy_record(self.core.policy),
+                "qualified_on_duty": qualified_on_duty(self.people.values()),
+            },
         )
 
     def outcome(self, i: Incident) -> Outcome:
         first = i.responders[0] if i.responders else None
+        engine = i.time_to_arrival_s()  # from reported_at, the call's start
         return Outcome(
             id=i.id,
             kind=i.kind.value,
             cell=i.cell_id,
             lat=i.lat,
             lon=i.lon,
-            time_to_arrival_s=i.time_to_arrival_s(),
+            time_to_arrival_s=engine + self.s.last_leg_s if engine is not None else None,
             escalated=i.escalated_at is not None,
             alerts=len(i.alerts),
             accepted=first is not None,
@@ -554,6 +657,7 @@ class _Run:
             overdue_after_s=tuple(w for w, _ in self.overdue.get(i.id, ())),
             overdue_no_progress=sum(why == "no progress" for _, why in self.overdue.get(i.id, ())),
             released=sum(r.released_at is not None for r in i.responders),
+            engine_arrival_s=engine,
         )
 
     # -- effects, as the shell carries them out --------------------------------------
@@ -600,12 +704,16 @@ class _Run:
     # -- the phones ---------------------------------------------------------------------
 
     def on_alert(self, vid: str, alert: Mapping[str, Any], now: float) -> None:
+        if vid in self.unreachable:
+            return  # the push never arrives: no reply, ever (the engine cannot tell)
         v = self.people[vid]
         v.generation += 1
         v.call = (alert["alert_id"], alert["incident_id"])
         delay = self.rng.lognormvariate(math.log(self.s.reply_median_s), self.s.reply_sigma)
         accept = self.rng.random() < self.s.acceptance
         v.will_arrive = self.rng.random() < self.s.arrive_share
+        if not accept and self.s.silent_share and self.silence_rng.random() < self.s.silent_share:
+            return  # seen or not, never answered: only a stand-down puts the call away
         self.at(now + delay, _REPLY, vid, v.generation, alert["alert_id"], accept)
 
     def on_assignment(self, vid: str, msg: Mapping[str, Any], now: float) -> None:
@@ -619,16 +727,20 @@ class _Run:
             lat, lon = v.position
             distance = haversine_m(lat, lon, incident.lat, incident.lon)
             trip = distance * self.s.circuity / v.speed_mps
+            # Getting ready (shoes, keys, the door) starts at the accept; a "go" that comes
+            # later than that finds them ready sooner, never before the "go".
+            ready = v.accepted_at if v.accepted_at is not None else now
+            start = max(now, ready + self._turnout())
             if v.will_arrive:
-                self.at(now + trip, _ARRIVE, vid, v.generation, incident_id)
-                v.leg = _Leg(lat, lon, incident.lat, incident.lon, now, trip)
+                self.at(start + trip, _ARRIVE, vid, v.generation, incident_id)
+                v.leg = _Leg(lat, lon, incident.lat, incident.lon, start, trip)
             elif self.s.halfway_share and self.halfway_rng.random() < self.s.halfway_share:
                 # Half-way, but never inside twice the arrival radius: a short trip given
                 # up "half-way" would otherwise end inside the geofence, an arrival.
                 keep_off = 2 * self.core.policy.arrival_radius_m
                 f = min(0.5, max(0.0, 1.0 - keep_off / distance)) if distance > 0 else 0.0
                 stop = lat + f * (incident.lat - lat), lon + f * (incident.lon - lon)
-                v.leg = _Leg(lat, lon, *stop, now, trip * f)
+                v.leg = _Leg(lat, lon, *stop, start, trip * f)
             else:
                 v.leg = _Leg(lat, lon, lat, lon, now, 0.0)  # never sets off
             if self.s.location_interval_s:
@@ -642,6 +754,12 @@ class _Run:
             v.busy_with = None
             v.generation += 1
             self._stood_down(v, incident_id, now)
+
+    def _turnout(self) -> float:
+        """Seconds from the accept to setting off (lognormal around ``turnout_s``)."""
+        if not self.s.turnout_s:
+            return 0.0
+        return self.turnout_rng.lognormvariate(math.log(self.s.turnout_s), self.s.turnout_sigma)
 
     def _stood_down(self, v: SimVolunteer, incident_id: str, now: float) -> None:
         """A responder's part is over: on scene, they are home when the incident closes
@@ -674,6 +792,7 @@ class _Run:
             lon=planned.lon,
             id=planned.id,
             responders=self.s.responders if self.s.responders > 1 else None,
+            reported_at=EPOCH + planned.at_s,  # the call's start, as a hotline would say
         )
         effects = self.core.report(report, now)
         self.incidents[planned.id] = self.core.incidents[planned.id]
@@ -685,6 +804,8 @@ class _Run:
         if v.generation != generation:
             return  # stood down before answering: the phone has put the call away
         v.call = None
+        if yes:
+            v.accepted_at = now
         answer = Answer.ACCEPT if yes else Answer.DECLINE
         self.apply(self.core.reply(Reply(vid, alert_id, answer), now), now)
 

@@ -147,6 +147,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"half-way; the others never set off (default {d.halfway_share:g})",
     )
     a(
+        "--turnout",
+        type=float,
+        default=d.turnout_s,
+        metavar="S",
+        help="median seconds from accepting to setting off (lognormal; "
+        f"default {d.turnout_s:g}; 0: at once)",
+    )
+    a(
+        "--turnout-sigma",
+        type=float,
+        default=d.turnout_sigma,
+        metavar="SIGMA",
+        help=f"spread of the log of the turnout (default {d.turnout_sigma:g})",
+    )
+    a(
+        "--silent-share",
+        type=float,
+        default=d.silent_share,
+        metavar="P",
+        help="of the alerts not accepted, the share never answered at all; the others are "
+        f"declined after the reply delay (default {d.silent_share:g})",
+    )
+    a(
+        "--unreachable-share",
+        type=float,
+        default=d.unreachable_share,
+        metavar="P",
+        help="share of the phones on duty that never receive an alert, the same people "
+        f"all run long (default {d.unreachable_share:g})",
+    )
+    a(
+        "--last-leg",
+        type=float,
+        default=d.last_leg_s,
+        metavar="S",
+        help="seconds from the street point (the engine's geofence, the button) to the "
+        f"patient: stairs, gates (default {d.last_leg_s:g}); for the stations too",
+    )
+    a(
+        "--intake",
+        type=float,
+        default=d.intake_s,
+        metavar="S",
+        help="seconds of call handling before the report reaches the engine (default "
+        f"{d.intake_s:g}); times count from the call's start, for the stations too",
+    )
+    a(
         "--stall-after",
         type=float,
         metavar="S",
@@ -199,9 +246,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=d.vehicle_speed_kmh,
         metavar="KM_H",
-        help=f"door-to-door vehicle speed for the stations (default {d.vehicle_speed_kmh:g})",
+        help="stations: vehicle speed to the street point "
+        f"(default {d.vehicle_speed_kmh:g}; calibrated, see the report)",
     )
-    a("--station-delay-min", type=float, default=d.station_delay_min_s, metavar="S")
+    a(
+        "--station-delay-min",
+        type=float,
+        default=d.station_delay_min_s,
+        metavar="S",
+        help="stations: shortest delay from the intake to the vehicle leaving "
+        f"(default {d.station_delay_min_s:g}; calibrated, see the report)",
+    )
     a("--station-delay-max", type=float, default=d.station_delay_max_s, metavar="S")
     a(
         "--wave-timeout",
@@ -256,6 +311,12 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
         arrive_share=args.arrive_share,
         location_interval_s=args.location_interval,
         halfway_share=args.halfway_share,
+        turnout_s=args.turnout,
+        turnout_sigma=args.turnout_sigma,
+        silent_share=args.silent_share,
+        unreachable_share=args.unreachable_share,
+        last_leg_s=args.last_leg,
+        intake_s=args.intake,
         responders=args.responders,
         skills=args.skills,
         on_scene_s=args.on_scene,

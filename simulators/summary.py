@@ -1,10 +1,17 @@
 """The figures of a scenario run: the summary (JSON-ready) and the printed report.
 
-Time to arrival is measured from the report to the first responder on scene, as the
-engine measures it. An incident nobody reached counts as "not within the target" and,
-for the percentiles, as later than any arrival (an infinite time: a percentile that
-falls there is reported as None, printed "none"). The mean is over the incidents that
-were reached, with the share reached beside it.
+Time to arrival is measured from the start of the call (the report's ``reported_at``;
+the engine has it ``intake_s`` later) to the first responder at the patient (the
+engine's arrival, by geofence or button at the street point, plus ``last_leg_s``). The
+engine's own moment is reported beside it (``engine_arrival_*``).
+
+The headline, ``within_target_share``, is one definition everywhere: the incidents
+whose first responder was at the patient within the target, divided by EVERY incident
+that needed a responder. An incident nobody reached counts in the denominator as a
+miss; every simulated incident needs a responder (none is cancelled). For the
+percentiles an unreached incident counts as later than any arrival (an infinite time:
+a percentile that falls there is reported as None, printed "none"). The mean is over
+the incidents that were reached, with the share reached beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 
 from simulators.scenario import Outcome, RunResult, percentile
 
-__all__ = ["format_report", "summarize"]
+__all__ = ["format_report", "summarize", "within_target_share"]
 
 # Cells with fewer incidents than this are left out of the "worst cells" table.
 _MIN_CELL_INCIDENTS = 3
@@ -26,10 +33,28 @@ def _finite(x: float) -> float | None:
     return round(x, 1) if math.isfinite(x) else None
 
 
-def _times(outcomes: Iterable[Outcome]) -> list[float]:
+def _times(outcomes: Iterable[Outcome], engine: bool = False) -> list[float]:
+    """Sorted times to arrival, inf for unreached: at the patient, or the engine's moment."""
     return sorted(
-        o.time_to_arrival_s if o.time_to_arrival_s is not None else math.inf for o in outcomes
+        (
+            t
+            if (t := o.engine_arrival_s if engine else o.time_to_arrival_s) is not None
+            else math.inf
+        )
+        for o in outcomes
     )
+
+
+def within_target_share(outcomes: Sequence[Outcome], target_s: float) -> float | None:
+    """THE headline: first arrival at the patient within the target, over every incident.
+
+    Every incident counts in the denominator, reached or not (an unreached one is a
+    miss); None when there were no incidents at all.
+    """
+    hits = sum(
+        o.time_to_arrival_s is not None and o.time_to_arrival_s <= target_s for o in outcomes
+    )
+    return _share(hits, len(outcomes))
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -43,7 +68,8 @@ def summarize(result: RunResult) -> dict[str, Any]:
     n = len(outcomes)
     times = _times(outcomes)
     reached = [t for t in times if math.isfinite(t)]
-    within = sum(t <= s.target_s for t in reached)
+    engine_times = _times(outcomes, engine=True)
+    engine_reached = [t for t in engine_times if math.isfinite(t)]
     days = s.hours / 24.0
     etas = sorted(o.first_eta_s for o in outcomes if o.first_eta_s is not None)
     accepts = sorted(o.first_accept_s for o in outcomes if o.first_accept_s is not None)
@@ -59,9 +85,17 @@ def summarize(result: RunResult) -> dict[str, Any]:
         "p50_s": _finite(percentile(times, 0.5)) if n else None,
         "p90_s": _finite(percentile(times, 0.9)) if n else None,
         "mean_s": round(statistics.fmean(reached), 1) if reached else None,
-        "within_target_share": _share(within, n),
+        "within_target_share": within_target_share(outcomes, s.target_s),
         "target_s": s.target_s,
         "reached_share": _share(len(reached), n),
+        # The engine's arrival moment (geofence or button at the street point, without
+        # the last leg to the patient), from the call's start as well.
+        "engine_arrival_p50_s": _finite(percentile(engine_times, 0.5)) if n else None,
+        "engine_arrival_mean_s": (
+            round(statistics.fmean(engine_reached), 1) if engine_reached else None
+        ),
+        "engine_within_target_share": _share(sum(t <= s.target_s for t in engine_reached), n),
+        "assumptions": s.assumptions(),
         "accepted_share": _share(sum(o.accepted for o in outcomes), n),
         "escalated_share": _share(sum(o.escalated for o in outcomes), n),
         "alerts": result.alerts,
@@ -108,11 +142,43 @@ def _group(group: Sequence[Outcome], target_s: float) -> dict[str, Any]:
     times = _times(group)
     return {
         "incidents": len(group),
-        "within_target_share": _share(sum(t <= target_s for t in times), len(group)),
+        "within_target_share": within_target_share(group, target_s),
         "p50_s": _finite(percentile(times, 0.5)),
         "lat": round(statistics.fmean(o.lat for o in group), 5),
         "lon": round(statistics.fmean(o.lon for o in group), 5),
     }
+
+
+def _human_model(a: Mapping[str, float], baseline: str | None) -> str:
+    shared = f"intake {a['intake_s']:g} s, last leg {a['last_leg_s']:g} s"
+    if baseline:
+        return shared
+    return (
+        f"turnout {a['turnout_s']:g} s (median, sigma {a['turnout_sigma']:g}), "
+        f"{a['silent_share']:.0%} of alerts not accepted never answered, "
+        f"{a['unreachable_share']:.0%} of phones unreachable, {shared}"
+    )
+
+
+def _calibration_lines(c: Mapping[str, Any]) -> list[str]:
+    chosen = c["chosen"]
+    sens = c["sensitivity"]
+    lines = [
+        "",
+        f"calibrated, not sourced: vehicle speed {chosen['vehicle_speed_kmh']:g} km/h and station "
+        f"delay {chosen['station_delay_min_s']:g}-{chosen['station_delay_max_s']:g} s were "
+        f"chosen to reproduce the seed's {c['target_mean_s'] / 60:g} min mean",
+        "sensitivity: mean minutes, call to patient",
+        f"{'station delay':<22}"
+        + "".join(f"{f'{v:g} km/h':>12}" for v in sens["vehicle_speeds_kmh"]),
+    ]
+    lo, hi = chosen["station_delay_min_s"], chosen["station_delay_max_s"]
+    for shift, row in zip(sens["delay_shifts_s"], sens["mean_s"], strict=True):
+        label = f"{max(0.0, lo + shift):g}-{max(0.0, hi + shift):g} s ({shift:+g})"
+        lines.append(
+            f"{label:<22}" + "".join(f"{'-' if m is None else f'{m / 60:.1f}':>12}" for m in row)
+        )
+    return lines
 
 
 def _fmt_s(x: float | None) -> str:
@@ -134,16 +200,31 @@ def format_report(summary: Mapping[str, Any], worst: int = 10) -> str:
         f"{sc['rate_per_hour']} incidents/h for {sc['hours']} h, seed {sc['seed']}"
         if not sc["baseline"]
         else f"scenario: {summary['mode']}: {sc['stations']} stations, "
-        f"{sc['vehicle_speed_kmh']} km/h, turnout {sc['station_delay_min_s']:.0f}-"
+        f"{sc['vehicle_speed_kmh']} km/h, station delay {sc['station_delay_min_s']:.0f}-"
         f"{sc['station_delay_max_s']:.0f} s, {sc['rate_per_hour']} incidents/h for "
         f"{sc['hours']} h, seed {sc['seed']}",
+        "human model               " + _human_model(summary["assumptions"], sc["baseline"]),
+    ]
+    fleet = summary.get("qualified_on_duty")
+    if fleet is not None:
+        skills = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fleet["by_skill"].items())
+        lines.append(f"qualified on duty         {fleet['total']} in total; {skills}")
+    lines += [
         f"incidents                 {summary['incidents']}",
+        "(times from the call's start to the first responder at the patient)",
         f"time to arrival P50       {_fmt_s(summary['p50_s'])}",
         f"time to arrival P90       {_fmt_s(summary['p90_s'])}",
         f"mean (of those reached)   {_fmt_s(summary['mean_s'])}",
-        f"within {summary['target_s']:.0f} s              {_pct(summary['within_target_share'])}",
+        f"within {summary['target_s']:.0f} s              {_pct(summary['within_target_share'])}"
+        " of all incidents",
         f"reached at all            {_pct(summary['reached_share'])}",
+        f"at the street point      P50 {_fmt_s(summary['engine_arrival_p50_s'])}, "
+        f"mean {_fmt_s(summary['engine_arrival_mean_s'])}, within {summary['target_s']:.0f} s "
+        f"{_pct(summary['engine_within_target_share'])}",
     ]
+    calibration = summary.get("stations_calibration")
+    if calibration is not None:
+        lines += _calibration_lines(calibration)
     if not sc["baseline"]:
         lines += [
             f"accepted                  {_pct(summary['accepted_share'])}",

@@ -11,6 +11,11 @@ policy, overdue detection included (every volunteer arrives here, so it rarely f
 the offline phones report their location every 10 s, the live fleet's every 2 s on
 the way, and the stall check, 60 s after an accept, cannot fire within a 40 s run).
 
+The offline human model is switched off here, explicitly (``NO_HUMAN_MODEL``: no
+turnout, no silent alerts, no unreachable phones, no last leg, no intake): the live
+fleet answers every alert it receives and sets off at the "go", and the incidents are
+replayed straight to the engine, so the two runs compare the same world.
+
 Compared: the share of incidents with a confirmed responder, alerts per incident, the
 engine's ETA estimate of the first confirmed responder (median) and the time to the
 first accept (median). Each tolerance is four standard errors of the difference of two
@@ -36,6 +41,7 @@ from dispatch.config import load_config
 from simulators.fleet import Fleet, FleetModel, FleetParams, near_point
 from simulators.incidents import IncidentStream, ScheduledReport
 from simulators.scenario import (
+    NO_HUMAN_MODEL,
     ROOT,
     RunResult,
     Scenario,
@@ -65,6 +71,7 @@ SCENARIO = Scenario(
     unreached_resolve_s=1e6,
     near=XIAOYINGXIANG,
     spread_m=500.0,
+    **NO_HUMAN_MODEL,
 )
 
 

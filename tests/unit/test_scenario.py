@@ -23,18 +23,31 @@ from dispatch.cli import main as cli_main
 from dispatch.config import Config, load_config
 from geo.area import ServiceArea
 from simulators.scenario import (
+    NO_HUMAN_MODEL,
+    Outcome,
+    RunResult,
     Scenario,
     ScenarioError,
     incident_schedule,
     load_area,
+    make_population,
     run_scenario,
+    unreachable,
 )
 from simulators.stations import place_stations
-from simulators.summary import format_report, summarize
+from simulators.summary import format_report, summarize, within_target_share
 
 CONFIG = load_config()
 # A small but real run: the Shangcheng outline, a few hours, a few hundred volunteers.
 SMALL = Scenario(volunteers=600, hours=6.0, rate_per_hour=12.0, seed=7)
+# The same without the human model (turnout, silence, unreachable phones, last leg,
+# intake all 0): for the tests of the engine's own mechanics, whose expected figures
+# come from acceptance and arrive_share alone.
+BARE = replace(SMALL, **NO_HUMAN_MODEL)
+BARE_FLAGS = (
+    "--turnout", "0", "--silent-share", "0", "--unreachable-share", "0",
+    "--last-leg", "0", "--intake", "0",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +117,10 @@ def test_alerts_come_from_the_engines_dispatcher(
 
 
 def test_naive_alerts_one_volunteer_at_a_time_in_sequence(area: ServiceArea) -> None:
-    result = run_scenario(replace(SMALL, policy="naive"), area=area, config=CONFIG)
+    result = run_scenario(replace(BARE, policy="naive"), area=area, config=CONFIG)
     assert result.wave_size == 1
     s = summarize(result)
-    waves = _summary(SMALL, area)
+    waves = _summary(BARE, area)
     assert s["alerts_per_incident"] < waves["alerts_per_incident"] / 2  # type: ignore[operator]
     # Replies come back before the next volunteer is called: at 35 % acceptance, about
     # 1 / 0.35 = 2.9 calls per incident.
@@ -255,12 +268,16 @@ def _simulate_json(tmp_path: Path, name: str, *flags: str) -> dict[str, object]:
 
 
 def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -> None:
-    """--overdue-grace/-factor and --backup-responders reach the engine's policy and act."""
-    # Overdue detection is measured without backups (on by default), which would hide it.
-    nb = ("--backup-responders", "0")
+    """--overdue-grace/-factor and --backup-responders reach the engine's policy and act.
+
+    Without the human model: the figures below are about the ~28 % who never arrive (a
+    turnout of its own makes some who will arrive look stalled at first). Overdue
+    detection is measured without backups (on by default), which would hide it.
+    """
+    nb = ("--backup-responders", "0", *BARE_FLAGS)
     default = _simulate_json(tmp_path, "default", *nb)
     off = _simulate_json(tmp_path, "off", "--overdue-grace", "1e9", "--stall-after", "0", *nb)
-    backup = _simulate_json(tmp_path, "backup", "--backup-responders", "1")
+    backup = _simulate_json(tmp_path, "backup", "--backup-responders", "1", *BARE_FLAGS)
     # The overdue time acts on its own when no location reports come in.
     clock = _simulate_json(tmp_path, "clock", "--location-interval", "0", *nb)
     late = _simulate_json(
@@ -339,8 +356,9 @@ def test_same_seed_same_json_across_processes(tmp_path: Path) -> None:
 
 
 # Denser than SMALL (8,000 on duty, 24 incidents an hour for 12 h): ETAs of a minute or
-# two, where noticing a no-show at 60 s rather than at 1.5 x ETA + 30 s matters.
-DENSE = Scenario(volunteers=8000, hours=12.0, rate_per_hour=24.0, seed=7)
+# two, where noticing a no-show at 60 s rather than at 1.5 x ETA + 30 s matters. Without
+# the human model: the test is about the no-shows, not about slow starters.
+DENSE = Scenario(volunteers=8000, hours=12.0, rate_per_hour=24.0, seed=7, **NO_HUMAN_MODEL)
 
 
 def test_location_reports_make_stalled_responders_overdue_sooner(area: ServiceArea) -> None:
@@ -417,3 +435,264 @@ def test_stall_check_off_leaves_only_the_clock(tmp_path: Path) -> None:
     assert off["overdue_by_location_share"] == 0.0
     assert on["overdue_by_location_share"] > 0.8  # type: ignore[operator]
     assert off["mean_time_to_overdue_s"] > on["mean_time_to_overdue_s"]  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------------------- human model
+# Each element of the human model, with the others off (BARE), against the run without it.
+
+# Nobody is ever overdue: a slow start must not bring replacements that change the run.
+NO_OVERDUE = load_config(overrides={"policy.overdue_grace_s": 1e9, "policy.stall_after_s": 0.0})
+
+
+def _replies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(volunteer, answer) of every reply the engine's core receives from now on."""
+    replies: list[tuple[str, str]] = []
+    real = dispatch.dispatcher.Dispatcher.reply
+
+    def spy(self, msg, now):  # type: ignore[no-untyped-def]
+        replies.append((msg.volunteer_id, msg.answer.value))
+        return real(self, msg, now)
+
+    monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "reply", spy)
+    return replies
+
+
+def _alerted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The volunteer of every alert the engine's core sends from now on."""
+    alerted: list[str] = []
+    real = dispatch.dispatcher.Dispatcher._alert
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        alerted.append(args[1].volunteer_id)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "_alert", spy)
+    return alerted
+
+
+def test_turnout_delays_the_arrival_by_the_turnout(area: ServiceArea) -> None:
+    """A fixed 40 s turnout: the same people accept, and each is at the patient 40 s later."""
+    sure = replace(BARE, arrive_share=1.0)
+    before = run_scenario(sure, area=area, config=NO_OVERDUE)
+    after = run_scenario(
+        replace(sure, turnout_s=40.0, turnout_sigma=0.0), area=area, config=NO_OVERDUE
+    )
+    pairs = [
+        (a, b)
+        for a, b in zip(before.outcomes, after.outcomes, strict=True)
+        if a.time_to_arrival_s is not None and b.time_to_arrival_s is not None
+    ]
+    assert len(pairs) > 60
+    shifts = sorted(b.time_to_arrival_s - a.time_to_arrival_s for a, b in pairs)  # type: ignore[operator]
+    assert abs(shifts[len(shifts) // 2] - 40.0) < 0.5
+    # Busy 40 s longer, a few later incidents find other people free: most shift exactly.
+    assert sum(abs(x - 40.0) < 0.5 for x in shifts) >= 0.8 * len(shifts)
+    # The accepts themselves come as before: the turnout is after the accept.
+    same_accept = sum(a.first_accept_s == b.first_accept_s for a, b in pairs)
+    assert same_accept >= 0.8 * len(pairs)
+    # A lognormal turnout of median 40 s: a mean shift of about exp(0.5^2/2) x 40 = 45 s.
+    spread = run_scenario(replace(sure, turnout_s=40.0), area=area, config=NO_OVERDUE)
+    assert 35.0 < _mean_shift(before, spread) < 55.0
+
+
+def _mean_shift(before: RunResult, after: RunResult) -> float:
+    """The mean change of time to arrival over the incidents reached in both runs."""
+    shifts = [
+        b.time_to_arrival_s - a.time_to_arrival_s
+        for a, b in zip(before.outcomes, after.outcomes, strict=True)
+        if a.time_to_arrival_s is not None and b.time_to_arrival_s is not None
+    ]
+    return sum(shifts) / len(shifts)
+
+
+def test_silent_alerts_never_produce_a_reply(
+    area: ServiceArea, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replies = _replies(monkeypatch)
+    alerted = _alerted(monkeypatch)
+    # Nobody accepts and every alert not accepted is silent: not one reply.
+    run_scenario(replace(BARE, acceptance=0.0, silent_share=1.0), area=area, config=CONFIG)
+    assert alerted
+    assert replies == []
+    # Silence takes only from the alerts not accepted: everybody accepts, all reply.
+    replies.clear()
+    run_scenario(replace(BARE, acceptance=1.0, silent_share=1.0), area=area, config=CONFIG)
+    assert replies
+    assert {answer for _, answer in replies} == {"accept"}
+    # Half of the declines go unsaid: about half the alerts get a reply (all declines).
+    replies.clear()
+    alerted.clear()
+    run_scenario(replace(BARE, acceptance=0.0, silent_share=0.5), area=area, config=CONFIG)
+    n = len(alerted)
+    assert n > 200
+    assert {answer for _, answer in replies} == {"decline"}
+    # Stand-downs before the reply take a few more; four binomial sd below the half.
+    assert 0.5 * n - 4 * math.sqrt(n / 4) - 0.1 * n < len(replies) < 0.5 * n + 4 * math.sqrt(n / 4)
+
+
+def test_unreachable_phones_never_reply(area: ServiceArea, monkeypatch: pytest.MonkeyPatch) -> None:
+    replies = _replies(monkeypatch)
+    alerted = _alerted(monkeypatch)
+    s = replace(BARE, unreachable_share=0.5)
+    ids = [v.id for v in make_population(s, area)]
+    away = unreachable(s, ids)
+    assert 0.4 * len(ids) < len(away) < 0.6 * len(ids)
+    run_scenario(s, area=area, config=CONFIG)
+    assert set(alerted) & away  # the engine alerts them: it cannot know
+    assert replies
+    assert not {vid for vid, _ in replies} & away
+    # A property of the person, drawn once per run: the same people for every policy
+    # with this seed, and a larger share only adds people.
+    assert unreachable(replace(s, policy="naive"), ids) == away
+    assert unreachable(replace(s, unreachable_share=0.2), ids) < away
+    assert unreachable(replace(s, seed=8), ids) != away
+    assert unreachable(replace(s, unreachable_share=0.0), ids) == frozenset()
+
+
+def test_intake_delays_volunteers_and_stations_alike(area: ServiceArea) -> None:
+    """The engine has the report 30 s after the call started: every time is 30 s longer."""
+    now = run_scenario(BARE, area=area, config=CONFIG)
+    later = run_scenario(replace(BARE, intake_s=30.0), area=area, config=CONFIG)
+    assert [o.alerts for o in now.outcomes] == [o.alerts for o in later.outcomes]
+    pairs = list(zip(now.outcomes, later.outcomes, strict=True))
+    reached = [(a, b) for a, b in pairs if a.time_to_arrival_s is not None]
+    assert len(reached) > 40
+    for a, b in reached:
+        assert b.time_to_arrival_s == pytest.approx(a.time_to_arrival_s + 30.0, abs=1e-3)
+        assert b.engine_arrival_s == pytest.approx(a.engine_arrival_s + 30.0, abs=1e-3)  # type: ignore[operator]
+    for a, b in pairs:
+        if a.first_accept_s is not None:
+            assert b.first_accept_s == pytest.approx(a.first_accept_s + 30.0, abs=1e-3)
+    stations = replace(BARE, baseline="stations")
+    s0 = run_scenario(stations, area=area, config=CONFIG)
+    s30 = run_scenario(replace(stations, intake_s=30.0), area=area, config=CONFIG)
+    for a, b in zip(s0.outcomes, s30.outcomes, strict=True):
+        assert b.time_to_arrival_s == pytest.approx(a.time_to_arrival_s + 30.0)  # type: ignore[operator]
+
+
+def test_time_to_arrival_is_at_the_patient_the_engines_moment_beside_it(
+    area: ServiceArea,
+) -> None:
+    for s in (SMALL, replace(SMALL, baseline="stations")):
+        result = run_scenario(s, area=area, config=CONFIG)
+        reached = [o for o in result.outcomes if o.time_to_arrival_s is not None]
+        assert reached
+        for o in reached:
+            assert o.engine_arrival_s is not None
+            assert o.time_to_arrival_s == pytest.approx(o.engine_arrival_s + s.last_leg_s)
+        summary = summarize(result)
+        assert summary["engine_arrival_mean_s"] == pytest.approx(
+            summary["mean_s"] - s.last_leg_s, abs=0.1
+        )
+        assert summary["engine_within_target_share"] >= summary["within_target_share"]
+
+
+def test_headline_counts_every_incident_unreached_ones_as_misses() -> None:
+    def outcome(n: int, t: float | None) -> Outcome:
+        return Outcome(
+            id=f"i{n}", kind="fall", cell="c1", lat=30.25, lon=120.17,
+            time_to_arrival_s=t, escalated=t is None, alerts=3, accepted=t is not None,
+            first_eta_s=None, first_accept_s=None,
+            engine_arrival_s=None if t is None else t - 20.0,
+        )  # fmt: skip
+
+    times = (100.0, 170.0, 190.0, None, None)  # 190 s at the patient is 170 s at the street
+    result = RunResult(
+        scenario=Scenario(), outcomes=tuple(outcome(n, t) for n, t in enumerate(times)),
+        alerts=15, wave_size=6, max_open_alerts=3,
+    )  # fmt: skip
+    s = summarize(result)
+    assert s["within_target_share"] == within_target_share(result.outcomes, 180.0) == 2 / 5
+    assert s["engine_within_target_share"] == 3 / 5
+    assert s["reached_share"] == 3 / 5
+    assert s["mean_s"] == pytest.approx((100 + 170 + 190) / 3, abs=0.1)
+    assert s["p50_s"] == 190.0
+    assert s["p90_s"] is None  # falls among the unreached
+    assert s["kinds"]["fall"]["within_target_share"] == 2 / 5
+    assert within_target_share((), 180.0) is None
+
+
+def test_json_and_report_carry_the_assumptions_and_the_fleet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "run.json"
+    args = ["simulate", "--quiet", "--volunteers", "400", "--hours", "2", "--rate", "12"]
+    assert cli_main([*args, "--json", str(target)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(target.read_text())
+    assert data["assumptions"] == {
+        "turnout_s": 40.0,
+        "turnout_sigma": 0.5,
+        "silent_share": 0.4,
+        "unreachable_share": 0.1,
+        "last_leg_s": 20.0,
+        "intake_s": 30.0,
+    }
+    fleet = data["qualified_on_duty"]
+    assert fleet["total"] == 400
+    assert set(fleet["by_skill"]) == {"first_aid", "patrol", "mediation"}
+    assert 0.5 * 400 < fleet["by_skill"]["first_aid"] < 0.7 * 400  # the fleet's 60 %
+    assert "qualified on duty         400 in total; first aid" in text
+    assert "human model               turnout 40 s" in text
+    for key in ("engine_arrival_p50_s", "engine_arrival_mean_s", "engine_within_target_share"):
+        assert key in data, key
+    flags = ["--turnout", "25", "--turnout-sigma", "0.3", "--silent-share", "0.2",
+             "--unreachable-share", "0.05", "--last-leg", "45", "--intake", "60"]  # fmt: skip
+    assert cli_main([*args, *flags, "--skills", "all", "--json", str(target)]) == 0
+    data = json.loads(target.read_text())
+    assert data["assumptions"] == {
+        "turnout_s": 25.0,
+        "turnout_sigma": 0.3,
+        "silent_share": 0.2,
+        "unreachable_share": 0.05,
+        "last_leg_s": 45.0,
+        "intake_s": 60.0,
+    }
+    assert data["qualified_on_duty"]["by_skill"] == dict.fromkeys(
+        ("first_aid", "patrol", "mediation"), 400
+    )
+
+
+def test_stations_baseline_says_what_was_calibrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "stations.json"
+    args = ["simulate", "--quiet", "--baseline", "stations", "--hours", "48", "--seed", "7"]
+    assert cli_main([*args, "--json", str(target)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(target.read_text())
+    calibration = data["stations_calibration"]
+    assert calibration["target_mean_s"] == 480.0
+    assert calibration["chosen"] == {
+        "vehicle_speed_kmh": 16.0,
+        "station_delay_min_s": 30.0,
+        "station_delay_max_s": 120.0,
+    }
+    assert set(calibration["fixed_from_sources"]) >= {"intake_s", "last_leg_s"}
+    assert abs(data["mean_s"] - 480.0) < 30.0  # the calibration holds on another seed
+    sens = calibration["sensitivity"]
+    table = sens["mean_s"]
+    assert sens["vehicle_speeds_kmh"] == [12.0, 16.0, 20.0]
+    assert table[1][1] == pytest.approx(data["mean_s"], abs=0.1)  # the run itself
+    for row in table:
+        assert row[0] > row[1] > row[2]  # faster vehicles, sooner
+    for col in range(3):
+        assert table[0][col] < table[1][col] < table[2][col]  # longer delay, later
+        assert table[2][col] - table[0][col] == pytest.approx(60.0, abs=1.0)
+    assert "calibrated, not sourced: vehicle speed 16 km/h" in text
+    assert "sensitivity: mean minutes" in text
+    assert data["assumptions"]["intake_s"] == 30.0
+    assert "qualified_on_duty" not in data
+
+
+def test_bad_human_model_values_name_the_option() -> None:
+    for change, option in (
+        ({"turnout_s": -1.0}, "--turnout"),
+        ({"turnout_sigma": 3.0}, "--turnout-sigma"),
+        ({"silent_share": 1.2}, "--silent-share"),
+        ({"unreachable_share": -0.1}, "--unreachable-share"),
+        ({"last_leg_s": math.inf}, "--last-leg"),
+        ({"intake_s": 4000.0}, "--intake"),
+    ):
+        with pytest.raises(ScenarioError, match=f"^{option} must be"):
+            Scenario(**change)  # type: ignore[arg-type]
