@@ -468,13 +468,21 @@ class Dispatcher:
         self._at(incident.next_wave_at, _WAVE, incident.id)
         if chosen:
             self._move(incident, State.ALERTING, now, effects, only_from=(State.OPEN,))
-            best = min(c.eta_s for c in chosen)
-            if best > self.policy.target_s and not incident.confirmed:
+            # the best of this wave and of the alerts still awaiting an answer
+            best = min(
+                [c.eta_s for c in chosen]
+                + [a.eta_s for a in incident.alerts.values() if a.status is AlertStatus.PENDING]
+            )
+            # Time already gone (call handling, earlier waves) and people's time to answer
+            # and set off count too: the target is at risk when the best cannot make it.
+            used = now - incident.reported_at + self.policy.setoff_s()
+            if used + best > self.policy.target_s and not incident.confirmed:
                 # A late responder is better than none, but a person must know now.
                 self._escalate(
                     incident,
-                    f"the fastest volunteer needs about {best:.0f} s, "
-                    f"more than the {self.policy.target_s:.0f} s target",
+                    f"the fastest volunteer needs about {best:.0f} s and {used:.0f} s are "
+                    f"gone or needed to set off: more than the {self.policy.target_s:.0f} s "
+                    "target",
                     now,
                     effects,
                 )
@@ -798,11 +806,12 @@ class Dispatcher:
         responder = next((r for r in incident.responders if r.volunteer_id == volunteer.id), None)
         if responder is None or responder.overdue or not responder.on_the_way:
             return
-        waited = now - responder.accepted_at
+        # People need time to get going (turnout): the clock starts when they should be off.
+        moving = now - responder.accepted_at - self.policy.turnout_s
         alert = incident.alerts.get(responder.alert_id)
-        if waited < self.policy.stall_after_s or alert is None or not _eta_known(alert):
+        if moving < self.policy.stall_after_s or alert is None or not _eta_known(alert):
             return
-        expected_m = self.travel.reach_m(waited, volunteer.mode.value)
+        expected_m = self.travel.reach_m(moving, volunteer.mode.value)
         if alert.distance_m - distance_m < max(20.0, 0.25 * expected_m):
             self._on_overdue(incident, responder.alert_id, now, effects, why="no progress")
 

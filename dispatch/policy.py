@@ -228,7 +228,7 @@ class Policy:
 
     def overdue_after_s(self, eta_s: float) -> float:
         """How long after accepting a responder may take before counting as overdue."""
-        return eta_s * self.overdue_factor + self.overdue_grace_s
+        return self.turnout_s + eta_s * self.overdue_factor + self.overdue_grace_s
 
     @property
     def reply_wait_s(self) -> float:

@@ -312,7 +312,8 @@ class Scenario:
                 "station_delay_min_s", lo, f"at least 0 and at most --station-delay-max ({hi})"
             )
         if self.policy not in {s.value for s in Strategy}:
-            raise ScenarioError("policy", self.policy, "'waves' or 'naive'")
+            names = ", ".join(f"'{s.value}'" for s in Strategy)
+            raise ScenarioError("policy", self.policy, f"one of {names}")
         if self.baseline not in (None, "stations"):
             raise ScenarioError("baseline", self.baseline, "'stations' (or left out)")
         if self.skills not in ("mix", "all"):
@@ -861,6 +862,7 @@ def _policy_record(policy: Policy) -> dict[str, Any]:
         "max_wave_size",
         "max_waves",
         "backup_responders",
+        "max_alerts",
         "overdue_factor",
         "overdue_grace_s",
         "stall_after_s",

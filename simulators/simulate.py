@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from dispatch.config import load_config
 from dispatch.errors import ConfigError
+from dispatch.policy import Strategy
 from geo.area import ServiceArea
 from simulators.scenario import RunResult, Scenario, ScenarioError, load_area, run_scenario
 from simulators.summary import format_report, summarize
@@ -78,9 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=d.seed, metavar="S", help=f"random seed (default {d.seed})")
     a(
         "--policy",
-        choices=["waves", "naive"],
+        choices=[s.value for s in Strategy],
         default=d.policy,
-        help="the engine's dispatch strategy (default waves)",
+        help="the dispatch strategy: the engine's own (waves, the default), or a baseline: "
+        "naive (one at a time) or the documented rules of pulsepoint, goodsam, heartrunner, "
+        "firstaed, mobile-retter (docs/planning.md)",
     )
     a(
         "--baseline",
@@ -271,7 +274,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="K",
         help="the engine's policy.backup_responders: up to K extra acceptors of the waves "
-        "already sent are kept as backups (config default 0)",
+        "already sent are kept as backups (config default 2)",
+    )
+    a(
+        "--alert-budget",
+        type=int,
+        metavar="K",
+        help="the engine's policy.max_alerts: at most K alerts for one incident (to compare "
+        "policies at the same alert load; config default 0, no cap)",
     )
     a(
         "--overdue-factor",
@@ -336,6 +346,7 @@ _POLICY_FLAGS = (
     ("max_wave_size", "policy.max_wave_size"),
     ("max_waves", "policy.max_waves"),
     ("backup_responders", "policy.backup_responders"),
+    ("alert_budget", "policy.max_alerts"),
     ("overdue_factor", "policy.overdue_factor"),
     ("overdue_grace", "policy.overdue_grace_s"),
     ("stall_after", "policy.stall_after_s"),

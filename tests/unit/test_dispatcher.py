@@ -494,7 +494,7 @@ def test_overdue_responder_brings_a_new_wave_and_stays_assigned(area: ServiceAre
     sent = alerts(report(d))
     accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
     eta = sent["v0"]["eta_s"]
-    due = T0 + 10 + eta * 1.5 + 30 + 0.1  # the alert's eta_s is rounded to 0.1 s
+    due = T0 + 10 + eta * 1.5 + 30 + 40 + 0.1  # the alert's eta_s is rounded to 0.1 s
     assert alerts(d.tick(due - 1)) == {}  # not yet
     effects = d.tick(due)
     second = alerts(effects)
@@ -504,7 +504,10 @@ def test_overdue_responder_brings_a_new_wave_and_stays_assigned(area: ServiceAre
     assert incident.responders[0].overdue
     assert incident.still_needed == 1
     state = state_of(effects)
-    assert state["state"] == "assigned"  # the overdue volunteer may still come
+    # the overdue volunteer stays assigned (they may still come); nobody new can make the
+    # target any more (224 s are gone), so the control room is told at once
+    assert state["state"] == "escalated"
+    assert [r["volunteer_id"] for r in state["responders"]] == ["v0"]
     assert state["responders"][0]["overdue"] is True
     assert any(isinstance(e, LogEvent) and e.type == "overdue" for e in effects)
     # the overdue volunteer still counts when they do arrive
@@ -517,7 +520,7 @@ def test_overdue_with_nobody_else_escalates(area: ServiceArea) -> None:
     on_duty(d, "v0", 300)
     sent = alerts(report(d))
     accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
-    effects = d.tick(T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1)
+    effects = d.tick(T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 40 + 0.1)
     state = state_of(effects)
     assert state["state"] == "escalated"
     assert "no available volunteer" in state["escalation_reason"]
@@ -559,7 +562,7 @@ def test_backups_keep_spare_acceptors_without_extra_waves(area: ServiceArea) -> 
     fourth = assignments(accept(d, "v2", sent["v2"]["alert_id"], T0 + 27))
     assert (fourth["v2"]["action"], fourth["v2"]["reason"]) == ("stand_down", "filled by others")
     # a backup covers an overdue responder: no new wave is needed
-    v0_due = T0 + 26 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1
+    v0_due = T0 + 26 + sent["v0"]["eta_s"] * 1.5 + 30 + 40 + 0.1
     assert alerts(d.tick(v0_due)) == {}
     assert d.incidents["inc1"].still_needed == 0
     assert {r.volunteer_id: r.role for r in d.incidents["inc1"].responders if r.counted} == {
@@ -578,7 +581,7 @@ def test_restore_rearms_overdue_timers(area: ServiceArea) -> None:
     for i in range(3):
         on_duty(fresh, f"v{i}", 100 * (i + 1))
     fresh.restore_incident(record)
-    due = T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 0.1
+    due = T0 + 10 + sent["v0"]["eta_s"] * 1.5 + 30 + 40 + 0.1
     effects = fresh.tick(due)
     assert any(isinstance(e, LogEvent) and e.type == "overdue" for e in effects)
 
@@ -591,10 +594,11 @@ def test_responder_making_no_progress_is_overdue_early(area: ServiceArea) -> Non
     accept(d, "v3", sent["v3"]["alert_id"], T0 + 10)  # 400 m north, walking 1.8 m/s
     here = LAT + 400 / 111_195
     # too early to judge, however still they are
-    early = d.location(LocationUpdate("v3", here, LON), T0 + 50)
+    early = d.location(LocationUpdate("v3", here, LON), T0 + 90)
     assert not [e for e in early if isinstance(e, LogEvent)]
-    # 65 s after accepting they should have come some 90 m; 10 m is not progress
-    effects = d.location(LocationUpdate("v3", here - 10 / 111_195, LON), T0 + 75)
+    # 65 s after they should have set off (the 40 s turnout after accepting) they should
+    # have come some 90 m; 10 m is not progress
+    effects = d.location(LocationUpdate("v3", here - 10 / 111_195, LON), T0 + 115)
     overdue = [e for e in effects if isinstance(e, LogEvent) and e.type == "overdue"]
     assert [e.data["why"] for e in overdue] == ["no progress"]
     assert alerts(effects)  # a new wave for the missing responder
@@ -607,7 +611,7 @@ def test_responder_on_the_way_is_not_overdue(area: ServiceArea) -> None:
     sent = alerts(report(d))
     accept(d, "v3", sent["v3"]["alert_id"], T0 + 10)
     # 70 m closer after 65 s: slower than the model, but coming
-    effects = d.location(LocationUpdate("v3", LAT + 330 / 111_195, LON), T0 + 75)
+    effects = d.location(LocationUpdate("v3", LAT + 330 / 111_195, LON), T0 + 115)
     assert not [e for e in effects if isinstance(e, LogEvent)]
     assert not d.incidents["inc1"].responders[0].overdue
 

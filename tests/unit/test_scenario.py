@@ -291,6 +291,7 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
         "max_wave_size": 8,
         "max_waves": 3,
         "backup_responders": 0,  # set by the test (the default is 2)
+        "max_alerts": 0,
         "overdue_factor": 1.5,
         "overdue_grace_s": 30.0,
         "stall_after_s": 60.0,
@@ -305,7 +306,9 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
     assert off["overdue_share"] == 0.0
     # (more than one a call even so: a faster acceptor takes a slower one's place)
     assert off["responders_per_incident"] < default["responders_per_incident"]  # type: ignore[operator]
-    assert 0.15 < default["overdue_share"] < 0.45  # type: ignore[operator]
+    # (the policy allows for a 40 s turnout this world lacks, so some arrive before
+    # they would have counted as overdue)
+    assert 0.1 < default["overdue_share"] < 0.45  # type: ignore[operator]
     assert off["reached_share"] < 0.85 < 0.95 < default["reached_share"]  # type: ignore[operator]
     assert default["alerts_per_incident"] > off["alerts_per_incident"]  # type: ignore[operator]
     # Waiting longer before calling a responder overdue marks fewer of them so.
@@ -364,7 +367,8 @@ DENSE = Scenario(volunteers=8000, hours=12.0, rate_per_hour=24.0, seed=7, **NO_H
 def test_location_reports_make_stalled_responders_overdue_sooner(area: ServiceArea) -> None:
     """The engine's stall check, fed by the phones' reports, gives up on no-shows at 60 s."""
     # Without backups (on by default), which cover for no-shows and would hide the effect.
-    no_backups = replace(CONFIG, policy=replace(CONFIG.policy, backup_responders=0))
+    # The world here has no turnout, so neither does the policy's expectation.
+    no_backups = replace(CONFIG, policy=replace(CONFIG.policy, backup_responders=0, turnout_s=0.0))
     reports = _summary(DENSE, area, no_backups)
     silent = _summary(replace(DENSE, location_interval_s=0.0), area, no_backups)
     assert reports["incidents"] == silent["incidents"] > 200
@@ -372,6 +376,7 @@ def test_location_reports_make_stalled_responders_overdue_sooner(area: ServiceAr
     # responder who has not moved is overdue at the first report 60 s after accepting.
     assert silent["overdue_by_location_share"] == 0.0
     assert reports["overdue_by_location_share"] > 0.8  # type: ignore[operator]
+    # (60 s after they should have set off: the policy expects a 40 s turnout)
     assert reports["mean_time_to_overdue_s"] <= 60 + DENSE.location_interval_s
     assert silent["mean_time_to_overdue_s"] > 120  # type: ignore[operator]
     # The no-shows are the same ~28 %, noticed sooner: more incidents reached in time.
