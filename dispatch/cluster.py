@@ -62,12 +62,14 @@ from dispatch.config import Config
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.effects import Effect, LogEvent, Publish
 from dispatch.engine import Engine
-from dispatch.errors import BackendUnavailable, BadMessage, DispatchError, InvalidTransition
+from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import ENDED, State, advance
 from dispatch.model import Report, is_valid_id
 from dispatch.ports import ReportOutcome
 from dispatch.store import Admission, ClusterStore, Fence, WorkEntry
 
+# OwnerUnavailable lives in dispatch/errors.py; named here too for those who import it
+# from here (dispatch/web.py).
 __all__ = ["Cluster", "FencedStore", "OwnerUnavailable", "current_message"]
 
 log = logging.getLogger(__name__)
@@ -98,25 +100,6 @@ _ACTION_TARGET = {
 
 def message_key(topic: str, payload: bytes) -> bytes:
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
-
-
-class OwnerUnavailable(DispatchError):
-    """The instance owning an incident did not answer a forwarded operator action in time."""
-
-    def __init__(self, incident_id: str, instance: str, *, maybe_done: bool, lease_s: float):
-        what = (
-            "the action may still be carried out: read the incident before trying again"
-            if maybe_done
-            else "the action was not carried out"
-        )
-        super().__init__(
-            f"incident '{incident_id}' is handled by engine instance '{instance}', which did "
-            f"not answer within {_FORWARD_S:g} s; {what}. If that instance has stopped, "
-            f"another takes its incidents over within {lease_s:g} s: try again then"
-        )
-        self.incident_id = incident_id
-        self.instance = instance
-        self.maybe_done = maybe_done
 
 
 class FencedStore(ClusterStore):
@@ -407,7 +390,11 @@ class Cluster:
             if time.monotonic() >= deadline:
                 instance = "?" if owner is None else owner.rpartition(":")[0]
                 raise OwnerUnavailable(
-                    incident_id, instance, maybe_done=False, lease_s=self.lease_ms / 1000
+                    incident_id,
+                    instance,
+                    maybe_done=False,
+                    lease_s=self.lease_ms / 1000,
+                    waited_s=_FORWARD_S,
                 )
             await asyncio.sleep(0.05)  # ownership is moving: look again
 
@@ -453,7 +440,11 @@ class Cluster:
         # Not answered in time. Still in the list: never taken, so never carried out.
         taken = not await self.store.withdraw(instance, command)
         raise OwnerUnavailable(
-            incident_id, instance, maybe_done=taken, lease_s=self.lease_ms / 1000
+            incident_id,
+            instance,
+            maybe_done=taken,
+            lease_s=self.lease_ms / 1000,
+            waited_s=_FORWARD_S,
         )
 
     async def serve_commands(self) -> None:
