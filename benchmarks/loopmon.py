@@ -12,7 +12,8 @@ Lines written (times are ``time.time()``, durations ms):
 - ``lag <t> <ms>``: a 1 ms ``asyncio.sleep`` that came back over 2 ms late, i.e. the loop
   was held that long by something else (the task costs ~2 % of a core);
 - ``flush <t> <positions> <ms>``: one position flush, start to end (including the wait
-  for Redis, so an upper bound on how long it held the loop).
+  for Redis, so an upper bound on how long it held the loop), through the engine's
+  ``on_positions_flushed`` hook.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ async def _lag() -> None:
 
 
 _run = _service.Service.run
-_flush = _service.Service._flush_positions
+
+
+def _on_flush(count: int, took_s: float) -> None:
+    _out.write(f"flush {time.time():.3f} {count} {took_s * 1e3:.2f}\n")
 
 
 async def _monitored_run(self: _service.Service, stop: asyncio.Event) -> None:
+    self.engine.on_positions_flushed = _on_flush  # the engine's public diagnostics hook
     task = asyncio.ensure_future(_lag())
     try:
         await _run(self, stop)
@@ -59,12 +64,5 @@ async def _monitored_run(self: _service.Service, stop: asyncio.Event) -> None:
         task.cancel()
 
 
-async def _timed_flush(self: _service.Service) -> None:
-    start, count = time.perf_counter(), len(self._positions)
-    await _flush(self)
-    _out.write(f"flush {time.time():.3f} {count} {(time.perf_counter() - start) * 1e3:.2f}\n")
-
-
 gc.callbacks.append(_on_gc)
 _service.Service.run = _monitored_run  # type: ignore[method-assign]
-_service.Service._flush_positions = _timed_flush  # type: ignore[method-assign]

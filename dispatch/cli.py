@@ -1,18 +1,19 @@
-"""The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same)."""
+"""The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same).
+
+It parses arguments and loads the configuration; the objects are built by the
+composition root, dispatch/wiring.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
-
-from aiohttp import web
 
 from dispatch.config import Config, load_config
 from dispatch.errors import ConfigError
@@ -100,33 +101,6 @@ def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
     return load_config(args.config or env.get("DISPATCH_CONFIG"), env=env, overrides=overrides)
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
-    """The engine and its HTTP port, until ``stop`` is set."""
-    from dispatch.service import Service
-    from dispatch.web import make_app
-
-    service = Service(config)
-    runner = web.AppRunner(
-        make_app(service), access_log=None, handle_signals=False, shutdown_timeout=2
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port)
-    await site.start()
-    log.info(
-        "serving http://%s:%s (MQTT %s, topic root '%s')",
-        config.http_host,
-        config.http_port,
-        config.mqtt_url.split("@")[-1],
-        config.topic_root,
-    )
-    try:
-        await service.run(stop)
-    finally:
-        # Open event streams are cut after the runner's 2 s grace; never hang on exit.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.cleanup(), 5)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = dict(os.environ)
@@ -166,6 +140,8 @@ def _run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        from dispatch.wiring import serve
+
         await serve(config, stop)
 
     try:

@@ -17,9 +17,9 @@ Off by default: a single engine never uses this module. With ``[cluster] enabled
 - Every write for an incident is fenced: the persistence effects run in a transaction
   that WATCHes the owner keys and checks the tokens (``FencedStore.apply``), and a
   volunteer is claimed by a Lua script that checks the token in the same step
-  (``_CLAIM``). An instance that was paused (SIGSTOP, a long GC, a VM migration) past
-  its lease finds its token gone when it wakes: its writes and claims are refused, it
-  forgets those incidents and publishes nothing for them.
+  (``ClusterStore.claim_as_owner``). An instance that was paused (SIGSTOP, a long GC,
+  a VM migration) past its lease finds its token gone when it wakes: its writes and
+  claims are refused, it forgets those incidents and publishes nothing for them.
 - An instance that died leaves entries pending in the group and incidents whose lease
   runs out. Every second each instance takes entries idle for ``reclaim_idle_s``
   (XAUTOCLAIM), and adopts open incidents with no owner: it takes the lease, reloads
@@ -29,15 +29,20 @@ Off by default: a single engine never uses this module. With ``[cluster] enabled
   only when no instance knows the alert (``alert:{id}``) or incident.
 - The HTTP API of every instance answers for every incident: it reads incidents from
   Redis, sends a report through the work stream, and hands an operator action on
-  another instance's incident to that instance's command list ``commands:{instance}``
-  and waits (``_FORWARD_S``) for the answer on a reply key; an open incident with no
-  owner is adopted first. The owner acts under its fencing token, as on its own.
+  another instance's incident to that instance's command list and waits
+  (``_FORWARD_S``) for the answer on a reply key; an open incident with no owner is
+  adopted first. The owner acts under its fencing token, as on its own.
 
 Known limits, written down in docs/reliability.md: a volunteer's pending alert is known
 to its owner only, so two instances may alert one volunteer at the same time (the claims
 still let only one commit them). Replies and arrivals for others' incidents are parked
 30 s, so that the instance that adopts an incident answers those sent while its owner was
 dying.
+
+This module speaks to the shell only through public seams: the engine
+(dispatch/engine.py) and the cluster part of the store (``ClusterStore``, where every
+key and script is); `Cluster` implements the ports of dispatch/ports.py, and the
+composition root (dispatch/wiring.py) plugs it in.
 """
 
 from __future__ import annotations
@@ -48,31 +53,28 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError, WatchError
 
+from dispatch.config import Config
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
-from dispatch.effects import Effect, LogEvent, Publish, Release, SaveIncident
-from dispatch.errors import BackendUnavailable, BadMessage, DispatchError, InvalidTransition
+from dispatch.effects import Effect, LogEvent, Publish
+from dispatch.engine import Engine
+from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import ENDED, State, advance
 from dispatch.model import Report, is_valid_id
-from dispatch.service import ReportOutcome
-from dispatch.store import Admission, Store
+from dispatch.ports import ReportOutcome
+from dispatch.store import Admission, ClusterStore, Fence, WorkEntry
 
-if TYPE_CHECKING:
-    from dispatch.dispatcher import Dispatcher
-    from dispatch.service import Service
-
+# OwnerUnavailable lives in dispatch/errors.py; named here too for those who import it
+# from here (dispatch/web.py).
 __all__ = ["Cluster", "FencedStore", "OwnerUnavailable", "current_message"]
 
 log = logging.getLogger(__name__)
 
-_GROUP = "engines"
 _ONCE_MS = 10_000  # how long a "sent once" decision (a rejection, an id-less report) holds
-_WORK_MAX = 100_000  # the work stream's cap (acknowledged entries are deleted at once)
 _LOST_KEEP_S = 60.0
 
 # The message being handled (topic, payload): what "once" decisions key on, and what is
@@ -95,87 +97,12 @@ _ACTION_TARGET = {
     "assign": State.ASSIGNED,
 }
 
-# The single engine's admission (dispatch/store.py) plus, when new, the work entry.
-_ADMIT = """
-local cur = redis.call('GET', KEYS[1])
-local verdict
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-  verdict = 'new'
-elseif cur ~= ARGV[1] then
-  return 'conflict'
-elseif redis.call('EXISTS', KEYS[2]) == 1 then
-  return 'same'
-elseif redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then
-  verdict = 'new'
-else
-  return 'pending'
-end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
-           'id', ARGV[6], 'payload', ARGV[4], 'at', ARGV[5])
-return verdict
-"""
-
-# Commit a volunteer, only while we own the incident (token checked in the same step).
-_CLAIM = """
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_DISOWN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Adopt an incident nobody owns (its owner died, or let its lease run out).
-_ADOPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-
-def _incident_of(effect: Effect) -> str | None:
-    if isinstance(effect, SaveIncident | LogEvent | Release):
-        return effect.incident_id
-    return None
-
 
 def message_key(topic: str, payload: bytes) -> bytes:
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
 
 
-class OwnerUnavailable(DispatchError):
-    """The instance owning an incident did not answer a forwarded operator action in time."""
-
-    def __init__(self, incident_id: str, instance: str, *, maybe_done: bool, lease_s: float):
-        what = (
-            "the action may still be carried out: read the incident before trying again"
-            if maybe_done
-            else "the action was not carried out"
-        )
-        super().__init__(
-            f"incident '{incident_id}' is handled by engine instance '{instance}', which did "
-            f"not answer within {_FORWARD_S:g} s; {what}. If that instance has stopped, "
-            f"another takes its incidents over within {lease_s:g} s: try again then"
-        )
-        self.incident_id = incident_id
-        self.instance = instance
-        self.maybe_done = maybe_done
-
-
-class FencedStore(Store):
+class FencedStore(ClusterStore):
     """The store, with every incident write and claim checked against its owner's token."""
 
     cluster: Cluster | None = None  # set by Cluster; None: behaves as Store
@@ -187,84 +114,53 @@ class FencedStore(Store):
         token = cluster.tokens.get(incident_id)
         if token is None:
             return False
-        try:
-            result = await cluster.claim_script(
-                keys=[self._k("claim", volunteer_id), self._k("owner", incident_id)],
-                args=[incident_id, token],
-            )
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
-        if int(result) == -1:
+        result = await self.claim_as_owner(volunteer_id, incident_id, token)
+        if result is None:
             cluster.lose(incident_id, "claim refused")
             return False
-        return bool(result)
+        return result
 
     async def apply(self, effects: Iterable[Effect]) -> list[str]:
         cluster = self.cluster
+        if cluster is None:
+            return await super().apply(effects)
         batch = list(effects)
-        touched = sorted({i for e in batch if (i := _incident_of(e)) is not None})
-        if cluster is None or not touched:
-            return await super().apply(batch)
         creating = {
             e.incident_id for e in batch if isinstance(e, LogEvent) and e.type == "reported"
         }
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    owner_keys = [self._k("owner", i) for i in touched]
-                    await pipe.watch(*owner_keys)
-                    current = await pipe.mget(owner_keys)
-                    new_tokens: dict[str, str] = {}
-                    lost: list[str] = []
-                    for iid, raw in zip(touched, current, strict=True):
-                        held = None if raw is None else raw.decode()
-                        mine = cluster.tokens.get(iid)
-                        if held is None and iid in creating:
-                            new_tokens[iid] = cluster.new_token()
-                        elif held is None and iid in cluster.retired:
-                            pass  # ended here: nobody adopts it, late answers are ours
-                        elif held is None or held != mine:
-                            lost.append(iid)
-                    if lost:
-                        for iid in lost:
-                            cluster.lose(iid, "write refused")
-                        batch = [e for e in batch if _incident_of(e) not in lost]
-                    pipe.multi()
-                    for iid, token in new_tokens.items():
-                        pipe.set(self._k("owner", iid), token, px=cluster.lease_ms)
-                    for e in batch:
-                        if isinstance(e, LogEvent) and e.type == "alerted":
-                            # Lets the other instances tell "someone else's alert" from
-                            # "nobody's alert" when a reply reaches them.
-                            pipe.set(
-                                self._k("alert", str(e.data.get("alert_id", ""))),
-                                e.incident_id,
-                                ex=self.idempotency_ttl_s,
-                            )
-                    xadd_at = await self._queue(pipe, batch)
-                    if xadd_at is None and not new_tokens:
-                        return []
-                    results = await pipe.execute()
-                cluster.tokens.update(new_tokens)
-                return [results[i].decode() for i in xadd_at or []]
-            except WatchError:
-                continue  # an owner key changed meanwhile: look again
-            except RedisError as exc:
-                raise BackendUnavailable("redis", str(exc)) from exc
+        event_ids, taken = await self.apply_fenced(
+            batch, lambda owners: cluster.fence(owners, creating), cluster.lease_ms
+        )
+        cluster.tokens.update(taken)
+        return event_ids
 
 
 class Cluster:
-    """This instance's part in the cluster: its work, its incidents, its leases."""
+    """This instance's part in the cluster: its work, its incidents, its leases.
 
-    def __init__(self, service: Service, instance: str) -> None:
-        if not isinstance(service.store, FencedStore):
-            raise TypeError("cluster mode needs the service to use a FencedStore")
-        config = service.config
-        self.service = service
+    Implements the ports of dispatch/ports.py (``Peers``) for the shell.
+    """
+
+    batches = False  # every message on its own: `begin` must see each one
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: FencedStore,
+        config: Config,
+        *,
+        instance: str,
+        redeliver: Callable[[str, bytes], Awaitable[None]],
+        ready: asyncio.Event,
+    ) -> None:
+        self.engine = engine
+        self.config = config
         self.instance = instance
-        self.store: FencedStore = service.store
+        self.store = store
         self.store.cluster = self
-        self.redis: Any = self.store.redis
+        # Hands a parked message to the shell again, as if it had just arrived.
+        self.redeliver = redeliver
+        self.ready = ready  # set while the broker is reachable: work is taken only then
         self.lease_ms = max(100, int(config.cluster_lease_s * 1000))
         self.reclaim_idle_ms = max(100, int(config.cluster_reclaim_idle_s * 1000))
         self.block_ms = max(10, int(min(1.0, config.redis_timeout_s / 2) * 1000))
@@ -275,25 +171,35 @@ class Cluster:
         self.lost: dict[str, float] = {}  # incidents we lost lately -> when
         # Replies and arrivals for other instances' incidents, lately (see _park).
         self.parked: dict[str, list[tuple[float, str, bytes]]] = {}
-        self.work = self.store._k("work")
-        self.admit_script = self.redis.register_script(_ADMIT)
-        self.claim_script = self.redis.register_script(_CLAIM)
-        self._renew = self.redis.register_script(_RENEW)
-        self._disown = self.redis.register_script(_DISOWN)
-        self._adopt = self.redis.register_script(_ADOPT)
 
     # ------------------------------------------------------------------ tokens
 
     def new_token(self) -> str:
         return f"{self.instance}:{secrets.token_hex(6)}"
 
+    def fence(self, owners: Mapping[str, str | None], creating: set[str]) -> Fence:
+        """What a write may do, given the current owner tokens of the incidents it touches."""
+        take: dict[str, str] = {}
+        lost: list[str] = []
+        for iid, held in owners.items():
+            mine = self.tokens.get(iid)
+            if held is None and iid in creating:
+                take[iid] = self.new_token()
+            elif held is None and iid in self.retired:
+                pass  # ended here: nobody adopts it, late answers are ours
+            elif held is None or held != mine:
+                lost.append(iid)
+        for iid in lost:
+            self.lose(iid, "write refused")
+        return Fence(take, frozenset(lost))
+
     def lose(self, incident_id: str, why: str) -> None:
         """Someone else owns it now: forget it here and publish nothing more for it."""
         self.tokens.pop(incident_id, None)
         self.lost[incident_id] = time.monotonic()
-        if incident_id in self.service.core.incidents:
+        if incident_id in self.engine.core.incidents:
             log.warning("incident=%s lost ownership (%s); forgetting it here", incident_id, why)
-        forget_incident(self.service.core, incident_id)
+        self.engine.forget(incident_id)
 
     def keep(self, publishes: list[Publish]) -> list[Publish]:
         """The publishes that do not belong to an incident lost during this batch."""
@@ -305,14 +211,17 @@ class Cluster:
         """Called for every inbound message, before anything else is done with it."""
         current_message.set((topic, payload))
 
+    def to_restore(self, records: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        """None: incidents come back by adoption, each to one owner."""
+        return []
+
     async def once(self, what: tuple[str, bytes] | None) -> bool:
         """True for exactly one instance per message (the first to ask)."""
         if what is None:
             return True
-        key = self.store._k("once", message_key(*what).hex())
         try:
-            return bool(await self.redis.set(key, b"1", nx=True, px=_ONCE_MS))
-        except RedisError:
+            return await self.store.once(message_key(*what).hex(), _ONCE_MS)
+        except BackendUnavailable:
             return True  # Redis is away: rather twice than never
 
     async def should_reject(self, err: BadMessage) -> bool:
@@ -320,15 +229,15 @@ class Cluster:
         message = current_message.get()
         try:
             if err.code == "unknown_alert" and err.id:
-                owner_of = await self.redis.get(self.store._k("alert", err.id))
+                owner_of = await self.store.alert_incident(err.id)
                 if owner_of is not None:  # another instance's alert: its owner answers
-                    self._park(owner_of.decode(), message)
+                    self._park(owner_of, message)
                     return False
             incident = err.id if err.code == "unknown_incident" else None
-            if incident and await self.redis.exists(self.store._k("inc", incident)):
+            if incident and await self.store.incident_exists(incident):
                 self._park(incident, message)
                 return False
-        except RedisError:
+        except BackendUnavailable:
             pass
         return await self.once(message)
 
@@ -346,33 +255,22 @@ class Cluster:
 
     async def admit(self, report: Report, payload: bytes, now: float) -> None:
         """Admit a report from MQTT into the work stream (exactly one instance does)."""
-        service = self.service
+        engine = self.engine
         if report.id is None:
             if not await self.once(current_message.get()):
                 return
-            incident_id = service.core.new_incident_id(now)
-            await service._retrying(
-                lambda: self._enqueue_raw(incident_id, payload, now),
-            )
+            incident_id = engine.core.new_incident_id(now)
+            await engine.retrying(lambda: self.store.add_work(incident_id, payload, now))
             return
         rid = report.id
-        answer: Admission = await service._retrying(
-            lambda: self._admit(rid, report.fingerprint, payload, now)
+        answer: Admission = await engine.retrying(
+            lambda: self.store.admit_work(rid, report.fingerprint, payload, now)
         )
         if answer == "conflict":
-            service.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
-            await service._reject(
-                BadMessage(
-                    service.codec.topic("incidents", "report"),
-                    f"incident id '{rid}' was already reported with a different body; send a "
-                    "new id for a new incident, or the same body to get the receipt again",
-                    "conflict",
-                    rid,
-                ),
-                now,
-            )
+            engine.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
+            await engine.reject(engine.conflict(rid), now)
         elif answer == "same":
-            service.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+            engine.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
             # Its owner sends the receipt again; with no owner (ended and forgotten, or
             # an owner that just died), one instance sends it from the stored record.
             # Another owner's incident is left alone: an older state from here could
@@ -380,60 +278,33 @@ class Cluster:
             if rid in self.tokens or (
                 not await self._has_owner(rid) and await self.once(current_message.get())
             ):
-                await service._receipt_again(rid)
+                await engine.receipt(rid)
 
     async def _has_owner(self, incident_id: str) -> bool:
         try:
-            return bool(await self.redis.exists(self.store._k("owner", incident_id)))
-        except RedisError:
+            return await self.store.has_owner(incident_id)
+        except BackendUnavailable:
             return True  # cannot tell: stay silent, the reporter sends it again
-
-    async def _admit(self, rid: str, fingerprint: str, payload: bytes, now: float) -> Admission:
-        s = self.store
-        try:
-            result = await self.admit_script(
-                keys=[s._k("idem", rid), s._k("inc", rid), s._k("admitting", rid), self.work],
-                args=[
-                    fingerprint,
-                    s.idempotency_ttl_s,
-                    s.admission_lease_ms,
-                    payload,
-                    repr(now),
-                    rid,
-                    _WORK_MAX,
-                ],
-            )
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
-        answer = result.decode() if isinstance(result, bytes) else str(result)
-        assert answer in ("new", "same", "conflict", "pending"), answer
-        return answer  # type: ignore[return-value]
-
-    async def _enqueue_raw(self, incident_id: str, payload: bytes, now: float) -> None:
-        try:
-            await self.redis.xadd(
-                self.work,
-                {"id": incident_id, "payload": payload, "at": repr(now)},
-                maxlen=_WORK_MAX,
-                approximate=True,
-            )
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
 
     # ------------------------------------------------------------------ the HTTP API
     #
     # Any instance answers for every incident: reads come from Redis (every record is
     # there, stored before it is announced), a report goes through the work stream like
     # one from MQTT, and an operator action is carried out by the incident's owner, which
-    # takes it from its command list ``commands:{instance}`` and answers on a reply key.
+    # takes it from its command list and answers on a reply key.
 
     async def open_records(self) -> list[dict[str, Any]]:
         """Every open incident's record, whoever owns it."""
-        try:
-            ids = await self.store.open_incident_ids()
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
+        ids = await self.store.open_incident_ids()
         return await self.store.incidents(ids)
+
+    async def open_incidents(self) -> list[Incident]:
+        return [Incident.from_record(r) for r in await self.open_records()]
+
+    async def incident(self, incident_id: str) -> Incident | None:
+        """From Redis, so that every instance shows the same."""
+        record = await self.store.incident(incident_id)
+        return None if record is None else Incident.from_record(record)
 
     async def submit(self, report: Report, payload: bytes, now: float) -> tuple[ReportOutcome, str]:
         """A report from HTTP: admitted into the work stream, then its stored state.
@@ -441,26 +312,26 @@ class Cluster:
         Returns the outcome and the incident id ("pending" if no instance has stored it
         within ``_CREATED_WAIT_S``: it will be, and its receipt published as usual).
         """
-        service = self.service
-        counter = service.metrics.incidents
+        engine = self.engine
+        counter = engine.metrics.incidents
         if report.id is None:
-            incident_id = service.core.new_incident_id(now)
-            await service._retrying(lambda: self._enqueue_raw(incident_id, payload, now))
+            incident_id = engine.core.new_incident_id(now)
+            await engine.retrying(lambda: self.store.add_work(incident_id, payload, now))
         else:
             rid = incident_id = report.id
-            answer: Admission = await service._retrying(
-                lambda: self._admit(rid, report.fingerprint, payload, now)
+            answer: Admission = await engine.retrying(
+                lambda: self.store.admit_work(rid, report.fingerprint, payload, now)
             )
             if answer == "conflict":
                 counter.labels(kind=report.kind.value, outcome="conflict").inc()
-                service.metrics.rejected.labels(reason="conflict").inc()
+                engine.metrics.rejected.labels(reason="conflict").inc()
                 return ReportOutcome("conflict"), rid
             if answer != "new":
                 counter.labels(kind=report.kind.value, outcome="duplicate").inc()
                 if answer == "pending":
                     return ReportOutcome("pending"), rid
                 if rid in self.tokens:  # ours: the receipt is published again, as alone
-                    return ReportOutcome("duplicate", await service._receipt_again(rid)), rid
+                    return ReportOutcome("duplicate", await engine.receipt(rid)), rid
                 record = await self.store.incident(rid)
                 if record is None:  # pragma: no cover - "same" means it is stored
                     return ReportOutcome("pending"), rid
@@ -473,20 +344,20 @@ class Cluster:
         return ReportOutcome("created", self._public(record)), incident_id
 
     def _public(self, record: dict[str, Any]) -> dict[str, Any]:
-        return self.service.core.public_state(Incident.from_record(record))
+        return self.engine.core.public_state(Incident.from_record(record))
 
     def _acts_here(self, incident_id: str) -> bool:
         """Whether this instance carries out actions on the incident itself."""
         return incident_id in self.tokens or (
-            incident_id in self.retired and incident_id in self.service.core.incidents
+            incident_id in self.retired and incident_id in self.engine.core.incidents
         )
 
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """``Service.operator`` for any incident: here if ours, else by its owner.
+        """``Engine.act`` for any incident: here if ours, else by its owner.
 
-        Raises what ``Service.operator`` raises (the owner's answer, rebuilt), and
+        Raises what ``Engine.act`` raises (the owner's answer, rebuilt), and
         OwnerUnavailable if the owner does not answer within ``_FORWARD_S``. An open
         incident nobody owns (its owner died) is adopted here first, then acted on.
         """
@@ -496,37 +367,36 @@ class Cluster:
         if not is_valid_id(incident_id):
             raise UnknownIncident(incident_id)
         deadline = time.monotonic() + _FORWARD_S
-        try:
-            while True:
-                if self._acts_here(incident_id):
-                    return await self.service.operator(action, incident_id, by=by, **kwargs)
-                raw = await self.redis.get(self.store._k("owner", incident_id))
-                if raw is not None:
-                    answer = await self._forward(
-                        raw.decode(), deadline, action, incident_id, by, kwargs
-                    )
-                    if answer is not None:  # None: that instance no longer owns it
-                        return _unpack(answer, incident_id, kwargs)
-                else:
-                    record = await self.store.incident(incident_id)
-                    if record is None:
-                        raise UnknownIncident(incident_id)
-                    state = State(record["state"])
-                    if state in ENDED:  # nobody owns an ended incident; answer as its owner
-                        if action == "assign":
-                            raise InvalidTransition(incident_id, state, target)
-                        advance(incident_id, state, target)  # only "again" is allowed
-                        return self._public(record)
-                    if await self.adopt(incident_id):
-                        continue
-                if time.monotonic() >= deadline:
-                    owner = "?" if raw is None else raw.decode().rpartition(":")[0]
-                    raise OwnerUnavailable(
-                        incident_id, owner, maybe_done=False, lease_s=self.lease_ms / 1000
-                    )
-                await asyncio.sleep(0.05)  # ownership is moving: look again
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
+        while True:
+            if self._acts_here(incident_id):
+                return await self.engine.act(action, incident_id, by, **kwargs)
+            owner = await self.store.owner(incident_id)
+            if owner is not None:
+                answer = await self._forward(owner, deadline, action, incident_id, by, kwargs)
+                if answer is not None:  # None: that instance no longer owns it
+                    return _unpack(answer, incident_id, kwargs)
+            else:
+                record = await self.store.incident(incident_id)
+                if record is None:
+                    raise UnknownIncident(incident_id)
+                state = State(record["state"])
+                if state in ENDED:  # nobody owns an ended incident; answer as its owner
+                    if action == "assign":
+                        raise InvalidTransition(incident_id, state, target)
+                    advance(incident_id, state, target)  # only "again" is allowed
+                    return self._public(record)
+                if await self.adopt(incident_id):
+                    continue
+            if time.monotonic() >= deadline:
+                instance = "?" if owner is None else owner.rpartition(":")[0]
+                raise OwnerUnavailable(
+                    incident_id,
+                    instance,
+                    maybe_done=False,
+                    lease_s=self.lease_ms / 1000,
+                    waited_s=_FORWARD_S,
+                )
+            await asyncio.sleep(0.05)  # ownership is moving: look again
 
     async def _forward(
         self,
@@ -542,8 +412,7 @@ class Cluster:
         None: the action was not carried out, as that instance no longer owns the incident.
         """
         instance = owner_token.rpartition(":")[0]
-        queue = self.store._k("commands", instance)
-        reply_key = self.store._k("reply", secrets.token_hex(8))
+        reply_to = self.store.new_reply_address()
         remaining = max(0.0, deadline - time.monotonic())
         command = orjson.dumps(
             {
@@ -551,59 +420,56 @@ class Cluster:
                 "incident_id": incident_id,
                 "by": by,
                 "kwargs": kwargs,
-                "reply": reply_key,
+                "reply": reply_to,
                 # The owner drops a command it takes after this (wall clock, our clock).
-                "expires": self.service.clock() + remaining,
+                "expires": self.engine.clock() + remaining,
             }
         )
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(queue, command)
-            pipe.pexpire(queue, _COMMANDS_KEEP_MS)
-            await pipe.execute()
-        owner_key = self.store._k("owner", incident_id)
+        await self.store.forward(instance, command, _COMMANDS_KEEP_MS)
         while (remaining := deadline - time.monotonic()) > 0:
             wait_s = max(0.01, min(remaining, _OWNER_CHECK_S, self.block_ms / 1000))
-            got = await self.redis.blpop([reply_key], timeout=wait_s)
+            got = await self.store.wait_answer(reply_to, wait_s)
             if got is not None:
-                answer: dict[str, Any] = orjson.loads(got[1])
+                answer: dict[str, Any] = orjson.loads(got)
                 return None if answer.get("moved") else answer
             # Its lease ran out meanwhile (the owner died): withdraw the command, unless
             # already taken, and route the action again (to the adopter, or adopt).
-            held = await self.redis.get(owner_key)
-            if (held is None or held.decode() != owner_token) and await self.redis.lrem(
-                queue, 1, command
-            ):
+            held = await self.store.owner(incident_id)
+            if held != owner_token and await self.store.withdraw(instance, command):
                 return None
         # Not answered in time. Still in the list: never taken, so never carried out.
-        taken = not await self.redis.lrem(queue, 1, command)
+        taken = not await self.store.withdraw(instance, command)
         raise OwnerUnavailable(
-            incident_id, instance, maybe_done=taken, lease_s=self.lease_ms / 1000
+            incident_id,
+            instance,
+            maybe_done=taken,
+            lease_s=self.lease_ms / 1000,
+            waited_s=_FORWARD_S,
         )
 
-    async def _serve_commands(self) -> None:
+    async def serve_commands(self) -> None:
         """Carry out the operator actions other instances forward to us, in order."""
-        queue = self.store._k("commands", self.instance)
         while True:
             try:
-                got = await self.redis.blpop([queue], timeout=self.block_ms / 1000)
-            except RedisError as exc:
+                got = await self.store.next_command(self.instance, self.block_ms / 1000)
+            except BackendUnavailable as exc:
                 log.debug("command list not readable (%s)", exc)
                 await asyncio.sleep(0.2)
                 continue
             if got is not None:
-                await self._serve(got[1])
+                await self._serve(got)
 
     async def _serve(self, raw: bytes) -> None:
         try:
             command = orjson.loads(raw)
             action, iid, by = command["action"], command["incident_id"], command["by"]
-            reply_key, expires = command["reply"], float(command["expires"])
+            reply_to, expires = command["reply"], float(command["expires"])
             given = command["kwargs"]
             kwargs = {k: given[k] for k in ("volunteer_id", "reason") if k in given}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("dropped a malformed forwarded command (%s)", exc)
             return
-        if self.service.clock() > expires:
+        if self.engine.clock() > expires:
             log.info("incident=%s forwarded %s dropped: its sender gave up", iid, action)
             return
         answer: dict[str, Any]
@@ -611,7 +477,7 @@ class Cluster:
             answer = {"moved": True}  # the sender looks up the owner again
         else:
             try:
-                answer = {"state": await self.service.operator(action, iid, by=by, **kwargs)}
+                answer = {"state": await self.engine.act(action, iid, by, **kwargs)}
             except UnknownIncident:
                 answer = {"error": "unknown_incident"}
             except UnknownVolunteer:
@@ -619,11 +485,8 @@ class Cluster:
             except InvalidTransition as exc:
                 answer = {"error": "invalid_transition", "from": exc.from_state, "to": exc.to_state}
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(reply_key, orjson.dumps(answer))
-                pipe.pexpire(reply_key, int(_FORWARD_S * 1000) + 5_000)
-                await pipe.execute()
-        except RedisError as exc:  # its sender answers 503 "may still be carried out"
+            await self.store.answer(reply_to, orjson.dumps(answer), int(_FORWARD_S * 1000) + 5_000)
+        except BackendUnavailable as exc:  # its sender answers 503 "may still be carried out"
             log.warning("incident=%s answer to a forwarded %s lost (%s)", iid, action, exc)
 
     # ------------------------------------------------------------------ running
@@ -634,38 +497,28 @@ class Cluster:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._consume(), name="cluster-consume")
             tg.create_task(self._maintain(), name="cluster-maintain")
-            tg.create_task(self._serve_commands(), name="cluster-commands")
+            tg.create_task(self.serve_commands(), name="cluster-commands")
 
     async def _ensure_group(self) -> None:
         while True:
             try:
-                await self.redis.xgroup_create(self.work, _GROUP, id="0", mkstream=True)
+                await self.store.ensure_work_group()
                 return
-            except ResponseError as exc:
-                if "BUSYGROUP" in str(exc):
-                    return
-                raise
-            except RedisError as exc:
+            except BackendUnavailable as exc:
                 log.warning("cannot create the work group yet (%s); retrying", exc)
                 await asyncio.sleep(0.5)
 
     async def _consume(self) -> None:
         while True:
-            await self.service.bus.ready.wait()
+            await self.ready.wait()
             try:
-                reply = await self.redis.xreadgroup(
-                    _GROUP, self.instance, {self.work: ">"}, count=16, block=self.block_ms
-                )
-            except RedisError as exc:
-                if "NOGROUP" in str(exc):
-                    await self._ensure_group()
-                else:
-                    log.debug("work stream not readable (%s)", exc)
-                    await asyncio.sleep(0.2)
+                entries = await self.store.take_work(self.instance, 16, self.block_ms)
+            except BackendUnavailable as exc:
+                log.debug("work stream not readable (%s)", exc)
+                await asyncio.sleep(0.2)
                 continue
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    await self._handle(entry_id, fields)
+            for entry in entries:
+                await self._handle(entry)
 
     async def _maintain(self) -> None:
         period = self.lease_ms / 3000.0
@@ -682,7 +535,7 @@ class Cluster:
                 if started - last_clear >= _CLEAR_EVERY_S:
                     last_clear = started
                     await self._clear_expired_states()
-            except (RedisError, BackendUnavailable) as exc:
+            except BackendUnavailable as exc:
                 log.warning("cluster upkeep failed (%s); retrying", exc)
             for iid, at in list(self.lost.items()):
                 if started - at > _LOST_KEEP_S:
@@ -699,18 +552,15 @@ class Cluster:
 
     async def heartbeat(self) -> None:
         """Renew every lease we hold; forget what we lost; give up what has ended."""
-        core = self.service.core
+        core = self.engine.core
         self.retired.intersection_update(core.incidents)
         tokens = dict(self.tokens)
         if not tokens:
             return
-        gone = [i for i in tokens if i not in core.incidents or core.incidents[i].ended]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for iid, token in tokens.items():
-                script = self._disown if iid in gone else self._renew
-                args = [token] if iid in gone else [token, self.lease_ms]
-                await script(keys=[self.store._k("owner", iid)], args=args, client=pipe)
-            results = await pipe.execute()
+        gone = {i for i in tokens if i not in core.incidents or core.incidents[i].ended}
+        results = await self.store.renew_leases(
+            [(iid, token, iid in gone) for iid, token in tokens.items()], self.lease_ms
+        )
         for (iid, token), ok in zip(tokens.items(), results, strict=True):
             if iid in gone:
                 if self.tokens.get(iid) == token:
@@ -724,63 +574,36 @@ class Cluster:
         """Those of ``incident_ids`` we still own (leases renewed now); [] if Redis is away."""
         try:
             await self.heartbeat()
-        except RedisError:
+        except BackendUnavailable:
             return []
         return [i for i in incident_ids if i in self.tokens]
 
     async def _reclaim(self) -> None:
-        reply = await self.redis.xautoclaim(
-            self.work, _GROUP, self.instance, self.reclaim_idle_ms, start_id="0-0", count=64
-        )
-        entries = reply[1] if len(reply) > 1 else []
-        for entry_id, fields in entries:
-            if fields:
-                log.info("reclaimed work entry %s", entry_id.decode())
-                await self._handle(entry_id, fields)
+        entries = await self.store.reclaim_work(self.instance, self.reclaim_idle_ms, 64)
+        for entry in entries:
+            log.info("reclaimed work entry %s", entry.entry_id)
+            await self._handle(entry)
 
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        service = self.service
-        incident_id = fields[b"id"].decode()
-        received = float(fields[b"at"])
-        topic = service.codec.topic("incidents", "report")
+    async def _handle(self, entry: WorkEntry) -> None:
+        engine = self.engine
+        incident_id = entry.incident_id
+        topic = engine.codec.topic("incidents", "report")
         try:
-            report = service.codec.decode(topic, fields[b"payload"], received)
+            report = engine.codec.decode(topic, entry.payload, entry.at)
         except BadMessage as err:  # admitted by an instance with other settings
-            log.warning("work entry %s not decodable here: %s", entry_id.decode(), err)
-            await self._done(entry_id)
+            log.warning("work entry %s not decodable here: %s", entry.entry_id, err)
+            await self._done(entry)
             return
         assert isinstance(report, Report)
-        exists = await service._retrying(lambda: self._exists(incident_id))
+        exists = await engine.retrying(lambda: self.store.incident_exists(incident_id))
         if not exists:
-            async with service._lock:
-                if incident_id not in service.core.incidents:
-                    now = service.clock()
-                    effects = service.core.report(report, now, incident_id=incident_id)
-                    await service._execute(effects, now, decision_started=now)
-                    if incident_id in self.tokens:
-                        service.metrics.incidents.labels(
-                            kind=report.kind.value, outcome="created"
-                        ).inc()
-            service._update_gauges()
-        await self._done(entry_id)
+            created = await engine.create(report, incident_id)
+            if created and incident_id in self.tokens:
+                engine.metrics.incidents.labels(kind=report.kind.value, outcome="created").inc()
+        await self._done(entry)
 
-    async def _exists(self, incident_id: str) -> bool:
-        try:
-            return bool(await self.redis.exists(self.store._k("inc", incident_id)))
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc)) from exc
-
-    async def _done(self, entry_id: bytes) -> None:
-        async def ack() -> None:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(self.work, _GROUP, entry_id)
-                    pipe.xdel(self.work, entry_id)
-                    await pipe.execute()
-            except RedisError as exc:
-                raise BackendUnavailable("redis", str(exc)) from exc
-
-        await self.service._retrying(ack)
+    async def _done(self, entry: WorkEntry) -> None:
+        await self.engine.retrying(lambda: self.store.finish_work(entry.entry_id))
 
     async def _clear_expired_states(self) -> None:
         """Clear the retained state of incidents that ended ``state_retention_s`` ago.
@@ -788,21 +611,15 @@ class Cluster:
         Their owner does it with a timer; this covers an owner that has died since (ended
         incidents are not adopted). Clearing twice is harmless; one instance does it.
         """
-        service = self.service
-        now = service.clock()
-        retention = service.config.state_retention_s
-        ids = await self.redis.zrangebyscore(
-            self.store._k("incidents", "ended"), now - retention - 3600, now - retention
-        )
-        for raw in ids:
-            iid = raw.decode()
-            if iid in service.core.incidents:
+        engine = self.engine
+        now = engine.clock()
+        retention = self.config.state_retention_s
+        ids = await self.store.ended_between(now - retention - 3600, now - retention)
+        for iid in ids:
+            if iid in engine.core.incidents:
                 continue  # ours: our own timer clears it
-            key = self.store._k("cleared", iid)
-            if await self.redis.set(key, b"1", nx=True, ex=int(retention) + 7200):
-                await service._publish(
-                    [Publish(service.codec.topic("incidents", iid, "state"), b"", retain=True)]
-                )
+            if await self.store.mark_cleared(iid, int(retention) + 7200):
+                await engine.clear_state(iid)
 
     async def _adopt_orphans(self) -> None:
         """Take over open incidents whose owner's lease ran out."""
@@ -810,39 +627,32 @@ class Cluster:
         candidates = [i for i in open_ids if i not in self.tokens]
         if not candidates:
             return
-        held = await self.redis.mget([self.store._k("owner", i) for i in candidates])
+        held = await self.store.owners(candidates)
         for iid, owner in zip(candidates, held, strict=True):
             if owner is None:
                 await self.adopt(iid)
 
     async def adopt(self, iid: str) -> bool:
         """Take over one open incident nobody owns; False if it has an owner (or no record)."""
-        core = self.service.core
         token = self.new_token()
-        keys = [self.store._k("owner", iid), self.store._k("inc", iid)]
-        if not await self._adopt(keys=keys, args=[token, self.lease_ms]):
+        if not await self.store.take_ownership(iid, token, self.lease_ms):
             return False
         record = await self.store.incident(iid)
         if record is None:
-            await self._disown(keys=[keys[0]], args=[token])
+            await self.store.give_up(iid, token)
             return False
-        service = self.service
-        async with service._lock:
-            forget_incident(core, iid)  # a stale copy from before we lost it
+
+        def take() -> None:  # under the engine's lock, before the incident is restored
             self.tokens[iid] = token
             self.lost.pop(iid, None)
-            effects = core.restore_incident(record)
-            await service._execute(effects)
-            incident = core.incidents.get(iid)
-            if incident is not None:
-                await service._publish([service._state_message(incident)])
+
+        await self.engine.adopt(iid, record, take)
         log.warning("incident=%s adopted (its owner's lease ran out)", iid)
-        service._update_gauges()
         # What reached us for it while its owner was gone (an accept, an arrival):
         # handled now, in order. One its owner did handle is answered again, which
         # the protocol allows (an accept gets its "go" again).
         for _, topic, payload in self.parked.pop(iid, []):
-            await service.on_message(topic, payload)
+            await self.redeliver(topic, payload)
         return True
 
 
@@ -871,24 +681,3 @@ def _publish_incident(p: Publish) -> str | None:
         value = body.get("incident_id") if isinstance(body, dict) else None
         return value if isinstance(value, str) else None
     return None
-
-
-def forget_incident(core: Dispatcher, incident_id: str) -> None:
-    """Drop an incident (and its alerts) from this instance's core; no effects.
-
-    Its volunteers stay out of this instance's index until they next report: whoever
-    owns the incident now may have them alerted or committed.
-    """
-    incident = core.incidents.pop(incident_id, None)
-    if incident is None:
-        return
-    for alert_id, alert in incident.alerts.items():
-        core.alerts.pop(alert_id, None)
-        volunteer = core.volunteers.get(alert.volunteer_id)
-        if volunteer is not None and volunteer.alert_id == alert_id:
-            volunteer.alert_id = None
-    for responder in incident.responders:
-        volunteer = core.volunteers.get(responder.volunteer_id)
-        if volunteer is not None and volunteer.engaged == incident_id:
-            volunteer.engaged = None
-            core.index.remove(responder.volunteer_id)

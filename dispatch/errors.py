@@ -7,7 +7,10 @@ The tree (catch the narrowest one that tells you what to do)::
     │                             on <root>/rejected, carry on
     ├── ConfigError               the operator is at fault: refuse to start, name the key
     ├── InvalidTransition         we are at fault (a bug): crash loudly in tests
-    └── BackendUnavailable        the broker or Redis is down: retry, degrade, alert
+    ├── BackendUnavailable        the broker or Redis is down: retry, degrade, alert
+    │                             (dispatch/store.py turns every Redis error into it)
+    └── OwnerUnavailable          several instances: the one owning an incident did not
+                                  answer a forwarded operator action in time (HTTP 503)
 
 `Reason` lists every code a `BadMessage` may carry; they are the values of the
 ``reason`` label of the rejection metric and of the ``code`` field on the
@@ -24,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DispatchError",
     "InvalidTransition",
+    "OwnerUnavailable",
     "Reason",
 ]
 
@@ -106,3 +110,34 @@ class BackendUnavailable(DispatchError):
         super().__init__(f"{backend} unavailable: {detail}" if detail else f"{backend} unavailable")
         self.backend = backend
         self.detail = detail
+
+
+class OwnerUnavailable(DispatchError):
+    """The instance owning an incident did not answer a forwarded operator action in time.
+
+    ``maybe_done``: the owner took the action and may still carry it out; otherwise it
+    was withdrawn and never will be.
+    """
+
+    def __init__(
+        self,
+        incident_id: str,
+        instance: str,
+        *,
+        maybe_done: bool,
+        lease_s: float,
+        waited_s: float,
+    ) -> None:
+        what = (
+            "the action may still be carried out: read the incident before trying again"
+            if maybe_done
+            else "the action was not carried out"
+        )
+        super().__init__(
+            f"incident '{incident_id}' is handled by engine instance '{instance}', which did "
+            f"not answer within {waited_s:g} s; {what}. If that instance has stopped, "
+            f"another takes its incidents over within {lease_s:g} s: try again then"
+        )
+        self.incident_id = incident_id
+        self.instance = instance
+        self.maybe_done = maybe_done

@@ -1,46 +1,41 @@
-"""The service: the asyncio shell around the dispatcher.
+"""The service: the asyncio shell that runs the engine.
 
-It decodes what arrives (MQTT, HTTP), feeds the core one event at a time, and carries
-out the effects the core returns: first everything to be stored (one Redis pipeline),
-then everything to be published. Nothing is announced before it is stored, so the
-retained state message is a reporter's proof that its incident is safe.
+It connects to the broker and to Redis, rebuilds the engine's state from Redis at
+start, decodes what arrives over MQTT and hands it to the engine (dispatch/engine.py),
+fires the timers, flushes positions every 25 ms and keeps the heap out of the garbage
+collector's way. The engine stores before it publishes and handles one event at a time
+under its lock.
 
-Every event is handled under one lock, in arrival order, so effects go out in the
-order the core decided them. The core itself never waits; the lock is held only across
-the few Redis and broker round trips an event needs. Positions are the exception: they
-are coalesced per volunteer and written in one command every 25 ms, off the path.
+What differs with several instances (dispatch/cluster.py) comes in through the ports of
+dispatch/ports.py, set by the composition root (dispatch/wiring.py): this module has no
+cluster branches.
 
-While Redis is down the service retries the write it was doing (with capped back-off)
-instead of moving on: the core must never get ahead of what is stored. It reports
-itself not ready meanwhile, and messages wait in the MQTT client's bounded queue.
+While Redis is down the engine retries the write it was doing instead of moving on. The
+service reports itself not ready meanwhile, and messages wait in the MQTT client's
+bounded queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import random
-import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 from dispatch.bus import Bus
-from dispatch.codec import Codec, dumps
+from dispatch.codec import Codec
 from dispatch.config import Config
-from dispatch.dispatcher import Dispatcher, Incident
-from dispatch.effects import Claim, Effect, ForgetPosition, LogEvent, Publish, Reject, SavePosition
+from dispatch.dispatcher import Dispatcher
+from dispatch.engine import Alone, Engine
 from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.metrics import Metrics
-from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
+from dispatch.model import LocationUpdate, Report, StatusUpdate
+from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
 from dispatch.store import Store
-
-if TYPE_CHECKING:
-    from dispatch.cluster import Cluster
 from geo.area import ServiceArea
 
 __all__ = ["ReportOutcome", "Service"]
@@ -48,27 +43,19 @@ __all__ = ["ReportOutcome", "Service"]
 log = logging.getLogger(__name__)
 
 _POSITION_FLUSH_S = 0.025  # small pieces: formatting 500 positions holds the loop 1-2 ms
-# A number with a fraction or an exponent (30.2591, 30,2591, 3025910e-5): a coordinate
-# precise enough to place a person; masked in the reasons that are logged.
-_NUMBER = re.compile(r"\d*[.,]\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+")
 _TIMER_RESOLUTION_S = 0.1
 _FREEZE_S = 0.1  # how often the heap is collected and frozen (see _freeze_heap)
 _THAW_S = 600.0  # how often everything frozen is collected once more (see _freeze_heap)
 
 
-@dataclass(frozen=True, slots=True)
-class ReportOutcome:
-    """What became of a report, and its incident's public state where there is one."""
-
-    status: Literal["created", "duplicate", "conflict", "pending"]
-    state: dict[str, Any] | None = None
-
-
 class Service:
+    """The engine and its I/O for one instance: buses, Redis, timers, positions."""
+
     def __init__(
         self,
         config: Config,
         *,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
         area: ServiceArea | None = None,
     ) -> None:
@@ -86,21 +73,7 @@ class Service:
         )
         self.metrics = Metrics()
         self.core = self._new_core()
-        # Several instances (dispatch/cluster.py): every incident write is fenced.
-        store_type = Store
-        if config.cluster_enabled:
-            from dispatch.cluster import FencedStore
-
-            store_type = FencedStore
-        self.store = store_type.from_url(
-            config.redis_url,
-            prefix=f"{config.topic_root}:",
-            location_ttl_s=config.location_ttl_s,
-            idempotency_ttl_s=config.idempotency_ttl_s,
-            event_log_max=config.event_log_max,
-            timeout_s=config.redis_timeout_s,
-            health_check_s=config.redis_health_check_s,
-        )
+        self.store = store if store is not None else Store.from_config(config)
         instance = config.instance or f"{random.getrandbits(32):08x}"
         # Everything comes in on one connection, so that each client's messages are handled
         # in the order it sent them (a location, then the status that relies on it; a
@@ -127,19 +100,26 @@ class Service:
             keepalive=config.mqtt_keepalive_s,
             on_connect=self._republish_states,
         )
-        self._lock = asyncio.Lock()
         self.instance = instance
-        self.cluster: Cluster | None = None
-        if config.cluster_enabled:
-            from dispatch.cluster import Cluster
-
-            self.cluster = Cluster(self, instance)
-        self._positions: dict[str, SavePosition | ForgetPosition] = {}
+        self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
+        # The ports (dispatch/ports.py): a single engine's until `share` is called.
+        alone = Alone(self.engine)
+        self.intake: Intake = alone
+        self.ownership: Ownership = alone
+        self.reads: IncidentReads = alone
+        self.operators: Operators = alone
+        # Several instances: the `Cluster` (dispatch/cluster.py), None alone. Only while
+        # dispatch/web.py still branches on it; the ports above are the seam to use.
+        self.cluster: Any = None
         self.restored = asyncio.Event()
-        self.redis_ok = False
         self._frozen_at = 0.0  # time.monotonic() of the last gc.freeze (see _freeze_heap)
         self._thawed_at = time.monotonic()  # and of the last full collection
-        self._gauges_stale = True  # see _update_gauges
+
+    def share(self, peers: Peers) -> None:
+        """Work with other instances: ``peers`` implements every port (dispatch/cluster.py)."""
+        self.intake = self.ownership = self.reads = self.operators = peers
+        self.engine.share(peers)
+        self.cluster = peers
 
     def _new_core(self) -> Dispatcher:
         c = self.config
@@ -153,6 +133,10 @@ class Service:
             state_retention_s=c.state_retention_s,
             rng=random.Random(),
         )
+
+    @property
+    def redis_ok(self) -> bool:
+        return self.engine.redis_ok
 
     @property
     def ready(self) -> bool:
@@ -176,6 +160,7 @@ class Service:
                     ),
                     tg.create_task(self._timers(), name="timers"),
                     tg.create_task(self._flush_positions_forever(), name="positions"),
+                    tg.create_task(self.ownership.run(), name="cluster"),
                 ]
                 if self.inbound_bus is not None:
                     tasks.append(
@@ -184,8 +169,6 @@ class Service:
                             name="mqtt-inbound",
                         )
                     )
-                if self.cluster is not None:
-                    tasks.append(tg.create_task(self.cluster.run(), name="cluster"))
             await stopping
             restore.cancel()
             tasks.append(restore)
@@ -198,7 +181,7 @@ class Service:
                 for task in pending:
                     task.cancel()
         with contextlib.suppress(BackendUnavailable, TimeoutError):
-            await asyncio.wait_for(self._flush_positions(), 2)
+            await asyncio.wait_for(self.engine.flush_positions(), 2)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.store.close(), 2)
         log.info("stopped")
@@ -206,7 +189,7 @@ class Service:
     async def _watch_redis(self) -> None:
         while True:
             ok = await self.store.ping()
-            if ok != self.redis_ok:
+            if ok != self.engine.redis_ok:
                 log.log(
                     logging.INFO if ok else logging.WARNING,
                     "Redis %s",
@@ -214,7 +197,7 @@ class Service:
                 )
                 if not ok:
                     self.metrics.backend_errors.labels(backend="redis").inc()
-            self.redis_ok = ok
+            self.engine.redis_ok = ok
             await asyncio.sleep(1.0 if ok else 0.5)
 
     async def _restore(self) -> None:
@@ -229,28 +212,13 @@ class Service:
                 )
                 records = await self.store.incidents(open_ids + ended_ids)
                 break
-            except (BackendUnavailable, OSError, ConnectionError) as exc:
+            except (BackendUnavailable, OSError) as exc:
                 log.warning("cannot read state from Redis yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            except Exception as exc:  # redis raises its own ConnectionError subclasses here
-                if "redis" not in type(exc).__module__:
-                    raise
-                log.warning("cannot read state from Redis yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        effects: list[Effect] = []
-        for v in volunteers:
-            self.core.restore_volunteer(
-                v.volunteer_id, duty=v.duty, skills=v.skills, mode=v.mode, position=v.position
-            )
         # Several instances: incidents come back by adoption, each to one owner (cluster.py).
-        for record in records if self.cluster is None else []:
-            effects += self.core.restore_incident(record)
-        async with self._lock:
-            await self._execute(effects)
-        self._update_gauges()
-        self._refresh_gauges()
+        await self.engine.restore(volunteers, self.ownership.to_restore(records))
+        self.refresh_gauges()
         log.info(
             "restored %d volunteers (%d available) and %d incidents (%d open)",
             len(volunteers),
@@ -263,19 +231,11 @@ class Service:
     async def _republish_states(self) -> None:
         """After every (re)connect: the broker may have lost its retained messages."""
         incidents = [i for i in self.core.incidents.values() if not i.ended]
-        if self.cluster is not None:  # only what we still own (we may have been paused)
-            owned = set(await self.cluster.confirmed([i.id for i in incidents]))
-            incidents = [i for i in incidents if i.id in owned]
+        # Only what we still own (with several instances, we may have been paused).
+        owned = set(await self.ownership.confirmed([i.id for i in incidents]))
         for incident in incidents:
-            await self.bus.publish(self._state_message(incident))
-
-    def _state_message(self, incident: Incident) -> Publish:
-        return Publish(
-            self.codec.topic("incidents", incident.id, "state"),
-            dumps(self.core.public_state(incident)),
-            qos=1,
-            retain=True,
-        )
+            if incident.id in owned:
+                await self.bus.publish(self.engine.state_message(incident))
 
     async def _timers(self) -> None:
         while True:
@@ -287,13 +247,8 @@ class Service:
             now = self.clock()
             wait = _TIMER_RESOLUTION_S if deadline is None else deadline - now
             await asyncio.sleep(min(max(wait, 0.0), _TIMER_RESOLUTION_S))
-            async with self._lock:
-                effects = self.core.tick(self.clock())
-                if effects:
-                    await self._execute(effects)
-            if effects:
-                self._update_gauges()
-            self._refresh_gauges()
+            await self.engine.tick(self.clock())
+            self.refresh_gauges()
             self._freeze_heap()
 
     def _freeze_heap(self) -> None:
@@ -329,57 +284,31 @@ class Service:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._flush_positions()
+                await self.engine.flush_positions()
                 delay = _POSITION_FLUSH_S
             except BackendUnavailable as exc:
                 log.warning("positions not stored (%s); retrying", exc)
                 # Backing off: every 25 ms would be 40 warnings a second while Redis is down.
                 delay = min(max(delay * 2, 0.1), 1.0)
 
-    async def _flush_positions(self) -> None:
-        if not self._positions:
-            return
-        batch, self._positions = self._positions, {}
-        try:
-            await self.store.save_positions(batch.values())
-        except BackendUnavailable:
-            # Keep what is newer: positions that came in meanwhile win.
-            self._positions = {**batch, **self._positions}
-            raise
-
     # ------------------------------------------------------------------ inbound
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         """One MQTT message, start to finish. Never raises for bad input."""
         now = self.clock()
-        if self.cluster is not None:  # what "only one instance answers" decisions key on
-            self.cluster.begin(topic, payload)
+        self.ownership.begin(topic, payload)  # what "only one instance answers" keys on
         try:
             msg = self.codec.decode(topic, payload, now)
         except BadMessage as err:
-            await self._reject(err, now)
+            await self.engine.reject(err, now)
             return
         self.metrics.messages.labels(type=type(msg).__name__).inc()
         if isinstance(msg, Report):
-            if self.cluster is not None:  # into the work stream, for one instance to take
-                await self.cluster.admit(msg, payload, now)
-                return
-            await self.report(msg, now)
+            await self.intake.admit(msg, payload, now)
             return
-        async with self._lock:
-            if isinstance(msg, LocationUpdate):
-                effects = self.core.location(msg, now)
-            elif isinstance(msg, StatusUpdate):
-                effects = self.core.status(msg, now)
-            elif isinstance(msg, Reply):
-                effects = self.core.reply(msg, now)
-            elif isinstance(msg, Arrived):
-                effects = self.core.arrived(msg, now)
-            else:  # pragma: no cover - the codec returns nothing else
-                raise TypeError(f"unexpected message {msg!r}")
-            await self._execute(effects, now)
+        await self.engine.handle([msg], now)
         if not isinstance(msg, LocationUpdate):
-            self._update_gauges()
+            self.engine.gauges_stale = True
 
     async def on_messages(self, batch: list[tuple[str, bytes]]) -> None:
         """Messages in arrival order, as the bus took them from its queue.
@@ -395,7 +324,7 @@ class Service:
             end = start
             while (
                 end < len(batch)
-                and self.cluster is None
+                and self.ownership.batches
                 and batch[end][0].endswith(("/location", "/status"))
             ):
                 end += 1
@@ -424,207 +353,32 @@ class Service:
             self.metrics.messages.labels(type="StatusUpdate").inc(statuses)
         if len(messages) > statuses:
             self.metrics.messages.labels(type="LocationUpdate").inc(len(messages) - statuses)
-        async with self._lock:
-            effects: list[Effect] = []
-            for msg in messages:
-                if isinstance(msg, LocationUpdate):
-                    effects += self.core.location(msg, now)
-                else:
-                    effects += self.core.status(msg, now)
-            await self._execute(effects, now)
+        await self.engine.handle(messages, now)
         for error in bad:
-            await self._reject(error, now)
+            await self.engine.reject(error, now)
         if statuses:
-            self._update_gauges()
+            self.engine.gauges_stale = True
 
     async def report(self, report: Report, now: float, *, via_mqtt: bool = True) -> ReportOutcome:
-        """Admit, store, then announce an incident.
-
-        "pending": another engine is storing the same report; its receipt comes from there.
-        A conflict is reported on ``rejected`` only for MQTT reports: an HTTP caller gets
-        its answer in the response, like every other HTTP error.
-        """
-        async with self._lock:
-            if report.id is not None:
-                admission = await self._retrying(
-                    lambda: self.store.admit(report.id or "", report.fingerprint)
-                )
-                if admission == "conflict":
-                    self.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
-                    conflict = BadMessage(
-                        self.codec.topic("incidents", "report"),
-                        f"incident id '{report.id}' was already reported with a different "
-                        "body; send a new id for a new incident, or the same body to get "
-                        "the receipt again",
-                        "conflict",
-                        report.id,
-                    )
-                    if via_mqtt:
-                        await self._reject(conflict, now)
-                    else:
-                        self.metrics.rejected.labels(reason=conflict.code).inc()
-                    return ReportOutcome("conflict")
-                if admission == "pending":  # another engine is storing it right now
-                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
-                    return ReportOutcome("pending")
-                if admission == "same":
-                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
-                    return ReportOutcome("duplicate", await self._receipt_again(report.id))
-            effects = self.core.report(report, now)
-            self.metrics.incidents.labels(kind=report.kind.value, outcome="created").inc()
-            await self._execute(effects, now, decision_started=now)
-            incident_id = next(e.incident_id for e in effects if isinstance(e, LogEvent))
-            incident = self.core.incidents[incident_id]
-            state = self.core.public_state(incident)
-        self._update_gauges()
-        return ReportOutcome("created", state)
-
-    async def _receipt_again(self, incident_id: str) -> dict[str, Any]:
-        incident = self.core.incidents.get(incident_id)
-        if incident is None:  # ended and forgotten: rebuild its public state from the record
-            record = await self._retrying(lambda: self.store.incident(incident_id))
-            assert record is not None, "admission said 'same' for an incident with no record"
-            incident = Incident.from_record(record)
-        message = self._state_message(incident)
-        await self._publish([message])
-        return self.core.public_state(incident)
-
-    # ------------------------------------------------------------------ operators
+        """Admit, store, then announce an incident (`Engine.report`)."""
+        return await self.engine.report(report, now, via_mqtt=via_mqtt)
 
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """cancel, resolve, escalate or assign; returns the incident's public state.
+        """cancel, resolve, escalate or assign on this instance's core (`Engine.act`)."""
+        return await self.engine.act(action, incident_id, by, **kwargs)
 
-        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
-        """
-        now = self.clock()
-        async with self._lock:
-            if action == "assign":
-                effects = self.core.assign(incident_id, kwargs["volunteer_id"], now, by=by)
-            elif action == "escalate":
-                effects = self.core.escalate(
-                    incident_id, now, by=by, reason=kwargs.get("reason", "")
-                )
-            elif action == "cancel":
-                effects = self.core.cancel(incident_id, now, by=by)
-            elif action == "resolve":
-                effects = self.core.resolve(incident_id, now, by=by)
-            else:
-                raise ValueError(f"unknown operator action {action!r}")
-            await self._execute(effects, now)
-            state = self.core.public_state(self.core.incidents[incident_id])
-        self._update_gauges()
-        return state
+    # ------------------------------------------------------------------ gauges
 
-    # ------------------------------------------------------------------ effects
-
-    async def _execute(
-        self, effects: list[Effect], now: float | None = None, decision_started: float | None = None
-    ) -> None:
-        """Store, then publish; feed claim answers back to the core. Call under the lock."""
-        while effects:
-            stored: list[Effect] = []
-            publishes: list[Publish] = []
-            claims: list[Claim] = []
-            for effect in effects:
-                if isinstance(effect, Publish):
-                    publishes.append(effect)
-                elif isinstance(effect, SavePosition | ForgetPosition):
-                    self._positions[effect.volunteer_id] = effect
-                elif isinstance(effect, Claim):
-                    claims.append(effect)
-                elif isinstance(effect, Reject):
-                    await self._reject(effect.error, now if now is not None else self.clock())
-                else:
-                    stored.append(effect)
-                    if isinstance(effect, LogEvent):
-                        self.metrics.observe_event(effect.type, effect.data)
-                        self._log_event(effect)
-            if stored:
-                await self._retrying(functools.partial(self.store.apply, stored))
-            if self.cluster is not None:  # nothing for incidents another instance took over
-                publishes = self.cluster.keep(publishes)
-            if publishes:
-                await self._publish(publishes, decision_started)
-                decision_started = None
-            effects = []
-            for claim in claims:
-                ok = await self._retrying(
-                    functools.partial(self.store.claim, claim.volunteer_id, claim.incident_id)
-                )
-                effects += self.core.claim_result(
-                    claim.volunteer_id, claim.incident_id, ok, self.clock()
-                )
-
-    async def _publish(
-        self, publishes: list[Publish], decision_started: float | None = None
-    ) -> None:
-        # Only the last retained state per incident matters within one batch.
-        last_retained = {p.topic: i for i, p in enumerate(publishes) if p.retain}
-        batch = [p for i, p in enumerate(publishes) if not p.retain or last_retained[p.topic] == i]
-        if decision_started is not None and any(p.topic.endswith("/alert") for p in batch):
-            self.metrics.decision_latency.observe(self.clock() - decision_started)
-        # Handed to the client in order, not awaited one PUBACK each (see Bus.send).
-        for p in batch:
-            try:
-                self.bus.send(p)
-            except BackendUnavailable as exc:
-                # The broker is away. Retained states are re-sent on reconnect; an alert
-                # that never left is covered by the next wave and the expiry timers.
-                self.metrics.backend_errors.labels(backend="mqtt").inc()
-                log.warning("publish to %s failed: %s", p.topic, exc)
-
-    async def _retrying(self, operation: Callable[[], Any]) -> Any:
-        delay = 0.05
-        while True:
-            try:
-                return await operation()
-            except BackendUnavailable as exc:
-                self.redis_ok = False
-                self.metrics.backend_errors.labels(backend="redis").inc()
-                log.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
-                # Capped low: once Redis is back, the service should be too (within 0.5 s).
-                delay = min(delay * 2, 0.5)
-
-    async def _reject(self, err: BadMessage, now: float) -> None:
-        if self.cluster is not None and not await self.cluster.should_reject(err):
-            return  # another instance answers it, or already did
-        self.metrics.rejected.labels(reason=err.code).inc()
-        # Reasons echo what was sent: numbers are masked so no coordinate reaches a log.
-        reason = _NUMBER.sub("#", err.reason)
-        log.info("rejected message on %s: %s (%s)", err.topic, err.code, reason)
-        await self._publish(
-            [Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), qos=1)]
-        )
-
-    def _log_event(self, event: LogEvent) -> None:
-        # One line per state change, ids only: never coordinates.
-        data = event.data
-        log.info(
-            "incident=%s event=%s volunteer=%s %s",
-            event.incident_id,
-            event.type,
-            data.get("volunteer_id", "-"),
-            " ".join(f"{k}={v}" for k, v in _loggable(data.items())),
-        )
-
-    def _update_gauges(self) -> None:
-        """Mark the gauges stale; the timer loop recomputes them (every 0.1 s at most).
+    def refresh_gauges(self) -> None:
+        """Recompute the gauges if something they count changed (every 0.1 s at most).
 
         Counting the open incidents walks all of them (the ended ones are kept for a
         day): per event, that was 2.5 % of the engine's time at the design load.
         """
-        self._gauges_stale = True
-
-    def _refresh_gauges(self) -> None:
-        if not self._gauges_stale:
+        if not self.engine.gauges_stale:
             return
-        self._gauges_stale = False
+        self.engine.gauges_stale = False
         self.metrics.open_incidents.set(sum(1 for i in self.core.incidents.values() if not i.ended))
         self.metrics.available_volunteers.set(self.core.available)
-
-
-def _loggable(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
-    return ((k, v) for k, v in items if k not in ("volunteer_id", "lat", "lon"))

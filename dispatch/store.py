@@ -13,19 +13,35 @@ Keys, all under one prefix (default ``dispatch:``, the topic root):
   change it, so two engine processes can never both commit one volunteer
 - ``events``: the append-only event log (a stream, capped), replayed by the control room
 
-Redis errors become ``BackendUnavailable`` here, at the boundary.
+Several instances (``[cluster] enabled``, dispatch/cluster.py) add, through
+`ClusterStore`:
+
+- ``work``: the stream of admitted reports, read by the consumer group ``engines``
+- ``owner:{id}``: the fencing token of the instance that owns an open incident, with a
+  lease; ``alert:{id}``: the incident an alert belongs to, whoever owns it
+- ``once:{hash}``: who answers a message every instance received; ``cleared:{id}``:
+  who cleared an ended incident's retained state
+- ``commands:{instance}``: operator actions forwarded to an instance; ``reply:{random}``:
+  where it answers
+
+Every key name and every Lua script of the engine is in this module, and it is the
+only module that speaks Redis: every Redis error becomes ``BackendUnavailable`` here,
+at the boundary (dispatch/errors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
+from dispatch.config import Config
 from dispatch.effects import (
     Effect,
     ForgetPosition,
@@ -37,7 +53,15 @@ from dispatch.effects import (
 )
 from dispatch.errors import BackendUnavailable
 
-__all__ = ["Admission", "Store", "StoredEvent", "StoredVolunteer"]
+__all__ = [
+    "Admission",
+    "ClusterStore",
+    "Fence",
+    "Store",
+    "StoredEvent",
+    "StoredVolunteer",
+    "WorkEntry",
+]
 
 Admission = Literal["new", "same", "conflict", "pending"]
 
@@ -45,22 +69,37 @@ Admission = Literal["new", "same", "conflict", "pending"]
 # until the incident is stored: a copy arriving meanwhile (at another engine) is
 # "pending" and dropped, since the reporter retries until it sees the receipt. A lease
 # that ran out without a stored incident means the admitter died: the next copy is new.
+# With a fourth key (several instances), a new report is also added to that work
+# stream, in the same step: ARGV[4..7] are the payload, the time received, the id and
+# the stream's cap.
 _ADMIT = """
 local cur = redis.call('GET', KEYS[1])
+local verdict
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-  return 'new'
+  verdict = 'new'
+elseif cur ~= ARGV[1] then
+  return 'conflict'
+elseif redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'same'
+elseif redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then
+  verdict = 'new'
+else
+  return 'pending'
 end
-if cur ~= ARGV[1] then return 'conflict' end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'same' end
-if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 'new' end
-return 'pending'
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
+             'id', ARGV[6], 'payload', ARGV[4], 'at', ARGV[5])
+end
+return verdict
 """
 
 # Commit a volunteer to an incident unless committed to another one. Claiming again for
-# the same incident succeeds (replays after a restart are harmless).
+# the same incident succeeds (replays after a restart are harmless). With a second key
+# (several instances), only while that owner key holds our token ARGV[2]: -1 otherwise.
 _CLAIM = """
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -69,8 +108,9 @@ end
 return 0
 """
 
-# Release only our own claim: a stale release must not free a volunteer committed since.
-_RELEASE = """
+# Delete a key only while it holds ARGV[1]: a claim's release (a stale release must not
+# free a volunteer committed since), an owner giving up its lease.
+_DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -87,6 +127,40 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+# Renew an owner's lease, only while it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# Adopt an incident nobody owns (its owner died, or let its lease run out).
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_GROUP = "engines"  # the consumer group of the work stream
+_WORK_MAX = 100_000  # the work stream's cap (acknowledged entries are deleted at once)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _redis_errors(
+    method: Callable[_P, Awaitable[_T]],
+) -> Callable[_P, Awaitable[_T]]:
+    """Turn any Redis error out of ``method`` into ``BackendUnavailable``."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +179,28 @@ class StoredEvent:
     type: str
     at: float
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkEntry:
+    """A report admitted into the work stream (several instances)."""
+
+    entry_id: str
+    incident_id: str
+    payload: bytes
+    at: float  # when the admitting instance received it
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """An owner's decision, inside the write's transaction, from the current owner tokens.
+
+    ``take``: incidents to own from now on, with their new tokens; ``refuse``: incidents
+    whose writes are dropped from the batch (someone else owns them now).
+    """
+
+    take: Mapping[str, str]
+    refuse: frozenset[str]
 
 
 class Store:
@@ -129,13 +225,13 @@ class Store:
         self.admission_lease_ms = max(1, int(admission_lease_s * 1000))
         self._admit = client.register_script(_ADMIT)
         self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
+        self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
 
     @classmethod
     def from_url(
         cls, url: str, *, timeout_s: float = 5.0, health_check_s: int = 10, **kwargs: Any
-    ) -> Store:
+    ) -> Self:
         # The timeouts turn a hung Redis (or network) into an error the service retries.
         client = aioredis.from_url(
             url,
@@ -144,6 +240,19 @@ class Store:
             health_check_interval=health_check_s,
         )
         return cls(client, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """The store the engine configured by ``config`` uses (nothing connects yet)."""
+        return cls.from_url(
+            config.redis_url,
+            prefix=f"{config.topic_root}:",
+            location_ttl_s=config.location_ttl_s,
+            idempotency_ttl_s=config.idempotency_ttl_s,
+            event_log_max=config.event_log_max,
+            timeout_s=config.redis_timeout_s,
+            health_check_s=config.redis_health_check_s,
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -192,13 +301,16 @@ class Store:
             raise BackendUnavailable("redis", str(exc)) from exc
         return [orjson.loads(r) for r in raws if r is not None]
 
+    @_redis_errors
     async def open_incident_ids(self) -> list[str]:
         return [i.decode() for i in await self.redis.zrange(self._k("incidents", "open"), 0, -1)]
 
+    @_redis_errors
     async def ended_since(self, since: float) -> list[str]:
         ids = await self.redis.zrangebyscore(self._k("incidents", "ended"), since, "+inf")
         return [i.decode() for i in ids]
 
+    @_redis_errors
     async def reported_since(self, since: float, limit: int = 1000) -> list[str]:
         ids = await self.redis.zrangebyscore(
             self._k("incidents", "all"), since, "+inf", start=0, num=limit
@@ -215,12 +327,14 @@ class Store:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
 
+    @_redis_errors
     async def claimed_by(self, volunteer_id: str) -> str | None:
         raw = await self.redis.get(self._k("claim", volunteer_id))
         return None if raw is None else raw.decode()
 
     # ---------------------------------------------------------------- volunteers
 
+    @_redis_errors
     async def volunteers(self) -> list[StoredVolunteer]:
         """Every volunteer on record, with the last position where it has not expired."""
         out: list[StoredVolunteer] = []
@@ -300,8 +414,8 @@ class Store:
     async def _queue(self, pipe: Any, effects: Iterable[Effect]) -> list[int] | None:
         """Queue the persistence effects on ``pipe``: where the XADDs are, None if nothing.
 
-        Apart from apply() so that dispatch/cluster.py can queue them in a transaction of
-        its own (fenced with WATCH on the incidents' owner keys).
+        Apart from apply() so that ``ClusterStore.apply_fenced`` can queue them in a
+        transaction of its own (fenced with WATCH on the incidents' owner keys).
         """
         latest: dict[str, SaveIncident] = {}
         count = 0
@@ -342,7 +456,7 @@ class Store:
             elif isinstance(effect, ForgetPosition):
                 pipe.delete(self._k("pos", effect.volunteer_id))
             elif isinstance(effect, Release):
-                await self._release(
+                await self._delete_if(
                     keys=[self._k("claim", effect.volunteer_id)],
                     args=[effect.incident_id],
                     client=pipe,
@@ -391,6 +505,7 @@ class Store:
             raise BackendUnavailable("redis", str(exc)) from exc
         return newest[0][0].decode() if newest else "0"
 
+    @_redis_errors
     async def incident_events(self, incident_id: str, limit: int = 1000) -> list[StoredEvent]:
         """The incident's history, scanning the newest part of the log."""
         entries = await self.redis.xrevrange(self._k("events"), count=50_000)
@@ -409,3 +524,281 @@ def _event(event_id: bytes, fields: Mapping[bytes, bytes]) -> StoredEvent:
         float(fields[b"at"]),
         orjson.loads(fields[b"data"]),
     )
+
+
+def _incident_of(effect: Effect) -> str | None:
+    """The incident whose stored state a persistence effect changes, if any."""
+    if isinstance(effect, SaveIncident | LogEvent | Release):
+        return effect.incident_id
+    return None
+
+
+def _entries(raw: Iterable[tuple[bytes, Mapping[bytes, bytes] | None]]) -> list[WorkEntry]:
+    # A reclaimed entry deleted meanwhile comes back without fields: nothing to do.
+    return [
+        WorkEntry(entry_id.decode(), f[b"id"].decode(), f[b"payload"], float(f[b"at"]))
+        for entry_id, f in raw
+        if f
+    ]
+
+
+class ClusterStore(Store):
+    """The store, plus what several instances share: the work stream, owners, leases,
+    forwarded operator actions, and the fenced writes (see dispatch/cluster.py)."""
+
+    def __init__(self, client: aioredis.Redis, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._renew = client.register_script(_RENEW)
+        self._adopt = client.register_script(_ADOPT)
+
+    # ------------------------------------------------------------------ fenced writes
+
+    async def claim_as_owner(self, volunteer_id: str, incident_id: str, token: str) -> bool | None:
+        """`Store.claim`, only while ``token`` owns the incident; None if it does not."""
+        try:
+            result = await self._claim(
+                keys=[self._k("claim", volunteer_id), self._k("owner", incident_id)],
+                args=[incident_id, token],
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return None if int(result) == -1 else bool(result)
+
+    async def apply_fenced(
+        self,
+        effects: Iterable[Effect],
+        fence: Callable[[dict[str, str | None]], Fence],
+        lease_ms: int,
+    ) -> tuple[list[str], dict[str, str]]:
+        """`Store.apply`, checked against the owners of the incidents it touches.
+
+        The owner keys are WATCHed and read; ``fence`` decides, from their tokens, which
+        incidents to take and whose writes to refuse; the rest is written in one
+        transaction, with the new owner keys (``lease_ms``) and, for every alert logged,
+        its ``alert:{id}`` key (so that the other instances can tell "someone else's
+        alert" from "nobody's alert"). Looks again if an owner key changed meanwhile.
+        Returns the new event ids and the incidents taken, with their tokens.
+        """
+        batch = list(effects)
+        touched = sorted({i for e in batch if (i := _incident_of(e)) is not None})
+        if not touched:
+            return await Store.apply(self, batch), {}  # not a subclass's fenced one
+        owner_keys = [self._k("owner", i) for i in touched]
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(*owner_keys)
+                    current = await pipe.mget(owner_keys)
+                    decided = fence(
+                        {
+                            iid: None if raw is None else raw.decode()
+                            for iid, raw in zip(touched, current, strict=True)
+                        }
+                    )
+                    if decided.refuse:
+                        batch = [e for e in batch if _incident_of(e) not in decided.refuse]
+                    pipe.multi()
+                    for iid, token in decided.take.items():
+                        pipe.set(self._k("owner", iid), token, px=lease_ms)
+                    for e in batch:
+                        if isinstance(e, LogEvent) and e.type == "alerted":
+                            pipe.set(
+                                self._k("alert", str(e.data.get("alert_id", ""))),
+                                e.incident_id,
+                                ex=self.idempotency_ttl_s,
+                            )
+                    xadd_at = await self._queue(pipe, batch)
+                    if xadd_at is None and not decided.take:
+                        return [], {}
+                    results = await pipe.execute()
+                return [results[i].decode() for i in xadd_at or []], dict(decided.take)
+            except WatchError:
+                continue  # an owner key changed meanwhile: look again
+            except RedisError as exc:
+                raise BackendUnavailable("redis", str(exc)) from exc
+
+    # ------------------------------------------------------------------ owners and leases
+
+    @_redis_errors
+    async def owner(self, incident_id: str) -> str | None:
+        """The token of the instance that owns the incident, if any."""
+        raw = await self.redis.get(self._k("owner", incident_id))
+        return None if raw is None else str(raw.decode())
+
+    @_redis_errors
+    async def owners(self, incident_ids: Sequence[str]) -> list[str | None]:
+        raws = await self.redis.mget([self._k("owner", i) for i in incident_ids])
+        return [None if raw is None else raw.decode() for raw in raws]
+
+    @_redis_errors
+    async def has_owner(self, incident_id: str) -> bool:
+        return bool(await self.redis.exists(self._k("owner", incident_id)))
+
+    @_redis_errors
+    async def take_ownership(self, incident_id: str, token: str, lease_ms: int) -> bool:
+        """Own an open incident nobody owns; False if it has an owner or no record."""
+        keys = [self._k("owner", incident_id), self._k("inc", incident_id)]
+        return bool(await self._adopt(keys=keys, args=[token, lease_ms]))
+
+    @_redis_errors
+    async def give_up(self, incident_id: str, token: str) -> bool:
+        """Delete the owner key if ``token`` still holds it."""
+        return bool(await self._delete_if(keys=[self._k("owner", incident_id)], args=[token]))
+
+    @_redis_errors
+    async def renew_leases(
+        self, leases: Sequence[tuple[str, str, bool]], lease_ms: int
+    ) -> list[bool]:
+        """For each (incident, token, give_up): renew the lease, or give it up, if still
+        ours; in one round trip. True where it was ours."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for iid, token, give_up in leases:
+                key = [self._k("owner", iid)]
+                if give_up:
+                    await self._delete_if(keys=key, args=[token], client=pipe)
+                else:
+                    await self._renew(keys=key, args=[token, lease_ms], client=pipe)
+            results = await pipe.execute()
+        return [bool(r) for r in results]
+
+    # ------------------------------------------------------------------ who knows what
+
+    @_redis_errors
+    async def incident_exists(self, incident_id: str) -> bool:
+        return bool(await self.redis.exists(self._k("inc", incident_id)))
+
+    @_redis_errors
+    async def alert_incident(self, alert_id: str) -> str | None:
+        """The incident an alert was sent for, by whichever instance sent it."""
+        raw = await self.redis.get(self._k("alert", alert_id))
+        return None if raw is None else str(raw.decode())
+
+    @_redis_errors
+    async def once(self, digest: str, keep_ms: int) -> bool:
+        """True for the first caller with this digest within ``keep_ms``."""
+        return bool(await self.redis.set(self._k("once", digest), b"1", nx=True, px=keep_ms))
+
+    @_redis_errors
+    async def ended_between(self, start: float, end: float) -> list[str]:
+        ids = await self.redis.zrangebyscore(self._k("incidents", "ended"), start, end)
+        return [i.decode() for i in ids]
+
+    @_redis_errors
+    async def mark_cleared(self, incident_id: str, keep_s: int) -> bool:
+        """True for the first to clear the incident's retained state."""
+        key = self._k("cleared", incident_id)
+        return bool(await self.redis.set(key, b"1", nx=True, ex=keep_s))
+
+    # ------------------------------------------------------------------ the work stream
+
+    async def admit_work(
+        self, incident_id: str, fingerprint: str, payload: bytes, now: float
+    ) -> Admission:
+        """`Store.admit`, and when new, the report added to the work stream in one step."""
+        try:
+            result = await self._admit(
+                keys=[
+                    self._k("idem", incident_id),
+                    self._k("inc", incident_id),
+                    self._k("admitting", incident_id),
+                    self._k("work"),
+                ],
+                args=[
+                    fingerprint,
+                    self.idempotency_ttl_s,
+                    self.admission_lease_ms,
+                    payload,
+                    repr(now),
+                    incident_id,
+                    _WORK_MAX,
+                ],
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        answer = result.decode() if isinstance(result, bytes) else str(result)
+        assert answer in ("new", "same", "conflict", "pending"), answer
+        return answer  # type: ignore[return-value]
+
+    @_redis_errors
+    async def add_work(self, incident_id: str, payload: bytes, now: float) -> None:
+        """A report (already given its id) into the work stream."""
+        await self.redis.xadd(
+            self._k("work"),
+            {"id": incident_id, "payload": payload, "at": repr(now)},
+            maxlen=_WORK_MAX,
+            approximate=True,
+        )
+
+    @_redis_errors
+    async def ensure_work_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self._k("work"), _GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @_redis_errors
+    async def take_work(self, consumer: str, count: int, block_ms: int) -> list[WorkEntry]:
+        """New work for ``consumer``, waiting up to ``block_ms``; [] if none."""
+        try:
+            reply = await self.redis.xreadgroup(
+                _GROUP, consumer, {self._k("work"): ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_work_group()  # the stream was deleted (FLUSHDB): again
+            return []
+        return [e for _stream, entries in reply or [] for e in _entries(entries)]
+
+    @_redis_errors
+    async def reclaim_work(self, consumer: str, idle_ms: int, count: int) -> list[WorkEntry]:
+        """Work another consumer took and has left unfinished for ``idle_ms``."""
+        reply = await self.redis.xautoclaim(
+            self._k("work"), _GROUP, consumer, idle_ms, start_id="0-0", count=count
+        )
+        return _entries(reply[1] if len(reply) > 1 else [])
+
+    @_redis_errors
+    async def finish_work(self, entry_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._k("work"), _GROUP, entry_id)
+            pipe.xdel(self._k("work"), entry_id)
+            await pipe.execute()
+
+    # ------------------------------------------------------------------ forwarded actions
+
+    def new_reply_address(self) -> str:
+        """Where an instance answers one forwarded action (a fresh key)."""
+        return self._k("reply", secrets.token_hex(8))
+
+    @_redis_errors
+    async def forward(self, instance: str, command: bytes, keep_ms: int) -> None:
+        """Append to ``instance``'s command list (gone ``keep_ms`` after the last one)."""
+        queue = self._k("commands", instance)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(queue, command)
+            pipe.pexpire(queue, keep_ms)
+            await pipe.execute()
+
+    @_redis_errors
+    async def withdraw(self, instance: str, command: bytes) -> bool:
+        """Take a command back from ``instance``'s list; False if it was taken already."""
+        return bool(await self.redis.lrem(self._k("commands", instance), 1, command))
+
+    @_redis_errors
+    async def next_command(self, instance: str, timeout_s: float) -> bytes | None:
+        got = await self.redis.blpop([self._k("commands", instance)], timeout=timeout_s)
+        return None if got is None else bytes(got[1])
+
+    @_redis_errors
+    async def answer(self, address: str, body: bytes, keep_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(address, body)
+            pipe.pexpire(address, keep_ms)
+            await pipe.execute()
+
+    @_redis_errors
+    async def wait_answer(self, address: str, timeout_s: float) -> bytes | None:
+        got = await self.redis.blpop([address], timeout=timeout_s)
+        return None if got is None else bytes(got[1])

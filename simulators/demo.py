@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 
-from dispatch.cli import serve
 from dispatch.config import Config, load_config
 from dispatch.errors import ConfigError
 from dispatch.headline import headline, outcome
@@ -47,6 +46,7 @@ from dispatch.localservers import (
     start_broker,
     start_redis,
 )
+from dispatch.wiring import serve
 from geo.area import ServiceArea
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from servers import free_port
 
-from dispatch.cli import serve
 from dispatch.config import Config, load_config
+from dispatch.wiring import serve
 
 
 @contextlib.asynccontextmanager

@@ -26,6 +26,7 @@ from dispatch.dispatcher import UnknownIncident
 from dispatch.effects import LogEvent, SaveIncident
 from dispatch.errors import InvalidTransition
 from dispatch.service import Service
+from dispatch.wiring import build
 
 
 def _service(redis_url: str, name: str) -> Service:
@@ -37,7 +38,7 @@ def _service(redis_url: str, name: str) -> Service:
             "DISPATCH_TOPIC_ROOT": "fence",
         }
     )
-    return Service(config)
+    return build(config)
 
 
 @pytest_asyncio.fixture
@@ -56,7 +57,7 @@ def _created(iid: str, note: str) -> list[LogEvent | SaveIncident]:
 
 
 def _cluster(service: Service) -> Cluster:
-    assert service.cluster is not None
+    assert isinstance(service.cluster, Cluster)
     assert isinstance(service.store, FencedStore)
     return service.cluster
 
@@ -90,7 +91,7 @@ async def test_an_old_owner_cannot_write_or_claim_after_its_lease(
     try:
         await r.delete("fence:owner:i2")
         token = cb.new_token()
-        assert await cb._adopt(keys=["fence:owner:i2", "fence:inc:i2"], args=[token, 5000])
+        assert await cb.store.take_ownership("i2", token, 5000)
         cb.tokens["i2"] = token
         # a wakes up: its claim (even for the volunteer it committed itself) and its
         # writes are refused, and it forgets the incident.
@@ -114,8 +115,7 @@ async def _reported(service: Service, iid: str) -> None:
     now = service.clock()
     body = orjson.dumps({"id": iid, "kind": "fire", "lat": 30.28, "lon": 120.2})
     report = service.codec.decode_report_body(body, now)
-    async with service._lock:
-        await service._execute(service.core.report(report, now, incident_id=iid), now)
+    assert await service.engine.create(report, iid)
 
 
 async def test_an_action_at_another_instance_is_carried_out_by_the_owner(
@@ -125,7 +125,7 @@ async def test_an_action_at_another_instance_is_carried_out_by_the_owner(
     ca, cb = _cluster(a), _cluster(b)
     await _reported(a, "f1")
     assert "f1" in ca.tokens
-    serving = asyncio.create_task(ca._serve_commands())
+    serving = asyncio.create_task(ca.serve_commands())
     try:
         state = await cb.operator("cancel", "f1", by="desk")
         assert state["state"] == "cancelled"

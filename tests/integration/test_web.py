@@ -20,8 +20,8 @@ import pytest
 import pytest_asyncio
 import servers
 
-from dispatch.cli import serve
 from dispatch.config import Config, load_config
+from dispatch.wiring import serve
 from geo.distance import haversine_m
 
 TOKEN = "op-secret-web"

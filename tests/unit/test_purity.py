@@ -10,6 +10,10 @@ os.environ / os.getenv. config.py gets its environment as a mapping from the CLI
 Imports under ``if TYPE_CHECKING:`` are not followed and not counted: they never
 run. The layering checks (geo never imports dispatch; neither imports simulators or
 benchmarks) count them too, since a type-only import still couples the code.
+
+The seams (STYLE.md section 12) are checked here too: only the composition root (and,
+for now, the web layer) imports the cluster; no module uses another module's private
+names; and the project's modules import each other without cycles.
 """
 
 from __future__ import annotations
@@ -220,6 +224,154 @@ def test_engine_does_not_import_simulators_or_benchmarks(package: str) -> None:
     assert not problems, "the engine must not depend on its test tools:\n" + "\n".join(problems)
 
 
+# Several instances are a set of collaborators plugged in by the composition root; the
+# web layer still branches on it (issue 13 leaves that to its owner), nothing else may.
+CLUSTER_IMPORTERS = frozenset({"dispatch/wiring.py", "dispatch/web.py"})
+PACKAGES = ("dispatch", "geo", "simulators", "benchmarks")
+# Reaches into a third-party object's privates, each with its reason; a new one needs one.
+PRIVATE_REACHES_ALLOWED = frozenset(
+    {
+        # aiomqtt keeps paho's client and its message queue private; the bus uses both.
+        ("dispatch/bus.py", "client._client"),
+        ("dispatch/bus.py", "client._queue"),
+    }
+)
+# simulators/stations.py imports the scenario's types; scenario.run imports
+# stations.run_stations for the "stations" baseline (to break: see docs/architecture.md).
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
+    {frozenset({"simulators.scenario", "simulators.stations"})}
+)
+
+
+def importers_of(root: Path, target: str, packages: Iterable[str]) -> list[str]:
+    """Every file in ``packages`` importing ``target`` or a module below it (type-only too)."""
+    found = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            imports, _ = scan(root, path)
+            for imp in imports:
+                if imp.module == target or imp.module.startswith(target + "."):
+                    found.append(f"{path.relative_to(root)}:{imp.line}")
+    return found
+
+
+def private_reaches(root: Path, packages: Iterable[str]) -> list[tuple[str, int, str]]:
+    """(file, line, what) for every use of another module's or object's private name.
+
+    ``from x import _y`` of a project module, and ``name._y`` where ``name`` is not
+    ``self`` or ``cls`` (an imported module, another object). Dunders are not private.
+    """
+    ours = frozenset(packages)
+    found: list[tuple[str, int, str]] = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = str(path.relative_to(root))
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").split(".")[0] in ours
+                ):
+                    found += [
+                        (rel, node.lineno, f"from {node.module or '.'} import {alias.name}")
+                        for alias in node.names
+                        if _is_private(alias.name)
+                    ]
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and _is_private(node.attr)
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                ):
+                    found.append((rel, node.lineno, ast.unparse(node)))
+    return found
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def import_cycles(root: Path, packages: Iterable[str]) -> list[list[str]]:
+    """The project's import cycles (type-only and function-level imports count), each as
+    the sorted modules of one strongly connected component of the import graph."""
+    graph: dict[str, set[str]] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            name = module_name(root, path)
+            imports, _ = scan(root, path)
+            graph.setdefault(name, set()).update(
+                imp.module
+                for imp in imports
+                if imp.module != name and module_path(root, imp.module) is not None
+            )
+    # Tarjan's algorithm, iteratively (no recursion limit to meet).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, ()))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph.get(nxt, ())))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        cycles.append(sorted(component))
+    return cycles
+
+
+def test_only_the_composition_root_imports_the_cluster() -> None:
+    found = importers_of(ROOT, "dispatch.cluster", PACKAGES)
+    problems = [f for f in found if f.split(":")[0] not in CLUSTER_IMPORTERS]
+    assert not problems, (
+        "several instances are plugged in by dispatch/wiring.py through the ports of "
+        "dispatch/ports.py; nothing else imports dispatch.cluster:\n" + "\n".join(problems)
+    )
+    assert any(f.startswith("dispatch/wiring.py:") for f in found), "nothing wires the cluster"
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    problems = [
+        f"{file}:{line}: {what}"
+        for file, line, what in private_reaches(ROOT, PACKAGES)
+        if (file, what) not in PRIVATE_REACHES_ALLOWED
+    ]
+    assert not problems, (
+        "a private name used from outside its module is a missing seam: add the public "
+        "call (STYLE.md section 12):\n" + "\n".join(problems)
+    )
+
+
+def test_no_import_cycles() -> None:
+    cycles = [c for c in import_cycles(ROOT, PACKAGES) if frozenset(c) not in KNOWN_CYCLES]
+    assert not cycles, "modules that import each other, directly or around a loop:\n" + (
+        "\n".join(" <-> ".join(c) for c in cycles)
+    )
+
+
 # --- the checker itself ----------------------------------------------------------------
 
 
@@ -287,3 +439,54 @@ def test_layering_counts_type_only_imports(tmp_path: Path) -> None:
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dispatch import model\n"
     root = _tree(tmp_path, {"geo/__init__.py": "", "geo/index.py": source})
     assert layering_violations(root, "geo", {"dispatch"}) == ["geo/index.py:3: imports dispatch"]
+
+
+def test_private_reaches_are_found(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "_x = 1\nclass A:\n    def f(self):\n        return self._y\n",
+            "pkg/b.py": (
+                "from pkg.a import _x\n"
+                "from pkg import a\n"
+                "def g(s):\n"
+                "    return a._x, s._lock, a.__name__, s.__class__\n"
+            ),
+        },
+    )
+    assert private_reaches(root, ["pkg"]) == [
+        ("pkg/b.py", 1, "from pkg.a import _x"),
+        ("pkg/b.py", 4, "a._x"),
+        ("pkg/b.py", 4, "s._lock"),
+    ]
+
+
+def test_import_cycles_are_found_type_only_and_in_functions_too(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from pkg import b\n",
+            "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.c\n",
+            "pkg/c.py": "def f():\n    from pkg.a import x\n",
+            "pkg/d.py": "import pkg.a\n",
+        },
+    )
+    assert import_cycles(root, ["pkg"]) == [["pkg.a", "pkg.b", "pkg.c"]]
+    (root / "pkg/c.py").write_text("x = 1\n", encoding="utf-8")
+    assert import_cycles(root, ["pkg"]) == []
+
+
+def test_importers_are_found(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/cluster.py": "",
+            "pkg/a.py": "from pkg.cluster import X\n",
+            "pkg/b.py": "from pkg import cluster\n",
+            "pkg/c.py": "import pkg.clustering\n",
+        },
+    )
+    assert importers_of(root, "pkg.cluster", ["pkg"]) == ["pkg/a.py:1", "pkg/b.py:1"]

@@ -1,0 +1,443 @@
+"""The engine: the core behind one lock, and the executor of the effects it returns.
+
+Every public method takes the lock, feeds the core one event (or a run of them), and
+carries out what the core decided: first everything to be stored (one Redis pipeline),
+then everything to be published; a claim's answer from Redis goes back to the core.
+Nothing is announced before it is stored, so the retained state message is a
+reporter's proof that its incident is safe. The lock is held only across the few Redis
+and broker round trips an event needs; positions are coalesced per volunteer and
+written by `flush_positions`, off that path.
+
+While Redis is down the engine retries the write it was doing (with capped back-off)
+instead of moving on: the core must never get ahead of what is stored.
+
+`Alone` is the single-instance implementation of the ports in dispatch/ports.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from dispatch.bus import Bus
+from dispatch.codec import Codec, dumps
+from dispatch.dispatcher import Dispatcher, Incident
+from dispatch.effects import Claim, Effect, ForgetPosition, LogEvent, Publish, Reject, SavePosition
+from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.metrics import Metrics
+from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
+from dispatch.ports import Ownership, ReportOutcome
+from dispatch.store import Store, StoredVolunteer
+
+__all__ = ["Alone", "Engine", "Message"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A number with a fraction or an exponent (30.2591, 30,2591, 3025910e-5): a coordinate
+# precise enough to place a person; masked in the reasons that are logged.
+_NUMBER = re.compile(r"\d*[.,]\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+")
+
+Message = LocationUpdate | StatusUpdate | Reply | Arrived
+
+
+class Engine:
+    """The core, its lock, and the carrying out of its effects (store, then publish)."""
+
+    def __init__(
+        self,
+        core: Dispatcher,
+        store: Store,
+        bus: Bus,
+        codec: Codec,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.bus = bus
+        self.codec = codec
+        self.metrics = metrics
+        self.clock = clock
+        self.ownership: Ownership = Alone(self)
+        self.redis_ok = False
+        # Marked when something changed that the gauges count (see Service.refresh_gauges).
+        self.gauges_stale = True
+        # Called after every flush of positions with (how many, seconds taken): a hook for
+        # diagnostics (benchmarks/loopmon.py).
+        self.on_positions_flushed: Callable[[int, float], None] | None = None
+        self._lock = asyncio.Lock()
+        self._positions: dict[str, SavePosition | ForgetPosition] = {}
+
+    def share(self, ownership: Ownership) -> None:
+        """Act only for the incidents ``ownership`` says are this instance's."""
+        self.ownership = ownership
+
+    # ------------------------------------------------------------------ events
+
+    async def report(self, report: Report, now: float, *, via_mqtt: bool = True) -> ReportOutcome:
+        """Admit, store, then announce an incident.
+
+        "pending": another engine is storing the same report; its receipt comes from there.
+        A conflict is reported on ``rejected`` only for MQTT reports: an HTTP caller gets
+        its answer in the response, like every other HTTP error.
+        """
+        async with self._lock:
+            if report.id is not None:
+                admission = await self.retrying(
+                    lambda: self.store.admit(report.id or "", report.fingerprint)
+                )
+                if admission == "conflict":
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="conflict").inc()
+                    conflict = self.conflict(report.id)
+                    if via_mqtt:
+                        await self.reject(conflict, now)
+                    else:
+                        self.metrics.rejected.labels(reason=conflict.code).inc()
+                    return ReportOutcome("conflict")
+                if admission == "pending":  # another engine is storing it right now
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+                    return ReportOutcome("pending")
+                if admission == "same":
+                    self.metrics.incidents.labels(kind=report.kind.value, outcome="duplicate").inc()
+                    return ReportOutcome("duplicate", await self.receipt(report.id))
+            effects = self.core.report(report, now)
+            self.metrics.incidents.labels(kind=report.kind.value, outcome="created").inc()
+            await self._execute(effects, now, decision_started=now)
+            incident_id = next(e.incident_id for e in effects if isinstance(e, LogEvent))
+            incident = self.core.incidents[incident_id]
+            state = self.core.public_state(incident)
+        self.gauges_stale = True
+        return ReportOutcome("created", state)
+
+    def conflict(self, incident_id: str) -> BadMessage:
+        """The rejection of a report whose id was reported before with another body."""
+        return BadMessage(
+            self.codec.topic("incidents", "report"),
+            f"incident id '{incident_id}' was already reported with a different body; send "
+            "a new id for a new incident, or the same body to get the receipt again",
+            "conflict",
+            incident_id,
+        )
+
+    async def create(self, report: Report, incident_id: str) -> bool:
+        """Create the incident of an admitted report under the id it was given, unless
+        this core has it already; True if created here."""
+        async with self._lock:
+            created = incident_id not in self.core.incidents
+            if created:
+                now = self.clock()
+                effects = self.core.report(report, now, incident_id=incident_id)
+                await self._execute(effects, now, decision_started=now)
+        self.gauges_stale = True
+        return created
+
+    async def handle(self, messages: Sequence[Message], now: float) -> None:
+        """Locations, statuses, replies and arrivals, in order, under one hold of the lock;
+        what they decide is stored in one round trip, then published."""
+        async with self._lock:
+            effects: list[Effect] = []
+            for msg in messages:
+                if isinstance(msg, LocationUpdate):
+                    effects += self.core.location(msg, now)
+                elif isinstance(msg, StatusUpdate):
+                    effects += self.core.status(msg, now)
+                elif isinstance(msg, Reply):
+                    effects += self.core.reply(msg, now)
+                elif isinstance(msg, Arrived):
+                    effects += self.core.arrived(msg, now)
+                else:  # pragma: no cover - the codec returns nothing else
+                    raise TypeError(f"unexpected message {msg!r}")
+            await self._execute(effects, now)
+
+    async def act(self, action: str, incident_id: str, by: str, **kwargs: Any) -> dict[str, Any]:
+        """cancel, resolve, escalate or assign; returns the incident's public state.
+
+        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
+        """
+        now = self.clock()
+        async with self._lock:
+            if action == "assign":
+                effects = self.core.assign(incident_id, kwargs["volunteer_id"], now, by=by)
+            elif action == "escalate":
+                effects = self.core.escalate(
+                    incident_id, now, by=by, reason=kwargs.get("reason", "")
+                )
+            elif action == "cancel":
+                effects = self.core.cancel(incident_id, now, by=by)
+            elif action == "resolve":
+                effects = self.core.resolve(incident_id, now, by=by)
+            else:
+                raise ValueError(f"unknown operator action {action!r}")
+            await self._execute(effects, now)
+            state = self.core.public_state(self.core.incidents[incident_id])
+        self.gauges_stale = True
+        return state
+
+    async def tick(self, now: float) -> bool:
+        """Fire the timers due at ``now``; True if they decided anything."""
+        async with self._lock:
+            effects = self.core.tick(now)
+            if effects:
+                await self._execute(effects)
+        if effects:
+            self.gauges_stale = True
+        return bool(effects)
+
+    async def restore(
+        self, volunteers: Iterable[StoredVolunteer], records: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Rebuild the core from what was stored: volunteers first, then incidents."""
+        effects: list[Effect] = []
+        for v in volunteers:
+            self.core.restore_volunteer(
+                v.volunteer_id, duty=v.duty, skills=v.skills, mode=v.mode, position=v.position
+            )
+        for record in records:
+            effects += self.core.restore_incident(record)
+        async with self._lock:
+            await self._execute(effects)
+        self.gauges_stale = True
+
+    async def adopt(
+        self, incident_id: str, record: Mapping[str, Any], take: Callable[[], object]
+    ) -> None:
+        """Carry on with an incident another instance owned, from its stored record.
+
+        Under the lock: any stale copy of it is forgotten, ``take()`` is called (to hold
+        its ownership from then on), and it is restored as after a restart, its state
+        published again.
+        """
+        async with self._lock:
+            self.forget(incident_id)  # a stale copy from before we lost it
+            take()
+            effects = self.core.restore_incident(record)
+            await self._execute(effects)
+            incident = self.core.incidents.get(incident_id)
+            if incident is not None:
+                await self.publish([self.state_message(incident)])
+        self.gauges_stale = True
+
+    def forget(self, incident_id: str) -> None:
+        """Drop an incident (and its alerts) from this core; no effects.
+
+        Its volunteers stay out of this instance's index until they next report: whoever
+        owns the incident now may have them alerted or committed. Synchronous, so that it
+        can be called from inside a write (a fenced write that finds the incident taken).
+        """
+        # TODO(issue 13): becomes Dispatcher.forget_incident(incident_id) in the core.
+        core = self.core
+        incident = core.incidents.pop(incident_id, None)
+        if incident is None:
+            return
+        for alert_id, alert in incident.alerts.items():
+            core.alerts.pop(alert_id, None)
+            volunteer = core.volunteers.get(alert.volunteer_id)
+            if volunteer is not None and volunteer.alert_id == alert_id:
+                volunteer.alert_id = None
+        for responder in incident.responders:
+            volunteer = core.volunteers.get(responder.volunteer_id)
+            if volunteer is not None and volunteer.engaged == incident_id:
+                volunteer.engaged = None
+                core.index.remove(responder.volunteer_id)
+
+    async def receipt(self, incident_id: str) -> dict[str, Any]:
+        """Publish a stored incident's state again; its public state."""
+        incident = self.core.incidents.get(incident_id)
+        if incident is None:  # ended and forgotten: rebuild its public state from the record
+            record = await self.retrying(lambda: self.store.incident(incident_id))
+            assert record is not None, "admission said 'same' for an incident with no record"
+            incident = Incident.from_record(record)
+        message = self.state_message(incident)
+        await self.publish([message])
+        return self.core.public_state(incident)
+
+    async def clear_state(self, incident_id: str) -> None:
+        """Clear the retained state message of an incident that ended long ago."""
+        await self.publish(
+            [Publish(self.codec.topic("incidents", incident_id, "state"), b"", retain=True)]
+        )
+
+    def state_message(self, incident: Incident) -> Publish:
+        return Publish(
+            self.codec.topic("incidents", incident.id, "state"),
+            dumps(self.core.public_state(incident)),
+            qos=1,
+            retain=True,
+        )
+
+    # ------------------------------------------------------------------ positions
+
+    async def flush_positions(self) -> None:
+        """Write the positions coalesced since the last flush, in one command."""
+        if not self._positions:
+            return
+        started = time.perf_counter()
+        batch, self._positions = self._positions, {}
+        try:
+            await self.store.save_positions(batch.values())
+        except BackendUnavailable:
+            # Keep what is newer: positions that came in meanwhile win.
+            self._positions = {**batch, **self._positions}
+            raise
+        if self.on_positions_flushed is not None:
+            self.on_positions_flushed(len(batch), time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ effects
+
+    async def _execute(
+        self, effects: list[Effect], now: float | None = None, decision_started: float | None = None
+    ) -> None:
+        """Store, then publish; feed claim answers back to the core. Call under the lock."""
+        while effects:
+            stored: list[Effect] = []
+            publishes: list[Publish] = []
+            claims: list[Claim] = []
+            for effect in effects:
+                if isinstance(effect, Publish):
+                    publishes.append(effect)
+                elif isinstance(effect, SavePosition | ForgetPosition):
+                    self._positions[effect.volunteer_id] = effect
+                elif isinstance(effect, Claim):
+                    claims.append(effect)
+                elif isinstance(effect, Reject):
+                    await self.reject(effect.error, now if now is not None else self.clock())
+                else:
+                    stored.append(effect)
+                    if isinstance(effect, LogEvent):
+                        self.metrics.observe_event(effect.type, effect.data)
+                        self._log_event(effect)
+            if stored:
+                await self.retrying(functools.partial(self.store.apply, stored))
+            # Nothing for incidents another instance took over meanwhile.
+            publishes = self.ownership.keep(publishes)
+            if publishes:
+                await self.publish(publishes, decision_started)
+                decision_started = None
+            effects = []
+            for claim in claims:
+                ok = await self.retrying(
+                    functools.partial(self.store.claim, claim.volunteer_id, claim.incident_id)
+                )
+                effects += self.core.claim_result(
+                    claim.volunteer_id, claim.incident_id, ok, self.clock()
+                )
+
+    async def publish(
+        self, publishes: list[Publish], decision_started: float | None = None
+    ) -> None:
+        """Hand messages to the broker, in order, without waiting for each (`Bus.send`)."""
+        # Only the last retained state per incident matters within one batch.
+        last_retained = {p.topic: i for i, p in enumerate(publishes) if p.retain}
+        batch = [p for i, p in enumerate(publishes) if not p.retain or last_retained[p.topic] == i]
+        if decision_started is not None and any(p.topic.endswith("/alert") for p in batch):
+            self.metrics.decision_latency.observe(self.clock() - decision_started)
+        for p in batch:
+            try:
+                self.bus.send(p)
+            except BackendUnavailable as exc:
+                # The broker is away. Retained states are re-sent on reconnect; an alert
+                # that never left is covered by the next wave and the expiry timers.
+                self.metrics.backend_errors.labels(backend="mqtt").inc()
+                log.warning("publish to %s failed: %s", p.topic, exc)
+
+    async def retrying(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """``operation()`` until Redis answers it (capped back-off); marks Redis down."""
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except BackendUnavailable as exc:
+                self.redis_ok = False
+                self.metrics.backend_errors.labels(backend="redis").inc()
+                log.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                # Capped low: once Redis is back, the service should be too (within 0.5 s).
+                delay = min(delay * 2, 0.5)
+
+    async def reject(self, err: BadMessage, now: float) -> None:
+        """Count, log and publish a rejection (unless another instance answers it)."""
+        if not await self.ownership.should_reject(err):
+            return  # another instance answers it, or already did
+        self.metrics.rejected.labels(reason=err.code).inc()
+        # Reasons echo what was sent: numbers are masked so no coordinate reaches a log.
+        reason = _NUMBER.sub("#", err.reason)
+        log.info("rejected message on %s: %s (%s)", err.topic, err.code, reason)
+        await self.publish(
+            [Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), qos=1)]
+        )
+
+    def _log_event(self, event: LogEvent) -> None:
+        # One line per state change, ids only: never coordinates.
+        data = event.data
+        log.info(
+            "incident=%s event=%s volunteer=%s %s",
+            event.incident_id,
+            event.type,
+            data.get("volunteer_id", "-"),
+            " ".join(f"{k}={v}" for k, v in _loggable(data.items())),
+        )
+
+
+class Alone:
+    """The ports (dispatch/ports.py) of an engine that works alone: every incident is its own."""
+
+    batches = True
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # Intake
+    async def admit(self, report: Report, payload: bytes, now: float) -> None:
+        await self.engine.report(report, now)
+
+    async def submit(
+        self, report: Report, payload: bytes, now: float
+    ) -> tuple[ReportOutcome, str | None]:
+        return await self.engine.report(report, now, via_mqtt=False), report.id
+
+    # Ownership
+    def begin(self, topic: str, payload: bytes) -> None:
+        pass
+
+    def keep(self, publishes: list[Publish]) -> list[Publish]:
+        return publishes
+
+    async def should_reject(self, err: BadMessage) -> bool:
+        return True
+
+    async def confirmed(self, incident_ids: Sequence[str]) -> list[str]:
+        return list(incident_ids)
+
+    def to_restore(self, records: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        return records
+
+    async def run(self) -> None:
+        return
+
+    # IncidentReads
+    async def open_incidents(self) -> list[Incident]:
+        return self.engine.core.open_incidents()
+
+    async def incident(self, incident_id: str) -> Incident | None:
+        incident = self.engine.core.incidents.get(incident_id)
+        if incident is None:
+            record = await self.engine.store.incident(incident_id)
+            incident = None if record is None else Incident.from_record(record)
+        return incident
+
+    # Operators
+    async def operator(
+        self, action: str, incident_id: str, by: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self.engine.act(action, incident_id, by, **kwargs)
+
+
+def _loggable(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
+    return ((k, v) for k, v in items if k not in ("volunteer_id", "lat", "lon"))

@@ -1,0 +1,73 @@
+"""The composition root: builds the engine's objects and hands each its collaborators.
+
+A single engine is a `Service` with the single-instance ports (dispatch/engine.py's
+`Alone`). Several instances (``[cluster] enabled``) are the same service with a fenced
+store and a `Cluster` plugged into its ports: a different set of collaborators, not
+branches in the code that uses them. `serve` adds the HTTP port; the command line
+(dispatch/cli.py), the demo and the tests start the engine through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from dispatch.cluster import Cluster, FencedStore
+from dispatch.config import Config
+from dispatch.service import Service
+from dispatch.web import make_app
+from geo.area import ServiceArea
+
+__all__ = ["build", "serve"]
+
+log = logging.getLogger("dispatch")
+
+
+def build(
+    config: Config, *, clock: Callable[[], float] = time.time, area: ServiceArea | None = None
+) -> Service:
+    """The engine ``config`` describes, not yet connected to anything."""
+    if not config.cluster_enabled:
+        return Service(config, clock=clock, area=area)
+    store = FencedStore.from_config(config)
+    service = Service(config, store=store, clock=clock, area=area)
+    service.share(
+        Cluster(
+            service.engine,
+            store,
+            config,
+            instance=service.instance,
+            redeliver=service.on_message,
+            ready=service.bus.ready,
+        )
+    )
+    return service
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """The engine and its HTTP port, until ``stop`` is set."""
+    service = build(config)
+    runner = web.AppRunner(
+        make_app(service), access_log=None, handle_signals=False, shutdown_timeout=2
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port)
+    await site.start()
+    log.info(
+        "serving http://%s:%s (MQTT %s, topic root '%s')",
+        config.http_host,
+        config.http_port,
+        config.mqtt_url.split("@")[-1],
+        config.topic_root,
+    )
+    try:
+        await service.run(stop)
+    finally:
+        # Open event streams are cut after the runner's 2 s grace; never hang on exit.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.cleanup(), 5)
