@@ -1356,6 +1356,24 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ restore
 
+    def forget_incident(self, incident_id: str) -> None:
+        """Drop an incident and its alerts from this core, with no effects (another engine
+        instance owns it now). Its volunteers stay out of the index until they next report:
+        the owner may have them alerted or committed."""
+        incident = self.incidents.pop(incident_id, None)
+        if incident is None:
+            return
+        for alert_id, alert in incident.alerts.items():
+            self.alerts.pop(alert_id, None)
+            volunteer = self.volunteers.get(alert.volunteer_id)
+            if volunteer is not None and volunteer.alert_id == alert_id:
+                volunteer.alert_id = None
+        for responder in incident.responders:
+            volunteer = self.volunteers.get(responder.volunteer_id)
+            if volunteer is not None and volunteer.engaged == incident_id:
+                volunteer.engaged = None
+                self.index.remove(responder.volunteer_id)
+
     def restore_volunteer(
         self,
         volunteer_id: str,

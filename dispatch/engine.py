@@ -231,21 +231,7 @@ class Engine:
         owns the incident now may have them alerted or committed. Synchronous, so that it
         can be called from inside a write (a fenced write that finds the incident taken).
         """
-        # TODO(issue 13): becomes Dispatcher.forget_incident(incident_id) in the core.
-        core = self.core
-        incident = core.incidents.pop(incident_id, None)
-        if incident is None:
-            return
-        for alert_id, alert in incident.alerts.items():
-            core.alerts.pop(alert_id, None)
-            volunteer = core.volunteers.get(alert.volunteer_id)
-            if volunteer is not None and volunteer.alert_id == alert_id:
-                volunteer.alert_id = None
-        for responder in incident.responders:
-            volunteer = core.volunteers.get(responder.volunteer_id)
-            if volunteer is not None and volunteer.engaged == incident_id:
-                volunteer.engaged = None
-                core.index.remove(responder.volunteer_id)
+        self.core.forget_incident(incident_id)
 
     async def receipt(self, incident_id: str) -> dict[str, Any]:
         """Publish a stored incident's state again; its public state."""
