@@ -17,7 +17,10 @@ It speaks only the public protocol (MQTT + HTTP), like any outside load tester:
 
 The pool must not drain: by default the first alerted volunteer of each incident
 accepts (the incident is then filled and the other alerted volunteers are stood down,
-back in the pool), so the pool shrinks by one volunteer per incident (I x duration;
+back in the pool: an engine this script starts runs without backups, and alerts
+volunteers however far within the alert radius, ``LOAD_POLICY``, so that every incident
+measures the report-to-alert path even with few volunteers spread thin), so the pool
+shrinks by one volunteer per incident (I x duration;
 6,000 of 100,000 for a 60 s run at 100/s). ``--answer decline`` declines every alert
 instead (which makes the engine send further waves: more load), ``--answer ignore``
 leaves the alerts to expire (the alerted volunteers are held until then).
@@ -65,6 +68,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
+# The engine this script starts (when no --config is given): the first accept fills an
+# incident, and nobody within the alert radius is too far to alert.
+LOAD_POLICY = {
+    "DISPATCH_POLICY_BACKUP_RESPONDERS": "0",
+    "DISPATCH_POLICY_USEFUL_ETA_S": "100000",
+}
 if str(REPO) not in sys.path:  # run as a script from a fresh clone
     sys.path.insert(0, str(REPO))
 
@@ -431,6 +440,9 @@ class EngineProcess:
         ]
         if config:
             argv += ["--config", config]
+        env = dict(os.environ)
+        if not config and engine_dir == REPO:
+            env.update(LOAD_POLICY)
         self.proc = subprocess.Popen(
             # ``-m dispatch`` imports from the working directory first: --engine-dir runs
             # another checkout (a baseline) against the same harness.
@@ -439,6 +451,7 @@ class EngineProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
 
     @property

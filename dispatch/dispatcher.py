@@ -522,7 +522,7 @@ class Dispatcher:
             if a.status is not AlertStatus.STOOD_DOWN or a.answered_at is not None
         }
         policy = self.policy
-        looked_at = fixed or policy.max_wave_size
+        looked_at = fixed or policy.wave_cap
         if budget is not None:
             looked_at = min(looked_at, budget)
         candidates = fastest(

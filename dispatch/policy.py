@@ -159,13 +159,13 @@ class Policy:
     alert_expiry_s: float = 90.0
     wave_timeout_s: float = 20.0  # silence this long after a wave brings the next one
     acceptance_rate: float = 0.35  # expected share of alerts accepted
-    wave_confidence: float = 0.9  # wanted probability that a wave brings someone in time
+    wave_confidence: float = 0.95  # wanted probability that a wave brings someone in time
     max_wave_size: int = 8
     max_waves: int = 3  # after the last wave goes unanswered, escalate
     arrival_radius_m: float = 30.0
     # About a quarter of confirmed volunteers never get there: extra acceptors from the
     # waves already sent are kept as backups (no extra alerts are sent for them) ...
-    backup_responders: int = 2
+    backup_responders: int = 3
     # ... and a responder not on scene by accept + ETA x factor + grace is overdue: the
     # incident is treated as short of a responder and a new wave goes out.
     overdue_factor: float = 1.5
@@ -241,6 +241,12 @@ class Policy:
     @property
     def waves(self) -> int:
         return self.playbook.max_waves or self.max_waves
+
+    @property
+    def wave_cap(self) -> int:
+        """The most one wave may alert: ``max_wave_size``, or the whole alert budget when
+        there is one (spending it at once is what gives the best chance in time)."""
+        return self.max_alerts or self.max_wave_size
 
     @property
     def radius_m(self) -> float:
@@ -326,7 +332,7 @@ def choose_wave(
         if not policy.playbook.one_at_a_time:
             fixed = max(fixed, needed)
         return list(candidates[: min(cap, fixed)])
-    cap = min(cap, policy.max_wave_size)
+    cap = min(cap, policy.wave_cap)
     at_least = min(cap, max(0, needed - len(pending_etas)))
     miss = 1.0
     for eta in pending_etas:

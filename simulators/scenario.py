@@ -59,11 +59,13 @@ volunteer responder schemes; every one is a ``Scenario`` field):
   or ``unreached_resolve_s`` after the report when no volunteer got there.
 
 Randomness: independent streams are derived from ``seed`` by name (population,
-incidents, behaviour, engine; halfway, silence, turnout and behaviour/unreachable for
-the parts added later, so that adding them left the older draws as they were), so two
-runs with the same seed are identical and a run with more volunteers faces the very
-same incidents. Nothing reads a clock: simulated
-time starts at ``EPOCH``.
+incidents, engine, behaviour/unreachable), so two runs with the same seed are identical
+and a run with more volunteers faces the very same incidents. How a person answers one
+call and how that trip goes come from a stream of that person and that incident
+(``reply/<vid>/<incident>``, ``trip/<vid>/<incident>``): under another policy, the same
+person alerted for the same incident answers the same way, so that policies are
+compared on the same behaviour (common random numbers) and not on luck. Nothing reads
+a clock: simulated time starts at ``EPOCH``.
 """
 
 from __future__ import annotations
@@ -578,12 +580,10 @@ class _Run:
             state_retention_s=config.state_retention_s,
             rng=stream(scenario.seed, "engine"),
         )
-        self.rng = stream(scenario.seed, "behaviour")
-        # Their own streams, so that a run without half-way quitters, silence or turnout
-        # draws the replies as before, and changing one share moves nothing else.
-        self.halfway_rng = stream(scenario.seed, "halfway")
-        self.silence_rng = stream(scenario.seed, "silence")
-        self.turnout_rng = stream(scenario.seed, "turnout")
+        # How a person answers a call, and how their trip goes, are drawn from a stream of
+        # that person and that incident (``_call``): alerted for the same incident under
+        # another policy, they answer the same way. Policies are then compared on the same
+        # people doing the same things, not on luck (common random numbers).
         self.overdue: dict[str, list[tuple[float, str]]] = {}  # incident -> (waited, why)
         self.people = {v.id: v for v in make_population(scenario, area)}
         self.unreachable = unreachable(scenario, list(self.people))
@@ -710,10 +710,12 @@ class _Run:
         v = self.people[vid]
         v.generation += 1
         v.call = (alert["alert_id"], alert["incident_id"])
-        delay = self.rng.lognormvariate(math.log(self.s.reply_median_s), self.s.reply_sigma)
-        accept = self.rng.random() < self.s.acceptance
-        v.will_arrive = self.rng.random() < self.s.arrive_share
-        if not accept and self.s.silent_share and self.silence_rng.random() < self.s.silent_share:
+        rng = self._call(vid, alert["incident_id"], "reply")
+        delay = rng.lognormvariate(math.log(self.s.reply_median_s), self.s.reply_sigma)
+        accept = rng.random() < self.s.acceptance
+        v.will_arrive = rng.random() < self.s.arrive_share
+        silent = rng.random() < self.s.silent_share
+        if not accept and silent:
             return  # seen or not, never answered: only a stand-down puts the call away
         self.at(now + delay, _REPLY, vid, v.generation, alert["alert_id"], accept)
 
@@ -731,11 +733,13 @@ class _Run:
             # Getting ready (shoes, keys, the door) starts at the accept; a "go" that comes
             # later than that finds them ready sooner, never before the "go".
             ready = v.accepted_at if v.accepted_at is not None else now
-            start = max(now, ready + self._turnout())
+            rng = self._call(vid, incident_id, "trip")
+            start = max(now, ready + self._turnout(rng))
+            halfway = rng.random() < self.s.halfway_share
             if v.will_arrive:
                 self.at(start + trip, _ARRIVE, vid, v.generation, incident_id)
                 v.leg = _Leg(lat, lon, incident.lat, incident.lon, start, trip)
-            elif self.s.halfway_share and self.halfway_rng.random() < self.s.halfway_share:
+            elif halfway:
                 # Half-way, but never inside twice the arrival radius: a short trip given
                 # up "half-way" would otherwise end inside the geofence, an arrival.
                 keep_off = 2 * self.core.policy.arrival_radius_m
@@ -756,11 +760,14 @@ class _Run:
             v.generation += 1
             self._stood_down(v, incident_id, now)
 
-    def _turnout(self) -> float:
+    def _call(self, vid: str, incident_id: str, part: str) -> random.Random:
+        """The stream of one person's ``part`` ("reply", "trip") of one call."""
+        return stream(self.s.seed, f"{part}/{vid}/{incident_id}")
+
+    def _turnout(self, rng: random.Random) -> float:
         """Seconds from the accept to setting off (lognormal around ``turnout_s``)."""
-        if not self.s.turnout_s:
-            return 0.0
-        return self.turnout_rng.lognormvariate(math.log(self.s.turnout_s), self.s.turnout_sigma)
+        turnout = rng.lognormvariate(math.log(self.s.turnout_s or 1.0), self.s.turnout_sigma)
+        return turnout if self.s.turnout_s else 0.0
 
     def _stood_down(self, v: SimVolunteer, incident_id: str, now: float) -> None:
         """A responder's part is over: on scene, they are home when the incident closes

@@ -379,8 +379,9 @@ class Audit:
     def double_bookings(self) -> list[str]:
         """Volunteers assigned to a second incident while the first had not ended.
 
-        Walks the event log in order: an ``assigned`` commits a volunteer, the end of the
-        incident (``resolved``/``cancelled``) frees every responder of it.
+        Walks the event log in order: an ``assigned`` commits a volunteer; a ``stood_down``
+        of a responder (released on the way: enough on scene, or a faster one going)
+        frees that one, the end of the incident (``resolved``/``cancelled``) every one.
         """
         committed: dict[str, str] = {}
         by_incident: dict[str, set[str]] = defaultdict(set)
@@ -394,6 +395,11 @@ class Audit:
                     problems.append(f"{vid}: assigned to {iid} at {eid} while committed to {other}")
                 committed[vid] = iid
                 by_incident[iid].add(vid)
+            elif kind == "stood_down":
+                vid = json.loads(f[b"data"])["volunteer_id"]
+                if vid in by_incident[iid] and committed.get(vid) == iid:
+                    by_incident[iid].discard(vid)
+                    del committed[vid]
             elif kind in ENDED:
                 for vid in by_incident.pop(iid, set()):
                     if committed.get(vid) == iid:

@@ -19,6 +19,7 @@ SHORT = {
     "DISPATCH_POLICY_WAVE_TIMEOUT_S": "1",
     "DISPATCH_POLICY_ALERT_EXPIRY_S": "3",
     "DISPATCH_POLICY_MAX_WAVES": "2",
+    "DISPATCH_POLICY_MAX_WAVE_SIZE": "6",
 }
 
 
@@ -104,13 +105,17 @@ def test_escalates_after_the_last_wave_when_nobody_answers(short: tuple[Engine, 
 def test_too_far_to_be_in_time_alerts_anyway_and_escalates(short: tuple[Engine, Field]) -> None:
     _, field = short
     vid = uid("slow")
-    lat, lon = offset(*D3, 1500, 200)  # walking: about 1083 s, far beyond the 180 s target
-    field.status(vid, lat=lat, lon=lon, skills=["first_aid"], mode="walk")
+    # By e-bike 2500 m: about 591 s, far beyond the 180 s target but still of use (600 s)
+    lat, lon = offset(*D3, 2500, 200)
+    field.status(vid, lat=lat, lon=lon, skills=["first_aid"], mode="ebike")
+    walker = uid("walker")  # on foot that far (1806 s): of no use, not alerted
+    lat, lon = offset(*D3, 2500, 100)
+    field.status(walker, lat=lat, lon=lon, skills=["first_aid"], mode="walk")
     field.sync()
     iid = uid("esc-late")
     field.report({"id": iid, "kind": "medical", "lat": D3[0], "lon": D3[1]})
     alert = field.wait_alert(vid, iid)
-    assert alert["eta_s"] == pytest.approx(1500 * 1.3 / 1.8, abs=1.0)
+    assert alert["eta_s"] == pytest.approx(2500 * 1.3 / 5.5, abs=1.0)
     state = field.wait_state(iid, "escalated")
     assert "180" in state["escalation_reason"], state
     # The late responder may still take it.
@@ -119,6 +124,8 @@ def test_too_far_to_be_in_time_alerts_anyway_and_escalates(short: tuple[Engine, 
     state = field.wait_state(iid, lambda b: b["responders"] != [])
     assert state["responders"][0]["volunteer_id"] == vid
     assert state["state"] == "assigned"  # an escalated incident is still worked on
+    field.sync()
+    assert field.alerts(walker) == []
 
 
 def test_a_volunteer_who_stops_reporting_is_not_alerted(
@@ -129,12 +136,13 @@ def test_a_volunteer_who_stops_reporting_is_not_alerted(
     try:
         engine.start()
         quiet, chatty = uid("quiet"), uid("chatty")
-        field.status(quiet, lat=D4[0] + 0.001, lon=D4[1], skills=["first_aid"])
-        field.status(chatty, lat=D4[0] + 0.002, lon=D4[1], skills=["first_aid"])
+        # (both near enough to be in time: 55 m and 111 m on foot)
+        field.status(quiet, lat=D4[0] + 0.0005, lon=D4[1], skills=["first_aid"])
+        field.status(chatty, lat=D4[0] + 0.001, lon=D4[1], skills=["first_aid"])
         # Let the 1 s time-to-live pass for ``quiet`` while ``chatty`` keeps reporting.
         deadline = time.monotonic() + 1.6
         while time.monotonic() < deadline:
-            field.location(chatty, D4[0] + 0.002, D4[1])
+            field.location(chatty, D4[0] + 0.001, D4[1])
             time.sleep(0.2)
         field.sync()
         iid = uid("ttl")

@@ -21,7 +21,11 @@ R4 = (30.3600, 120.2200)
 def test_kill9_mid_incident_then_restart_honours_earlier_alerts(
     engine_factory: Callable[..., Engine], mqtt_url: str
 ) -> None:
-    env = {"DISPATCH_POLICY_WAVE_TIMEOUT_S": "60", "DISPATCH_POLICY_ALERT_EXPIRY_S": "60"}
+    env = {
+        "DISPATCH_POLICY_WAVE_TIMEOUT_S": "60",
+        "DISPATCH_POLICY_ALERT_EXPIRY_S": "60",
+        "DISPATCH_POLICY_BACKUP_RESPONDERS": "0",  # the first accept fills it
+    }
     first = engine_factory(env=env)
     field = Field(mqtt_url, first.topic_root)
     try:

@@ -86,7 +86,7 @@ def test_the_headline_figures_are_sane(area: ServiceArea) -> None:
     # engine replaces an overdue responder, so more incidents than that are reached.
     assert s["reached_share"] <= s["accepted_share"]  # type: ignore[operator]
     assert 0.72 < s["reached_share"] <= 1  # type: ignore[operator]
-    assert s["first_wave_size"] == 6  # 35 % acceptance, 90 % confidence: 1 - 0.65^6 > 0.9
+    assert s["first_wave_size"] == 7  # 35 % acceptance, 95 % confidence: 1 - 0.65^7 > 0.95
     assert s["alerts_per_incident"] >= 6  # type: ignore[operator]
     assert len(s["cells"]) > 20  # type: ignore[arg-type]
     text = format_report(s)
@@ -317,7 +317,8 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
     # A backup from the waves already sent: more people moving, more incidents in time,
     # and fewer alerts than replacing overdue responders one wave at a time.
     assert backup["responders_per_incident"] > 1.8  # type: ignore[operator]
-    assert backup["within_target_share"] > default["within_target_share"] + 0.05  # type: ignore[operator]
+    # (less than it was: the fastest acceptor now takes the place of a slow first one)
+    assert backup["within_target_share"] > default["within_target_share"] + 0.02  # type: ignore[operator]
     assert backup["alerts_per_incident"] < default["alerts_per_incident"]  # type: ignore[operator]
 
 
@@ -487,7 +488,7 @@ def test_turnout_delays_the_arrival_by_the_turnout(area: ServiceArea) -> None:
         for a, b in zip(before.outcomes, after.outcomes, strict=True)
         if a.time_to_arrival_s is not None and b.time_to_arrival_s is not None
     ]
-    assert len(pairs) > 60
+    assert len(pairs) > 40
     shifts = sorted(b.time_to_arrival_s - a.time_to_arrival_s for a, b in pairs)  # type: ignore[operator]
     assert abs(shifts[len(shifts) // 2] - 40.0) < 0.5
     # Busy 40 s longer, a few later incidents find other people free: most shift exactly.
