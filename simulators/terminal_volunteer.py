@@ -7,6 +7,12 @@ and assignment readably, and takes commands from stdin (``a`` accept, ``d`` decl
 ``go`` at its mode's speed, so the engine sees it arrive from its location. On exit
 (``q``, end of input, Ctrl-C, SIGTERM) it goes off duty.
 
+Protocol 1.1: a ``go`` says whether it goes as the primary responder or as a backup; it
+follows the incident's retained state while sent (where the broker lets it read it) to
+learn role changes and whether the engine believed its arrival. The engine believes "I'm
+here" only with a recent position within the arrival radius plus its accuracy, so ``h``
+sends a location first, and warns (``h!`` sends anyway) when its own position is far.
+
 ``Volunteer`` is the logic (no I/O: commands and messages in, messages and lines out);
 ``run`` is the asyncio shell around it. Nothing in the engine imports this module.
 """
@@ -41,9 +47,28 @@ SPEEDS = {"walk": 1.8, "bike": 4.0, "ebike": 5.5}
 XIAOYING = (30.2591, 120.1698)  # 小营巷, the old town
 QUIT = ("q", "quit", "exit")
 PRIORITY = {1: "life-threatening", 2: "urgent", 3: "routine"}
+ARRIVAL_RADIUS_M = 30.0  # the engine's default (config/default.toml [policy])
+MAX_SLACK_M = 100.0  # the engine counts a reported accuracy up to this
 HELP = (
-    "commands: a [ID] accept | d [ID] decline | h I'm here | on | off | m walk|bike|ebike | "
-    "p LAT LON move there | s state | q quit (goes off duty)"
+    "commands: a [ID] accept | d [ID] decline | h I'm here (h! even when far) | on | off | "
+    "m walk|bike|ebike | p LAT LON move there | s state | q quit (goes off duty)"
+)
+# The engine's stand-down reasons (dispatch/dispatcher.py), in plain words; first match.
+REASONS = (
+    ("faster", "a volunteer who will get there sooner is going in your place; thank you"),
+    ("enough responders on scene", "others are on scene now; you can turn back, thank you"),
+    ("on scene", "others are on scene now; you can turn back, thank you"),
+    ("filled", "others are already on their way; thank you for answering"),
+    ("expired", "the alert expired; others are taking care of it"),
+    ("declined", "you declined this alert"),
+    ("committed", "you are already helping at another incident"),
+    ("moved", "the incident's place changed; dispatch is finding people near it again"),
+    ("resolved", "the incident has been dealt with; thank you"),
+    ("cancelled", "the incident was cancelled; no need to go"),
+)
+BACKUP_NOTE = (
+    "      you go as a BACKUP: another volunteer is on the way too; you may be stood down "
+    "if they get there first or someone faster is going"
 )
 
 
@@ -67,9 +92,13 @@ class Volunteer:
     skills: tuple[str, ...] = ("first_aid",)
     walk: bool = False
     speed_mps: float | None = None
+    accuracy_m: float = 10.0  # what our (simulated) position fix claims, sent with it
+    arrival_radius_m: float = ARRIVAL_RADIUS_M
     on_duty: bool = False
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # alert_id -> alert
-    job: dict[str, Any] | None = None  # the incident we were sent to (after go)
+    # The incident we were sent to (after go): incident_id, lat, lon, address, role,
+    # here_sent, and verified (None until the state says; then the engine's belief).
+    job: dict[str, Any] | None = None
     accepted: dict[str, dict[str, Any]] = field(default_factory=dict)  # incident -> alert
 
     # ---- commands
@@ -96,9 +125,18 @@ class Volunteer:
         ts = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
         return Out(
             "location",
-            {"lat": self.lat, "lon": self.lon, "ts": ts.replace("+00:00", "Z")},
+            {
+                "lat": self.lat,
+                "lon": self.lon,
+                "ts": ts.replace("+00:00", "Z"),
+                "accuracy_m": self.accuracy_m,
+            },
             qos=0,
         )
+
+    def following(self) -> str | None:
+        """The incident whose retained state to follow: the one we were sent to."""
+        return None if self.job is None else str(self.job["incident_id"])
 
     def command(self, line: str, now: float) -> tuple[list[Out], list[str]]:
         """One line typed by the user: what to publish and what to print."""
@@ -108,11 +146,8 @@ class Volunteer:
         cmd, args = words[0].lower(), words[1:]
         if cmd in ("a", "accept", "d", "decline"):
             return self._answer("accept" if cmd.startswith("a") else "decline", args, now)
-        if cmd in ("h", "here", "arrived"):
-            if self.job is None:
-                return [], ["no incident to arrive at (accept an alert first)"]
-            iid = self.job["incident_id"]
-            return [Out("arrived", {"incident_id": iid})], [f"told dispatch: here at {iid}"]
+        if cmd in ("h", "here", "arrived", "h!", "here!"):
+            return self._here(force=cmd.endswith("!") or args[:1] in (["!"], ["-f"]), now=now)
         if cmd == "on":
             self.on_duty = True
             return [self.status()], ["on duty"]
@@ -138,6 +173,27 @@ class Volunteer:
         if cmd in ("?", "help"):
             return [], [HELP]
         return [], [f"unknown command {cmd!r}; {HELP}"]
+
+    def _here(self, force: bool, now: float) -> tuple[list[Out], list[str]]:
+        """Say "I'm here", with our position first (the engine checks the arrival by it)."""
+        if self.job is None:
+            return [], ["no incident to arrive at (accept an alert first)"]
+        iid = self.job["incident_id"]
+        left = self._distance_left()
+        slack = min(max(self.accuracy_m, 0.0), MAX_SLACK_M)
+        if not force and left is not None and left > self.arrival_radius_m + slack:
+            return [], [
+                f"WARNING: by your position you are {_metres(left)} from incident {iid} "
+                f"(accuracy {self.accuracy_m:.0f} m); dispatch would record the arrival as "
+                "UNVERIFIED until a position near the scene confirms it",
+                "      nothing sent; h! to send it anyway",
+            ]
+        self.job["here_sent"] = True
+        where = "" if left is None else f" ({_metres(left)} from the scene by your position)"
+        return (
+            [self.location(now), Out("arrived", {"incident_id": iid})],
+            [f"told dispatch: here at {iid}{where}"],
+        )
 
     def _answer(self, answer: str, args: list[str], now: float) -> tuple[list[Out], list[str]]:
         live = {k: a for k, a in self.alerts.items() if a["expires"] > now}
@@ -181,6 +237,9 @@ class Volunteer:
             return [f"ignored an assignment without an incident id: {dict(body)}"]
         for alert_id in [k for k, a in self.alerts.items() if a["incident_id"] == iid]:
             del self.alerts[alert_id]
+        role = body.get("role") if body.get("role") in ("primary", "backup") else None
+        if action == "go" and self.job is not None and self.job["incident_id"] == iid:
+            return self._go_again(body, role)
         if action == "go":
             alert = self.accepted.pop(iid, {})
             self.job = {
@@ -188,20 +247,92 @@ class Volunteer:
                 "lat": alert.get("lat"),
                 "lon": alert.get("lon"),
                 "address": alert.get("address"),
+                "role": role or "primary",  # a 1.0 engine sends no role
+                "here_sent": False,
+                "verified": None,
             }
             where = self.job["address"] or "(no address)"
             left = self._distance_left()
-            return [
-                f"GO to incident {iid} ({reason}): {where}"
-                + (f", {_metres(left)} away" if left is not None else ""),
-                "      walking there by itself (--walk)" if self.walk else "      h = I'm here",
+            lines = [
+                f"GO to incident {iid} as {self.job['role'].upper()} ({reason}): {where}"
+                + (f", {_metres(left)} away" if left is not None else "")
             ]
+            if self.job["role"] == "backup":
+                lines.append(BACKUP_NOTE)
+            lines.append(
+                "      walking there by itself (--walk)" if self.walk else "      h = I'm here"
+            )
+            return lines
         if action == "stand_down":
             self.accepted.pop(iid, None)
             if self.job is not None and self.job["incident_id"] == iid:
                 self.job = None
-            return [f"STAND DOWN incident {iid}: {reason or 'no reason given'}"]
+            told = _reason(reason)
+            said = f"{told} ({reason})" if told else reason or "no reason given"
+            return [f"STAND DOWN incident {iid}: {said}"]
         return [f"ignored an assignment with action {action!r}"]
+
+    def _go_again(self, body: Mapping[str, Any], role: str | None) -> list[str]:
+        """A later go for our job: a new role, or a new place (amended by the control room)."""
+        job = self.job
+        assert job is not None
+        lines: list[str] = []
+        if role is not None and role != job["role"]:
+            lines += self._new_role(role)
+        lat, lon = body.get("lat"), body.get("lon")
+        if isinstance(lat, int | float) and isinstance(lon, int | float):
+            job["lat"], job["lon"] = float(lat), float(lon)
+            if isinstance(body.get("address"), str):
+                job["address"] = body["address"]
+            left = self._distance_left()
+            lines.append(
+                f"NEW PLACE for incident {job['incident_id']}: {job['address'] or '(no address)'}"
+                + (f", {_metres(left)} away" if left is not None else "")
+            )
+        return lines
+
+    def _new_role(self, role: str) -> list[str]:
+        assert self.job is not None
+        self.job["role"] = role
+        if role == "primary":
+            return ["you are now the PRIMARY responder for " + str(self.job["incident_id"])]
+        return [f"you are now a BACKUP for {self.job['incident_id']}", BACKUP_NOTE]
+
+    def on_state(self, body: Mapping[str, Any], now: float) -> list[str]:
+        """The retained state of the incident we were sent to: role and arrival check."""
+        job = self.job
+        if job is None or body.get("id") != job["incident_id"]:
+            return []
+        lines: list[str] = []
+        if job.get("lat") is None and isinstance(body.get("lat"), int | float):
+            job["lat"], job["lon"] = body.get("lat"), body.get("lon")
+        responders = body.get("responders")
+        me = next(
+            (
+                r
+                for r in (responders if isinstance(responders, list) else [])
+                if isinstance(r, dict) and r.get("volunteer_id") == self.vid
+            ),
+            None,
+        )
+        if me is None:
+            return lines
+        if me.get("role") in ("primary", "backup") and me["role"] != job["role"]:
+            lines += self._new_role(str(me["role"]))
+        if me.get("arrived_at"):
+            verified = me.get("verified") is not False  # a 1.0 engine believes every arrival
+            if verified != job["verified"]:
+                job["verified"] = verified
+                if verified:
+                    lines.append(f"dispatch CONFIRMED your arrival at {job['incident_id']}")
+                else:
+                    lines.append(
+                        f"dispatch recorded your arrival at {job['incident_id']} as UNVERIFIED: "
+                        "it has no recent position of yours near the scene; it is confirmed "
+                        f"once a location within {self.arrival_radius_m:.0f} m (plus accuracy) "
+                        "comes"
+                    )
+        return lines
 
     # ---- time passing
 
@@ -237,7 +368,16 @@ class Volunteer:
         if live:
             parts.append(f"{len(live)} alert(s) waiting")
         if self.job is not None:
-            parts.append(f"going to {self.job['incident_id']}")
+            job = self.job
+            left = self._distance_left()
+            parts.append(
+                f"going to {job['incident_id']} as {job['role']}"
+                + ("" if left is None else f", {_metres(left)} away")
+            )
+            if job["verified"] is not None:
+                parts.append("arrival " + ("confirmed" if job["verified"] else "UNVERIFIED"))
+            elif job["here_sent"]:
+                parts.append("arrival sent")
         return "; ".join(parts)
 
 
@@ -248,6 +388,12 @@ def _parse_time(value: Any, default: float) -> float:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return default
+
+
+def _reason(reason: str) -> str:
+    """The engine's stand-down reason in plain words ('' when it needs none)."""
+    low = reason.lower()
+    return next((told for key, told in REASONS if key in low), "")
 
 
 def _metres(value: Any) -> str:
@@ -291,6 +437,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--every", type=float, default=5.0, help="seconds between locations (default 5)"
     )
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        default=10.0,
+        help="the accuracy in metres claimed for the position, sent as accuracy_m (default 10)",
+    )
+    parser.add_argument(
+        "--arrival-radius",
+        type=float,
+        default=ARRIVAL_RADIUS_M,
+        help="the engine's arrival radius in metres, for the far-away warning (default 30)",
+    )
 
 
 def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
@@ -315,6 +473,8 @@ def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = 
         skills=skills,
         walk=args.walk,
         speed_mps=args.speed,
+        accuracy_m=args.accuracy,
+        arrival_radius_m=args.arrival_radius,
     )
     shell = _Shell(
         volunteer,
@@ -341,6 +501,10 @@ def _check(args: argparse.Namespace) -> str:
         return "--every must be a number of seconds greater than 0"
     if args.speed is not None and not (math.isfinite(args.speed) and args.speed > 0):
         return "--speed must be greater than 0"
+    if not (math.isfinite(args.accuracy) and 0 <= args.accuracy <= 10_000):
+        return "--accuracy must be 0..10000 metres"
+    if not (math.isfinite(args.arrival_radius) and args.arrival_radius > 0):
+        return "--arrival-radius must be greater than 0"
     bad = [s for s in args.skills.split(",") if s and not is_valid_id(s)]
     if bad:
         return f"--skills: not valid skill names: {', '.join(bad)}"
@@ -359,6 +523,7 @@ class _Shell:
     every_s: float
     out: TextIO
     exit_code: int = 0
+    followed: str | None = None  # the incident whose state we are subscribed to
 
     def say(self, *lines: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -368,12 +533,33 @@ class _Shell:
     def topic(self, leaf: str) -> str:
         return f"{self.root}/volunteers/{self.volunteer.vid}/{leaf}"
 
+    def state_topic(self, iid: str) -> str:
+        return f"{self.root}/incidents/{iid}/state"
+
+    async def follow(self, client: aiomqtt.Client) -> None:
+        """Keep the state subscription on the incident we were sent to, and only that.
+
+        A broker whose ACL keeps volunteers to their own topics refuses it (or delivers
+        nothing): then no role changes or arrival checks are shown, which is fine.
+        """
+        want = self.volunteer.following()
+        if want == self.followed:
+            return
+        old, self.followed = self.followed, want
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            if old is not None:
+                await client.unsubscribe(self.state_topic(old), timeout=10)
+            if want is not None:
+                await client.subscribe(self.state_topic(want), 1, timeout=10)
+        _cancel_not_swallowed()
+
     async def send(self, client: aiomqtt.Client, outs: list[Out]) -> None:
         for o in outs:
             # Never retained: a stale status or call must not outlive its moment.
             await client.publish(
                 self.topic(o.leaf), json.dumps(o.body), qos=o.qos, retain=False, timeout=10
             )
+            _cancel_not_swallowed()
 
     async def run(self) -> None:
         stop = asyncio.Event()
@@ -391,6 +577,8 @@ class _Shell:
                     async with self._client() as client:
                         await client.subscribe(self.topic("alert"), 1, timeout=10)
                         await client.subscribe(self.topic("assignment"), 1, timeout=10)
+                        self.followed = None  # a clean session: subscribe again
+                        await self.follow(client)
                         outs = v.start() if first else [v.status()]
                         await self.send(client, outs)
                         if first:
@@ -483,8 +671,11 @@ class _Shell:
                 if message.topic.value.endswith("/alert"):
                     self.say(*v.on_alert(body, now))
                     print("\a", end="", file=self.out, flush=True)  # the terminal's bell
-                else:
+                elif message.topic.value.endswith("/assignment"):
                     self.say(*v.on_assignment(body, now))
+                else:
+                    self.say(*v.on_state(body, now))
+                await self.follow(client)
 
         async def commands() -> None:
             while True:
@@ -495,6 +686,7 @@ class _Shell:
                 outs, said = v.command(line, time.time())
                 self.say(*said)
                 await self.send(client, outs)
+                await self.follow(client)
 
         async def ticks() -> None:
             last = time.monotonic()
@@ -517,6 +709,18 @@ class _Shell:
             await asyncio.wait([quit_wait, stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in [*tasks, quit_wait, stop_wait]:
                 task.cancel()
+
+
+def _cancel_not_swallowed() -> None:
+    """Raise a cancel that an await of aiomqtt's swallowed.
+
+    aiomqtt waits with ``asyncio.wait_for``, which in Python 3.11 drops a cancel that
+    comes just as the awaited reply does (CPython gh-86296): the task would then carry
+    on (e.g. back into ``client.messages``) and the exit would hang on it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _stdin_reader(lines: asyncio.Queue[str | None]) -> Callable[[], None]:

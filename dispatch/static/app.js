@@ -11,7 +11,8 @@
   const TEXT = {
     zh: {
       title: "一呼百应 调度台", fig_incidents: "今日事件", fig_p50: "到场 P50", fig_p90: "到场 P90",
-      fig_within: "3 分钟内到场", fig_open: "处理中", fig_escalated: "需人工", fig_available: "可调志愿者",
+      fig_within: "{s} 秒内到场", fig_within_of: "共 {n} 起已判定", fig_reached: "有人到场",
+      fig_unverified: "{n} 起未核实", fig_open: "处理中", fig_escalated: "需人工", fig_available: "可调志愿者",
       tab_queue: "队列", tab_history: "历史", tab_report: "报警录入", queue_empty: "当前没有待处理事件",
       history_since: "时间范围", range_1h: "最近 1 小时", range_today: "今天", range_24h: "最近 24 小时",
       range_7d: "最近 7 天", refresh: "刷新", h_time: "报警时间", h_kind: "类型", h_address: "地址",
@@ -26,6 +27,10 @@
       live: "实时", reconnecting: "重新连接中…", connecting: "连接中…",
       sign_in: "操作员登录", act_resolve: "结案", act_cancel: "取消", act_escalate: "升级", act_assign: "指派…",
       confirm: "确认？", responders: "响应者", eta: "预计", accepted: "已接受", arrived: "已到场", overdue: "超时未到",
+      role_primary: "主", role_backup: "后备", role_primary_title: "主要响应者", role_backup_title: "后备响应者",
+      verified: "已核实", unverified: "未核实", unverified_title: "报了到达，但没有在现场附近的位置，尚未计入到场用时",
+      released: "已撤回",
+      ev_target_missed: "未在目标时间内核实到场", ev_arrival_verified: "到场已核实", ev_claimed: "曾报到达但未核实",
       alerts_sent: "已通知 {n} 人", needed: "需 {n} 人", on_scene_in: "到场用时", target: "目标 3:00",
       legend_60: "≤1 分钟", legend_120: "≤2 分钟", legend_180: "≤3 分钟", legend_late: ">3 分钟",
       legend_none: "无人可达", cov_summary: "{a}/{b} 个网格 3 分钟可达",
@@ -41,7 +46,8 @@
     },
     en: {
       title: "Volunteer dispatch · Control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
-      fig_p90: "P90 to arrival", fig_within: "Within 3 min", fig_open: "Open", fig_escalated: "Escalated",
+      fig_p90: "P90 to arrival", fig_within: "Within {s} s", fig_within_of: "of {n} decided", fig_reached: "Reached",
+      fig_unverified: "{n} unverified", fig_open: "Open", fig_escalated: "Escalated",
       fig_available: "Volunteers free", tab_queue: "Queue", tab_history: "History", tab_report: "Report",
       queue_empty: "No open incidents", history_since: "Range", range_1h: "Last hour", range_today: "Today",
       range_24h: "Last 24 hours", range_7d: "Last 7 days", refresh: "Refresh", h_time: "Reported",
@@ -57,6 +63,11 @@
       live: "Live", reconnecting: "Reconnecting…", connecting: "Connecting…",
       sign_in: "Operator sign-in", act_resolve: "Resolve", act_cancel: "Cancel", act_escalate: "Escalate",
       act_assign: "Assign…", confirm: "Confirm?", responders: "Responders", eta: "ETA", accepted: "accepted", overdue: "overdue",
+      role_primary: "primary", role_backup: "backup", role_primary_title: "Primary responder",
+      role_backup_title: "Backup responder", verified: "verified", unverified: "unverified",
+      unverified_title: "Said \"I'm here\" with no position near the scene: not counted in the time to arrival yet",
+      released: "stood down", ev_target_missed: "no verified arrival within the target",
+      ev_arrival_verified: "arrival verified", ev_claimed: "an unverified arrival was claimed",
       arrived: "arrived", alerts_sent: "{n} alerted", needed: "needs {n}", on_scene_in: "on scene in",
       target: "target 3:00", legend_60: "≤1 min", legend_120: "≤2 min", legend_180: "≤3 min",
       legend_late: ">3 min", legend_none: "nobody in reach", cov_summary: "{a}/{b} cells reachable in 3 min",
@@ -402,8 +413,7 @@
   function queueItem(s) {
     const clock = el("div", { class: "clock" }, document.createTextNode(""), el("small"), el("span", { class: "bar" }, el("i")));
     paintClock(clock, s);
-    const responders = s.responders.map((r) => el("li", { class: r.arrived_at ? "arrived" : r.overdue ? "overdue" : "" },
-      `${r.volunteer_id} · ${t("eta")} ${mmss(r.eta_s)} · ${r.arrived_at ? `${t("arrived")} ${hhmm(r.arrived_at)}` : `${t("accepted")} ${hhmm(r.accepted_at)}`}${!r.arrived_at && r.overdue ? ` · ${t("overdue")}` : ""}`));
+    const responders = s.responders.map(responderItem);
     const confirmable = (label, action) => {
       const b = el("button", { type: "button", class: "danger", "data-act": action }, label);
       b.addEventListener("click", (ev) => {
@@ -447,6 +457,23 @@
     return node;
   }
 
+  // One responder: role (protocol 1.1), then where they are; an arrival the engine has not
+  // verified (an "I'm here" with no position near the scene) is marked as such.
+  function responderItem(r) {
+    const role = r.role === "backup" ? "backup" : r.role === "primary" ? "primary" : null;
+    const unverified = Boolean(r.arrived_at) && r.verified === false;
+    const cls = r.arrived_at ? (unverified ? "arrived unverified" : "arrived")
+      : r.released ? "released" : r.overdue ? "overdue" : "";
+    let where = r.arrived_at ? `${t("arrived")} ${hhmm(r.arrived_at)}` : `${t("accepted")} ${hhmm(r.accepted_at)}`;
+    if (!r.arrived_at && r.released) where += ` · ${t("released")}`;
+    else if (!r.arrived_at && r.overdue) where += ` · ${t("overdue")}`;
+    return el("li", { class: cls, "data-vid": r.volunteer_id, "data-role": role, "data-verified": r.arrived_at && r.verified !== undefined ? String(r.verified) : null },
+      role ? el("span", { class: `role role-${role}`, title: t(`role_${role}_title`) }, t(`role_${role}`)) : null,
+      `${r.volunteer_id} · ${t("eta")} ${mmss(r.eta_s)} · ${where}`,
+      r.arrived_at && r.verified === true ? el("span", { class: "check ok", title: t("verified") }, ` ✓ ${t("verified")}`) : null,
+      unverified ? el("span", { class: "check unverified", title: t("unverified_title") }, ` ? ${t("unverified")}`) : null);
+  }
+
   function tickClocks() {
     for (const [id, row] of rows) {
       const s = open.get(id);
@@ -487,6 +514,19 @@
   }
   $("detail-close").addEventListener("click", () => { selected = null; $("detail").hidden = true; scheduleRender(); });
 
+  function eventName(type) {
+    const key = `ev_${type}`;
+    return TEXT[lang][key] || TEXT.en[key] ? t(key) : type;
+  }
+
+  function eventDetail(e) {
+    const parts = [e.volunteer_id, e.role ? t(`role_${e.role}`) : null, e.by ? `${t("by")} ${e.by}` : null, e.reason];
+    if (e.type === "arrived" && e.verified === false) parts.push(t("unverified"));
+    if (e.type === "target_missed" && e.claimed_arrival) parts.push(t("ev_claimed"));
+    if (e.type === "target_missed" && e.target_s) parts.push(mmss(e.target_s));
+    return parts.filter(Boolean).join(" · ");
+  }
+
   async function refreshDetail() {
     if (!selected) return;
     const id = selected;
@@ -498,9 +538,9 @@
     const alerts = d.alerts.map((a) => el("tr", {},
       el("td", {}, a.volunteer_id), el("td", {}, `#${a.wave}`), el("td", {}, a.status),
       el("td", {}, `${t("eta")} ${mmss(a.eta_s)}`), el("td", {}, `${Math.round(a.distance_m)} m`)));
-    const events = d.events.map((e) => el("tr", {},
-      el("td", {}, hhmm(e.at)), el("td", {}, e.type === "state" ? `${e.from} → ${e.to}` : e.type),
-      el("td", {}, [e.volunteer_id, e.by ? `${t("by")} ${e.by}` : null, e.reason].filter(Boolean).join(" · "))));
+    const events = d.events.map((e) => el("tr", { class: `ev-${e.type}` },
+      el("td", {}, hhmm(e.at)), el("td", {}, e.type === "state" ? `${e.from} → ${e.to}` : eventName(e.type)),
+      el("td", {}, eventDetail(e))));
     $("detail-body").replaceChildren(...[
       el("h3", {}, `${t(`kind_${d.kind}`)} · ${t(`state_${d.state}`)}`),
       el("div", { class: "hint" }, `${d.id} · ${d.cell || ""} · P${d.priority}`),
@@ -781,14 +821,30 @@
     $("f-escalated").parentElement.classList.toggle("hot", escalated > 0);
   }
 
+  let figures = null;
   async function loadFigures() {
-    let f;
-    try { f = await read("/api/figures"); } catch (_) { return; }
-    target = f.target_s || target;
+    try { figures = await read("/api/figures"); } catch (_) { return; }
+    target = figures.target_s || target;
+    renderFigures();
+  }
+
+  // The headline (dispatch/headline.py): of every decided incident that needed a
+  // responder, the share with a verified arrival within the target; nobody there is a miss.
+  function renderFigures() {
+    const f = figures;
+    $("f-within-label").textContent = t("fig_within", { s: Math.round(target) });
+    if (!f) return;
     $("f-incidents").textContent = String(f.incidents);
     $("f-p50").textContent = mmss(f.p50_time_to_arrival_s);
     $("f-p90").textContent = mmss(f.p90_time_to_arrival_s);
-    $("f-within").textContent = f.within_target_share === null ? "–" : `${Math.round(f.within_target_share * 100)}%`;
+    const share = f.within_target_share;
+    $("f-within").textContent = share === null || share === undefined ? "–" : `${Math.round(share * 100)}%`;
+    const decided = f.decided ?? null;
+    $("f-within-of").textContent = decided === null ? "" : t("fig_within_of", { n: decided });
+    $("f-reached").textContent = String(f.reached ?? f.arrived ?? "–");
+    const unverified = f.unverified_arrivals || 0;
+    $("f-unverified").textContent = unverified ? t("fig_unverified", { n: unverified }) : "";
+    $("f-unverified").hidden = !unverified;
     $("f-available").textContent = String(f.available_volunteers);
   }
 
@@ -803,6 +859,7 @@
     fillKinds();
     renderOperator();
     renderLegend();
+    renderFigures();
     if (coverage) renderCoverage();
     render();
     tickClocks();

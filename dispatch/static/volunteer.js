@@ -6,8 +6,8 @@
  *       <root>/volunteers/<id>/reply    QoS 1  accept | decline an alert
  *       <root>/volunteers/<id>/arrived  QoS 1  "I'm here"
  * In:   <root>/volunteers/<id>/alert, .../assignment (QoS 1, never retained)
- *       <root>/incidents/<iid>/state while assigned (retained: shows when the engine
- *       saw us arrive from our location)
+ *       <root>/incidents/<iid>/state while assigned (retained: our role, and whether the
+ *       engine believes our arrival: "verified", protocol 1.1)
  * Nothing is ever published retained. The broker checks the id and password; the page
  * learns the broker's address from GET /api/volunteer-app.
  */
@@ -44,7 +44,17 @@
       alert_label: "紧急呼叫", distance: "直线距离", eta: "预计到达",
       answer_within: "内请回复（之后呼叫失效）", accept: "接受", decline: "拒绝",
       waiting_title: "已接受，正在确认…", waiting_text: "调度中心正在确认由你前往。请稍候，不要离开本页面。",
-      here: "我已到达", here_sent: "已报到达",
+      here: "我已到达", here_sent: "已报到达", here_locating: "正在确认位置…",
+      role_primary: "你是本次的主要响应者，请尽快前往。",
+      role_backup: "你作为后备前往：另有志愿者也在路上。如果别人先到或有人更快赶到，会通知你无需前往。",
+      role_now_primary: "你现在是主要响应者。",
+      far_title: "你似乎还没到现场",
+      far_text: "按手机的定位，你离现场约 {d}（定位精度约 {a} 米）。现在报到达，调度中心会记为「未核实」，直到你的位置显示你在现场附近。",
+      far_nofix: "手机还没有你的位置，调度中心无法核实你已到达，会记为「未核实」。",
+      far_send: "仍然报到达", far_cancel: "先不报，继续前往",
+      check_pending: "已报到达，等待调度中心核实…",
+      check_yes: "调度中心已核实：你在现场。",
+      check_no: "未核实：调度中心还没有收到你在现场附近的位置。请保持定位开启，位置一到就会核实。",
       open_nav: "用手机导航前往", amap: "高德地图", baidu: "百度地图",
       arrived_title: "已到达现场", arrived_text: "谢谢你！请先确保自身安全，再按需要提供帮助，等待专业救援到来。",
       dist_note: "到现场的直线距离", heading_live: "箭头已按手机朝向校正。",
@@ -52,6 +62,8 @@
       no_fix: "等待定位…",
       stood_title: "无需前往", back: "返回值班",
       reason_filled: "已有其他志愿者前往，谢谢你的响应。",
+      reason_faster: "有一位能更快赶到的志愿者接替了你，你可以返回了。谢谢你！",
+      reason_moved: "事件地点已更改，已重新安排人员。",
       reason_on_scene: "已有志愿者到达现场，你可以返回了。谢谢你！",
       reason_expired: "呼叫已过期，已安排其他人员处理。",
       reason_declined: "你已拒绝这次呼叫。",
@@ -92,7 +104,17 @@
       alert_label: "EMERGENCY CALL", distance: "Distance", eta: "Estimated arrival",
       answer_within: "left to answer", accept: "Accept", decline: "Decline",
       waiting_title: "Accepted, confirming…", waiting_text: "Dispatch is confirming that you go. Please wait and keep this page open.",
-      here: "I'm here", here_sent: "Arrival sent",
+      here: "I'm here", here_sent: "Arrival sent", here_locating: "Checking your position…",
+      role_primary: "You are the primary responder: please go now.",
+      role_backup: "You are going as a BACKUP: another volunteer is on the way too. If they get there first, or someone faster is going, you will be stood down.",
+      role_now_primary: "You are now the primary responder.",
+      far_title: "You seem not to be there yet",
+      far_text: "Your phone places you about {d} from the incident (accuracy about {a} m). If you send \"I'm here\" now, dispatch records it as UNVERIFIED until your position shows you near the scene.",
+      far_nofix: "Your phone has no position yet: dispatch cannot check that you are there and records the arrival as UNVERIFIED.",
+      far_send: "Send anyway", far_cancel: "Not yet, keep going",
+      check_pending: "Arrival sent; waiting for dispatch to confirm…",
+      check_yes: "Confirmed: dispatch sees you at the scene.",
+      check_no: "Unverified: dispatch has no position of yours near the scene yet. Keep location on; it is confirmed as soon as your position shows you there.",
       open_nav: "Navigate with my phone", amap: "Amap", baidu: "Baidu Maps",
       arrived_title: "You are on scene", arrived_text: "Thank you! Keep yourself safe first, then help as needed until professionals arrive.",
       dist_note: "straight-line distance", heading_live: "The arrow follows the phone's heading.",
@@ -100,6 +122,8 @@
       no_fix: "Waiting for position…",
       stood_title: "You are not needed", back: "Back to duty",
       reason_filled: "Others are already on their way. Thank you for answering.",
+      reason_faster: "A volunteer who will get there sooner is going in your place: you can turn back. Thank you!",
+      reason_moved: "The incident's place changed; dispatch is finding people near it again.",
       reason_on_scene: "Others are on scene now; you can turn back. Thank you!",
       reason_expired: "The call expired; others are taking care of it.",
       reason_declined: "You declined this call.",
@@ -136,7 +160,7 @@
     timer: null,
     heading: null,
     alert: null, // the alert on screen
-    job: null, // {incident_id, alert_id, lat, lon, address, kind, priority, arrived}
+    job: null, // {incident_id, alert_id, lat, lon, address, kind, priority, role, arrived, verified}
     audio: null,
     beepTimer: null,
     wakeLock: null,
@@ -348,8 +372,8 @@
     publish("status", body, 1);
   }
 
-  function sendLocation() {
-    if (S.duty !== "on" || !S.fix) return;
+  function sendLocation(always = false) {
+    if ((S.duty !== "on" && !always) || !S.fix) return;
     const body = { lat: S.fix.lat, lon: S.fix.lon, ts: new Date(S.fix.at).toISOString() };
     if (S.fix.accuracy != null) body.accuracy_m = Math.round(S.fix.accuracy * 10) / 10;
     publish("location", body, 0);
@@ -538,7 +562,10 @@
     if (!msg || typeof msg.incident_id !== "string") return;
     const iid = msg.incident_id;
     if (msg.action === "go") {
-      if (S.job && S.job.incident_id === iid) return; // a repeated confirmation
+      if (S.job && S.job.incident_id === iid) { // a repeated confirmation, or news for the job
+        updateJob(msg);
+        return;
+      }
       const a = S.pending && S.pending.incident_id === iid ? S.pending
         : S.alert && S.alert.incident_id === iid ? S.alert : { incident_id: iid };
       if (S.alert && S.alert.incident_id === iid) closeAlert();
@@ -546,10 +573,14 @@
       S.job = {
         incident_id: iid, alert_id: a.alert_id, kind: a.kind, priority: a.priority,
         lat: a.lat, lon: a.lon, address: a.address, arrived: false, hereSent: false,
+        // protocol 1.1: "primary" or "backup"; a 1.0 engine sends none (then: primary).
+        role: msg.role === "backup" ? "backup" : "primary",
+        verified: null, // from the state: true, false (unverified "I'm here"), null (not yet)
       };
       followState(iid);
       $("here").disabled = false;
       $("arrived-box").hidden = true;
+      $("far").hidden = true;
       $("s-guide").classList.remove("arrived-now");
       if (S.duty === "on") scheduleLocations();
       renderGuide();
@@ -565,6 +596,7 @@
       if (S.job && S.job.incident_id === iid) {
         if (S.client) S.client.unsubscribe(stateTopic(iid));
         S.job = null;
+        $("far").hidden = true;
         if (S.duty === "on") scheduleLocations();
       }
       S.stood = { reason: String(msg.reason || "") };
@@ -573,10 +605,38 @@
     }
   }
 
+  // A later "go" for the job we have: the role may have changed (a backup now primary) or
+  // the place moved (amended by the control room: new lat, lon, address).
+  function updateJob(msg) {
+    const j = S.job;
+    if (msg.role === "primary" || msg.role === "backup") setRole(msg.role);
+    if (typeof msg.lat === "number" && typeof msg.lon === "number") {
+      j.lat = msg.lat;
+      j.lon = msg.lon;
+    }
+    if (typeof msg.address === "string") j.address = msg.address;
+    renderGuide();
+  }
+
+  function setRole(role) {
+    const j = S.job;
+    if (!j || j.role === role) return;
+    const promoted = j.role === "backup" && role === "primary";
+    j.role = role;
+    renderGuide();
+    if (promoted) {
+      toast(t("role_now_primary"));
+      if (navigator.vibrate) navigator.vibrate(200);
+    }
+  }
+
+  // Reasons as the engine words them (dispatch/dispatcher.py), told in friendly words.
   function reasonText(reason) {
     const r = reason.toLowerCase();
+    if (r.includes("faster")) return t("reason_faster");
     if (r.includes("filled")) return t("reason_filled");
-    if (r.includes("on scene")) return t("reason_on_scene");
+    if (r.includes("on scene") || r.includes("on_scene")) return t("reason_on_scene");
+    if (r.includes("moved")) return t("reason_moved");
     if (r.includes("expired")) return t("reason_expired");
     if (r.includes("declined")) return t("reason_declined");
     if (r.includes("committed")) return t("reason_committed");
@@ -594,7 +654,14 @@
   function onState(state) {
     if (!S.job || !state || !Array.isArray(state.responders)) return;
     const me = state.responders.find((r) => r.volunteer_id === S.vid);
-    if (me && me.arrived_at) markArrived();
+    if (me && (me.role === "primary" || me.role === "backup")) setRole(me.role);
+    if (me && me.arrived_at) {
+      // protocol 1.1: "verified" false is an "I'm here" with no position near the scene
+      // yet; a 1.0 engine sends no "verified" and believed every arrival.
+      S.job.verified = me.verified !== false;
+      markArrived();
+      renderCheck();
+    }
     if (typeof state.lat === "number" && S.job.lat == null) {
       S.job.lat = state.lat;
       S.job.lon = state.lon;
@@ -611,6 +678,23 @@
     $("s-guide").classList.add("arrived-now");
     $("here").disabled = true;
     $("here").textContent = t("here_sent");
+    $("far").hidden = true;
+    renderCheck();
+  }
+
+  // Whether dispatch believes the arrival: only the incident's state can say (a broker
+  // whose ACL hides it leaves "sent" on screen after the button, and nothing otherwise).
+  function renderCheck() {
+    const j = S.job;
+    const el = $("arrival-check");
+    if (!j || !j.arrived || (j.verified === null && !j.hereSent)) {
+      el.hidden = true;
+      return;
+    }
+    const v = j.verified === null ? "pending" : j.verified ? "yes" : "no";
+    el.dataset.verified = v;
+    el.textContent = t(`check_${v}`);
+    el.hidden = false;
   }
 
   // ------------------------------------------------------------------ guidance
@@ -640,7 +724,12 @@
     prio.dataset.p = j.priority || "";
     prio.hidden = !j.priority;
     $("g-address").textContent = j.address || t("no_address");
+    const role = $("g-role");
+    role.dataset.role = j.role;
+    role.textContent = t(`role_${j.role}`);
     $("here").textContent = j.hereSent || j.arrived ? t("here_sent") : t("here");
+    renderCheck();
+    if (!$("far").hidden) renderFar();
     const hasTarget = typeof j.lat === "number" && typeof j.lon === "number";
     if (hasTarget) {
       const label = encodeURIComponent(j.address || kindName(j.kind) || "incident");
@@ -675,12 +764,74 @@
     if (S.job && document.body.dataset.screen === "guide") renderGuide();
   }
 
-  function imHere() {
-    if (!S.job) return;
+  // "I'm here": the engine believes it only with a recent position of ours within the
+  // arrival radius plus its accuracy, so take a fresh fix first, warn when that fix puts
+  // us far from the scene, and send the fix right before "arrived".
+  const FIX_WAIT_MS = 4000;
+  const MAX_SLACK_M = 100; // the engine counts a reported accuracy up to this
+
+  function freshFix() {
+    return new Promise((resolve) => {
+      if (!("geolocation" in navigator)) { resolve(S.fix); return; }
+      const done = (fix) => { clearTimeout(timer); resolve(fix); };
+      const timer = setTimeout(() => done(S.fix), FIX_WAIT_MS + 500);
+      navigator.geolocation.getCurrentPosition(
+        (pos) => { onFix(pos); done(S.fix); },
+        () => done(S.fix), // no fresh fix: the last one (or none) will do
+        { enableHighAccuracy: true, maximumAge: 0, timeout: FIX_WAIT_MS },
+      );
+    });
+  }
+
+  // How far our last fix puts us from the scene, and whether that is too far to be believed.
+  function farness() {
+    const j = S.job;
+    if (!j || typeof j.lat !== "number" || typeof j.lon !== "number") return null;
+    if (!S.fix) return { far: true, d: null, acc: null };
+    const d = distanceM(S.fix.lat, S.fix.lon, j.lat, j.lon);
+    const acc = Math.min(Math.max(S.fix.accuracy || 0, 0), MAX_SLACK_M);
+    const radius = (S.app && S.app.arrival_radius_m) || 30;
+    return { far: d > radius + acc, d, acc };
+  }
+
+  async function imHere() {
+    if (!S.job || S.job.hereSent) return;
+    const iid = S.job.incident_id;
+    const btn = $("here");
+    btn.disabled = true;
+    btn.textContent = t("here_locating");
+    await freshFix();
+    if (!S.job || S.job.incident_id !== iid) return; // stood down meanwhile
+    btn.disabled = S.job.arrived;
+    btn.textContent = S.job.arrived ? t("here_sent") : t("here");
+    const f = farness();
+    if (f && f.far) {
+      renderFar();
+      $("far").hidden = false;
+      $("far-cancel").focus();
+      return;
+    }
+    sendArrived();
+  }
+
+  function renderFar() {
+    const f = farness();
+    if (!f) return;
+    $("far-title").textContent = t("far_title");
+    $("far-text").textContent = f.d === null ? t("far_nofix")
+      : t("far_text", { d: fmtDist(f.d), a: Math.round(f.acc) });
+    $("far").dataset.distance = f.d === null ? "" : String(Math.round(f.d));
+  }
+
+  function sendArrived() {
+    $("far").hidden = true;
+    if (!S.job || S.job.hereSent) return;
+    sendLocation(true); // the fix the engine checks the arrival against, just before it
     publish("arrived", { incident_id: S.job.incident_id }, 1);
     S.job.hereSent = true;
     $("here").textContent = t("here_sent");
     markArrived();
+    renderCheck();
   }
 
   // ------------------------------------------------------------------ sign in and out
@@ -763,6 +914,8 @@
     $("accept").addEventListener("click", () => answer("accept"));
     $("decline").addEventListener("click", () => answer("decline"));
     $("here").addEventListener("click", imHere);
+    $("far-send").addEventListener("click", sendArrived);
+    $("far-cancel").addEventListener("click", () => { $("far").hidden = true; });
     $("stood-ok").addEventListener("click", () => { S.stood = null; show("home"); });
     $("signout").addEventListener("click", () => signOut());
     window.addEventListener("online", () => { if (S.client && S.conn !== "online") S.client.reconnect(); });

@@ -241,15 +241,28 @@ def test_live_queue_clock_cancel_and_screenshots(
         )  # fmt: skip
     for iid, *_ in incidents:
         page.row(iid).wait_for(timeout=2_000)
-    # Two of them get a volunteer who accepts; one of those arrives.
+    # Two of them get a volunteer who accepts; one of those says "I'm here" from 300 m
+    # away, which the engine records as an unverified arrival.
+    goers = {}
     for iid, arrive in (("pg-cardiac", True), ("pg-medical", False)):
         inc = engine.get(f"/api/incidents/{iid}")
         alert = next(a for a in inc["alerts"] if a["status"] == "pending")
         field.reply(alert["volunteer_id"], alert["alert_id"], "accept")
-        field.wait_assignment(alert["volunteer_id"], iid, "go")
+        assert field.wait_assignment(alert["volunteer_id"], iid, "go")["role"] == "primary"
+        goers[iid] = alert["volunteer_id"]
         if arrive:
+            field.location(alert["volunteer_id"], inc["lat"] + 0.0027, inc["lon"], accuracy_m=10)
             field.arrived(alert["volunteer_id"], iid)
     p.locator("#queue li.inc[data-id='pg-cardiac'][data-state=on_scene]").wait_for(timeout=3_000)
+    cardiac = page.row("pg-cardiac").locator(f".responders li[data-vid='{goers['pg-cardiac']}']")
+    assert cardiac.get_attribute("data-role") == "primary"
+    assert cardiac.locator(".role-primary").inner_text() == "主"
+    assert cardiac.get_attribute("data-verified") == "false"
+    assert "unverified" in (cardiac.get_attribute("class") or "")
+    assert "未核实" in cardiac.inner_text()
+    medical = page.row("pg-medical").locator(".responders li")
+    assert medical.get_attribute("data-role") == "primary"
+    assert medical.get_attribute("data-verified") is None  # not arrived
     p.locator("#queue li.inc[data-id='pg-medical'][data-state=assigned]").wait_for(timeout=3_000)
     assert p.locator("#queue li.inc.escalated").count() >= 1  # the dispute: no mediator
     fire_clock = page.row("pg-fire").locator(".clock")
@@ -263,10 +276,35 @@ def test_live_queue_clock_cancel_and_screenshots(
     )
     p.wait_for_timeout(3_500)  # coverage and figures catch up
     assert int(p.locator("#f-incidents").inner_text()) == 6
+    # The headline: of the decided incidents (the fire is past 180 s with nobody there:
+    # a miss); the unverified arrival is not "reached".
+    figures = engine.get("/api/figures")
+    assert figures["unverified_arrivals"] == 1
+    assert figures["reached"] == 0
+    assert figures["decided"] >= 1
+    p.locator("#f-unverified:not([hidden])").wait_for(timeout=5_000)
+    assert p.locator("#f-within-label").inner_text() == "180 秒内到场"
+    assert p.locator("#f-within").inner_text() == "0%"
+    assert p.locator("#f-within-of").inner_text() == f"共 {figures['decided']} 起已判定"
+    assert p.locator("#f-reached").inner_text() == "0"
+    assert p.locator("#f-unverified").inner_text() == "1 起未核实"
     page.screenshot("control-room-zh.png")
     p.click("#lang")
     assert p.locator("#lang").inner_text() == "中文"
     assert "Queue" in p.locator(".tabs").inner_text()
+    assert p.locator("#f-within-label").inner_text() == "Within 180 s"
+    assert p.locator("#f-within-of").inner_text() == f"of {figures['decided']} decided"
+    assert "backup" not in page.row("pg-cardiac").inner_text()
+    assert "unverified" in page.row("pg-cardiac").locator(".responders").inner_text()
+    # The volunteer comes within the arrival radius: the arrival is verified.
+    field.location(goers["pg-cardiac"], 30.3100, 120.2050, accuracy_m=5)
+    p.locator(
+        f"#queue li.inc[data-id='pg-cardiac'] li[data-vid='{goers['pg-cardiac']}']"
+        "[data-verified=true]"
+    ).wait_for(timeout=3_000)
+    assert "✓ verified" in page.row("pg-cardiac").locator(".responders").inner_text()
+    p.locator("#f-unverified").wait_for(state="hidden", timeout=5_000)
+    assert p.locator("#f-reached").inner_text() == "1"
     page.screenshot("control-room-en.png")
     page.row("pg-medical").click()
     p.locator("#detail").wait_for(state="visible")

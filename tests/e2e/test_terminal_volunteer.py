@@ -138,12 +138,14 @@ def test_terminal_volunteer_declines_accepts_walks_there_and_leaves(
     field.report({"id": second, "kind": "fall", "lat": SPOT[0], "lon": SPOT[1]})
     term.expect(f"ALERT incident {second}")
     term.type("a")
-    field.wait_assignment(vid, second, "go")
-    assert "GO to incident" in term.expect("GO")
+    assert field.wait_assignment(vid, second, "go")["role"] == "primary"
+    assert f"GO to incident {second} as PRIMARY" in term.expect("GO")
     term.expect("walking")
     state = _on_scene(engine, second, 10)
     assert [r["volunteer_id"] for r in state["responders"]] == [vid]  # type: ignore[attr-defined]
     assert field.all.all(lambda m: m.topic == field.t("volunteers", vid, "arrived")) == []
+    # It follows the incident's state: the geofence arrival is a verified one.
+    term.expect(f"dispatch CONFIRMED your arrival at {second}")
     engine.post(f"/api/incidents/{second}/resolve", {}, token=TOKEN)
     assert "resolved" in term.expect("STAND DOWN")
 
@@ -173,13 +175,35 @@ def test_terminal_volunteer_says_here_and_rejects_bad_flags(
     term.expect(f"ALERT incident {iid}")
     term.type("accept")
     term.expect("GO")
+    # 500 m away: "h" only warns, saying how far; nothing is sent.
     term.type("h")
-    arrived = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "arrived"))
+    warning = term.expect("WARNING")
+    assert "you are 500 m from incident" in warning
+    assert "UNVERIFIED" in warning
+    term.expect("h! to send it anyway")
+    arrived_topic = field.t("volunteers", vid, "arrived")
+    assert field.all.all(lambda m: m.topic == arrived_topic) == []
+    # "h!" sends it anyway, with the position (and its accuracy) right before it.
+    term.type("h!")
+    arrived = field.all.wait_for(lambda m: m.topic == arrived_topic)
     assert arrived.json == {"incident_id": iid}
     assert arrived.qos == 1
-    _on_scene(engine, iid, 5)
+    mine = field.all.all(
+        lambda m: m.topic in (arrived_topic, field.t("volunteers", vid, "location"))
+    )
+    before = mine[next(i for i, m in enumerate(mine) if m is arrived) - 1]
+    assert before.topic.endswith("/location")
+    assert before.json["accuracy_m"] == 10.0
+    state = _on_scene(engine, iid, 5)
+    assert state["responders"][0]["verified"] is False  # type: ignore[index]
+    assert "as UNVERIFIED" in term.expect("UNVERIFIED")
+    # Moving onto the spot: the next location confirms it.
+    term.type(f"p {SPOT[0]} {SPOT[1]}")
+    term.expect(f"dispatch CONFIRMED your arrival at {iid}")
+    term.type("s")
+    assert "arrival confirmed" in term.expect("going to")
     engine.post(f"/api/incidents/{iid}/cancel", {}, token=TOKEN)
-    term.expect("STAND DOWN")
+    assert "no need to go" in term.expect("STAND DOWN")
     term.type("q")
     assert term.proc.wait(10) == 0
     field.all.wait_for(

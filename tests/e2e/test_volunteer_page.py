@@ -141,7 +141,7 @@ def _volunteer(engine: Engine, vid: str) -> dict[str, Any] | None:
     return next((v for v in body["volunteers"] if v["id"] == vid), None)
 
 
-def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
+def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     ws_engine: Engine, field: Field, phones: Callable[..., Phone]
 ) -> None:
     engine = ws_engine
@@ -222,7 +222,7 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
     assert "Medical" in b.page.locator("#a-kind").inner_text()
     a.shot("alert")
 
-    # A accepts: go, and the guidance view.
+    # A accepts: go as the primary responder, and the guidance view.
     a.page.click("#accept")
     reply = field.all.wait_for(
         lambda m: m.topic == field.t("volunteers", vid_a, "reply"), what="the page's reply"
@@ -230,10 +230,12 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
     assert reply.json == {"alert_id": alert["alert_id"], "answer": "accept"}
     assert reply.qos == 1
     assert not reply.retain
-    field.wait_assignment(vid_a, iid, "go")
+    assert field.wait_assignment(vid_a, iid, "go")["role"] == "primary"
     a.screen("guide")
     guide = a.page.locator("#s-guide").inner_text()
     assert "小营巷 12 号 3 单元" in guide
+    assert a.page.locator("#g-role").get_attribute("data-role") == "primary"
+    assert "主要响应者" in a.page.locator("#g-role").inner_text()
     shown = a.page.locator("#g-dist").inner_text()
     assert shown == "250 米", shown
     geo = a.page.locator("#nav-geo").get_attribute("href") or ""
@@ -243,14 +245,15 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
     assert "dev=1" in amap
     a.shot("guide")
 
-    # B is stood down (filled by others) and sees a calm message.
-    field.wait_assignment(vid_b, iid, "stand_down")
-    b.screen("stood")
-    assert b.page.locator("#alert").is_hidden()
-    assert "Others are already on their way" in b.page.locator("#stood-reason").inner_text()
-    b.shot("stood-down")
-    b.page.click("#stood-ok")
-    b.screen("home")
+    # B accepts too and goes as a backup (protocol 1.1), told so plainly.
+    b.page.click("#accept")
+    assert field.wait_assignment(vid_b, iid, "go")["role"] == "backup"
+    b.screen("guide")
+    b.page.wait_for_selector("#g-role[data-role=backup]", timeout=2_000)
+    backup_text = b.page.locator("#g-role").inner_text()
+    assert "BACKUP" in backup_text
+    assert "stood down" in backup_text
+    b.shot("guide-backup")
 
     # A walks onto the incident: the engine detects arrival from the location alone.
     a.move(offset(*INCIDENT, 8, 90))
@@ -260,12 +263,27 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_other_stands_down(
         "the incident to be on_scene from the location",
     )
     state = engine.incident(iid)
-    assert [r["volunteer_id"] for r in state["responders"]] == [vid_a]
+    roles = {r["volunteer_id"]: r["role"] for r in state["responders"]}
+    assert roles == {vid_a: "primary", vid_b: "backup"}
     assert state["responders"][0]["arrived_at"]
+    assert state["responders"][0]["verified"] is True
+    assert state["arrival_verified"] is True
     assert field.all.all(lambda m: m.topic == field.t("volunteers", vid_a, "arrived")) == []
     a.page.wait_for_selector("#arrived-box:not([hidden])", timeout=5_000)
     assert a.page.locator("#here").is_disabled()
+    # The engine's own word, from the incident's state: the arrival is verified.
+    a.page.wait_for_selector("#arrival-check[data-verified=yes]", timeout=5_000)
+    assert "已核实" in a.page.locator("#arrival-check").inner_text()
     a.shot("arrived")
+
+    # Enough on scene: the backup is stood down and sees a calm message.
+    field.wait_assignment(vid_b, iid, "stand_down")
+    b.screen("stood")
+    assert b.page.locator("#alert").is_hidden()
+    assert "Others are on scene now" in b.page.locator("#stood-reason").inner_text()
+    b.shot("stood-down")
+    b.page.click("#stood-ok")
+    b.screen("home")
 
     # Resolved by the control room: a calm thank-you.
     assert engine.post(f"/api/incidents/{iid}/resolve", {}, token=engine.token).status == 200
@@ -312,22 +330,78 @@ def test_i_am_here_button_and_decline(
     assert phone.page.locator("#alert").is_hidden()
     ws_engine.post(f"/api/incidents/{first}/cancel", {}, token=ws_engine.token)
 
-    # Accepted, then "I'm here" far from the spot: the button publishes arrived.
+    # Accepted, then "I'm here" far from the spot: the page warns first, saying how far.
     second = uid("inc")
     field.report({"id": second, "kind": "fire", "lat": INCIDENT[0], "lon": INCIDENT[1]})
     phone.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
     phone.page.click("#accept")
     phone.screen("guide")
     phone.page.click("#here")
-    arrived = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "arrived"))
+    phone.page.wait_for_selector("#far:not([hidden])", timeout=8_000)
+    far = phone.page.locator("#far").inner_text()
+    away = round(haversine_m(*offset(*INCIDENT, 600, 300), *INCIDENT))
+    shown = int(phone.page.locator("#far").get_attribute("data-distance") or "0")
+    assert abs(shown - away) <= 1, (shown, away)
+    assert f"about {shown} m from the incident" in far, far
+    assert "UNVERIFIED" in far
+    phone.shot("far-warning")
+    arrived_topic = field.t("volunteers", vid, "arrived")
+    # Not yet: nothing is sent.
+    phone.page.click("#far-cancel")
+    assert phone.page.locator("#far").is_hidden()
+    phone.page.wait_for_timeout(500)
+    assert field.all.all(lambda m: m.topic == arrived_topic) == []
+    assert phone.page.locator("#here").is_enabled()
+    # Send anyway: a fresh location (with its accuracy) goes right before "arrived".
+    phone.page.click("#here")
+    phone.page.wait_for_selector("#far:not([hidden])", timeout=8_000)
+    phone.page.click("#far-send")
+    arrived = field.all.wait_for(lambda m: m.topic == arrived_topic)
     assert arrived.json == {"incident_id": second}
     assert arrived.qos == 1
     assert not arrived.retain
+    mine = field.all.all(
+        lambda m: m.topic in (arrived_topic, field.t("volunteers", vid, "location"))
+    )
+    before = mine[next(i for i, m in enumerate(mine) if m is arrived) - 1]
+    assert before.topic.endswith("/location"), [m.topic for m in mine]
+    assert before.json["accuracy_m"] == 8
+    # The engine records it as unverified: on scene, but no time to arrival yet.
     _wait(lambda: ws_engine.incident(second)["state"] == "on_scene", 5, "on_scene")
+    state = ws_engine.incident(second)
+    assert state["responders"][0]["verified"] is False
+    assert state["time_to_arrival_s"] is None
     phone.page.wait_for_selector("#arrived-box:not([hidden])")
+    phone.page.wait_for_selector("#arrival-check[data-verified=no]", timeout=5_000)
+    assert "Unverified" in phone.page.locator("#arrival-check").inner_text()
+    phone.shot("unverified")
+    # Walking up to the spot confirms it.
+    phone.move(offset(*INCIDENT, 6, 45))
+    phone.page.wait_for_selector("#arrival-check[data-verified=yes]", timeout=10_000)
+    assert "Confirmed" in phone.page.locator("#arrival-check").inner_text()
+    state = ws_engine.incident(second)
+    assert state["responders"][0]["verified"] is True
+    assert state["time_to_arrival_s"] is not None
     ws_engine.post(f"/api/incidents/{second}/cancel", {}, token=ws_engine.token)
     phone.screen("stood")
     assert "cancelled" in phone.page.locator("#stood-reason").inner_text()
+    phone.page.click("#stood-ok")
+
+    # Every stand-down reason of protocol 1.1 in friendly words (sent here by the test,
+    # as the engine would to a responder whom a faster one replaced).
+    third = uid("inc")
+    assignment = field.t("volunteers", vid, "assignment")
+    field.phone.publish(
+        assignment, {"incident_id": third, "action": "go", "reason": "confirmed", "role": "backup"}
+    )
+    phone.screen("guide")
+    phone.page.wait_for_selector("#g-role[data-role=backup]")
+    field.phone.publish(
+        assignment,
+        {"incident_id": third, "action": "stand_down", "reason": "a faster responder is going"},
+    )
+    phone.screen("stood")
+    assert "sooner is going in your place" in phone.page.locator("#stood-reason").inner_text()
     assert phone.errors == [], phone.errors
 
 

@@ -81,7 +81,7 @@ def test_go_then_walk_there_then_stand_down() -> None:
     v.on_alert(_alert("al-1", "inc-1"), NOW)
     v.command("a", NOW)
     lines = v.on_assignment({"incident_id": "inc-1", "action": "go", "reason": "confirmed"}, NOW)
-    assert "GO to incident inc-1" in lines[0]
+    assert "GO to incident inc-1 as PRIMARY (confirmed)" in lines[0]
     assert "小营巷 12 号" in lines[0]
     before = haversine_m(v.lat, v.lon, *SPOT)
     outs, said = v.tick(5.0, NOW + 5)
@@ -90,13 +90,118 @@ def test_go_then_walk_there_then_stand_down() -> None:
     assert outs[0].leaf == "location"
     assert outs[0].qos == 0
     assert said[0].startswith("walking")
-    assert v.command("h", NOW)[0] == [Out("arrived", {"incident_id": "inc-1"})]
+    v.lat, v.lon = SPOT  # there
+    outs, said = v.command("h", NOW)
+    assert [o.leaf for o in outs] == ["location", "arrived"]  # our position first
+    assert outs[0].body["accuracy_m"] == 10.0
+    assert outs[1] == Out("arrived", {"incident_id": "inc-1"})
+    assert "told dispatch: here at inc-1 (0 m from the scene" in said[0]
     lines = v.on_assignment(
         {"incident_id": "inc-1", "action": "stand_down", "reason": "incident resolved"}, NOW
     )
-    assert lines == ["STAND DOWN incident inc-1: incident resolved"]
+    assert lines == [
+        "STAND DOWN incident inc-1: the incident has been dealt with; thank you (incident resolved)"
+    ]
     assert v.job is None
     assert v.command("h", NOW)[0] == []
+
+
+def _sent(v: Volunteer, role: str | None = "primary") -> None:
+    v.on_alert(_alert("al-1", "inc-1"), NOW)
+    v.command("a", NOW)
+    body = {"incident_id": "inc-1", "action": "go", "reason": "confirmed"}
+    if role is not None:
+        body["role"] = role
+    v.on_assignment(body, NOW)
+
+
+def test_go_says_the_role_and_a_backup_is_told_plainly() -> None:
+    v = _volunteer()
+    v.on_alert(_alert("al-1", "inc-1"), NOW)
+    v.command("a", NOW)
+    lines = v.on_assignment(
+        {"incident_id": "inc-1", "action": "go", "reason": "confirmed", "role": "backup"}, NOW
+    )
+    assert "GO to incident inc-1 as BACKUP" in lines[0]
+    assert "BACKUP: another volunteer is on the way too" in lines[1]
+    assert "may be stood down" in lines[1]
+    assert v.following() == "inc-1"
+    assert "as backup" in v.describe(NOW)
+    # The state says we were promoted (the primary was overdue): said once.
+    state = {"id": "inc-1", "responders": [{"volunteer_id": "v1", "role": "primary"}]}
+    assert v.on_state(state, NOW) == ["you are now the PRIMARY responder for inc-1"]
+    assert v.on_state(state, NOW) == []
+    # A 1.0 engine sends no role: primary.
+    w = _volunteer()
+    _sent(w, role=None)
+    assert w.job is not None
+    assert w.job["role"] == "primary"
+
+
+def test_stand_down_reasons_in_plain_words() -> None:
+    v = _volunteer()
+    _sent(v)
+    lines = v.on_assignment(
+        {"incident_id": "inc-1", "action": "stand_down", "reason": "a faster responder is going"},
+        NOW,
+    )
+    assert lines == [
+        "STAND DOWN incident inc-1: a volunteer who will get there sooner is going in your "
+        "place; thank you (a faster responder is going)"
+    ]
+    assert v.following() is None
+    _sent(v)
+    [line] = v.on_assignment(
+        {"incident_id": "inc-1", "action": "stand_down", "reason": "enough responders on scene"},
+        NOW,
+    )
+    assert "others are on scene now" in line
+    _sent(v)
+    [line] = v.on_assignment(
+        {"incident_id": "inc-1", "action": "stand_down", "reason": "something new"}, NOW
+    )
+    assert line == "STAND DOWN incident inc-1: something new"
+
+
+def test_here_from_far_away_warns_and_h_bang_sends_anyway() -> None:
+    v = _volunteer(accuracy_m=15.0)  # about 240 m from SPOT
+    _sent(v)
+    outs, said = v.command("h", NOW)
+    assert outs == []
+    assert "WARNING: by your position you are 24" in said[0]
+    assert "UNVERIFIED" in said[0]
+    assert "h! to send it anyway" in said[1]
+    outs, said = v.command("h!", NOW + 1)
+    assert [o.leaf for o in outs] == ["location", "arrived"]
+    assert outs[0].body["accuracy_m"] == 15.0
+    assert "arrival sent" in v.describe(NOW)
+    # Within the radius plus the accuracy: no warning.
+    v.lat, v.lon = 30.2591 + 40 / 111_195, 120.1698  # 40 m north: 30 + 15 covers it
+    assert [o.leaf for o in v.command("h", NOW)[0]] == ["location", "arrived"]
+
+
+def test_the_state_says_whether_the_arrival_was_believed() -> None:
+    v = _volunteer()
+    _sent(v)
+    v.command("h!", NOW)
+    me = {"volunteer_id": "v1", "role": "primary", "arrived_at": _iso(NOW), "verified": False}
+    other = {"volunteer_id": "v2", "role": "backup", "arrived_at": None, "verified": False}
+    state = {"id": "inc-1", "responders": [other, me]}
+    [line] = v.on_state(state, NOW)
+    assert "as UNVERIFIED" in line
+    assert "arrival UNVERIFIED" in v.describe(NOW)
+    assert v.on_state(state, NOW + 1) == []  # said once
+    assert v.on_state({**state, "id": "inc-other"}, NOW) == []
+    me["verified"] = True
+    assert v.on_state(state, NOW + 2) == ["dispatch CONFIRMED your arrival at inc-1"]
+    assert "arrival confirmed" in v.describe(NOW)
+    # A 1.0 engine's state has no "verified": an arrival is an arrival.
+    w = _volunteer()
+    _sent(w)
+    old = {"volunteer_id": "v1", "arrived_at": _iso(NOW)}
+    assert w.on_state({"id": "inc-1", "responders": [old]}, NOW) == [
+        "dispatch CONFIRMED your arrival at inc-1"
+    ]
 
 
 def test_off_duty_sends_nothing_and_commands_explain_themselves() -> None:
