@@ -679,7 +679,7 @@ class Dispatcher:
         )
         # The overdue volunteer stays assigned (they may still come); a backup steps up,
         # and if another is needed now, a wave goes out (escalation follows the usual rules).
-        self._rank_roles(incident)
+        self._rank_roles(incident, effects)
         if (
             incident.still_needed
             and incident.next_wave_at is None
@@ -979,7 +979,7 @@ class Dispatcher:
         incident.responders.append(responder)
         if displaced is not None:  # the fastest acceptor wins
             self._release(incident, displaced, "a faster responder is going", now, effects)
-        self._rank_roles(incident)
+        self._rank_roles(incident, effects, new=volunteer_id)
         if _eta_known(alert):
             due = now + self.policy.overdue_after_s(alert.eta_s)
             self._at(due, _OVERDUE, incident.id, alert.alert_id)
@@ -1092,17 +1092,35 @@ class Dispatcher:
             better = expected < self._goer_key(slowest) - _FASTER_BY_S
         return slowest if better and _eta_known(alert) else None
 
-    def _rank_roles(self, incident: Incident) -> None:
-        """The best ``responders_needed`` counted responders are primaries; the rest backups."""
+    def _rank_roles(
+        self, incident: Incident, effects: list[Effect], new: str | None = None
+    ) -> None:
+        """The best ``responders_needed`` counted responders are primaries; the rest backups.
+
+        A responder on the way whose role changes (other than ``new``, who is about to
+        get their "go") is told with another "go" carrying the new role: phones see
+        only their own topics.
+        """
         counted = sorted(
             (r for r in incident.responders if r.counted),
             key=lambda r: (r.arrived_at is None, self._goer_key(r), r.volunteer_id),
         )
-        for i, r in enumerate(counted):
-            r.role = "primary" if i < incident.responders_needed else "backup"
+        roles = {r.volunteer_id: "primary" if i < incident.responders_needed else "backup"
+                 for i, r in enumerate(counted)}  # fmt: skip
         for r in incident.responders:
-            if not r.counted and r.on_the_way:
-                r.role = "backup"
+            role = roles.get(r.volunteer_id, "backup" if r.on_the_way else r.role)
+            if role == r.role:
+                continue
+            r.role = role
+            if r.counted and r.on_the_way and r.volunteer_id != new:
+                reason = (
+                    "you are now the primary responder"
+                    if role == "primary"
+                    else ("a faster responder is going; you go on as a backup")
+                )
+                effects.append(
+                    self._assignment(incident.alerts[r.alert_id], "go", reason, role=role)
+                )
 
     def _release(
         self,
@@ -1232,9 +1250,9 @@ class Dispatcher:
             time_to_arrival_s=round(tta, 3),
             within_target=tta <= self.policy.target_s if first_verified else None,
         )
-        self._rank_roles(incident)
         if sum(1 for r in incident.responders if r.verified) >= incident.responders_needed:
             self._release_the_rest(incident, now, effects)
+        self._rank_roles(incident, effects)
         self._changed(incident, effects)
 
     def _release_the_rest(self, incident: Incident, now: float, effects: list[Effect]) -> None:

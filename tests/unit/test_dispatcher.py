@@ -563,7 +563,19 @@ def test_backups_keep_spare_acceptors_without_extra_waves(area: ServiceArea) -> 
     assert (fourth["v2"]["action"], fourth["v2"]["reason"]) == ("stand_down", "filled by others")
     # a backup covers an overdue responder: no new wave is needed
     v0_due = T0 + 26 + sent["v0"]["eta_s"] * 1.5 + 30 + 40 + 0.1
-    assert alerts(d.tick(v0_due)) == {}
+    overdue = d.tick(v0_due)
+    assert alerts(overdue) == {}
+    # the backup who steps up is told on their own topic (phones see no incident state)
+    promoted = assignments(overdue)
+    assert promoted == {
+        "v1": {
+            "incident_id": "inc1",
+            "action": "go",
+            "reason": "you are now the primary responder",
+            "alert_id": sent["v1"]["alert_id"],
+            "role": "primary",
+        }
+    }
     assert d.incidents["inc1"].still_needed == 0
     assert {r.volunteer_id: r.role for r in d.incidents["inc1"].responders if r.counted} == {
         "v1": "primary"
