@@ -88,7 +88,9 @@ async def _volunteer(mqtt_url: str, root: str, vid: str, lat: float, lon: float,
 
 async def _until_available(http: aiohttp.ClientSession, base: str, n: int) -> None:
     async with asyncio.timeout(5):
-        while (await _get(http, base + "/api/volunteers"))[1]["available"] != n:
+        while True:
+            if (await _get(http, base + "/api/volunteers"))[1]["available"] == n:
+                return
             await asyncio.sleep(0.05)
 
 
@@ -179,13 +181,14 @@ async def test_a_listener_that_resumes_misses_nothing_and_gets_nothing_twice(
         base = _base(config)
         _, listing = await _get(http, base + "/api/incidents")
         start = listing["last_event_id"]
+        lat, lon = XIAOYING
         for n in range(3):
-            await _post(http, base + "/api/incidents", {"id": f"r{n}", "kind": "other",
-                                                       "lat": XIAOYING[0], "lon": XIAOYING[1]})  # fmt: skip
+            body = {"id": f"r{n}", "kind": "other", "lat": lat, "lon": lon}
+            await _post(http, base + "/api/incidents", body)
         async with http.get(base + "/api/events", headers={"Last-Event-ID": start}) as r:
             lines = await _sse_lines(r, lambda ls: sum("r2" in x for x in ls) >= 1)
-            await _post(http, base + "/api/incidents", {"id": "r3", "kind": "other",
-                                                       "lat": XIAOYING[0], "lon": XIAOYING[1]})  # fmt: skip
+            body = {"id": "r3", "kind": "other", "lat": lat, "lon": lon}
+            await _post(http, base + "/api/incidents", body)
             lines += await _sse_lines(r, lambda ls: sum('"r3"' in x for x in ls) >= 1)
     ids = [x for x in lines if x.startswith("id: ")]
     assert len(ids) == len(set(ids))
@@ -225,7 +228,7 @@ async def test_history_is_paged(mqtt_url: str, redis_url: str, topic_root: str) 
             assert status == 400, bad
             assert "whole number" in body["error"]
         status, detail = await _get(http, f"{base}/api/incidents/p3")
-        assert [e["type"] for e in detail["events"]][0] == "reported"
+        assert detail["events"][0]["type"] == "reported"
         assert all(e["id"] for e in detail["events"])
 
 
