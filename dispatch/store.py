@@ -460,6 +460,14 @@ class Store:
             raise BackendUnavailable("redis", str(exc)) from exc
         return [_event(eid, fields) for entries in found for eid, fields in entries]
 
+    async def newest_events(self, count: int) -> list[StoredEvent]:
+        """The ``count`` newest events of the log, oldest first."""
+        try:
+            entries = await self.redis.xrevrange(self._k("events"), count=count)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return [_event(eid, fields) for eid, fields in reversed(entries)]
+
     async def event_id_back(self, count: int) -> str:
         """The id just before the ``count`` newest events ("0" if the log is shorter).
 

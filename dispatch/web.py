@@ -66,7 +66,7 @@ _WRITE_TIMEOUT_S = 10.0  # one write to a listener that does not read ends its s
 # The most events replayed to a listener that comes back with Last-Event-ID. Further
 # behind (Last-Event-ID: 0 asks for the whole log), it gets the newest ones and an
 # ``event: reset`` first, saying that it should reload the list.
-_REPLAY_MAX = 1_000
+_REPLAY_MAX = 500
 # Lists are paged: ?limit= (default, most) and ?offset=.
 _PAGE_DEFAULT = 200
 _PAGE_MAX = 1_000
@@ -310,6 +310,11 @@ class _Api:
         self.hub = hub
         self.config = service.config
         self._coverage_lock = asyncio.Lock()
+        # The heavier reads (pages of incidents, details, figures, replays) run at most
+        # this many at a time. The loop they share with dispatch runs whatever is ready
+        # in turn: eighteen pages being built at once put a report behind all of their
+        # pieces (~100 ms); two at a time, behind at most two.
+        self._heavy = asyncio.Semaphore(2)
         # (computed at, answer) by query; see _CACHE_S
         self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
@@ -469,6 +474,10 @@ class _Api:
         cached = self._figures.get(since)
         if cached is not None and now - cached[0] < _CACHE_S:
             return _json(cached[1])
+        async with self._heavy:
+            return await self._figures_now(since, now)
+
+    async def _figures_now(self, since: float, now: float) -> web.Response:
         core = self.service.core
         ids = await self.reader.reported_since(since, limit=_FIGURES_LIMIT)
         cluster = self.service.cluster
@@ -501,6 +510,10 @@ class _Api:
     async def list_incidents(self, request: web.Request) -> web.Response:
         if (denied := self._check_read(request)) is not None:
             return denied
+        async with self._heavy:
+            return await self._list_incidents(request)
+
+    async def _list_incidents(self, request: web.Request) -> web.Response:
         core = self.service.core
         try:
             limit = _int_param(request, "limit", _PAGE_DEFAULT, 1, _PAGE_MAX)
@@ -548,6 +561,10 @@ class _Api:
     async def get_incident(self, request: web.Request) -> web.Response:
         if (denied := self._check_read(request)) is not None:
             return denied
+        async with self._heavy:
+            return await self._get_incident(request)
+
+    async def _get_incident(self, request: web.Request) -> web.Response:
         iid = request.match_info["iid"]
         # Several instances: from Redis, so that every instance shows the same.
         incident = (
@@ -711,8 +728,7 @@ class _Api:
                 backlog = await reader.events_after(last, count=_REPLAY_MAX + 1)
                 if len(backlog) > _REPLAY_MAX:  # too far behind: the newest only
                     reset = True
-                    last = await reader.event_id_back(_REPLAY_MAX)
-                    backlog = await reader.events_after(last, count=_REPLAY_MAX)
+                    backlog = await reader.newest_events(_REPLAY_MAX)
         except BackendUnavailable as exc:
             return _error(503, f"the engine cannot reach {exc}; try again shortly")
         response = web.StreamResponse(
@@ -732,8 +748,20 @@ class _Api:
                         {"reason": f"more than {_REPLAY_MAX} events were missed; reload the list"}
                     )
                     await response.write(b"event: reset\ndata: %s\n\n" % note)
-            for e in backlog:
-                sent = await self._send(response, e, sent)
+            if backlog:
+                # Encoded under the heavy-read bound, written outside it: a client that
+                # does not read must not hold the bound while its writes wait.
+                async with self._heavy:
+                    chunks: list[bytes] = []
+                    for n, e in enumerate(backlog, 1):
+                        if _id_key(e.event_id) > sent:
+                            chunks.append(_sse(e))
+                            sent = _id_key(e.event_id)
+                        if n % 50 == 0:
+                            await asyncio.sleep(0)  # a long replay lets dispatch in between
+                for start in range(0, len(chunks), 50):
+                    async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                        await response.write(b"".join(chunks[start : start + 50]))
             while True:
                 try:
                     event = await asyncio.wait_for(listener.queue.get(), _KEEPALIVE_S)
@@ -758,14 +786,16 @@ class _Api:
         key = _id_key(e.event_id)
         if key <= sent:
             return sent  # already sent in the catch-up
-        data = orjson.dumps(
-            {"incident_id": e.incident_id, "type": e.type, "at": format_time(e.at), **e.data}
-        )
         async with asyncio.timeout(_WRITE_TIMEOUT_S):
-            await response.write(
-                b"id: %s\nevent: incident\ndata: %s\n\n" % (e.event_id.encode(), data)
-            )
+            await response.write(_sse(e))
         return key
+
+
+def _sse(e: StoredEvent) -> bytes:
+    data = orjson.dumps(
+        {"incident_id": e.incident_id, "type": e.type, "at": format_time(e.at), **e.data}
+    )
+    return b"id: %s\nevent: incident\ndata: %s\n\n" % (e.event_id.encode(), data)
 
 
 def _id_key(event_id: str) -> tuple[int, int]:
