@@ -76,6 +76,9 @@ class AccountError(Exception):
     """A request that cannot be carried out; the message says what to fix."""
 
 
+RESERVED_PREFIX = "dispatch-"
+
+
 def check_id(account_id: str) -> str:
     """The id itself if it follows the protocol's id rule (it is the MQTT username)."""
     if not _ID.fullmatch(account_id):
@@ -168,6 +171,13 @@ class Accounts:
 
     def add(self, account_id: str, password: str, role: str = "volunteer") -> None:
         check_id(account_id)
+        if account_id.startswith(RESERVED_PREFIX):
+            # On the phones' listeners a client id is the username (mosquitto.conf): an
+            # account called dispatch-engine-... could push the engine off the broker.
+            raise AccountError(
+                f"bad account id {account_id!r}: ids starting with {RESERVED_PREFIX!r} are "
+                "kept for the engine's own connections; choose another"
+            )
         check_password(password)
         if role not in ROLES:
             raise AccountError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

@@ -332,6 +332,8 @@ def _skills(value: object) -> tuple[str, ...]:
             _fail(Reason.WRONG_TYPE, f"skills[{i}]", f"a string of 1-{MAX_SKILL_CHARS}", skill)
         if not 1 <= len(skill) <= MAX_SKILL_CHARS:
             _fail(Reason.OUT_OF_RANGE, f"skills[{i}]", f"1-{MAX_SKILL_CHARS} characters", skill)
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in skill):
+            _fail(Reason.UNKNOWN_VALUE, f"skills[{i}]", "text without control characters", skill)
     return tuple(value)
 
 

@@ -12,7 +12,9 @@ Environment names: ``DISPATCH_<KEY>`` for the ``[engine]`` keys (``DISPATCH_MQTT
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +28,15 @@ from dispatch.model import Kind, Mode
 from dispatch.policy import Policy, Strategy
 from geo.travel import TravelModel
 
-__all__ = ["CONFIG_DIR", "DEFAULTS", "Config", "KindDefaults", "load_config"]
+__all__ = [
+    "CONFIG_DIR",
+    "DEFAULTS",
+    "NOT_CONFIG_VARIABLES",
+    "Config",
+    "KindDefaults",
+    "is_loopback",
+    "load_config",
+]
 
 # The repository's config/ folder: the default service area and the documented defaults.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -89,7 +99,14 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "future_tolerance_s": 30.0,
             "event_log_max": 1_000_000,
         },
-        "http": {"operator_token": "", "read_token": ""},
+        "http": {
+            "operator_token": "",
+            "read_token": "",
+            "open_reads": False,
+            "allowed_hosts": ["localhost"],
+            "max_event_listeners": 100,
+            "header_timeout_s": 10.0,
+        },
         "volunteer_app": {"mqtt_ws_url": "", "mqtt_ws_port": 9001, "open_broker": False},
         "backends": {"mqtt_keepalive_s": 15, "redis_timeout_s": 5.0, "redis_health_check_s": 10},
         "cluster": {"enabled": False, "lease_s": 5.0, "reclaim_idle_s": 5.0},
@@ -132,6 +149,12 @@ class Config:
     event_log_max: int
     operator_token: str
     read_token: str
+    # [http] hardening (docs/security.md): who may read, which Host names are served, how
+    # many event streams at once, how long a client may take to send its headers.
+    open_reads: bool = False
+    allowed_hosts: tuple[str, ...] = ("localhost",)
+    max_event_listeners: int = 100
+    header_timeout_s: float = 10.0
     # [backends]: how fast a dead or hung broker / Redis is noticed (docs/reliability.md).
     mqtt_keepalive_s: int = 15
     redis_timeout_s: float = 5.0
@@ -288,7 +311,14 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "future_tolerance_s": _positive,
         "event_log_max": _int_range(1000, 1 << 31),
     },
-    "http": {"operator_token": _text, "read_token": _text},
+    "http": {
+        "operator_token": _text,
+        "read_token": _text,
+        "open_reads": lambda v: _flag(v),
+        "allowed_hosts": lambda v: _host_names(v),
+        "max_event_listeners": _int_range(1, 10_000),
+        "header_timeout_s": _positive,
+    },
     "volunteer_app": {
         "mqtt_ws_url": lambda v: v if v == "" else _url("ws", "wss")(v),
         "mqtt_ws_port": _int_range(1, 65535),
@@ -307,6 +337,36 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
 }
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in value
+    ):
+        raise ValueError(
+            "a list of host names (letters, digits, '-' and '.'), e.g. [\"localhost\"]"
+        )
+    return tuple(h.lower().rstrip(".") for h in value)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9.])?")
+
+# Variables with the DISPATCH_ prefix that are not configuration keys: read by the CLI,
+# the tools and the tests themselves. Any other DISPATCH_* name must be a key
+# (env_name), or start-up stops and names it: a misspelling never passes silently.
+NOT_CONFIG_VARIABLES = frozenset(
+    {
+        "DISPATCH_CONFIG",  # the --config file (dispatch/cli.py, simulators/simulate.py)
+        "DISPATCH_VOLUNTEER_PASSWORD",  # `dispatch volunteer` (simulators/terminal_volunteer.py)
+        "DISPATCH_SETUP_FORCE",  # scripts/setup
+        "DISPATCH_SOAK_SECONDS",  # tests/e2e/test_soak.py, .ci/run
+        "DISPATCH_TEST_MQTT_URL",  # tests/conftest.py
+        "DISPATCH_TEST_MQTT_WS_PORT",
+        "DISPATCH_TEST_REDIS_URL",
+        "DISPATCH_TEST_CHROMIUM",  # tests/e2e/conftest.py
+        "DISPATCH_UPDATE_SCREENSHOTS",  # tests/e2e/test_volunteer_page.py
+    }
+)
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("true or false")
@@ -319,21 +379,46 @@ def _at_least_one(value: Any) -> float:
     return float(value)
 
 
-def _coerce_env(raw: str, default: Any) -> Any:
-    """Environment values are strings; read them as the type of the key's default."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _coerce_env(name: str, raw: str, default: Any) -> Any:
+    """Environment values are strings; read them as the type of the key's default.
+
+    A value that cannot be read as that type is an error naming the variable (the file
+    is held to the same standard by the checks, which see its typed values).
+    """
     if isinstance(default, bool):
-        return raw.lower() in {"1", "true", "yes", "on"}
+        word = raw.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ConfigError(name, raw, "true or false (also 1/0, yes/no, on/off)")
     if isinstance(default, int):
         try:
-            return int(raw)
+            return int(raw.strip())
         except ValueError:
-            return raw
+            raise ConfigError(name, raw, "a whole number") from None
     if isinstance(default, float):
         try:
-            return float(raw)
+            return float(raw.strip())
         except ValueError:
-            return raw
+            raise ConfigError(name, raw, "a number") from None
+    if isinstance(default, list):  # comma-separated
+        return [part.strip() for part in raw.split(",") if part.strip()]
     return raw
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an HTTP bind address is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def env_name(section: str, key: str) -> str:
@@ -366,11 +451,26 @@ def load_config(
             raise ConfigError("--config", str(path), f"valid TOML ({exc})") from exc
         _merge_file(values, file_values)
         base_dir = path.resolve().parent
-    for section, keys in _CHECKS.items():
-        for key in keys:
-            name = env_name(section, key)
-            if name in env:
-                values[section][key] = _coerce_env(env[name], DEFAULTS[section][key])
+    known = {
+        env_name(section, key): (section, key) for section, keys in _CHECKS.items() for key in keys
+    }
+    for name in sorted(env):
+        if not name.startswith("DISPATCH_"):
+            continue
+        if name not in known:
+            if name in NOT_CONFIG_VARIABLES:
+                continue
+            # The value is not shown: a misspelt token or password must not reach a log.
+            raise ConfigError(
+                name,
+                "(not shown)",
+                "a known variable: DISPATCH_<KEY> for [engine] keys, DISPATCH_<SECTION>_<KEY> "
+                "for the others (see config/default.toml); unset it or fix its spelling",
+            )
+        section, key = known[name]
+        values[section][key] = _coerce_env(
+            f"{name} ({section}.{key})", env[name], DEFAULTS[section][key]
+        )
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in _CHECKS or key not in _CHECKS[section]:
@@ -423,6 +523,16 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         kinds[Kind(kind_name)] = KindDefaults(priority, skills)
     engine, policy, travel = clean["engine"], clean["policy"], clean["travel"]
     host, _, port = engine["http"].rpartition(":")
+    http = clean["http"]
+    if not is_loopback(host.strip("[]")) and not http["read_token"] and not http["open_reads"]:
+        raise ConfigError(
+            "http.read_token",
+            "",
+            f"a read token when the engine listens on {engine['http']} (not only this "
+            "machine): incidents, addresses and volunteers would be open to anyone who can "
+            "reach the port. Set http.read_token (DISPATCH_HTTP_READ_TOKEN), or set "
+            "http.open_reads = true (DISPATCH_HTTP_OPEN_READS=true) to open reads on purpose",
+        )
     geojson = Path(clean["area"]["geojson"])
     if not geojson.is_absolute():
         geojson = base_dir / geojson
@@ -479,6 +589,10 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         event_log_max=clean["incidents"]["event_log_max"],
         operator_token=clean["http"]["operator_token"],
         read_token=clean["http"]["read_token"],
+        open_reads=http["open_reads"],
+        allowed_hosts=http["allowed_hosts"],
+        max_event_listeners=http["max_event_listeners"],
+        header_timeout_s=http["header_timeout_s"],
         mqtt_keepalive_s=clean["backends"]["mqtt_keepalive_s"],
         redis_timeout_s=clean["backends"]["redis_timeout_s"],
         redis_health_check_s=clean["backends"]["redis_health_check_s"],

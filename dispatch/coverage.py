@@ -5,9 +5,15 @@ state (or incidents) and the values it needs, and returns plain values. The web 
 calls these on request and caches the answers for a few seconds.
 
 - ``coverage``: for each grid cell, how fast the best available volunteer could reach
-  its centre now, ranked exactly as the engine ranks candidates (``policy.fastest``),
-  within the alert radius, against the target. A cell nobody can reach within the radius
-  has no ETA: there the engine would escalate at once.
+  its centre now, ranked as the engine ranks candidates (``policy.fastest``), within the
+  alert radius, against the target. A cell nobody can reach within the radius has no
+  ETA: there the engine would escalate at once. It is computed from positions coarsened
+  exactly as the map shows them (``coarsen``), never from exact ones: the answer is a
+  function of the coarse positions only, so no sequence of requests (a skill only one
+  volunteer has, ETAs from many cell centres: trilateration) can place anyone more
+  precisely than the map does (issue 18). In two steps: ``coverage_fleet`` takes what
+  it needs from the core (cheap, on the event loop) and ``coverage_of`` does the work
+  on that snapshot alone (so the shell can run it in a thread).
 - ``volunteer_view``: volunteers on duty with a position, coarsened to the centre of a
   ~100 m square (PROTOCOL.md: the control room sees positions coarsened), exact only for
   those committed to an incident.
@@ -29,12 +35,15 @@ from dispatch.model import Duty
 from dispatch.policy import fastest
 from geo.area import Cell
 from geo.distance import LocalProjection
+from geo.index import PartitionedIndex
 
 __all__ = [
     "COARSE_M",
     "CellCoverage",
     "coarsen",
     "coverage",
+    "coverage_fleet",
+    "coverage_of",
     "figures",
     "incident_outcome",
     "percentile",
@@ -68,18 +77,46 @@ def coverage(
 ) -> list[CellCoverage]:
     """Per cell, the best ETA among the available volunteers (with ``skills``) in reach.
 
-    Uses the engine's own ranking, so a cell shown green is a cell where the engine
-    would find someone within the target now. About 570 cells x one k=1 search each:
-    tens of milliseconds, cheap enough to compute on request and cache for seconds.
+    From coarsened positions (see the module docstring): a cell shown green is a cell
+    where the engine would find someone within the target give or take the ~100 m of
+    the map's squares.
     """
-    wanted = tuple(skills)
+    return coverage_of(coverage_fleet(core, skills), cells, core)
+
+
+def coverage_fleet(core: Dispatcher, skills: Iterable[str] = ()) -> list[tuple[str, float, float]]:
+    """(mode, lat, lon) of every available volunteer with all of ``skills``: a snapshot."""
+    wanted = frozenset(skills)
+    index = core.index
+    out: list[tuple[str, float, float]] = []
+    for vid, v in core.volunteers.items():
+        if vid not in index or not wanted <= v.skills:
+            continue
+        mode, position = index.part_of(vid), index.position(vid)
+        if mode is not None and position is not None:
+            out.append((mode, position[0], position[1]))
+    return out
+
+
+def coverage_of(
+    fleet: Iterable[tuple[str, float, float]], cells: Sequence[Cell], core: Dispatcher
+) -> list[CellCoverage]:
+    """Coverage from a ``coverage_fleet`` snapshot; reads only the core's fixed settings.
+
+    Each position is snapped to the centre of its ~100 m square first; volunteers in one
+    square with one mode are one entry (a few thousand squares in a district, whatever
+    the number of volunteers), then one k=1 search per cell as the engine ranks.
+    """
+    projection = core.area.projection
+    squares = {(mode, *coarsen(projection, lat, lon)) for mode, lat, lon in fleet}
+    index = PartitionedIndex(projection, core.index.parts)
+    for n, (mode, lat, lon) in enumerate(sorted(squares)):
+        index.put(str(n), lat, lon, (), mode)
     target = core.policy.target_s
     radius = core.policy.max_radius_m
     out: list[CellCoverage] = []
     for cell in cells:
-        best = fastest(
-            core.index, core.travel, cell.lat, cell.lon, 1, skills=wanted, radius_m=radius
-        )
+        best = fastest(index, core.travel, cell.lat, cell.lon, 1, radius_m=radius)
         eta = best[0].eta_s if best else None
         out.append(CellCoverage(cell.id, eta, None if eta is None else eta <= target))
     return out

@@ -426,4 +426,16 @@ class Alone:
 
 
 def _loggable(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
-    return ((k, v) for k, v in items if k not in ("volunteer_id", "lat", "lon"))
+    # Free text (an operator's name, an escalation reason) is escaped: a newline in it
+    # must not forge a log line of its own.
+    return (
+        (k, _one_line(v) if isinstance(v, str) else v)
+        for k, v in items
+        if k not in ("volunteer_id", "lat", "lon")
+    )
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

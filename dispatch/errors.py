@@ -50,6 +50,8 @@ class Reason(StrEnum):
     BAD_TIME = "bad_time"
     FUTURE_TIME = "future_time"
     UNKNOWN_TOPIC = "unknown_topic"
+    # Raised by the bus: a retained message (replayed by the broker at every subscribe).
+    RETAINED = "retained"
     # Raised by the core: the message is well formed but does not fit the state.
     UNKNOWN_ALERT = "unknown_alert"
     NOT_ALERTED = "not_alerted"

@@ -350,6 +350,9 @@ def _mosquitto_config(port: int, ws_port: int | None) -> str:
         "persistence false",
         # The default (1000) can drop messages to a slow subscriber under load tests.
         "max_queued_messages 10000",
+        # As the shipped configuration: the engine refuses payloads over 16 KiB itself
+        # (and says so on <root>/rejected); the broker drops anything over 64 KiB.
+        "max_packet_size 65536",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
@@ -362,7 +365,9 @@ def _mosquitto_config(port: int, ws_port: int | None) -> str:
         # is killed; a throwaway broker on loopback may as well stay root.
         lines.append("user root")
     if ws_port is not None:
-        lines += [f"listener {ws_port} 127.0.0.1", "protocol websockets"]
+        # Without socket_domain, Debian's mosquitto 2.0 (libwebsockets) binds a
+        # websockets listener to every interface whatever address it is given.
+        lines += [f"listener {ws_port} 127.0.0.1", "protocol websockets", "socket_domain ipv4"]
     return "\n".join(lines) + "\n"
 
 

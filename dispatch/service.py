@@ -26,14 +26,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from dispatch.bus import Bus
 from dispatch.codec import Codec
 from dispatch.config import Config
 from dispatch.dispatcher import Dispatcher
 from dispatch.engine import Alone, Engine
-from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.errors import BackendUnavailable, BadMessage, Reason
 from dispatch.metrics import Metrics
-from dispatch.model import LocationUpdate, Report, StatusUpdate
+from dispatch.model import LocationUpdate, Report, StatusUpdate, is_valid_id
 from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
 from dispatch.store import Store
 from geo.area import ServiceArea
@@ -90,6 +92,7 @@ class Service:
                 subscriptions=subscriptions,
                 protocol=4,
                 keepalive=config.mqtt_keepalive_s,
+                on_retained=self.on_retained,
             )
             subscriptions = []
         self.bus = Bus(
@@ -99,6 +102,7 @@ class Service:
             protocol=config.mqtt_protocol,
             keepalive=config.mqtt_keepalive_s,
             on_connect=self._republish_states,
+            on_retained=self.on_retained,
         )
         self.instance = instance
         self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
@@ -310,6 +314,16 @@ class Service:
         if not isinstance(msg, LocationUpdate):
             self.engine.gauges_stale = True
 
+    async def on_retained(self, topic: str, payload: bytes) -> None:
+        """A message with the retain flag: refused with a reason, never acted on.
+
+        Acting on it would act again at every connect (the broker replays it to each new
+        subscription): a retained report became a new incident at every restart. The
+        stored copy is left alone: clearing it would echo back as an empty message.
+        """
+        if payload:  # an empty retained message is a clear, not a message
+            await self.engine.reject(retained_error(topic, payload), self.clock())
+
     async def on_messages(self, batch: list[tuple[str, bytes]]) -> None:
         """Messages in arrival order, as the bus took them from its queue.
 
@@ -382,3 +396,25 @@ class Service:
         self.engine.gauges_stale = False
         self.metrics.open_incidents.set(sum(1 for i in self.core.incidents.values() if not i.ended))
         self.metrics.available_volunteers.set(self.core.available)
+
+
+def retained_error(topic: str, payload: bytes) -> BadMessage:
+    """The rejection of a retained inbound message, with its id where it carried one."""
+    ident: str | None = None
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        for field in ("id", "alert_id", "incident_id"):
+            if is_valid_id(body.get(field)):
+                ident = body[field]
+                break
+    return BadMessage(
+        topic,
+        "the message was published with the retain flag; the engine never acts on retained "
+        "messages (the broker would replay them at every connect): publish it again "
+        "without retain",
+        Reason.RETAINED,
+        ident,
+    )

@@ -12,6 +12,8 @@ Keys, all under one prefix (default ``dispatch:``, the topic root):
 - ``claim:{vid}``: the incident a volunteer is committed to; only the Lua scripts below
   change it, so two engine processes can never both commit one volunteer
 - ``events``: the append-only event log (a stream, capped), replayed by the control room
+- ``evi:{id}``: the ids of one incident's events in ``events`` (a list, capped), so that
+  an incident's history is read without scanning the log; written with each event
 
 Several instances (``[cluster] enabled``, dispatch/cluster.py) add, through
 `ClusterStore`:
@@ -54,6 +56,7 @@ from dispatch.effects import (
 from dispatch.errors import BackendUnavailable
 
 __all__ = [
+    "INCIDENT_EVENTS_MAX",
     "Admission",
     "ClusterStore",
     "Fence",
@@ -163,6 +166,22 @@ def _redis_errors(
     return wrapper
 
 
+# Append an event to the log and its id to the incident's index, in one step. Called in
+# the same MULTI as the rest of an effect batch. KEYS: the log, the incident's index;
+# ARGV: log cap, incident id, type, at, data, index cap, index time-to-live (s).
+_LOG_EVENT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'incident_id', ARGV[2], 'type', ARGV[3], 'at', ARGV[4], 'data', ARGV[5])
+redis.call('RPUSH', KEYS[2], id)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return id
+"""
+
+# The most events kept in one incident's index (its history shows the newest ones).
+INCIDENT_EVENTS_MAX = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class StoredVolunteer:
     volunteer_id: str
@@ -227,18 +246,36 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
+        self._log_event = client.register_script(_LOG_EVENT)
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout_s: float = 5.0, health_check_s: int = 10, **kwargs: Any
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        health_check_s: int = 10,
+        max_connections: int | None = None,
+        **kwargs: Any,
     ) -> Self:
+        """A store on its own connection pool.
+
+        ``max_connections`` caps the pool: a caller that wants one more waits (up to
+        ``timeout_s``) instead of opening it. The web layer reads through a capped store
+        of its own, so that readers can never take the connections dispatch needs.
+        """
         # The timeouts turn a hung Redis (or network) into an error the service retries.
-        client = aioredis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=health_check_s,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "health_check_interval": health_check_s,
+        }
+        if max_connections is not None:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=timeout_s, **options
+            )
+            return cls(aioredis.Redis.from_pool(pool), **kwargs)  # closes the pool with it
+        client = aioredis.from_url(url, **options)
         return cls(client, **kwargs)
 
     @classmethod
@@ -310,6 +347,16 @@ class Store:
         ids = await self.redis.zrangebyscore(self._k("incidents", "ended"), since, "+inf")
         return [i.decode() for i in ids]
 
+    async def reported_page(self, since: float, offset: int, limit: int) -> list[str]:
+        """Ids of incidents reported at or after ``since``, oldest first, one page."""
+        try:
+            ids = await self.redis.zrangebyscore(
+                self._k("incidents", "all"), since, "+inf", start=offset, num=limit
+            )
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return [i.decode() for i in ids]
+
     @_redis_errors
     async def reported_since(self, since: float, limit: int = 1000) -> list[str]:
         ids = await self.redis.zrangebyscore(
@@ -351,6 +398,7 @@ class Store:
                 *hashes, positions = await pipe.execute()
             for vid, fields, pos in zip(chunk, hashes, positions, strict=True):
                 f = {k.decode(): v.decode() for k, v in fields.items()}
+                skills = _skills(f.get("skills", ""))
                 position = None
                 if pos is not None:
                     lat, lon, at = (float(x) for x in pos.decode().split(","))
@@ -359,7 +407,7 @@ class Store:
                     StoredVolunteer(
                         vid,
                         f.get("duty") or None,
-                        tuple(s for s in f.get("skills", "").split(",") if s),
+                        skills,
                         f.get("mode", "walk"),
                         position,
                     )
@@ -427,16 +475,18 @@ class Store:
             count += 1
             if isinstance(effect, LogEvent):
                 xadd_at.append(len(pipe))
-                pipe.xadd(
-                    self._k("events"),
-                    {
-                        "incident_id": effect.incident_id,
-                        "type": effect.type,
-                        "at": repr(effect.at),
-                        "data": orjson.dumps(dict(effect.data)),
-                    },
-                    maxlen=self.event_log_max,
-                    approximate=True,
+                await self._log_event(
+                    keys=[self._k("events"), self._k("evi", effect.incident_id)],
+                    args=[
+                        self.event_log_max,
+                        effect.incident_id,
+                        effect.type,
+                        repr(effect.at),
+                        orjson.dumps(dict(effect.data)),
+                        INCIDENT_EVENTS_MAX,
+                        self.history_ttl_s,
+                    ],
+                    client=pipe,
                 )
             elif isinstance(effect, SavePosition):
                 pipe.set(
@@ -449,7 +499,8 @@ class Store:
                     self._k("vol", effect.volunteer_id),
                     mapping={
                         "duty": effect.duty,
-                        "skills": ",".join(effect.skills),
+                        # A JSON list: a skill may hold any character, a comma too.
+                        "skills": orjson.dumps(list(effect.skills)),
                         "mode": effect.mode,
                     },
                 )
@@ -507,13 +558,53 @@ class Store:
 
     @_redis_errors
     async def incident_events(self, incident_id: str, limit: int = 1000) -> list[StoredEvent]:
-        """The incident's history, scanning the newest part of the log."""
-        entries = await self.redis.xrevrange(self._k("events"), count=50_000)
-        out = [
-            _event(eid, f) for eid, f in entries if f.get(b"incident_id") == incident_id.encode()
-        ]
-        out.reverse()
-        return out[-limit:]
+        """The incident's newest ``limit`` events, oldest first, from its index.
+
+        One list read and one range read per event, all in one round trip: the cost
+        follows the incident's own history, never the size of the log. Events the capped
+        log has already dropped are left out.
+        """
+        try:
+            ids = await self.redis.lrange(self._k("evi", incident_id), -max(1, limit), -1)
+            if not ids:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for eid in ids:
+                    pipe.xrange(self._k("events"), eid, eid, count=1)
+                found = await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return [_event(eid, fields) for entries in found for eid, fields in entries]
+
+    async def newest_events(self, count: int) -> list[StoredEvent]:
+        """The ``count`` newest events of the log, oldest first."""
+        try:
+            entries = await self.redis.xrevrange(self._k("events"), count=count)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return [_event(eid, fields) for eid, fields in reversed(entries)]
+
+    async def event_id_back(self, count: int) -> str:
+        """The id just before the ``count`` newest events ("0" if the log is shorter).
+
+        Where a replay of at most ``count`` events starts: XREVRANGE with a count reads
+        only that many ids' worth of entries from the newest end.
+        """
+        try:
+            entries = await self.redis.xrevrange(self._k("events"), count=count + 1)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        if len(entries) <= count:
+            return "0"
+        return str(entries[-1][0].decode())
+
+
+def _skills(raw: str) -> tuple[str, ...]:
+    """Skills as stored: a JSON list, or the comma-joined form of earlier versions."""
+    if raw.startswith("["):
+        value = orjson.loads(raw)
+        return tuple(s for s in value if isinstance(s, str) and s)
+    return tuple(s for s in raw.split(",") if s)
 
 
 def _event(event_id: bytes, fields: Mapping[bytes, bytes]) -> StoredEvent:

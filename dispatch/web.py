@@ -15,9 +15,12 @@ incident's owner (dispatch/cluster.py); a single engine reads its own core.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,9 @@ from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
 from dispatch.service import Service
+from dispatch.store import Store, StoredEvent
 
-__all__ = ["make_app"]
+__all__ = ["EventHub", "HeaderDeadline", "listen", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,25 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _CACHE_S = 3.0
 # "Today" for the figures is the operators' day: China Standard Time has no DST.
 _LOCAL_TZ = timezone(timedelta(hours=8), "CST")
-# An SSE listener's blocking read must return well within the Redis client's 5 s
-# socket timeout, or the read would fail as a timeout; it doubles as the keep-alive.
+# The event hub's blocking read must return well within the Redis client's 5 s socket
+# timeout, or the read would fail as a timeout.
 _EVENTS_BLOCK_MS = 3_000
+_KEEPALIVE_S = 3.0  # a comment line on every quiet event stream this often
+# Everything the web layer reads from Redis goes through a store of its own with at
+# most this many connections: readers wait for one of them, and can never take the
+# connections dispatch needs (issue 18: 150 idle event streams stopped dispatch).
+_READER_CONNECTIONS = 8
+# A listener this many events behind the hub is dropped (a slow or stalled client): its
+# browser reconnects with Last-Event-ID and catches up from the log.
+_LISTENER_QUEUE = 2_000
+_WRITE_TIMEOUT_S = 10.0  # one write to a listener that does not read ends its stream
+# The most events replayed to a listener that comes back with Last-Event-ID. Further
+# behind (Last-Event-ID: 0 asks for the whole log), it gets the newest ones and an
+# ``event: reset`` first, saying that it should reload the list.
+_REPLAY_MAX = 500
+# Lists are paged: ?limit= (default, most) and ?offset=.
+_PAGE_DEFAULT = 200
+_PAGE_MAX = 1_000
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -61,8 +81,20 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def make_app(service: Service) -> web.Application:
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors_as_json])
-    api = _Api(service)
+    c = service.config
+    hosts = _HostCheck(c.allowed_hosts)
+    app = web.Application(
+        client_max_size=_MAX_BODY, middlewares=[hosts.middleware, _errors_as_json]
+    )
+    reader = Store.from_url(
+        c.redis_url,
+        prefix=f"{c.topic_root}:",
+        timeout_s=c.redis_timeout_s,
+        health_check_s=c.redis_health_check_s,
+        max_connections=_READER_CONNECTIONS,
+    )
+    api = _Api(service, reader, EventHub(reader, c.max_event_listeners))
+    app.cleanup_ctx.append(api.lifetime)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
@@ -95,13 +127,203 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         return _error(503, f"the engine cannot reach {exc}; try again shortly")
 
 
+class _HostCheck:
+    """The Host header must be an IP address or one of ``http.allowed_hosts``.
+
+    A hostile web page can point a name of its own at 127.0.0.1 (DNS rebinding) and
+    then read the engine's API from the victim's browser as "same origin"; the request
+    still carries the hostile name in Host, and is refused here with 421.
+    """
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.allowed = frozenset(allowed)
+
+    def ok(self, host_header: str | None) -> bool:
+        if not host_header:
+            return True  # HTTP/1.0 without Host: no browser sends that
+        host = host_header.strip().lower()
+        if host.startswith("["):  # [v6]:port
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return host.rstrip(".") in self.allowed
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.ok(request.headers.get("Host")):
+            host = request.headers.get("Host", "")[:100]
+            return _error(
+                421,
+                f"this engine does not serve the host name {host!r}; use its address, or "
+                "add the name to http.allowed_hosts (DISPATCH_HTTP_ALLOWED_HOSTS)",
+            )
+        return await handler(request)
+
+
+class _Listener:
+    """One event stream's place at the hub: a bounded queue, dropped when it overflows."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(_LISTENER_QUEUE)
+        self.dropped = False
+
+
+class EventHub:
+    """One Redis reader for every event stream, however many are open.
+
+    Each listener used to hold a blocking XREAD of its own, on the engine's own
+    connection pool. The hub reads once (on the web layer's capped store) and hands
+    every event to each listener's bounded queue without waiting; a listener too slow
+    to keep up is dropped, never waited for. At most ``max_listeners`` at once.
+    """
+
+    def __init__(self, store: Store, max_listeners: int) -> None:
+        self.store = store
+        self.max_listeners = max_listeners
+        self.listeners: set[_Listener] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def join(self) -> _Listener | None:
+        """A new listener receiving every event logged from now on; None when full."""
+        if len(self.listeners) >= self.max_listeners:
+            return None
+        listener = _Listener()
+        self.listeners.add(listener)
+        if self._task is None or self._task.done():
+            try:
+                # Where the hub starts is read before the caller's own catch-up, so that
+                # nothing falls between the two.
+                start = await self.store.last_event_id()
+            except BaseException:
+                self.listeners.discard(listener)
+                raise
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._run(start), name="event-hub")
+        return listener
+
+    def leave(self, listener: _Listener) -> None:
+        self.listeners.discard(listener)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, last: str) -> None:
+        try:
+            while self.listeners:
+                events = await self.store.events_after(last, count=500, block_ms=_EVENTS_BLOCK_MS)
+                for event in events:
+                    for listener in list(self.listeners):
+                        try:
+                            listener.queue.put_nowait(event)
+                        except asyncio.QueueFull:
+                            listener.dropped = True
+                            self.listeners.discard(listener)
+                    last = event.event_id
+        except BackendUnavailable as exc:
+            # Redis went away: end every stream; browsers reconnect with Last-Event-ID.
+            log.info("event streams ended: %s", exc)
+            for listener in list(self.listeners):
+                listener.dropped = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    listener.queue.put_nowait(None)
+            self.listeners.clear()
+
+
+class HeaderDeadline(asyncio.Protocol):
+    """Wraps aiohttp's protocol: a connection whose request headers are not complete
+    within ``timeout_s`` of connecting is closed (slow-header clients hold no slot).
+
+    Later requests on a kept-alive connection are bounded by aiohttp's keep-alive
+    timeout, which closes a connection that is waiting for a request.
+    """
+
+    def __init__(self, inner: Any, timeout_s: float) -> None:
+        self.inner = inner
+        self.timeout_s = timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire)
+        self.inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, header_timeout_s: float) -> Any:
+    """Serve ``runner`` on host:port, every connection under a ``HeaderDeadline``.
+
+    Instead of aiohttp's TCPSite, whose protocol factory cannot be wrapped; close the
+    returned server before ``runner.cleanup()``.
+    """
+    server = runner.server
+    assert server is not None, "call runner.setup() first"
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: HeaderDeadline(server(), header_timeout_s), host, port, reuse_address=True
+    )
+
+
 class _Api:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, reader: Store, hub: EventHub) -> None:
         self.service = service
+        self.reader = reader  # every read from Redis (see _READER_CONNECTIONS)
+        self.hub = hub
         self.config = service.config
+        self._coverage_lock = asyncio.Lock()
+        # The heavier reads (pages of incidents, details, figures, replays) run at most
+        # this many at a time. The loop they share with dispatch runs whatever is ready
+        # in turn: eighteen pages being built at once put a report behind all of their
+        # pieces (~100 ms); two at a time, behind at most two.
+        self._heavy = asyncio.Semaphore(2)
         # (computed at, answer) by query; see _CACHE_S
         self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+        await self.hub.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reader.close(), 2)
 
     # ---------------------------------------------------------------- auth
 
@@ -207,26 +429,33 @@ class _Api:
         skill = request.query.get("skill", "")
         if skill and not is_valid_id(skill):
             return _error(400, "'skill' must be 1-64 characters of A-Z a-z 0-9 _ -")
-        now = self.service.clock()
-        cached = self._coverage.get(skill)
-        if cached is not None and now - cached[0] < _CACHE_S:
-            return _json(cached[1])
-        core = self.service.core
-        cells = coverage.coverage(core, self.service.area.cells, skills=(skill,) if skill else ())
-        reached = [c for c in cells if c.within_target]
-        body = {
-            "computed_at": format_time(now),
-            "target_s": core.policy.target_s,
-            "radius_m": core.policy.max_radius_m,
-            "skill": skill or None,
-            "available": core.available,
-            "cells_within_target": len(reached),
-            "cells_total": len(cells),
-            "cells": [c.to_json() for c in cells],
-        }
-        if len(self._coverage) >= 16:  # any valid id may be asked for: keep the cache small
-            self._coverage.clear()
-        self._coverage[skill] = (now, body)
+        async with self._coverage_lock:  # one computation at a time, whoever asks
+            now = self.service.clock()
+            cached = self._coverage.get(skill)
+            if cached is not None and now - cached[0] < _CACHE_S:
+                return _json(cached[1])
+            core = self.service.core
+            # The snapshot is taken on the loop (cheap); the work runs in a thread on it
+            # alone, so a request never holds the loop that dispatch runs on for long.
+            fleet = coverage.coverage_fleet(core, (skill,) if skill else ())
+            cells = await asyncio.to_thread(
+                coverage.coverage_of, fleet, self.service.area.cells, core
+            )
+            reached = [c for c in cells if c.within_target]
+            body = {
+                "computed_at": format_time(now),
+                "target_s": core.policy.target_s,
+                "radius_m": core.policy.max_radius_m,
+                "coarse_m": coverage.COARSE_M,
+                "skill": skill or None,
+                "available": core.available,
+                "cells_within_target": len(reached),
+                "cells_total": len(cells),
+                "cells": [c.to_json() for c in cells],
+            }
+            if len(self._coverage) >= 16:  # any valid id may be asked for: keep it small
+                self._coverage.clear()
+            self._coverage[skill] = (now, body)
         return _json(body)
 
     async def figures(self, request: web.Request) -> web.Response:
@@ -245,13 +474,20 @@ class _Api:
         cached = self._figures.get(since)
         if cached is not None and now - cached[0] < _CACHE_S:
             return _json(cached[1])
+        async with self._heavy:
+            return await self._figures_now(since, now)
+
+    async def _figures_now(self, since: float, now: float) -> web.Response:
         core = self.service.core
-        ids = await self.service.store.reported_since(since, limit=_FIGURES_LIMIT)
+        ids = await self.reader.reported_since(since, limit=_FIGURES_LIMIT)
         cluster = self.service.cluster
         # Several instances: each holds only its own incidents; Redis holds them all.
         live = core.incidents if cluster is None else {}
-        stored = await self.service.store.incidents([i for i in ids if i not in live])
-        incidents = [live[i] for i in ids if i in live] + [Incident.from_record(r) for r in stored]
+        stored = await self.reader.incidents([i for i in ids if i not in live])
+        # Up to 20,000 records: read in a thread, off the loop dispatch runs on.
+        incidents = [live[i] for i in ids if i in live] + await asyncio.to_thread(
+            lambda: [Incident.from_record(r) for r in stored]
+        )
         if cluster is None:
             open_now = core.open_incidents()
         else:
@@ -274,22 +510,34 @@ class _Api:
     async def list_incidents(self, request: web.Request) -> web.Response:
         if (denied := self._check_read(request)) is not None:
             return denied
+        async with self._heavy:
+            return await self._list_incidents(request)
+
+    async def _list_incidents(self, request: web.Request) -> web.Response:
         core = self.service.core
+        try:
+            limit = _int_param(request, "limit", _PAGE_DEFAULT, 1, _PAGE_MAX)
+            offset = _int_param(request, "offset", 0, 0, 10_000_000)
+        except ValueError as exc:
+            return _error(400, str(exc))
         # Read before the incidents: a page that opens the event stream from this id
         # misses nothing that changed after its snapshot.
-        last_event_id = await self.service.store.last_event_id()
+        last_event_id = await self.reader.last_event_id()
         state_filter = request.query.get("state")
         if state_filter is not None and state_filter not in {s.value for s in State}:
             allowed = ", ".join(s.value for s in State)
             return _error(400, f"unknown state '{state_filter}'; use one of {allowed}")
         since = request.query.get("since")
+        more = False
         if since is not None:
             try:
                 since_ts = _parse_since(since)
             except ValueError as exc:
                 return _error(400, f"'since' must be an RFC 3339 time or Unix seconds: {exc}")
-            ids = await self.service.store.reported_since(since_ts)
-            records = await self.service.store.incidents(ids)
+            # Oldest first, one page: the rest with offset=next_offset.
+            ids = await self.reader.reported_page(since_ts, offset, limit + 1)
+            more = len(ids) > limit
+            records = await self.reader.incidents(ids[:limit])
             incidents = [Incident.from_record(r) for r in records]
         elif self.service.cluster is not None:  # every instance's, not only ours
             incidents = [Incident.from_record(r) for r in await self.service.cluster.open_records()]
@@ -298,24 +546,32 @@ class _Api:
         if state_filter is not None:
             incidents = [i for i in incidents if i.state.value == state_filter]
         incidents.sort(key=lambda i: (i.priority, i.reported_at, i.id))
+        if since is None:  # open incidents, most urgent first, one page
+            more = len(incidents) > offset + limit
+            incidents = incidents[offset : offset + limit]
         return _json(
             {
                 "incidents": [core.public_state(i) for i in incidents],
                 "last_event_id": last_event_id,
                 "server_time": format_time(self.service.clock()),
+                "next_offset": offset + limit if more else None,
             }
         )
 
     async def get_incident(self, request: web.Request) -> web.Response:
         if (denied := self._check_read(request)) is not None:
             return denied
+        async with self._heavy:
+            return await self._get_incident(request)
+
+    async def _get_incident(self, request: web.Request) -> web.Response:
         iid = request.match_info["iid"]
         # Several instances: from Redis, so that every instance shows the same.
         incident = (
             None if self.service.cluster is not None else self.service.core.incidents.get(iid)
         )
         if incident is None:
-            record = await self.service.store.incident(iid) if is_valid_id(iid) else None
+            record = await self.reader.incident(iid) if is_valid_id(iid) else None
             if record is None:
                 return _error(404, f"no incident with id '{iid}'")
             incident = Incident.from_record(record)
@@ -347,7 +603,7 @@ class _Api:
         ]
         if request.query.get("events") in ("0", "false"):
             return _json(body)  # the page's quick refetch after an event: no history scan
-        events = await self.service.store.incident_events(iid)
+        events = await self.reader.incident_events(iid, limit=_PAGE_MAX)
         body["events"] = [
             {"id": e.event_id, "type": e.type, "at": format_time(e.at), **e.data} for e in events
         ]
@@ -405,8 +661,12 @@ class _Api:
                     )
                 kwargs["volunteer_id"] = vid
             if name == "escalate" and isinstance(body.get("reason"), str):
-                kwargs["reason"] = body["reason"][:500]
+                kwargs["reason"] = body["reason"][:500]  # free text: escaped when logged
             by = body.get("by") if isinstance(body.get("by"), str) else "operator"
+            if not by or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in by):
+                return _error(
+                    400, "'by' must be the operator's name: non-empty, without control characters"
+                )
             cluster = self.service.cluster
             try:
                 if cluster is None:
@@ -428,14 +688,49 @@ class _Api:
     # ---------------------------------------------------------------- events
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events from the Redis event log, resumable with Last-Event-ID."""
+        """Server-sent events of the event log, resumable with Last-Event-ID.
+
+        Live events come from the hub (one Redis reader for all listeners); a listener
+        that comes back with Last-Event-ID first catches up from the log, at most
+        ``_REPLAY_MAX`` events, then takes the hub's events after what it has sent.
+        """
         if (denied := self._check_read(request, query_ok=True)) is not None:
             return denied
-        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "$"
-        if last != "$" and not _is_stream_id(last):
+        given = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        if given is not None and not _is_stream_id(given):
             return _error(
                 400, "Last-Event-ID must be an id this stream sent (like 1700000000000-0)"
             )
+        listener = await self.hub.join()
+        if listener is None:
+            return web.json_response(
+                {
+                    "error": f"too many event streams are open (at most "
+                    f"{self.hub.max_listeners}); try again shortly"
+                },
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        try:
+            return await self._stream(request, listener, given)
+        finally:
+            self.hub.leave(listener)
+
+    async def _stream(
+        self, request: web.Request, listener: _Listener, given: str | None
+    ) -> web.StreamResponse:
+        reader = self.reader
+        try:
+            last = given or await reader.last_event_id()
+            backlog: list[StoredEvent] = []
+            reset = False
+            if given is not None:
+                backlog = await reader.events_after(last, count=_REPLAY_MAX + 1)
+                if len(backlog) > _REPLAY_MAX:  # too far behind: the newest only
+                    reset = True
+                    backlog = await reader.newest_events(_REPLAY_MAX)
+        except BackendUnavailable as exc:
+            return _error(503, f"the engine cannot reach {exc}; try again shortly")
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -443,40 +738,78 @@ class _Api:
                 "X-Accel-Buffering": "no",
             }
         )
-        store = self.service.store
-        try:
-            if last == "$":  # new listeners start from now, not from the beginning of time
-                last = await store.last_event_id()
-        except BackendUnavailable as exc:
-            return _error(503, f"the engine cannot reach {exc}; try again shortly")
         await response.prepare(request)
-        await response.write(b"retry: 1000\n\n")
+        sent = _id_key(last)
         try:
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                await response.write(b"retry: 1000\n\n")
+                if reset:
+                    note = orjson.dumps(
+                        {"reason": f"more than {_REPLAY_MAX} events were missed; reload the list"}
+                    )
+                    await response.write(b"event: reset\ndata: %s\n\n" % note)
+            if backlog:
+                # Encoded under the heavy-read bound, written outside it: a client that
+                # does not read must not hold the bound while its writes wait.
+                async with self._heavy:
+                    chunks: list[bytes] = []
+                    for n, e in enumerate(backlog, 1):
+                        if _id_key(e.event_id) > sent:
+                            chunks.append(_sse(e))
+                            sent = _id_key(e.event_id)
+                        if n % 50 == 0:
+                            await asyncio.sleep(0)  # a long replay lets dispatch in between
+                for start in range(0, len(chunks), 50):
+                    async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                        await response.write(b"".join(chunks[start : start + 50]))
             while True:
-                events = await store.events_after(last, count=500, block_ms=_EVENTS_BLOCK_MS)
-                if not events:
-                    await response.write(b": keep-alive\n\n")
+                try:
+                    event = await asyncio.wait_for(listener.queue.get(), _KEEPALIVE_S)
+                except TimeoutError:
+                    if listener.dropped:
+                        break  # dropped while quiet (Redis away): reconnect
+                    async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                        await response.write(b": keep-alive\n\n")
                     continue
-                for e in events:
-                    data = orjson.dumps(
-                        {
-                            "incident_id": e.incident_id,
-                            "type": e.type,
-                            "at": format_time(e.at),
-                            **e.data,
-                        }
-                    )
-                    await response.write(
-                        b"id: %s\nevent: incident\ndata: %s\n\n" % (e.event_id.encode(), data)
-                    )
-                    last = e.event_id
-        except ConnectionResetError:
-            pass  # the browser went away; it will come back with Last-Event-ID
-        except BackendUnavailable as exc:
-            # Redis went away (or the engine is stopping): end the stream; the browser
-            # reconnects after `retry` with Last-Event-ID and misses nothing.
-            log.info("event stream ended: %s", exc)
+                if event is None:
+                    break
+                sent = await self._send(response, event, sent)
+                if listener.dropped and listener.queue.empty():
+                    break  # it fell behind: the browser comes back with Last-Event-ID
+        except (ConnectionResetError, TimeoutError):
+            pass  # gone or not reading; it comes back with Last-Event-ID
         return response
+
+    async def _send(
+        self, response: web.StreamResponse, e: StoredEvent, sent: tuple[int, int]
+    ) -> tuple[int, int]:
+        key = _id_key(e.event_id)
+        if key <= sent:
+            return sent  # already sent in the catch-up
+        async with asyncio.timeout(_WRITE_TIMEOUT_S):
+            await response.write(_sse(e))
+        return key
+
+
+def _sse(e: StoredEvent) -> bytes:
+    data = orjson.dumps(
+        {"incident_id": e.incident_id, "type": e.type, "at": format_time(e.at), **e.data}
+    )
+    return b"id: %s\nevent: incident\ndata: %s\n\n" % (e.event_id.encode(), data)
+
+
+def _id_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ValueError(f"'{name}' must be a whole number from {lo} to {hi}")
+    return int(raw)
 
 
 def _parse_since(raw: str) -> float:

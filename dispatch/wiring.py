@@ -20,7 +20,7 @@ from aiohttp import web
 from dispatch.cluster import Cluster, FencedStore
 from dispatch.config import Config
 from dispatch.service import Service
-from dispatch.web import make_app
+from dispatch.web import listen, make_app
 from geo.area import ServiceArea
 
 __all__ = ["build", "serve"]
@@ -53,11 +53,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     """The engine and its HTTP port, until ``stop`` is set."""
     service = build(config)
     runner = web.AppRunner(
-        make_app(service), access_log=None, handle_signals=False, shutdown_timeout=2
+        make_app(service),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2,
+        # A kept-alive connection waiting for its next request this long is closed, as is
+        # one that has not sent its first request's headers (web.HeaderDeadline).
+        keepalive_timeout=config.header_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port)
-    await site.start()
+    server = await listen(runner, config.http_host, config.http_port, config.header_timeout_s)
     log.info(
         "serving http://%s:%s (MQTT %s, topic root '%s')",
         config.http_host,
@@ -68,6 +73,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     try:
         await service.run(stop)
     finally:
+        server.close()
         # Open event streams are cut after the runner's 2 s grace; never hang on exit.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runner.cleanup(), 5)

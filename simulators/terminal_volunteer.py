@@ -641,7 +641,8 @@ class _Shell:
             self.port,
             username=self.username,
             password=self.password,
-            identifier=f"term-{self.volunteer.vid}-{os.getpid()}"[:64],
+            # The volunteer id, as the shipped broker enforces (use_username_as_clientid).
+            identifier=self.volunteer.vid,
             protocol=(
                 aiomqtt.ProtocolVersion.V5 if self.protocol == 5 else aiomqtt.ProtocolVersion.V311
             ),

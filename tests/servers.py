@@ -19,10 +19,11 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiomqtt
+import pytest
 
 from dispatch import localservers
 from dispatch.localservers import (
@@ -56,6 +57,7 @@ __all__ = [
     "parse_mqtt_url",
     "redis_base_url",
     "redis_ping",
+    "skip_or_fail",
     "start_mosquitto",
     "start_redis",
     "wait_for_port",
@@ -83,6 +85,14 @@ async def mqtt_client(url: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip a test whose part (a binary, a listener, a library) is missing; under CI=true,
+    fail instead, saying what to install: in CI nothing may go quiet."""
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: every part of the test environment is required)")
+    pytest.skip(message)
 
 
 # --- the servers, with hints that name the test variables -------------------------

@@ -284,9 +284,10 @@
   function connect(vid, password) {
     return new Promise((resolve, reject) => {
       const v5 = S.app.mqtt_protocol === 5;
-      const rand = Math.random().toString(16).slice(2, 10);
       const client = mqtt.connect(brokerUrl(), {
-        clientId: `vol-${vid}-${rand}`.slice(0, 64),
+        // The client id is the volunteer id, as the shipped broker enforces
+        // (use_username_as_clientid): one connection per volunteer.
+        clientId: vid,
         username: vid,
         password: password || undefined,
         protocolVersion: v5 ? 5 : 4,

@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import servers
 from e2e_harness import REPO, TOKEN, XIAOYING, Engine, MqttClient, Subscription, running, uid
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -38,7 +39,9 @@ REFUSED = "Not authorized"  # CONNACK 0x87 (MQTT 5) or 5 (3.1.1)
 QUIET = 0.5  # how long "nothing arrives" is watched for, after a sync that did arrive
 
 
-def render_config(shipped: str, *, port: int, ws_port: int, workdir: Path) -> str:
+def render_config(
+    shipped: str, *, port: int, ws_port: int, workdir: Path, engine_port: int = 0
+) -> str:
     """The shipped mosquitto.conf with test ports, temporary paths and stderr logging.
 
     Every other line is kept as it is: a directive the test cannot place fails loudly.
@@ -48,7 +51,7 @@ def render_config(shipped: str, *, port: int, ws_port: int, workdir: Path) -> st
         words = line.split()
         key = words[0] if words and not line.startswith("#") else ""
         if key == "listener":
-            new_port = {"1883": port, "9001": ws_port}.get(words[1])
+            new_port = {"1883": port, "9001": ws_port, "1884": engine_port}.get(words[1])
             assert new_port is not None, f"unexpected listener in the shipped config: {line}"
             line = f"listener {new_port} 127.0.0.1"
         elif key == "password_file":
@@ -73,6 +76,7 @@ class SecureBroker:
     port: int
     ws_port: int
     workdir: Path
+    engine_port: int  # the engine's own listener (no client id tied to the username)
 
     @property
     def passwords(self) -> Path:
@@ -86,9 +90,9 @@ class SecureBroker:
     def pid_file(self) -> Path:
         return self.workdir / "mosquitto.pid"
 
-    def url(self, user: str | None = None, password: str = PASSWORD) -> str:
+    def url(self, user: str | None = None, password: str = PASSWORD, engine: bool = False) -> str:
         auth = "" if user is None else f"{user}:{password}@"
-        return f"mqtt://{auth}127.0.0.1:{self.port}"
+        return f"mqtt://{auth}127.0.0.1:{self.engine_port if engine else self.port}"
 
     def accounts(
         self, *args: str, password: str | None = PASSWORD
@@ -117,23 +121,34 @@ class SecureBroker:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     binary = localservers.find_binary("mosquitto")
     if binary is None:
-        pytest.skip("no mosquitto binary: the ACL tests need a real Mosquitto")
+        servers.skip_or_fail("no mosquitto binary: the ACL tests need a real Mosquitto")
     workdir = tmp_path_factory.mktemp("mosquitto")
     shutil.copyfile(SHIPPED / "acl", workdir / "acl")
     (workdir / "passwords").touch(mode=0o600)
     port, ws_port = localservers.free_port(), localservers.free_port()
+    engine_port = localservers.free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
         render_config(
-            (SHIPPED / "mosquitto.conf").read_text(), port=port, ws_port=ws_port, workdir=workdir
+            (SHIPPED / "mosquitto.conf").read_text(),
+            port=port,
+            ws_port=ws_port,
+            workdir=workdir,
+            engine_port=engine_port,
         )
     )
     server = localservers._spawn("mosquitto", [binary, "-c", str(conf)], workdir)
     server.ports["tcp"] = port
     try:
-        up = localservers._wait_ready(server, localservers._both_open(port, ws_port))
+        up = localservers._wait_ready(
+            server,
+            lambda: (
+                localservers._both_open(port, ws_port)()
+                and localservers.port_open("127.0.0.1", engine_port)
+            ),
+        )
         assert up, f"the shipped configuration did not start:\n{server.log_tail()}"
-        secure = SecureBroker(server, port, ws_port, workdir)
+        secure = SecureBroker(server, port, ws_port, workdir, engine_port)
         secure.pid_file.write_text(f"{server.proc.pid}\n")
         yield secure
     finally:
@@ -321,12 +336,14 @@ def test_a_disabled_volunteer_is_refused_and_can_be_enabled(broker: SecureBroker
 
 
 def test_volunteer_b_neither_hears_nor_moves_volunteer_a(broker: SecureBroker) -> None:
-    for account, role in (("acl-a", "volunteer"), ("acl-b", "volunteer"), ("acl-eng", "engine")):
+    accounts = (("acl-a", "volunteer"), ("acl-b", "volunteer"), ("acl-b3", "volunteer"))
+    for account, role in (*accounts, ("acl-eng", "engine")):
         broker.add(account, role)
     engine = MqttClient(broker.url("acl-eng"), name="engine")
     a = MqttClient(broker.url("acl-a"), name="a")
     b = MqttClient(broker.url("acl-b"), name="b")
-    b311 = MqttClient(broker.url("acl-b"), protocol=mqtt.MQTTv311, name="b311")
+    # B's MQTT 3.1.1 self is an account of its own: one connection per account.
+    b311 = MqttClient(broker.url("acl-b3"), protocol=mqtt.MQTTv311, name="b311")
     try:
         everything = engine.subscribe(f"{ROOT}/#")
         a_alerts = a.subscribe(f"{ROOT}/volunteers/acl-a/alert")
@@ -344,7 +361,7 @@ def test_volunteer_b_neither_hears_nor_moves_volunteer_a(broker: SecureBroker) -
         b_subs[0].wait_for(lambda m: m.payload == b'{"for": "b"}')  # B's own does arrive
         time.sleep(QUIET)
         for sub in b_subs:
-            leaked = [m for m in sub.all() if "acl-a" in m.topic or "incidents" in m.topic]
+            leaked = [m for m in sub.all() if "acl-a/" in m.topic or "incidents" in m.topic]
             assert leaked == [], f"B received A's messages: {leaked}"
 
         # B tries to move A, answer for A and arrive for A: refused (MQTT 5 says so).
@@ -418,7 +435,7 @@ def test_the_engine_works_end_to_end_through_its_own_account(
     broker.add("vol-a", "volunteer")
     broker.add("vol-b", "volunteer")
     engine = Engine(
-        mqtt_url=broker.url("engine"),
+        mqtt_url=broker.url("engine", engine=True),
         redis_url=redis_url,
         topic_root=ROOT,
         log_path=tmp_path / "engine.log",
@@ -468,3 +485,53 @@ def test_the_engine_works_end_to_end_through_its_own_account(
             for client in (reporter, b, a):
                 client.close()
             engine.post(f"/api/incidents/{iid}/cancel", token=TOKEN)
+
+
+# --------------------------------------------------------------------------- client ids
+
+
+def _paho(url: str, client_id: str) -> mqtt.Client:
+    """A connected paho client with exactly this client id (the harness picks its own)."""
+    host, port = localservers.parse_mqtt_url(url)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    user, _, password = url.split("//", 1)[1].split("@")[0].partition(":")
+    client.username_pw_set(user, password)
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, reason, p: (
+        connected.set() if not reason.is_failure else None
+    )
+    client.connect(host, port, keepalive=10)
+    client.loop_start()
+    assert connected.wait(5), f"{user} could not connect"
+    return client
+
+
+def test_no_account_can_take_over_another_clients_id(broker: SecureBroker) -> None:
+    """Issue 18, item 6: a client id is tied to the username on the phones' listeners, so
+    another account connecting with the same id does not push the first off the broker."""
+    for account in ("cid-victim", "cid-attacker"):
+        broker.add(account, "volunteer")
+    broker.add("cid-engine", "engine")
+    victim = _paho(broker.url("cid-victim"), "phone-of-victim")
+    engine = _paho(broker.url("cid-engine", engine=True), "dispatch-engine-cid-test")
+    attackers = []
+    try:
+        for stolen in ("phone-of-victim", "cid-victim", "dispatch-engine-cid-test"):
+            attackers.append(_paho(broker.url("cid-attacker"), stolen))
+        time.sleep(1.0)
+        assert victim.is_connected(), "another account took over the victim's client id"
+        assert engine.is_connected(), "a volunteer account took over the engine's client id"
+    finally:
+        for client in (*attackers, victim, engine):
+            client.disconnect()
+            client.loop_stop()
+
+
+def test_account_names_cannot_take_the_engines_client_id_prefix(broker: SecureBroker) -> None:
+    done = broker.accounts("add", "dispatch-engine-x", "--role", "volunteer", password=PASSWORD)
+    assert done.returncode == 1
+    assert "dispatch-" in done.stderr

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis
+import servers
 from e2e_harness import Engine, Field, haversine_m, offset, running, uid
 from servers import free_port, next_redis_db, wait_for_port
 
@@ -39,7 +40,9 @@ INCIDENT = (30.2591, 120.1698)
 @pytest.fixture
 def ws_engine(engine_factory: Callable[..., Engine], mqtt_ws_port: int | None) -> Iterator[Engine]:
     if mqtt_ws_port is None:
-        pytest.skip("the test broker has no websockets listener (mosquitto built without it)")
+        servers.skip_or_fail(
+            "the test broker has no websockets listener (mosquitto built without it)"
+        )
     engine = engine_factory(
         env={
             "DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": str(mqtt_ws_port),
@@ -444,7 +447,9 @@ def locked_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
     as ``engine``, volunteer ``v-li`` with password ``pw-li``. Yields (mqtt URL, ws port)."""
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not (Path(mosquitto).is_file() and shutil.which("mosquitto_passwd")):
-        pytest.skip("needs mosquitto and mosquitto_passwd")
+        servers.skip_or_fail(
+            "needs mosquitto and mosquitto_passwd (Debian: apt-get install mosquitto)"
+        )
     passwords = tmp_path / "passwords"
     for i, (user, password) in enumerate((("engine", "pw-engine"), ("v-li", "pw-li"))):
         flags = ["-c"] if i == 0 else []

@@ -7,9 +7,8 @@ import os
 import socket
 
 import aiomqtt
-import pytest
 import redis.asyncio as aioredis
-from servers import mqtt_client, parse_mqtt_url
+from servers import mqtt_client, parse_mqtt_url, skip_or_fail
 
 RECEIVE_TIMEOUT = 5.0
 
@@ -90,7 +89,7 @@ async def test_each_test_gets_an_empty_db(redis_url: str, redis_server: str) -> 
 
 async def test_mqtt_websockets_listener(mqtt_ws_port: int | None, topic_root: str) -> None:
     if mqtt_ws_port is None:
-        pytest.skip("this broker has no websockets listener")
+        skip_or_fail("this broker has no websockets listener")
     topic = f"{topic_root}/ws"
     async with mqtt_client(
         f"mqtt://127.0.0.1:{mqtt_ws_port}", transport="websockets", socket_options=()

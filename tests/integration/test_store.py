@@ -180,3 +180,74 @@ async def test_backend_down_is_reported_as_such() -> None:
             await dead.save_positions([SavePosition("v1", 30.25, 120.17, 1000.0)])
     finally:
         await dead.close()
+
+
+# ---- issue 18: skills as a JSON list, the per-incident index, paging, a capped pool
+
+
+async def test_skills_with_commas_survive_a_restart(store: Store) -> None:
+    await store.apply([SaveVolunteer("v-c", "available", ("x,first_aid", "patrol"), "walk")])
+    (got,) = await store.volunteers()
+    assert got.skills == ("x,first_aid", "patrol")  # never a lone 'first_aid'
+
+
+async def test_skills_stored_comma_joined_by_earlier_versions_still_read(store: Store) -> None:
+    await store.redis.hset("t:vol:v-old", mapping={"duty": "available", "skills": "a,b"})
+    (got,) = await store.volunteers()
+    assert got.skills == ("a", "b")
+
+
+async def test_an_incidents_history_comes_from_its_index_not_a_scan_of_the_log(
+    store: Store,
+) -> None:
+    ids = await store.apply([LogEvent("old-1", "reported", 1.0, {"kind": "fire"})])
+    # 60,000 later events of other incidents: the old history scan saw only the newest
+    # 50,000 entries and lost this incident's history.
+    for start in range(0, 60_000, 5_000):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for i in range(start, start + 5_000):
+                pipe.xadd(
+                    "t:events", {"incident_id": f"o{i}", "type": "x", "at": "1", "data": "{}"}
+                )
+            await pipe.execute()
+    await store.apply([LogEvent("old-1", "resolved", 2.0, {"by": "op"})])
+    history = await store.incident_events("old-1")
+    assert [e.type for e in history] == ["reported", "resolved"]
+    assert history[0].event_id == ids[0]
+    assert history[0].data == {"kind": "fire"}
+    assert [e.type for e in await store.incident_events("old-1", limit=1)] == ["resolved"]
+    assert await store.incident_events("nobody") == []
+
+
+async def test_reported_page_pages_through_history(store: Store) -> None:
+    await store.apply(
+        [SaveIncident(f"i{n:02}", {"id": f"i{n:02}"}, open=True, reported_at=n) for n in range(25)]
+    )
+    first = await store.reported_page(0, 0, 10)
+    second = await store.reported_page(0, 10, 10)
+    third = await store.reported_page(0, 20, 10)
+    assert first + second + third == [f"i{n:02}" for n in range(25)]
+    assert len(third) == 5
+
+
+async def test_event_id_back_bounds_a_replay(store: Store) -> None:
+    assert await store.event_id_back(3) == "0"
+    ids = await store.apply([LogEvent("e", "x", float(n)) for n in range(10)])
+    back = await store.event_id_back(3)
+    assert back == ids[6]  # the 3 newest come after it
+    assert [e.event_id for e in await store.events_after(back)] == ids[7:]
+
+
+async def test_a_capped_store_makes_callers_wait_instead_of_opening_more(redis_url: str) -> None:
+    capped = Store.from_url(redis_url, prefix="t:", max_connections=2, timeout_s=1.0)
+    try:
+        blocked = [asyncio.create_task(capped.events_after("$", block_ms=500)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        pool = capped.redis.connection_pool
+        assert len(pool._in_use_connections) == 2
+        started = asyncio.get_running_loop().time()
+        assert await capped.ping()  # waits for a connection to come back
+        assert asyncio.get_running_loop().time() - started > 0.2
+        await asyncio.gather(*blocked)
+    finally:
+        await capped.close()

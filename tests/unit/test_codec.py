@@ -321,6 +321,9 @@ REJECTED: list[tuple[str, str, bytes, Reason, str]] = [
     ("skills entry empty", REPORT, fire(skills=[""]), R.OUT_OF_RANGE, "'skills[0]'"),
     ("skills entry long", REPORT, fire(skills=["s" * 65]), R.OUT_OF_RANGE, "'skills[0]'"),
     ("too many skills", REPORT, fire(skills=["s"] * 21), R.OUT_OF_RANGE, "got 21 entries"),
+    ("skill with NUL", REPORT, fire(skills=["first\0aid"]), R.UNKNOWN_VALUE, "control characters"),
+    ("skill with newline", STATUS, ok_status(skills=["a\nb"]), R.UNKNOWN_VALUE, "'skills[0]'"),
+    ("skill with C1", STATUS, ok_status(skills=["a\x85"]), R.UNKNOWN_VALUE, "'skills[0]'"),
     ("time garbage", REPORT, fire(reported_at="yesterday"), R.BAD_TIME, "'reported_at'"),
     ("time naive", REPORT, fire(reported_at="2026-11-26T10:00:00"), R.BAD_TIME, "time zone"),
     ("time no date", REPORT, fire(reported_at="2026-02-30T10:00:00Z"), R.BAD_TIME, "calendar"),
@@ -411,6 +414,7 @@ def test_rejections(codec: Codec, topic: str, payload: bytes, code: Reason, says
 def test_every_codec_reason_is_covered() -> None:
     # The codes the core raises (unknown_alert, ...) are tested with the core.
     core = {Reason.UNKNOWN_ALERT, Reason.NOT_ALERTED, Reason.CONFLICT, Reason.UNKNOWN_INCIDENT}
+    core.add(Reason.RETAINED)  # raised by the bus (see tests/integration/test_retained.py)
     assert {code for *_, code, _ in REJECTED} == set(Reason) - core
 
 
@@ -808,7 +812,11 @@ def test_any_json_value_decodes_or_raises_bad_message(topic: str, value: object)
 ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")
 lats = st.floats(min_value=30.15, max_value=30.35)
 lons = st.floats(min_value=120.10, max_value=120.25)
-skill_lists = st.lists(st.text(min_size=1, max_size=64), max_size=20)
+# Skills are text without control characters (C0, DEL, C1): those are refused.
+skill_lists = st.lists(
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64),
+    max_size=20,
+)
 texts = st.text(max_size=100)
 
 

@@ -48,7 +48,8 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     path.write_text(
         '[engine]\ntopic_root = "hz"\nhttp = "0.0.0.0:9000"\n'
         '[policy]\ntarget_s = 120\nstrategy = "naive"\n'
-        '[kinds.other]\nskills = ["patrol"]\n',
+        '[kinds.other]\nskills = ["patrol"]\n'
+        "[http]\nopen_reads = true\n",
         encoding="utf-8",
     )
     config = load_config(
@@ -101,3 +102,119 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
     broken.write_text("[engine\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="valid TOML"):
         load_config(broken, env={})
+
+
+# ---- the environment is as strict as the file (issue 18, item 8)
+
+
+@pytest.mark.parametrize("raw", ["ture", "enabled", "2", "", "yes please"])
+def test_an_unreadable_flag_in_the_environment_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"DISPATCH_CLUSTER_ENABLED": raw})
+    assert "DISPATCH_CLUSTER_ENABLED" in str(info.value)
+    assert "true or false" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "allowed"),
+    [
+        ("DISPATCH_POLICY_MAX_WAVES", "3.5", "whole number"),
+        ("DISPATCH_POLICY_TARGET_S", "fast", "a number"),
+        ("DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT", "ws", "whole number"),
+    ],
+)
+def test_an_unreadable_number_in_the_environment_names_the_variable(
+    name: str, raw: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={name: raw})
+    assert name in str(info.value)
+    assert allowed in str(info.value)
+
+
+def test_flags_in_the_environment_read_both_ways() -> None:
+    for raw, want in (("true", True), ("1", True), ("ON", True), ("false", False), ("0", False)):
+        config = load_config(env={"DISPATCH_VOLUNTEER_APP_OPEN_BROKER": raw})
+        assert config.volunteer_open_broker is want, raw
+
+
+def test_an_unknown_dispatch_variable_stops_start_up_naming_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"DISPATCH_POLICY_WAVE_TIMOUT_S": "5"})
+    assert "DISPATCH_POLICY_WAVE_TIMOUT_S" in str(info.value)
+    assert "spelling" in str(info.value)
+
+
+def test_an_unknown_secret_variable_is_named_but_its_value_is_not_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"DISPATCH_HTTP_READ_TOKN": "s3cret-value"})
+    assert "DISPATCH_HTTP_READ_TOKN" in str(info.value)
+    assert "s3cret-value" not in str(info.value)
+
+
+def test_the_projects_own_variables_and_other_prefixes_are_not_config() -> None:
+    from dispatch.config import NOT_CONFIG_VARIABLES
+
+    env = dict.fromkeys(NOT_CONFIG_VARIABLES, "x")
+    env |= {"PATH": "/bin", "CI": "true", "DISPATCHER": "x", "MY_DISPATCH_X": "y"}
+    load_config(env=env)  # none of them is an error
+
+
+def test_every_dispatch_variable_the_repository_uses_is_a_key_or_allow_listed() -> None:
+    """A variable the project reads must not stop the engine (grep the whole repository)."""
+    import re
+
+    from dispatch.config import _CHECKS, NOT_CONFIG_VARIABLES, env_name
+
+    repo = Path(__file__).resolve().parents[2]
+    keys = {env_name(s, k) for s, keys in _CHECKS.items() for k in keys}
+    used: set[str] = set()
+    for folder in ("dispatch", "simulators", "benchmarks", "scripts", "tests", "docs", ".ci"):
+        for path in (repo / folder).rglob("*"):
+            if path == Path(__file__).resolve():
+                continue  # this file names misspellings on purpose
+            if path.is_file() and path.suffix in ("", ".py", ".md", ".sh", ".toml", ".js"):
+                text = path.read_text(encoding="utf-8", errors="replace")
+                used |= set(re.findall(r"(?<![A-Za-z0-9_])DISPATCH_[A-Z0-9_]*[A-Z0-9]", text))
+    used.discard("DISPATCH_")
+    stray = sorted(
+        name
+        for name in used - keys - NOT_CONFIG_VARIABLES
+        if not name.startswith("DISPATCH_SECTION") and "<" not in name
+    )
+    assert stray == [], f"DISPATCH_* names used in the repository but unknown: {stray}"
+
+
+# ---- safe defaults (issue 18, item 5)
+
+
+@pytest.mark.parametrize("http", ["0.0.0.0:8080", "192.168.1.5:8080", "[::]:8080", "myhost:80"])
+def test_a_non_loopback_bind_without_a_read_token_refuses_to_start(http: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"DISPATCH_HTTP": http})
+    text = str(info.value)
+    assert "http.read_token" in text
+    assert "DISPATCH_HTTP_OPEN_READS" in text
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DISPATCH_HTTP": "0.0.0.0:8080", "DISPATCH_HTTP_READ_TOKEN": "r"},
+        {"DISPATCH_HTTP": "0.0.0.0:8080", "DISPATCH_HTTP_OPEN_READS": "true"},
+        {"DISPATCH_HTTP": "127.0.0.1:8080"},
+        {"DISPATCH_HTTP": "[::1]:8080"},
+        {"DISPATCH_HTTP": "localhost:8080"},
+    ],
+)
+def test_a_token_an_explicit_choice_or_loopback_may_start(env: dict[str, str]) -> None:
+    load_config(env=env)
+
+
+def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
+    config = load_config(env={"DISPATCH_HTTP_ALLOWED_HOSTS": "localhost, Dispatch.Example.org"})
+    assert config.allowed_hosts == ("localhost", "dispatch.example.org")
+    path = tmp_path / "bad.toml"
+    path.write_text('[http]\nallowed_hosts = ["evil/host"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"http\.allowed_hosts"):
+        load_config(path, env={})

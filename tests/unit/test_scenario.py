@@ -317,8 +317,8 @@ def test_overdue_and_backup_options_change_the_run_as_expected(tmp_path: Path) -
     # A backup from the waves already sent: more people moving, more incidents in time,
     # and fewer alerts than replacing overdue responders one wave at a time.
     assert backup["responders_per_incident"] > 1.8  # type: ignore[operator]
-    # (less than it was: the fastest acceptor now takes the place of a slow first one)
-    assert backup["within_target_share"] > default["within_target_share"] + 0.02  # type: ignore[operator]
+    # (by less than it was: the fastest acceptor now takes the place of a slow first one)
+    assert backup["within_target_share"] > default["within_target_share"] + 0.01  # type: ignore[operator]
     assert backup["alerts_per_incident"] < default["alerts_per_incident"]  # type: ignore[operator]
 
 

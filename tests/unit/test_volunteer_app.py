@@ -120,3 +120,16 @@ def test_the_vendored_library_is_recorded() -> None:
     assert (VENDOR / "mqtt.LICENSE.md").is_file()
     digest = hashlib.sha256((VENDOR / "mqtt.min.js").read_bytes()).hexdigest()
     assert f"sha256 {digest}  mqtt.min.js" in versions, "mqtt.min.js changed: run scripts/vendor-js"
+
+
+def test_the_page_and_the_terminal_connect_with_the_volunteer_id_as_client_id() -> None:
+    """The shipped broker ties each client id to its username (issue 18, item 6): the
+    clients use exactly that id, so what they ask for is what the broker gives."""
+    page = (STATIC_DIR / "volunteer.js").read_text(encoding="utf-8")
+    assert re.search(r"clientId:\s*vid\s*,", page), "volunteer.js: clientId must be the id"
+    import inspect
+
+    from simulators import terminal_volunteer
+
+    source = inspect.getsource(terminal_volunteer)
+    assert re.search(r"identifier=self\.volunteer\.vid\s*,", source)
