@@ -1159,6 +1159,8 @@ class Dispatcher:
             chosen = self._alert_best(incident, now, effects, fixed=book.replace)
         if not chosen and not incident.open_alerts() and not incident.confirmed:
             reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
+            if self._alert_budget_left(incident) == 0:
+                reason = self._nobody_reason(incident)
             self._escalate(incident, reason, now, effects)
 
     # ------------------------------------------------------------------ arrival

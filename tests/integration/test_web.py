@@ -412,6 +412,41 @@ async def test_figures(engine: Engine) -> None:
     assert "since" in body["error"]
 
 
+async def test_figures_headline_counts_every_incident_that_needed_a_responder(
+    engine: Engine,
+) -> None:
+    """The headline share: a verified arrival in time over every decided incident that
+    needed a responder; a miss counts, a cancelled one does not, an open one still
+    within the target waits (dispatch/headline.py)."""
+    since = time.time() - 1000
+    lat, lon = XIAOYING
+    await engine.publish(
+        "volunteers/hv1/status",
+        {"status": "available", "skills": ["first_aid"], "lat": lat + 0.0005, "lon": lon},
+    )
+    await engine.until("/api/figures", lambda f: f["available_volunteers"] == 1)
+    await engine.post("/api/incidents", report("h-ok"))
+    detail = await engine.until("/api/incidents/h-ok", lambda b: b["alerts"])
+    alert_id = detail["alerts"][0]["alert_id"]
+    await engine.publish("volunteers/hv1/reply", {"alert_id": alert_id, "answer": "accept"})
+    await engine.until("/api/incidents/h-ok", lambda b: b["state"] == "assigned")
+    await engine.publish("volunteers/hv1/location", {"lat": lat + 0.0001, "lon": lon})
+    ok = await engine.until("/api/incidents/h-ok", lambda b: b["state"] == "on_scene")
+    # Nobody free for these: one long past its target (a miss), one just reported
+    # (undecided), one cancelled (not needed).
+    await engine.post("/api/incidents", report("h-miss", reported_at=time.time() - 400))
+    await engine.post("/api/incidents", report("h-fresh"))
+    await engine.post("/api/incidents", report("h-gone"))
+    await engine.post("/api/incidents/h-gone/cancel", {"by": "x"})
+    await asyncio.sleep(3.1)  # the figures are cached for 3 s
+    status, f = await engine.get(f"/api/figures?since={since:.0f}")
+    assert status == 200
+    assert (f["needed"], f["decided"], f["within_target"], f["reached"]) == (3, 2, 1, 1)
+    assert f["within_target_share"] == 0.5
+    assert f["p50_time_to_arrival_s"] == pytest.approx(ok["time_to_arrival_s"], abs=0.1)
+    assert f["unverified_arrivals"] == 0
+
+
 # ------------------------------------------------------------------------- events
 
 
