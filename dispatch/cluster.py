@@ -479,7 +479,10 @@ class Cluster:
             try:
                 answer = {"state": await self.engine.act(action, iid, by, **kwargs)}
             except UnknownIncident:
-                answer = {"error": "unknown_incident"}
+                # Taken over by another instance while acting: the sender asks it instead.
+                answer = (
+                    {"moved": True} if not self._acts_here(iid) else {"error": "unknown_incident"}
+                )
             except UnknownVolunteer:
                 answer = {"error": "unknown_volunteer"}
             except InvalidTransition as exc:

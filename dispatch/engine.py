@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from dispatch.bus import Bus
 from dispatch.codec import Codec, dumps
-from dispatch.dispatcher import Dispatcher, Incident
+from dispatch.dispatcher import Dispatcher, Incident, UnknownIncident
 from dispatch.effects import Claim, Effect, ForgetPosition, LogEvent, Publish, Reject, SavePosition
 from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.metrics import Metrics
@@ -176,7 +176,10 @@ class Engine:
             else:
                 raise ValueError(f"unknown operator action {action!r}")
             await self._execute(effects, now)
-            state = self.core.public_state(self.core.incidents[incident_id])
+            incident = self.core.incidents.get(incident_id)
+            if incident is None:  # another instance took it over meanwhile (fenced out)
+                raise UnknownIncident(incident_id)
+            state = self.core.public_state(incident)
         self.gauges_stale = True
         return state
 

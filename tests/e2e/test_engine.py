@@ -217,27 +217,26 @@ def test_accept_go_stand_down_and_late_accept(engine: Engine, mqtt_url: str) -> 
     # The phones speak MQTT 3.1.1 here (an older app), the engine MQTT 5.
     field = Field(mqtt_url, engine.topic_root, protocol=mqtt.MQTTv311)
     try:
-        iid, vids, alerts = alerted_incident(field, C2, 4, "t2")
-        first, second, third, late = vids  # 100, 200, 300, 400 m away
+        iid, vids, alerts = alerted_incident(field, C2, 5, "t2")
+        first, *backups, late = vids  # 100, 200, 300, 400, 500 m away
         field.reply(first, alerts[first]["alert_id"], "accept")
         go = field.wait_assignment(first, iid, "go")
         assert go["incident_id"] == iid
         assert go["action"] == "go"
         assert go["role"] == "primary"  # protocol 1.1
         assert isinstance(go["reason"], str)
-        # Two more acceptors go as backups (the default: about a quarter never arrive).
-        for vid in (second, third):
+        # Three more acceptors go as backups (the default: about a quarter never arrive).
+        for vid in backups:
             field.reply(vid, alerts[vid]["alert_id"], "accept")
             assert field.wait_assignment(vid, iid, "go")["role"] == "backup"
         # Filled, and the last is the slowest of all: stood down.
         down = field.wait_assignment(late, iid, "stand_down")
         assert "filled" in down["reason"], down
-        state = field.wait_state(iid, lambda b: len(b["responders"]) == 3)
+        state = field.wait_state(iid, lambda b: len(b["responders"]) == 4)
         assert state["state"] == "assigned"
         assert [(r["volunteer_id"], r["role"]) for r in state["responders"]] == [
             (first, "primary"),
-            (second, "backup"),
-            (third, "backup"),
+            *((vid, "backup") for vid in backups),
         ]
         responder = state["responders"][0]
         assert responder["eta_s"] == pytest.approx(alerts[first]["eta_s"], abs=0.2)
@@ -257,7 +256,7 @@ def test_accept_go_stand_down_and_late_accept(engine: Engine, mqtt_url: str) -> 
         assert_no_rejections(field)
         after = engine.incident(iid)
         assert after["state"] == "assigned"
-        assert [r["volunteer_id"] for r in after["responders"]] == [first, second, third]
+        assert [r["volunteer_id"] for r in after["responders"]] == [first, *backups]
     finally:
         try:
             engine.post(f"/api/incidents/{iid}/cancel", token=TOKEN)
