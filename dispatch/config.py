@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from dispatch.errors import ConfigError
 from dispatch.model import Kind, Mode
-from dispatch.policy import Policy, Strategy
+from dispatch.policy import FIELD_RULES, Policy, Strategy, check_field
 from geo.travel import TravelModel
 
 __all__ = [
@@ -50,80 +50,6 @@ class KindDefaults:
 
 def _kind_table(pairs: dict[Kind, tuple[int, tuple[str, ...]]]) -> dict[str, dict[str, Any]]:
     return {str(k): {"priority": p, "skills": list(s)} for k, (p, s) in pairs.items()}
-
-
-# Every key, with its default. Sections become TOML tables.
-DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {
-        "engine": {
-            "mqtt": "mqtt://127.0.0.1:1883",
-            "redis": "redis://127.0.0.1:6379/0",
-            "http": "127.0.0.1:8080",
-            "topic_root": "dispatch",
-            "mqtt_protocol": 5,
-            "instance": "",
-            "log_level": "info",
-        },
-        "area": {
-            "geojson": "shangcheng_boundary_wgs84.geojson",
-            "name": "上城区 Shangcheng district",
-            "cell_size_m": 500.0,
-        },
-        "policy": {
-            "strategy": "waves",
-            "target_s": 180.0,
-            "max_radius_m": 3000.0,
-            "alert_expiry_s": 90.0,
-            "wave_timeout_s": 20.0,
-            "acceptance_rate": 0.35,
-            "wave_confidence": 0.95,
-            "max_wave_size": 8,
-            "max_waves": 3,
-            "arrival_radius_m": 30.0,
-            "backup_responders": 3,
-            "overdue_factor": 1.5,
-            "overdue_grace_s": 30.0,
-            "stall_after_s": 60.0,
-            "show_rate": 0.72,
-            "reply_s": 15.0,
-            "turnout_s": 40.0,
-            "useful_eta_s": 600.0,
-            "max_alerts": 0,
-        },
-        "travel": {"circuity": 1.3, "walk_mps": 1.8, "bike_mps": 4.0, "ebike_mps": 5.5},
-        "volunteers": {"location_ttl_s": 300.0},
-        "incidents": {
-            "state_retention_s": 3600.0,
-            "idempotency_ttl_s": 604800.0,
-            "max_payload_bytes": 16384,
-            "future_tolerance_s": 30.0,
-            "event_log_max": 1_000_000,
-        },
-        "http": {
-            "operator_token": "",
-            "read_token": "",
-            "open_reads": False,
-            "allowed_hosts": ["localhost"],
-            "max_event_listeners": 100,
-            "header_timeout_s": 10.0,
-        },
-        "volunteer_app": {"mqtt_ws_url": "", "mqtt_ws_port": 9001, "open_broker": False},
-        "backends": {"mqtt_keepalive_s": 15, "redis_timeout_s": 5.0, "redis_health_check_s": 10},
-        "cluster": {"enabled": False, "lease_s": 5.0, "reclaim_idle_s": 5.0},
-        "kinds": _kind_table(
-            {
-                Kind.CARDIAC_ARREST: (1, ("first_aid",)),
-                Kind.MEDICAL: (1, ("first_aid",)),
-                Kind.FIRE: (1, ()),
-                Kind.FALL: (2, ("first_aid",)),
-                Kind.LOST_PERSON: (2, ()),
-                Kind.SECURITY: (2, ("patrol",)),
-                Kind.DISPUTE: (3, ("mediation",)),
-                Kind.OTHER: (3, ()),
-            }
-        ),
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,76 +191,106 @@ def _skills(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "engine": {
-        "mqtt": _url("mqtt", "tcp"),
-        "redis": _url("redis", "rediss", "unix"),
-        "http": _host_port,
-        "topic_root": _topic_root,
-        "mqtt_protocol": lambda v: _choice("3", "5")(str(v)),
-        "instance": _text,
-        "log_level": _choice("debug", "info", "warning", "error"),
-    },
-    "area": {"geojson": _text, "name": _text, "cell_size_m": _positive},
-    "policy": {
-        "strategy": _choice(*(s.value for s in Strategy)),
-        "target_s": _positive,
-        "max_radius_m": _positive,
-        "alert_expiry_s": _positive,
-        "wave_timeout_s": _positive,
-        "acceptance_rate": _share,
-        "wave_confidence": _share,
-        "max_wave_size": _int_range(1, 100),
-        "max_waves": _int_range(1, 20),
-        "arrival_radius_m": _positive,
-        "backup_responders": _int_range(0, 10),
-        "overdue_factor": _factor,
-        "overdue_grace_s": _non_negative,
-        "stall_after_s": _non_negative,
-        "show_rate": _share,
-        "reply_s": _non_negative,
-        "turnout_s": _non_negative,
-        "useful_eta_s": _positive,
-        "max_alerts": _int_range(0, 1000),
-    },
-    "travel": {
-        "circuity": lambda v: _at_least_one(v),
-        "walk_mps": _positive,
-        "bike_mps": _positive,
-        "ebike_mps": _positive,
-    },
-    "volunteers": {"location_ttl_s": _positive},
-    "incidents": {
-        "state_retention_s": _positive,
-        "idempotency_ttl_s": _positive,
-        "max_payload_bytes": _int_range(256, 1 << 20),
-        "future_tolerance_s": _positive,
-        "event_log_max": _int_range(1000, 1 << 31),
-    },
-    "http": {
-        "operator_token": _text,
-        "read_token": _text,
-        "open_reads": lambda v: _flag(v),
-        "allowed_hosts": lambda v: _host_names(v),
-        "max_event_listeners": _int_range(1, 10_000),
-        "header_timeout_s": _positive,
-    },
-    "volunteer_app": {
-        "mqtt_ws_url": lambda v: v if v == "" else _url("ws", "wss")(v),
-        "mqtt_ws_port": _int_range(1, 65535),
-        "open_broker": lambda v: _flag(v),
-    },
-    "backends": {
-        "mqtt_keepalive_s": _int_range(1, 3600),
-        "redis_timeout_s": _positive,
-        "redis_health_check_s": _int_range(0, 3600),
-    },
-    "cluster": {
-        "enabled": lambda v: _flag(v),
-        "lease_s": _positive,
-        "reclaim_idle_s": _positive,
-    },
-}
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One configuration key, declared once: its section and name (``[section] name`` in
+    the file, ``env_name`` in the environment), its default, its check, and the Config
+    attribute it fills (None: built from several keys in ``_build``)."""
+
+    section: str
+    name: str
+    default: Any
+    check: Callable[[Any], Any]
+    field: str | None = None
+
+
+def _policy(name: str) -> Key:
+    """A [policy] key: its default and its rule are Policy's own (dispatch/policy.py)."""
+    default = Policy.__dataclass_fields__[name].default
+    if isinstance(default, Strategy):
+        default = default.value
+    return Key("policy", name, default, lambda v: check_field(name, v))
+
+
+# Every key. config/default.toml documents each one, and a test keeps the two equal.
+KEYS: tuple[Key, ...] = (
+    Key("engine", "mqtt", "mqtt://127.0.0.1:1883", _url("mqtt", "tcp"), "mqtt_url"),
+    Key(
+        "engine", "redis", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"), "redis_url"
+    ),
+    Key("engine", "http", "127.0.0.1:8080", _host_port),
+    Key("engine", "topic_root", "dispatch", _topic_root, "topic_root"),
+    Key("engine", "mqtt_protocol", 5, lambda v: int(_choice("3", "5")(str(v))), "mqtt_protocol"),
+    Key("engine", "instance", "", _text, "instance"),
+    Key("engine", "log_level", "info", _choice("debug", "info", "warning", "error"), "log_level"),
+    Key("area", "geojson", "shangcheng_boundary_wgs84.geojson", _text),
+    Key("area", "name", "上城区 Shangcheng district", _text, "area_name"),
+    Key("area", "cell_size_m", 500.0, _positive, "cell_size_m"),
+    *(_policy(name) for name in FIELD_RULES),
+    Key("travel", "circuity", 1.3, lambda v: _at_least_one(v)),
+    Key("travel", "walk_mps", 1.8, _positive),
+    Key("travel", "bike_mps", 4.0, _positive),
+    Key("travel", "ebike_mps", 5.5, _positive),
+    Key("volunteers", "location_ttl_s", 300.0, _positive, "location_ttl_s"),
+    Key("incidents", "state_retention_s", 3600.0, _positive, "state_retention_s"),
+    Key("incidents", "idempotency_ttl_s", 604800.0, _positive, "idempotency_ttl_s"),
+    Key("incidents", "max_payload_bytes", 16384, _int_range(256, 1 << 20), "max_payload_bytes"),
+    Key("incidents", "future_tolerance_s", 30.0, _positive, "future_tolerance_s"),
+    Key("incidents", "event_log_max", 1_000_000, _int_range(1000, 1 << 31), "event_log_max"),
+    Key("http", "operator_token", "", _text, "operator_token"),
+    Key("http", "read_token", "", _text, "read_token"),
+    Key("http", "open_reads", False, lambda v: _flag(v), "open_reads"),
+    Key("http", "allowed_hosts", ["localhost"], lambda v: _host_names(v), "allowed_hosts"),
+    Key("http", "max_event_listeners", 100, _int_range(1, 10_000), "max_event_listeners"),
+    Key("http", "header_timeout_s", 10.0, _positive, "header_timeout_s"),
+    Key(
+        "volunteer_app",
+        "mqtt_ws_url",
+        "",
+        lambda v: v if v == "" else _url("ws", "wss")(v),
+        "volunteer_ws_url",
+    ),
+    Key("volunteer_app", "mqtt_ws_port", 9001, _int_range(1, 65535), "volunteer_ws_port"),
+    Key("volunteer_app", "open_broker", False, lambda v: _flag(v), "volunteer_open_broker"),
+    Key("backends", "mqtt_keepalive_s", 15, _int_range(1, 3600), "mqtt_keepalive_s"),
+    Key("backends", "redis_timeout_s", 5.0, _positive, "redis_timeout_s"),
+    Key("backends", "redis_health_check_s", 10, _int_range(0, 3600), "redis_health_check_s"),
+    Key("cluster", "enabled", False, lambda v: _flag(v), "cluster_enabled"),
+    Key("cluster", "lease_s", 5.0, _positive, "cluster_lease_s"),
+    Key("cluster", "reclaim_idle_s", 5.0, _positive, "cluster_reclaim_idle_s"),
+)
+
+_KINDS = _kind_table(
+    {
+        Kind.CARDIAC_ARREST: (1, ("first_aid",)),
+        Kind.MEDICAL: (1, ("first_aid",)),
+        Kind.FIRE: (1, ()),
+        Kind.FALL: (2, ("first_aid",)),
+        Kind.LOST_PERSON: (2, ()),
+        Kind.SECURITY: (2, ("patrol",)),
+        Kind.DISPUTE: (3, ("mediation",)),
+        Kind.OTHER: (3, ()),
+    }
+)
+
+
+def _sections() -> dict[str, dict[str, Key]]:
+    out: dict[str, dict[str, Key]] = {}
+    for key in KEYS:
+        out.setdefault(key.section, {})[key.name] = key
+    return out
+
+
+_BY_SECTION = _sections()
+
+# Every key with its default, by section (the [kinds.*] tables too): what the file
+# overrides. Sections become TOML tables.
+DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        **{s: {k: key.default for k, key in keys.items()} for s, keys in _BY_SECTION.items()},
+        "kinds": _KINDS,
+    }
+)
 
 
 def _host_names(value: Any) -> tuple[str, ...]:
@@ -451,9 +407,7 @@ def load_config(
             raise ConfigError("--config", str(path), f"valid TOML ({exc})") from exc
         _merge_file(values, file_values)
         base_dir = path.resolve().parent
-    known = {
-        env_name(section, key): (section, key) for section, keys in _CHECKS.items() for key in keys
-    }
+    known = {env_name(k.section, k.name): (k.section, k.name) for k in KEYS}
     for name in sorted(env):
         if not name.startswith("DISPATCH_"):
             continue
@@ -473,7 +427,7 @@ def load_config(
         )
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        if section not in _CHECKS or key not in _CHECKS[section]:
+        if key not in _BY_SECTION.get(section, {}):
             raise ConfigError(dotted, value, "a known configuration key")
         values[section][key] = value
     return _build(values, base_dir)
@@ -502,14 +456,12 @@ def _merge_file(values: dict[str, dict[str, Any]], file_values: dict[str, Any]) 
 
 def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
     clean: dict[str, dict[str, Any]] = {}
-    for section, checks in _CHECKS.items():
-        clean[section] = {}
-        for key, check in checks.items():
-            raw = values[section][key]
-            try:
-                clean[section][key] = check(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{section}.{key}", raw, str(exc)) from None
+    for key in KEYS:
+        raw = values[key.section][key.name]
+        try:
+            clean.setdefault(key.section, {})[key.name] = key.check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key.section}.{key.name}", raw, str(exc)) from None
     kinds: dict[Kind, KindDefaults] = {}
     for kind_name, table in values["kinds"].items():
         try:
@@ -521,9 +473,8 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         except ValueError as exc:
             raise ConfigError(f"kinds.{kind_name}.skills", table["skills"], str(exc)) from None
         kinds[Kind(kind_name)] = KindDefaults(priority, skills)
-    engine, policy, travel = clean["engine"], clean["policy"], clean["travel"]
+    engine, travel, http = clean["engine"], clean["travel"], clean["http"]
     host, _, port = engine["http"].rpartition(":")
-    http = clean["http"]
     if not is_loopback(host.strip("[]")) and not http["read_token"] and not http["open_reads"]:
         raise ConfigError(
             "http.read_token",
@@ -539,38 +490,11 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         if not geojson.exists():  # a file config may still name the bundled outline
             geojson = CONFIG_DIR / clean["area"]["geojson"]
     return Config(
-        mqtt_url=engine["mqtt"],
-        redis_url=engine["redis"],
+        **{k.field: clean[k.section][k.name] for k in KEYS if k.field is not None},
         http_host=host.strip("[]"),
         http_port=int(port),
-        topic_root=engine["topic_root"],
-        mqtt_protocol=int(engine["mqtt_protocol"]),
-        instance=engine["instance"],
-        log_level=engine["log_level"],
         area_geojson=geojson,
-        area_name=clean["area"]["name"],
-        cell_size_m=clean["area"]["cell_size_m"],
-        policy=Policy(
-            strategy=Strategy(policy["strategy"]),
-            target_s=policy["target_s"],
-            max_radius_m=policy["max_radius_m"],
-            alert_expiry_s=policy["alert_expiry_s"],
-            wave_timeout_s=policy["wave_timeout_s"],
-            acceptance_rate=policy["acceptance_rate"],
-            wave_confidence=policy["wave_confidence"],
-            max_wave_size=policy["max_wave_size"],
-            max_waves=policy["max_waves"],
-            arrival_radius_m=policy["arrival_radius_m"],
-            backup_responders=policy["backup_responders"],
-            overdue_factor=policy["overdue_factor"],
-            overdue_grace_s=policy["overdue_grace_s"],
-            stall_after_s=policy["stall_after_s"],
-            show_rate=policy["show_rate"],
-            reply_s=policy["reply_s"],
-            turnout_s=policy["turnout_s"],
-            useful_eta_s=policy["useful_eta_s"],
-            max_alerts=policy["max_alerts"],
-        ),
+        policy=Policy(**clean["policy"]),
         travel=TravelModel(
             circuity=travel["circuity"],
             speeds_mps=MappingProxyType(
@@ -581,26 +505,5 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
                 }
             ),
         ),
-        location_ttl_s=clean["volunteers"]["location_ttl_s"],
-        state_retention_s=clean["incidents"]["state_retention_s"],
-        idempotency_ttl_s=clean["incidents"]["idempotency_ttl_s"],
-        max_payload_bytes=clean["incidents"]["max_payload_bytes"],
-        future_tolerance_s=clean["incidents"]["future_tolerance_s"],
-        event_log_max=clean["incidents"]["event_log_max"],
-        operator_token=clean["http"]["operator_token"],
-        read_token=clean["http"]["read_token"],
-        open_reads=http["open_reads"],
-        allowed_hosts=http["allowed_hosts"],
-        max_event_listeners=http["max_event_listeners"],
-        header_timeout_s=http["header_timeout_s"],
-        mqtt_keepalive_s=clean["backends"]["mqtt_keepalive_s"],
-        redis_timeout_s=clean["backends"]["redis_timeout_s"],
-        redis_health_check_s=clean["backends"]["redis_health_check_s"],
-        cluster_enabled=clean["cluster"]["enabled"],
-        cluster_lease_s=clean["cluster"]["lease_s"],
-        cluster_reclaim_idle_s=clean["cluster"]["reclaim_idle_s"],
-        volunteer_ws_url=clean["volunteer_app"]["mqtt_ws_url"],
-        volunteer_ws_port=clean["volunteer_app"]["mqtt_ws_port"],
-        volunteer_open_broker=clean["volunteer_app"]["open_broker"],
         kinds=MappingProxyType(kinds),
     )

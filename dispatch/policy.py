@@ -28,17 +28,20 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 from geo.index import PartitionedIndex
 from geo.travel import TravelModel
 
 __all__ = [
+    "FIELD_RULES",
     "PLAYBOOKS",
     "Candidate",
     "Playbook",
     "Policy",
     "Rank",
     "Strategy",
+    "check_field",
     "choose_wave",
     "fastest",
     "success_chance",
@@ -185,42 +188,12 @@ class Policy:
     max_alerts: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "target_s",
-            "max_radius_m",
-            "alert_expiry_s",
-            "wave_timeout_s",
-            "useful_eta_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Policy.{name} must be greater than 0, got {getattr(self, name)}")
-        for name in ("acceptance_rate", "wave_confidence"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(
-                    f"Policy.{name} must be between 0 and 1, got {getattr(self, name)}"
-                )
-        if not 0 < self.show_rate <= 1:
-            raise ValueError(
-                f"Policy.show_rate must be above 0 and at most 1, got {self.show_rate}"
-            )
-        for name in ("reply_s", "turnout_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"Policy.{name} must be at least 0, got {getattr(self, name)}")
-        if self.max_wave_size < 1 or self.max_waves < 1:
-            raise ValueError("Policy.max_wave_size and Policy.max_waves must be at least 1")
-        if not 0 <= self.backup_responders <= 10:
-            raise ValueError(
-                f"Policy.backup_responders must be 0..10, got {self.backup_responders}"
-            )
-        if not 0 <= self.max_alerts <= 1000:
-            raise ValueError(f"Policy.max_alerts must be 0..1000, got {self.max_alerts}")
-        if not self.stall_after_s >= 0:
-            raise ValueError(f"Policy.stall_after_s must be at least 0, got {self.stall_after_s}")
-        if not self.overdue_factor >= 1 or not self.overdue_grace_s >= 0:
-            raise ValueError(
-                "Policy.overdue_factor must be at least 1 and Policy.overdue_grace_s at least 0, "
-                f"got {self.overdue_factor} and {self.overdue_grace_s}"
-            )
+        for name in FIELD_RULES:
+            value = getattr(self, name)
+            try:
+                check_field(name, value)
+            except ValueError as exc:
+                raise ValueError(f"Policy.{name} must be {exc}, got {value!r}") from None
 
     @property
     def playbook(self) -> Playbook:
@@ -261,6 +234,60 @@ class Policy:
     def setoff_s(self) -> float:
         """Expected time from an alert to the volunteer setting off."""
         return self.reply_s + self.turnout_s
+
+
+# Every Policy field's rule, checked once: by Policy itself and by the configuration
+# (dispatch/config.py reads each [policy] key through ``check_field``).
+FIELD_RULES: Mapping[str, tuple[str, float, float]] = MappingProxyType(
+    {
+        "strategy": ("strategy", 0, 0),
+        "target_s": ("positive", 0, 0),
+        "max_radius_m": ("positive", 0, 0),
+        "alert_expiry_s": ("positive", 0, 0),
+        "wave_timeout_s": ("positive", 0, 0),
+        "acceptance_rate": ("share", 0, 0),
+        "wave_confidence": ("share", 0, 0),
+        "max_wave_size": ("whole", 1, 100),
+        "max_waves": ("whole", 1, 20),
+        "arrival_radius_m": ("positive", 0, 0),
+        "backup_responders": ("whole", 0, 10),
+        "overdue_factor": ("factor", 0, 0),
+        "overdue_grace_s": ("non_negative", 0, 0),
+        "stall_after_s": ("non_negative", 0, 0),
+        "show_rate": ("share_or_all", 0, 0),
+        "reply_s": ("non_negative", 0, 0),
+        "turnout_s": ("non_negative", 0, 0),
+        "useful_eta_s": ("positive", 0, 0),
+        "max_alerts": ("whole", 0, 1000),
+    }
+)
+
+
+def check_field(name: str, value: Any) -> Any:
+    """``value`` made fit for Policy field ``name``, or ValueError saying what is allowed."""
+    rule, lo, hi = FIELD_RULES[name]
+    if rule == "strategy":
+        try:
+            return Strategy(value)
+        except ValueError:
+            raise ValueError("one of " + ", ".join(repr(s.value) for s in Strategy)) from None
+    if rule == "whole":
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"a whole number from {int(lo)} to {int(hi)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("a finite number")
+    allowed = {
+        "positive": (value > 0, "a number greater than 0"),
+        "non_negative": (value >= 0, "a number of at least 0"),
+        "share": (0 < value < 1, "a number strictly between 0 and 1"),
+        "share_or_all": (0 < value <= 1, "a number above 0 and at most 1"),
+        "factor": (value >= 1, "a factor of at least 1"),
+    }
+    ok, text = allowed[rule]
+    if not ok:
+        raise ValueError(text)
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

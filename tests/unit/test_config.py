@@ -164,10 +164,10 @@ def test_every_dispatch_variable_the_repository_uses_is_a_key_or_allow_listed() 
     """A variable the project reads must not stop the engine (grep the whole repository)."""
     import re
 
-    from dispatch.config import _CHECKS, NOT_CONFIG_VARIABLES, env_name
+    from dispatch.config import KEYS, NOT_CONFIG_VARIABLES, env_name
 
     repo = Path(__file__).resolve().parents[2]
-    keys = {env_name(s, k) for s, keys in _CHECKS.items() for k in keys}
+    keys = {env_name(k.section, k.name) for k in KEYS}
     used: set[str] = set()
     for folder in ("dispatch", "simulators", "benchmarks", "scripts", "tests", "docs", ".ci"):
         for path in (repo / folder).rglob("*"):
@@ -218,3 +218,20 @@ def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
     path.write_text('[http]\nallowed_hosts = ["evil/host"]\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"http\.allowed_hosts"):
         load_config(path, env={})
+
+
+def test_policy_keys_are_the_policys_own_fields_with_its_own_rules() -> None:
+    """Each [policy] key is declared once: its default and its bound are Policy's."""
+    import dataclasses
+
+    from dispatch.config import KEYS
+    from dispatch.policy import Policy
+
+    policy_keys = {k.name: k.default for k in KEYS if k.section == "policy"}
+    fields = {f.name: f.default for f in dataclasses.fields(Policy)}
+    assert policy_keys == {n: getattr(v, "value", v) for n, v in fields.items()}
+    # the same rule refuses the same value, from the file and in the core alike
+    with pytest.raises(ConfigError, match=r"policy\.max_waves.*a whole number from 1 to 20"):
+        load_config(env={"DISPATCH_POLICY_MAX_WAVES": "25"})
+    with pytest.raises(ValueError, match=r"Policy\.max_waves must be a whole number from 1 to 20"):
+        Policy(max_waves=25)
