@@ -110,6 +110,7 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "volunteer_app": {"mqtt_ws_url": "", "mqtt_ws_port": 9001, "open_broker": False},
         "backends": {"mqtt_keepalive_s": 15, "redis_timeout_s": 5.0, "redis_health_check_s": 10},
         "cluster": {"enabled": False, "lease_s": 5.0, "reclaim_idle_s": 5.0},
+        "postgres": {"url": "", "timeout_s": 5.0, "retry_s": 2.0, "batch": 200},
         "kinds": _kind_table(
             {
                 Kind.CARDIAC_ARREST: (1, ("first_aid",)),
@@ -163,6 +164,12 @@ class Config:
     cluster_enabled: bool = False
     cluster_lease_s: float = 5.0
     cluster_reclaim_idle_s: float = 5.0
+    # [postgres]: the archive of ended incidents and the reports (docs/reports.md); no
+    # URL: no archive, and reports answer from what Redis still holds.
+    postgres_url: str = ""
+    postgres_timeout_s: float = 5.0
+    postgres_retry_s: float = 2.0
+    postgres_batch: int = 200
     # [volunteer_app]: how the volunteer page (/volunteer) reaches the broker's websockets.
     volunteer_ws_url: str = ""
     volunteer_ws_port: int = 9001
@@ -333,6 +340,12 @@ _CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "enabled": lambda v: _flag(v),
         "lease_s": _positive,
         "reclaim_idle_s": _positive,
+    },
+    "postgres": {
+        "url": lambda v: v if v == "" else _url("postgresql", "postgres")(v),
+        "timeout_s": _positive,
+        "retry_s": _positive,
+        "batch": _int_range(1, 10_000),
     },
 }
 
@@ -599,6 +612,10 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         cluster_enabled=clean["cluster"]["enabled"],
         cluster_lease_s=clean["cluster"]["lease_s"],
         cluster_reclaim_idle_s=clean["cluster"]["reclaim_idle_s"],
+        postgres_url=clean["postgres"]["url"],
+        postgres_timeout_s=clean["postgres"]["timeout_s"],
+        postgres_retry_s=clean["postgres"]["retry_s"],
+        postgres_batch=clean["postgres"]["batch"],
         volunteer_ws_url=clean["volunteer_app"]["mqtt_ws_url"],
         volunteer_ws_port=clean["volunteer_app"]["mqtt_ws_port"],
         volunteer_open_broker=clean["volunteer_app"]["open_broker"],
