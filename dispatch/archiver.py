@@ -80,6 +80,11 @@ class Archiver:
                 log.warning("archive: %s; trying again in %.1f s", exc, self.retry_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.retry_s)
+            except Exception:
+                # A bug (or a record PostgreSQL refuses): said loudly; dispatch goes on,
+                # the events stay pending for a fixed version to archive.
+                log.exception("archive: stopped by an unexpected error")
+                raise
 
     async def step(self) -> int:
         """One round: this consumer's unacknowledged events first (a retry, or what it was

@@ -108,7 +108,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if archiving is not None and archiver is not None:
             # Whatever it was writing is not acknowledged yet: it is done again next time.
             archiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # An archiver that failed has said why (logged); the engine still stops cleanly.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await archiving
             await archiver.archive.close()
             await archiver.store.close()
