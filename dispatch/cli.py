@@ -1,4 +1,5 @@
-"""The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same).
+"""The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same);
+``dispatch archive`` runs the archive writer alone (docs/reports.md).
 
 It parses arguments and loads the configuration; the objects are built by the
 composition root, dispatch/wiring.py.
@@ -33,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the engine",
         description="Run the engine. Every flag defaults from --config, then the environment "
-        "(DISPATCH_MQTT, DISPATCH_REDIS, DISPATCH_HTTP, DISPATCH_TOPIC_ROOT, DISPATCH_CONFIG).",
+        "(DISPATCH_MQTT, DISPATCH_REDIS, DISPATCH_HTTP, DISPATCH_TOPIC_ROOT, "
+        "DISPATCH_POSTGRES_URL, DISPATCH_CONFIG).",
     )
     run.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1:1883")
     run.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0")
@@ -42,6 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a TOML file (see config/default.toml)")
     run.add_argument("--instance", help="this engine's name, unique among engines sharing a broker")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--postgres",
+        help="archive ended incidents to this PostgreSQL and report from it, e.g. "
+        "postgresql://dispatch@127.0.0.1:5432/dispatch (default: no archive)",
+    )
+    archive = sub.add_parser(
+        "archive",
+        help="write ended incidents from the engine's Redis event log to PostgreSQL",
+        description="Run the archive writer alone (as `dispatch run --postgres` does inside "
+        "the engine): it reads the event log through a Redis consumer group and writes "
+        "every ended incident to PostgreSQL, creating or upgrading its tables first. "
+        "Several may run at once. See docs/reports.md.",
+    )
+    archive.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
+    archive.add_argument("--postgres", help="PostgreSQL URL (required here, or its config key)")
+    archive.add_argument("--topic-root", help="the engine's topic root (its Redis key prefix)")
+    archive.add_argument("--config", help="a TOML file (see config/default.toml)")
+    archive.add_argument("--instance", help="this writer's name among several (consumer name)")
+    archive.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser(
         "demo",
         help="run the engine with simulated volunteers and incidents on throwaway servers",
@@ -94,6 +115,7 @@ def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
         ("topic_root", "engine.topic_root"),
         ("instance", "engine.instance"),
         ("log_level", "engine.log_level"),
+        ("postgres", "postgres.url"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -131,18 +153,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "run":
         return _run(config)
+    if args.command == "archive":
+        if not config.postgres_url:
+            print(
+                "dispatch archive: no PostgreSQL: give --postgres URL (or postgres.url, "
+                "DISPATCH_POSTGRES_URL)",
+                file=sys.stderr,
+            )
+            return 2
+        return _run(config, archive_only=True)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, *, archive_only: bool = False) -> int:
     async def start() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        from dispatch.wiring import serve
+        from dispatch.wiring import archive, serve
 
-        await serve(config, stop)
+        await (archive if archive_only else serve)(config, stop)
 
     try:
         import uvloop

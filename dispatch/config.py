@@ -89,6 +89,12 @@ class Config:
     cluster_enabled: bool = False
     cluster_lease_s: float = 5.0
     cluster_reclaim_idle_s: float = 5.0
+    # [postgres]: the archive of ended incidents and the reports (docs/reports.md); no
+    # URL: no archive, and reports answer from what Redis still holds.
+    postgres_url: str = ""
+    postgres_timeout_s: float = 5.0
+    postgres_retry_s: float = 2.0
+    postgres_batch: int = 200
     # [volunteer_app]: how the volunteer page (/volunteer) reaches the broker's websockets.
     volunteer_ws_url: str = ""
     volunteer_ws_port: int = 9001
@@ -258,6 +264,16 @@ KEYS: tuple[Key, ...] = (
     Key("cluster", "enabled", False, lambda v: _flag(v), "cluster_enabled"),
     Key("cluster", "lease_s", 5.0, _positive, "cluster_lease_s"),
     Key("cluster", "reclaim_idle_s", 5.0, _positive, "cluster_reclaim_idle_s"),
+    Key(
+        "postgres",
+        "url",
+        "",
+        lambda v: v if v == "" else _url("postgresql", "postgres")(v),
+        "postgres_url",
+    ),
+    Key("postgres", "timeout_s", 5.0, _positive, "postgres_timeout_s"),
+    Key("postgres", "retry_s", 2.0, _positive, "postgres_retry_s"),
+    Key("postgres", "batch", 200, _int_range(1, 10_000), "postgres_batch"),
 )
 
 _KINDS = _kind_table(

@@ -7,8 +7,9 @@ The tree (catch the narrowest one that tells you what to do)::
     │                             on <root>/rejected, carry on
     ├── ConfigError               the operator is at fault: refuse to start, name the key
     ├── InvalidTransition         we are at fault (a bug): crash loudly in tests
-    ├── BackendUnavailable        the broker or Redis is down: retry, degrade, alert
-    │                             (dispatch/store.py turns every Redis error into it)
+    ├── BackendUnavailable        the broker, Redis or PostgreSQL is down: retry, degrade,
+    │                             alert (dispatch/store.py turns every Redis error into it,
+    │                             dispatch/archive.py every PostgreSQL connection error)
     └── OwnerUnavailable          several instances: the one owning an incident did not
                                   answer a forwarded operator action in time (HTTP 503)
 
@@ -102,7 +103,7 @@ class InvalidTransition(DispatchError):
 
 
 class BackendUnavailable(DispatchError):
-    """The MQTT broker or Redis cannot be reached; the operation may succeed if retried.
+    """The MQTT broker, Redis or PostgreSQL cannot be reached; a retry may succeed.
 
     Raise it ``from`` the library's own exception so that the cause stays in the
     traceback while callers above the boundary only know this one type.

@@ -13,6 +13,9 @@ Where the binaries come from:
 - MQTT: ``mosquitto`` likewise, else the pure-Python broker ``amqtt`` run with this
   interpreter (``python -m amqtt.scripts.broker_script``). amqtt speaks MQTT 3.1.1
   only: a client of it must use protocol 3 (``ManagedServer.mqtt_protocol`` says so).
+- PostgreSQL (the archive, docs/reports.md): ``initdb`` and ``postgres`` on the PATH, else
+  in Debian's /usr/lib/postgresql/<version>/bin (the newest). Run as root, they run as
+  the ``postgres`` user (else ``nobody``): PostgreSQL refuses to run as root.
 
 A server process gets SIGTERM when its parent dies (PR_SET_PDEATHSIG on Linux), so a
 killed test run or demo leaves nothing behind; an ``atexit`` hook stops the rest.
@@ -61,6 +64,7 @@ __all__ = [
     "start_amqtt",
     "start_broker",
     "start_mosquitto",
+    "start_postgres",
     "start_redis",
     "wait_for_port",
 ]
@@ -202,11 +206,16 @@ class ManagedServer:
     ports: dict[str, int] = field(default_factory=dict)
     # For brokers: the MQTT protocol version clients should use (amqtt has no MQTT 5).
     mqtt_protocol: int | None = None
+    # What stop() sends first: PostgreSQL takes SIGTERM as "wait for every client to
+    # leave", SIGINT as "disconnect them and stop".
+    stop_signal: int = signal.SIGTERM
     _stopped: bool = False
 
     @property
     def url(self) -> str:
-        """The server's URL (mqtt:// or redis://) on 127.0.0.1."""
+        """The server's URL (mqtt://, redis:// or postgresql://) on 127.0.0.1."""
+        if self.name == "postgres":
+            return f"postgresql://postgres@127.0.0.1:{self.ports['tcp']}/postgres"
         scheme = "redis" if "redis" in self.name or "valkey" in self.name else "mqtt"
         return f"{scheme}://127.0.0.1:{self.ports['tcp']}"
 
@@ -229,7 +238,7 @@ class ManagedServer:
             return
         self._stopped = True
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -251,7 +260,14 @@ def _stop_all() -> None:
         server.stop()
 
 
-def _spawn(name: str, argv: Sequence[str], workdir: Path) -> ManagedServer:
+def _spawn(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    user: str | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> ManagedServer:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -265,9 +281,14 @@ def _spawn(name: str, argv: Sequence[str], workdir: Path) -> ManagedServer:
             start_new_session=True,
             # preexec_fn is unsafe with threads; start servers before any threads exist
             # (the fixtures and the demo do), and the function only makes one syscall.
-            preexec_fn=_parent_death_signal(),
+            # It runs after the change of user, which would clear the signal.
+            preexec_fn=_parent_death_signal(stop_signal),
+            user=user,
+            group=None if user is None else _group_of(user),
         )
-    server = ManagedServer(name=name, proc=proc, workdir=workdir, log_path=log_path)
+    server = ManagedServer(
+        name=name, proc=proc, workdir=workdir, log_path=log_path, stop_signal=stop_signal
+    )
     _running.append(server)
     return server
 
@@ -471,3 +492,129 @@ def start_broker() -> tuple[ManagedServer, str, int | None]:
     if find_binary("mosquitto") is not None:
         return start_mosquitto()
     return start_amqtt()
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+
+def find_postgres() -> tuple[str, str] | None:
+    """(initdb, postgres): on the PATH, else the newest of Debian's
+    /usr/lib/postgresql/<version>/bin; None if there is none."""
+    initdb, postgres = find_binary("initdb"), find_binary("postgres")
+    if initdb and postgres:
+        return initdb, postgres
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for bin_dir in reversed(versions):
+        if (bin_dir / "initdb").is_file() and (bin_dir / "postgres").is_file():
+            return str(bin_dir / "initdb"), str(bin_dir / "postgres")
+    return None
+
+
+def _server_user() -> str | None:
+    """Whom PostgreSQL runs as: ourselves, unless we are root (which it refuses)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise ServerUnavailable("running as root and there is no 'postgres' or 'nobody' user")
+
+
+def _group_of(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
+def _postgres_ready(port: int, socket_dir: Path) -> Callable[[], bool]:
+    """Accepting connections: the startup packet is answered with something other than
+    "the database system is starting up" (crash recovery takes a moment)."""
+
+    def ready() -> bool:
+        if not port_open("127.0.0.1", port):
+            return False
+        pid_file = socket_dir / "data" / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+        except OSError:
+            return False
+        # The eighth line of postmaster.pid is the server's status: "ready" once it is.
+        return len(lines) >= 8 and lines[7].strip() == "ready"
+
+    return ready
+
+
+def start_postgres(*, port: int | None = None, workdir: Path | None = None) -> ManagedServer:
+    """Start a throwaway PostgreSQL (initdb on first start, trust auth, user ``postgres``).
+
+    ``port`` and ``workdir`` restart one on the same port and data (fault tests: after
+    ``kill()``, PostgreSQL recovers from its write-ahead log). ``server.url`` is its URL.
+    fsync is off: it is thrown away, and a killed process loses nothing the kernel has
+    (only a crash of the machine would); synchronous commit stays on, so a committed
+    transaction survives ``kill -9``.
+    """
+    found = find_postgres()
+    if found is None:
+        raise ServerUnavailable(
+            "no initdb/postgres on the PATH (nor in /usr/lib/postgresql/*/bin); install "
+            "PostgreSQL (Debian: apt-get install postgresql)"
+        )
+    initdb, postgres = found
+    user = _server_user()
+    fixed_port, fixed_dir = port, workdir
+    last_log = ""
+    for _ in range(_ATTEMPTS):
+        port = fixed_port or free_port()
+        workdir = fixed_dir or Path(tempfile.mkdtemp(prefix="dispatch-postgres-"))
+        data = workdir / "data"
+        if user is not None:
+            shutil.chown(workdir, user, _group_of(user))
+        if not data.exists():
+            init = [initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+            done = subprocess.run(
+                [*init, "--no-sync", "--locale=C"],
+                capture_output=True,
+                user=user,
+                group=None if user is None else _group_of(user),
+                cwd=workdir,
+                timeout=START_TIMEOUT * 6,
+                check=False,
+            )
+            if done.returncode != 0:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise ServerStartError(
+                    f"{initdb} failed: {done.stdout.decode(errors='replace')[-2000:]}"
+                    f"{done.stderr.decode(errors='replace')[-2000:]}"
+                )
+        argv = [
+            postgres,
+            "-D", str(data),
+            "-p", str(port),
+            "-h", "127.0.0.1",
+            "-k", str(workdir),
+            "-c", "fsync=off",
+            "-c", "full_page_writes=off",
+            "-c", "max_connections=50",
+        ]  # fmt: skip
+        server = _spawn("postgres", argv, workdir, user=user, stop_signal=signal.SIGINT)
+        server.ports["tcp"] = port
+        # Recovery after a kill replays the write-ahead log first.
+        if _wait_ready(server, _postgres_ready(port, workdir), START_TIMEOUT * 3):
+            return server
+        last_log = server.log_tail()
+        if fixed_dir is not None:
+            server.kill()  # keep the data of a restart that did not come up
+            if server in _running:
+                _running.remove(server)
+        else:
+            server.stop()
+        time.sleep(0.5)  # a killed server's backends may still be leaving
+    raise ServerStartError(f"{postgres} failed to start {_ATTEMPTS} times; last log:\n{last_log}")

@@ -11,7 +11,8 @@ Keys, all under one prefix (default ``dispatch:``, the topic root):
   too (never a history)
 - ``claim:{vid}``: the incident a volunteer is committed to; only the Lua scripts below
   change it, so two engine processes can never both commit one volunteer
-- ``events``: the append-only event log (a stream, capped), replayed by the control room
+- ``events``: the append-only event log (a stream, capped), replayed by the control room;
+  the consumer group ``archive`` reads it into PostgreSQL (dispatch/archiver.py)
 - ``evi:{id}``: the ids of one incident's events in ``events`` (a list, capped), so that
   an incident's history is read without scanning the log; written with each event
 
@@ -583,6 +584,86 @@ class Store:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
         return [_event(eid, fields) for eid, fields in reversed(entries)]
+
+    # ---------------------------------------------------------------- event log readers
+
+    # Readers of the event log that must see every event once, and survive their own
+    # restarts (the archive, dispatch/archiver.py), read it through a consumer group:
+    # Redis keeps each group's last delivered id and its entries delivered but not yet
+    # acknowledged, so nothing is skipped and nothing needs a bookmark of our own.
+
+    @_redis_errors
+    async def ensure_event_group(self, group: str, start: str = "0") -> None:
+        """Create the consumer group ``group`` on the event log, from ``start`` ("0": from
+        the oldest event still in the log); nothing if it exists."""
+        try:
+            await self.redis.xgroup_create(self._k("events"), group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @_redis_errors
+    async def read_event_group(
+        self, group: str, consumer: str, count: int, block_ms: int | None, pending: bool = False
+    ) -> list[StoredEvent | str]:
+        """The next events for ``consumer`` of ``group``, oldest first.
+
+        ``pending``: instead of new events, those already delivered to this consumer and
+        not acknowledged (what it was doing when it stopped). An entry the capped log has
+        dropped meanwhile comes back as its bare id, to be acknowledged. [] if none.
+        """
+        start = "0" if pending else ">"
+        try:
+            reply = await self.redis.xreadgroup(
+                group, consumer, {self._k("events"): start}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_event_group(group)  # the log was deleted (FLUSHDB): again
+            return []
+        return [
+            _event(eid, fields) if fields else eid.decode()
+            for _stream, entries in reply or []
+            for eid, fields in entries
+        ]
+
+    @_redis_errors
+    async def claim_event_group(
+        self, group: str, consumer: str, idle_ms: int, count: int
+    ) -> list[StoredEvent | str]:
+        """Events another consumer of ``group`` took and left unacknowledged for ``idle_ms``
+        (it died), now ``consumer``'s; dropped entries as bare ids, as above."""
+        reply = await self.redis.xautoclaim(
+            self._k("events"), group, consumer, idle_ms, start_id="0-0", count=count
+        )
+        out: list[StoredEvent | str] = [
+            _event(eid, fields) if fields else eid.decode()
+            for eid, fields in (reply[1] if len(reply) > 1 else [])
+        ]
+        # (Redis 7 takes entries the log has dropped off the pending list itself.)
+        return out
+
+    @_redis_errors
+    async def ack_events(self, group: str, event_ids: Sequence[str]) -> int:
+        """Acknowledge events of ``group``: done with, never delivered again."""
+        if not event_ids:
+            return 0
+        return int(await self.redis.xack(self._k("events"), group, *event_ids))
+
+    @_redis_errors
+    async def event_group_lag(self, group: str) -> int | None:
+        """Events in the log not yet delivered to ``group`` (Redis 7), None if unknown."""
+        try:
+            groups = await self.redis.xinfo_groups(self._k("events"))
+        except ResponseError:
+            return None
+        for info in groups:
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                lag = info.get("lag")
+                return None if lag is None else int(lag)
+        return None
 
     async def event_id_back(self, count: int) -> str:
         """The id just before the ``count`` newest events ("0" if the log is shorter).

@@ -29,12 +29,14 @@ import orjson
 from aiohttp import web
 
 from dispatch import coverage
+from dispatch.archive import Archive
 from dispatch.cluster import OwnerUnavailable
 from dispatch.codec import format_time, parse_time
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
+from dispatch.records import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
 
@@ -80,7 +82,8 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-def make_app(service: Service) -> web.Application:
+def make_app(service: Service, archive: Archive | None = None) -> web.Application:
+    """The HTTP app of ``service``; reports from ``archive`` when there is one."""
     c = service.config
     hosts = _HostCheck(c.allowed_hosts)
     app = web.Application(
@@ -108,6 +111,10 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/api/volunteers", api.volunteers)
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
+    # The record (dispatch/records.py): reports over ended incidents, CAP export.
+    records = Records(service, reader, archive, api.check_read)
+    app.router.add_get("/api/report", records.report)
+    app.router.add_get("/api/incidents/{iid}/cap", records.cap)
     app.router.add_get("/", api.index)
     app.router.add_get("/volunteer", api.volunteer_page)
     app.router.add_get("/api/volunteer-app", api.volunteer_app)
@@ -351,6 +358,10 @@ class _Api:
         ):
             return None  # the operator may read too
         return self._check(request, token, "reading", query_ok)
+
+    def check_read(self, request: web.Request, query_ok: bool) -> web.Response | None:
+        """The read check, for the routes other modules serve (dispatch/records.py)."""
+        return self._check_read(request, query_ok)
 
     def _check_operator(self, request: web.Request) -> web.Response | None:
         if not self.config.operator_token:

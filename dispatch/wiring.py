@@ -3,8 +3,10 @@
 A single engine is a `Service` with the single-instance ports (dispatch/engine.py's
 `Alone`). Several instances (``[cluster] enabled``) are the same service with a fenced
 store and a `Cluster` plugged into its ports: a different set of collaborators, not
-branches in the code that uses them. `serve` adds the HTTP port; the command line
-(dispatch/cli.py), the demo and the tests start the engine through it.
+branches in the code that uses them. `serve` adds the HTTP port and, with ``[postgres]
+url``, the archiver (dispatch/archiver.py) as a task of its own beside the engine;
+`archive` runs the archiver alone (``dispatch archive``). The command line
+(dispatch/cli.py), the demo and the tests start the engine through them.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from dispatch.archive import Archive
+from dispatch.archiver import Archiver
 from dispatch.cluster import Cluster, FencedStore
 from dispatch.config import Config
 from dispatch.service import Service
+from dispatch.store import Store
 from dispatch.web import listen, make_app
 from geo.area import ServiceArea
 
-__all__ = ["build", "serve"]
+__all__ = ["archive", "build", "build_archiver", "serve"]
 
 log = logging.getLogger("dispatch")
 
@@ -49,11 +54,35 @@ def build(
     return service
 
 
+def build_archiver(config: Config) -> Archiver:
+    """The archiver ``config`` describes (``[postgres] url`` set), on Redis connections
+    of its own: it never waits for, or takes, the connections dispatch uses."""
+    return Archiver(
+        Store.from_config(config),
+        Archive(config.postgres_url, timeout_s=config.postgres_timeout_s),
+        consumer=config.instance or "archiver",
+        batch=config.postgres_batch,
+        retry_s=config.postgres_retry_s,
+        reclaim_idle_s=max(30.0, 10 * config.postgres_timeout_s),
+    )
+
+
+async def archive(config: Config, stop: asyncio.Event) -> None:
+    """The archiver alone, until ``stop`` is set (``dispatch archive``)."""
+    archiver = build_archiver(config)
+    try:
+        await archiver.run(stop)
+    finally:
+        await archiver.archive.close()
+        await archiver.store.close()
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    """The engine and its HTTP port, until ``stop`` is set."""
+    """The engine and its HTTP port (and the archiver), until ``stop`` is set."""
     service = build(config)
+    archiver = build_archiver(config) if config.postgres_url else None
     runner = web.AppRunner(
-        make_app(service),
+        make_app(service, archiver.archive if archiver is not None else None),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=2,
@@ -70,9 +99,20 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         config.mqtt_url.split("@")[-1],
         config.topic_root,
     )
+    archiving = (
+        None if archiver is None else asyncio.create_task(archiver.run(stop), name="archiver")
+    )
     try:
         await service.run(stop)
     finally:
+        if archiving is not None and archiver is not None:
+            # Whatever it was writing is not acknowledged yet: it is done again next time.
+            archiving.cancel()
+            # An archiver that failed has said why (logged); the engine still stops cleanly.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await archiving
+            await archiver.archive.close()
+            await archiver.store.close()
         server.close()
         # Open event streams are cut after the runner's 2 s grace; never hang on exit.
         with contextlib.suppress(TimeoutError):

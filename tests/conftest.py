@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 import redis
 
@@ -159,3 +160,29 @@ def redis_url(redis_server: str) -> str:
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         client.flushdb()
     return url
+
+
+# --- PostgreSQL (the archive) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """postgresql://... of the session's throwaway PostgreSQL (its ``postgres`` database).
+
+    Started from the machine's initdb/postgres (Debian: /usr/lib/postgresql/<v>/bin);
+    none: skipped, or failed under CI=true. Tests that kill PostgreSQL start their own.
+    """
+    server = _start(servers.start_postgres)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A database of this test's own, new and empty."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    return postgres_server.rsplit("/", 1)[0] + f"/{name}"

@@ -1,4 +1,4 @@
-"""Throwaway Mosquitto and Redis servers for the tests, and small helpers tests import.
+"""Throwaway Mosquitto, Redis and PostgreSQL servers for the tests, and small helpers tests import.
 
 tests/conftest.py puts this directory on sys.path, so a test module can write
 ``from servers import mqtt_client, free_port, wait_for_port``.
@@ -59,6 +59,7 @@ __all__ = [
     "redis_ping",
     "skip_or_fail",
     "start_mosquitto",
+    "start_postgres",
     "start_redis",
     "wait_for_port",
 ]
@@ -116,6 +117,11 @@ def start_mosquitto() -> tuple[ManagedServer, str, int | None]:
         return localservers.start_mosquitto()
     except ServerUnavailable as exc:
         raise ServerUnavailable(f"{exc} or set DISPATCH_TEST_MQTT_URL") from None
+
+
+def start_postgres(**kw: Any) -> ManagedServer:
+    """Start a throwaway PostgreSQL (dispatch.localservers.start_postgres)."""
+    return localservers.start_postgres(**kw)
 
 
 # --- redis database allocation ---------------------------------------------------

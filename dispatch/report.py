@@ -1,0 +1,225 @@
+"""Reports over ended incidents (``GET /api/report``): the query, the groups, their figures.
+
+Pure, like the core: the web shell parses the query here, gets per-group counts from
+the archive's SQL (dispatch/archive.py) or, with no archive, computes them here from the
+records Redis still holds, and both are shaped into rows by `row`, so the two answers
+agree to the digit (a test computes both on the same incidents).
+
+The figures are the headline's (dispatch/headline.py), per group:
+
+- ``incidents``: ended incidents reported in the period (cancelled ones included);
+- ``needed``, ``decided``, ``within_target``, ``reached``, ``within_target_share``,
+  ``p50_s``, ``p90_s``: exactly `dispatch.headline.headline` over the group (cancelled
+  ones do not count; unreached ones are misses; only verified arrivals count; the
+  percentiles are of the time to the first verified arrival, over ``reached``);
+- ``escalated_share``: of ``incidents``, those ever escalated to the control room;
+- ``alerts_per_incident``: alerts sent (operators' hand assignments included) per
+  incident.
+
+Groups: ``cell`` (the generated grid), ``kind``, ``day`` (the operators' calendar day,
+China Standard Time, as the live figures' "today") and ``subdistrict``. No public
+subdistrict (街道) boundaries exist for the district (config/PROVENANCE.md), so until a
+deployment loads its own every incident falls in the group ``null`` and the answer says
+so in ``note``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dispatch.codec import format_time, parse_time
+from dispatch.coverage import incident_outcome
+from dispatch.dispatcher import Incident
+from dispatch.headline import Outcome, headline
+
+__all__ = [
+    "BY",
+    "COLUMNS",
+    "DEFAULT_PERIOD_S",
+    "LOCAL_TZ",
+    "MAX_PERIOD_S",
+    "SUBDISTRICT_NOTE",
+    "BadQuery",
+    "Counts",
+    "ReportQuery",
+    "from_incidents",
+    "group_key",
+    "parse_query",
+    "row",
+    "to_csv",
+]
+
+BY = ("subdistrict", "cell", "day", "kind")
+FORMATS = ("json", "csv")
+# The operators' day (the live figures' "today"): China Standard Time has no DST.
+LOCAL_TZ = timezone(timedelta(hours=8), "CST")
+DEFAULT_PERIOD_S = 30 * 86_400.0  # no ``from``: the 30 days before ``to``
+MAX_PERIOD_S = 3 * 366 * 86_400.0
+COLUMNS = (
+    "group",
+    "incidents",
+    "needed",
+    "decided",
+    "within_target",
+    "reached",
+    "within_target_share",
+    "p50_s",
+    "p90_s",
+    "escalated_share",
+    "alerts_per_incident",
+)
+SUBDISTRICT_NOTE = (
+    "no subdistrict boundaries are configured for this service area (none are public for "
+    "the district): every incident is in the group null; use by=cell for the grid"
+)
+
+
+class BadQuery(ValueError):
+    """A report query that cannot be answered; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportQuery:
+    start: float  # reported at or after (Unix seconds)
+    end: float  # reported before
+    by: str
+    format: str
+
+
+def parse_query(query: Mapping[str, str], now: float) -> ReportQuery:
+    """``from``, ``to`` (RFC 3339; default: the 30 days up to now), ``by``, ``format``."""
+    unknown = sorted(set(query) - {"from", "to", "by", "format", "access_token"})
+    if unknown:
+        raise BadQuery(
+            f"unknown parameter '{unknown[0]}'; use from, to (RFC 3339), by "
+            f"({'|'.join(BY)}) and format (json|csv)"
+        )
+    end = _time(query, "to", now)
+    start = _time(query, "from", end - DEFAULT_PERIOD_S)
+    if not start < end:
+        raise BadQuery(f"'from' ({format_time(start)}) must be before 'to' ({format_time(end)})")
+    if end - start > MAX_PERIOD_S:
+        raise BadQuery("the period from 'from' to 'to' may be at most 3 years; ask in parts")
+    by = query.get("by", "day")
+    if by not in BY:
+        raise BadQuery(f"'by' must be one of {', '.join(BY)}; got '{by}'")
+    fmt = query.get("format", "json")
+    if fmt not in FORMATS:
+        raise BadQuery(f"'format' must be json or csv; got '{fmt}'")
+    return ReportQuery(start, end, by, fmt)
+
+
+def _time(query: Mapping[str, str], name: str, default: float) -> float:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse_time(raw)
+    except ValueError as exc:
+        raise BadQuery(
+            f"'{name}' must be an RFC 3339 time with an offset, e.g. 2026-11-01T00:00:00+08:00 "
+            f"(a '+' in a URL is written %2B): {exc}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """One group's counts, as the archive's SQL returns them (see `row`)."""
+
+    incidents: int
+    needed: int
+    decided: int
+    within_target: int
+    reached: int
+    p50_s: float | None  # linear-interpolated, as dispatch.headline.percentile
+    p90_s: float | None
+    escalated: int
+    alerts: int
+
+
+def row(group: str | None, counts: Counts) -> dict[str, Any]:
+    """A report row; the rounding is the headline's (dispatch.headline.headline)."""
+    n = counts.incidents
+    return {
+        "group": group,
+        "incidents": n,
+        "needed": counts.needed,
+        "decided": counts.decided,
+        "within_target": counts.within_target,
+        "reached": counts.reached,
+        "within_target_share": (
+            round(counts.within_target / counts.decided, 4) if counts.decided else None
+        ),
+        "p50_s": None if counts.p50_s is None else round(counts.p50_s, 1),
+        "p90_s": None if counts.p90_s is None else round(counts.p90_s, 1),
+        "escalated_share": round(counts.escalated / n, 4) if n else None,
+        "alerts_per_incident": round(counts.alerts / n, 2) if n else None,
+    }
+
+
+def group_key(by: str, incident: Incident) -> str | None:
+    """The group of one incident (the archive's SQL groups the same way)."""
+    if by == "cell":
+        return incident.cell_id
+    if by == "kind":
+        return incident.kind.value
+    if by == "day":
+        return datetime.fromtimestamp(incident.reported_at, LOCAL_TZ).date().isoformat()
+    return None  # subdistrict: see SUBDISTRICT_NOTE
+
+
+def from_incidents(
+    incidents: Iterable[Incident], by: str, *, target_s: float, now: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows by group, the whole period's row), computed here by `dispatch.headline`."""
+    groups: dict[str | None, list[Incident]] = {}
+    every: list[Incident] = []
+    for incident in incidents:
+        groups.setdefault(group_key(by, incident), []).append(incident)
+        every.append(incident)
+    rows = [
+        _python_row(g, members, target_s=target_s, now=now)
+        for g, members in sorted(groups.items(), key=lambda kv: kv[0] or "")
+    ]
+    return rows, _python_row(None, every, target_s=target_s, now=now)
+
+
+def _python_row(
+    group: str | None, incidents: Sequence[Incident], *, target_s: float, now: float
+) -> dict[str, Any]:
+    outcomes: list[Outcome] = [incident_outcome(i, now=now, target_s=target_s) for i in incidents]
+    h = headline(outcomes)
+    out = row(
+        group,
+        Counts(
+            incidents=len(incidents),
+            needed=h["needed"],
+            decided=h["decided"],
+            within_target=h["within_target"],
+            reached=h["reached"],
+            p50_s=None,
+            p90_s=None,
+            escalated=sum(1 for i in incidents if i.escalated_at is not None),
+            alerts=sum(len(i.alerts) for i in incidents),
+        ),
+    )
+    # The headline's own share and percentiles, as it rounds them.
+    out["within_target_share"] = h["within_target_share"]
+    out["p50_s"] = h["p50_time_to_arrival_s"]
+    out["p90_s"] = h["p90_time_to_arrival_s"]
+    return out
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The rows as CSV with a header line (``COLUMNS``); empty cells for none."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow(["" if r.get(c) is None else r[c] for c in COLUMNS])
+    return out.getvalue()

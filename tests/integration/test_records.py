@@ -1,0 +1,133 @@
+"""``GET /api/report`` and ``GET /api/incidents/{iid}/cap`` on the engine in-process, against
+a real Mosquitto, Redis and (with ``--postgres``) PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from inprocess import engine_in_process
+from lxml import etree
+
+from dispatch.config import Config
+
+TOKEN = "op-secret-records"
+READ = "read-secret-records"
+XIAOYING = {"lat": 30.2591, "lon": 120.1698, "address": "小营巷 12 号"}
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "cap" / "CAP-v1.2.xsd"
+
+
+class Client:
+    def __init__(self, config: Config, http: aiohttp.ClientSession) -> None:
+        self.base = f"http://127.0.0.1:{config.http_port}"
+        self.http = http
+
+    async def get(self, path: str, token: str | None = READ) -> tuple[int, str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.get(self.base + path, headers=headers) as r:
+            text = await r.text()
+            body = orjson.loads(text) if r.content_type == "application/json" else text
+            return r.status, r.headers.get("Content-Type", ""), body
+
+    async def post(self, path: str, body: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with self.http.post(self.base + path, json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+
+@contextlib.asynccontextmanager
+async def _engine(
+    mqtt_url: str, redis_url: str, topic_root: str, **overrides: Any
+) -> AsyncIterator[Client]:
+    async with (
+        engine_in_process(
+            mqtt_url,
+            redis_url,
+            topic_root,
+            **{"http.operator_token": TOKEN, "http.read_token": READ, **overrides},
+        ) as config,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http,
+    ):
+        yield Client(config, http)
+
+
+async def _ended(client: Client, iid: str, kind: str, action: str) -> None:
+    status, _ = await client.post("/api/incidents", {"id": iid, "kind": kind, **XIAOYING})
+    assert status in (200, 201, 202), status
+    status, body = await client.post(f"/api/incidents/{iid}/{action}", {"by": "王五"})
+    assert status == 200, body
+
+
+async def test_report_and_cap_without_an_archive(
+    mqtt_url: str, redis_url: str, topic_root: str
+) -> None:
+    async with _engine(mqtt_url, redis_url, topic_root) as client:
+        await _ended(client, "rec-1", "fall", "resolve")
+        await _ended(client, "rec-2", "fire", "cancel")
+        open_one = {"id": "rec-3", "kind": "fall", **XIAOYING}
+        assert (await client.post("/api/incidents", open_one))[0] in (200, 201, 202)
+        status, ctype, body = await client.get("/api/report?by=kind")
+        assert status == 200, body
+        assert (body["source"], body["limited"]) == ("redis", True)
+        assert "history is limited" in body["note"]
+        # Ended ones only: rec-3 is still open.
+        assert {g["group"]: g["incidents"] for g in body["groups"]} == {"fall": 1, "fire": 1}
+        total = body["total"]
+        assert (total["incidents"], total["needed"], total["reached"]) == (2, 1, 0)
+        assert total["within_target_share"] in (0.0, None)  # decided once 180 s have passed
+        status, ctype, text = await client.get("/api/report?by=cell&format=csv")
+        assert status == 200
+        assert ctype.startswith("text/csv")
+        assert text.splitlines()[0].startswith("group,incidents,needed,")
+        assert text.splitlines()[-1].startswith("total,2,1,")
+        # Bad parameters: 400, saying what to fix.
+        status, _, body = await client.get("/api/report?by=street")
+        assert status == 400
+        assert "'by' must be one of" in body["error"]
+        status, _, body = await client.get("/api/report?from=2026-13-01T00:00:00Z")
+        assert status == 400
+        assert "'from' must be an RFC 3339 time" in body["error"]
+        status, _, body = await client.get("/api/report?by=subdistrict")
+        assert status == 200
+        assert "no subdistrict boundaries" in body["note"]
+        # The read token, as every read.
+        assert (await client.get("/api/report", token=None))[0] == 401
+        assert (await client.get("/api/report", token="wrong"))[0] == 403
+        # CAP.
+        schema = etree.XMLSchema(etree.parse(str(SCHEMA)))
+        for iid in ("rec-1", "rec-2", "rec-3"):
+            status, ctype, xml = await client.get(f"/api/incidents/{iid}/cap")
+            assert status == 200, xml
+            assert ctype.startswith("application/cap+xml")
+            schema.assertValid(etree.fromstring(xml.encode()))
+        assert (await client.get("/api/incidents/nobody/cap"))[0] == 404
+        assert (await client.get("/api/incidents/rec-1/cap", token=None))[0] == 401
+
+
+async def test_report_from_the_archive(
+    mqtt_url: str, redis_url: str, topic_root: str, postgres_url: str
+) -> None:
+    async with _engine(mqtt_url, redis_url, topic_root, **{"postgres.url": postgres_url}) as c:
+        await _ended(c, "arc-1", "medical", "resolve")
+        await _ended(c, "arc-2", "medical", "cancel")
+        await _ended(c, "arc-3", "dispute", "resolve")
+        deadline = time.monotonic() + 20
+        while True:
+            status, _, body = await c.get("/api/report?by=kind")
+            if status == 200 and body["total"]["incidents"] == 3:
+                break
+            assert time.monotonic() < deadline, f"never archived: {status} {body}"
+            await asyncio.sleep(0.2)
+        assert (body["source"], body["limited"]) == ("postgres", False)
+        assert {g["group"]: g["incidents"] for g in body["groups"]} == {"dispute": 1, "medical": 2}
+        medical = next(g for g in body["groups"] if g["group"] == "medical")
+        assert (medical["needed"], medical["reached"], medical["p50_s"]) == (1, 0, None)
+        status, _ctype, text = await c.get("/api/report?by=day&format=csv")
+        assert status == 200
+        assert text.splitlines()[-1].startswith("total,3,2,")
