@@ -15,8 +15,8 @@ Invariants:
 - a volunteer is in the index only while on duty, with a fresh position, not committed
   to an incident and not holding an unanswered alert (one call at a time per phone);
 - a volunteer is never alerted twice for the same incident;
-- every change to an incident produces, in this order, SaveIncident, LogEvent and the
-  retained state Publish, so the shell stores before it announces.
+- every change to an incident produces, in this order, SaveIncident, LogEvent and
+  StateChanged, so the shell stores before it announces.
 """
 
 from __future__ import annotations
@@ -30,19 +30,25 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from dispatch.codec import Codec, dumps, format_time
+from dispatch.codec import Codec, format_time
 from dispatch.config import KindDefaults
 from dispatch.effects import (
+    Action,
+    AssignmentReason,
     Claim,
     Effect,
+    EventType,
     ForgetPosition,
     LogEvent,
-    Publish,
     Reject,
     Release,
+    Role,
     SaveIncident,
     SavePosition,
     SaveVolunteer,
+    SendAlert,
+    SendAssignment,
+    StateChanged,
 )
 from dispatch.errors import BadMessage, InvalidTransition
 from dispatch.lifecycle import ENDED, State, advance
@@ -128,7 +134,7 @@ class Responder:
     arrived_at: float | None = None
     overdue: bool = False  # not on scene in time: no longer counted on
     released_at: float | None = None  # stood down on the way: enough others arrived
-    role: str = "primary"  # "primary" or "backup" (protocol 1.1)
+    role: Role = Role.PRIMARY  # protocol 1.1
     # When a position near the scene confirmed the arrival: at once for the geofence,
     # later (or never) for an "I'm here" pressed with no position near the scene.
     verified_at: float | None = None
@@ -258,7 +264,13 @@ class Incident:
         fields["skills"] = tuple(r["skills"])
         fields["alerts"] = {a["alert_id"]: Alert.from_record(a) for a in r["alerts"]}
         fields["responders"] = [
-            Responder(**x) if "verified_at" in x else Responder(**x, verified_at=x["arrived_at"])
+            Responder(
+                **{
+                    **x,
+                    "role": Role(x.get("role", Role.PRIMARY)),
+                    "verified_at": x["verified_at"] if "verified_at" in x else x["arrived_at"],
+                }
+            )
             for x in r["responders"]
         ]
         if "first_verified_at" not in fields:  # stored before verified arrivals
@@ -451,7 +463,7 @@ class Dispatcher:
         )
         self.incidents[incident.id] = incident
         effects: list[Effect] = []
-        self._event(incident, "reported", now, effects, kind=incident.kind.value)
+        self._event(incident, EventType.REPORTED, now, effects, kind=incident.kind.value)
         self._at(incident.reported_at + self.policy.target_s, _TARGET, incident.id)
         self._send_wave(incident, now, effects)
         self._changed(incident, effects)
@@ -571,33 +583,28 @@ class Dispatcher:
         if incident.first_alert_at is None:
             incident.first_alert_at = now
         self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)
-        payload = {
-            "alert_id": alert.alert_id,
-            "incident_id": incident.id,
-            "kind": incident.kind.value,
-            "priority": incident.priority,
-            "lat": incident.lat,
-            "lon": incident.lon,
-            "address": incident.address,
-            "distance_m": round(c.distance_m, 1),
-            "eta_s": round(c.eta_s, 1),
-            "expires_at": format_time(alert.expires_at),
-            # extensions
-            "description": incident.description,
-            "wave": alert.wave,
-            "skills": list(incident.skills),
-        }
         effects.append(
-            Publish(
-                self.codec.topic("volunteers", c.volunteer_id, "alert"),
-                dumps(payload),
-                qos=1,
-                expiry_s=max(1, round(self.policy.alert_expiry_s)),
+            SendAlert(
+                incident_id=incident.id,
+                volunteer_id=c.volunteer_id,
+                alert_id=alert.alert_id,
+                kind=incident.kind.value,
+                priority=incident.priority,
+                lat=incident.lat,
+                lon=incident.lon,
+                address=incident.address,
+                distance_m=c.distance_m,
+                eta_s=c.eta_s,
+                expires_at=alert.expires_at,
+                description=incident.description,
+                wave=alert.wave,
+                skills=incident.skills,
+                expiry_s=self._expiry_s,
             )
         )
         self._event(
             incident,
-            "alerted",
+            EventType.ALERTED,
             now,
             effects,
             volunteer_id=c.volunteer_id,
@@ -641,9 +648,14 @@ class Dispatcher:
         if alert is None or alert.status is not AlertStatus.PENDING:
             return
         alert.status = AlertStatus.EXPIRED
-        self._stand_down(alert, "alert expired", now, effects)
+        self._stand_down(alert, AssignmentReason.ALERT_EXPIRED, now, effects)
         self._event(
-            incident, "expired", now, effects, volunteer_id=alert.volunteer_id, alert_id=alert_id
+            incident,
+            EventType.EXPIRED,
+            now,
+            effects,
+            volunteer_id=alert.volunteer_id,
+            alert_id=alert_id,
         )
         if self.policy.playbook.one_at_a_time and incident.still_needed and not incident.ended:
             self._replace(incident, now, effects)
@@ -668,7 +680,7 @@ class Dispatcher:
         responder.overdue = True
         self._event(
             incident,
-            "overdue",
+            EventType.OVERDUE,
             now,
             effects,
             volunteer_id=responder.volunteer_id,
@@ -701,7 +713,7 @@ class Dispatcher:
             return
         self._event(
             incident,
-            "target_missed",
+            EventType.TARGET_MISSED,
             now,
             effects,
             target_s=self.policy.target_s,
@@ -712,7 +724,7 @@ class Dispatcher:
         """An ended incident's retention is over: clear its retained state and forget it."""
         if not incident.ended:
             return
-        effects.append(Publish(self._state_topic(incident.id), b"", qos=1, retain=True))
+        effects.append(StateChanged(incident.id, cleared=True))
         del self.incidents[incident.id]
         for alert_id in incident.alerts:
             self.alerts.pop(alert_id, None)
@@ -883,7 +895,7 @@ class Dispatcher:
                 self._free(alert.volunteer_id, alert.alert_id)
                 self._event(
                     incident,
-                    "declined",
+                    EventType.DECLINED,
                     now,
                     effects,
                     volunteer_id=alert.volunteer_id,
@@ -901,26 +913,30 @@ class Dispatcher:
         if status is AlertStatus.ACCEPTED:
             responder = next((r for r in incident.responders if r.alert_id == alert.alert_id), None)
             if responder is not None and responder.released_at is not None:
-                effects.append(self._assignment(alert, "stand_down", "no longer needed"))
+                effects.append(
+                    self._assignment(alert, Action.STAND_DOWN, AssignmentReason.NO_LONGER_NEEDED)
+                )
                 return effects
-            role = responder.role if responder is not None else "primary"
-            effects.append(self._assignment(alert, "go", "confirmed", role=role))  # a retry
+            role = responder.role if responder is not None else Role.PRIMARY
+            effects.append(
+                self._assignment(alert, Action.GO, AssignmentReason.CONFIRMED, role=role)
+            )  # a retry
             return effects
         if status is AlertStatus.ACCEPTING:
             return effects  # the claim is on its way
         if incident.ended:
-            reason = f"incident {incident.state.value}"
+            reason = AssignmentReason.ended(incident.state.value)
         elif status is AlertStatus.EXPIRED or now >= alert.expires_at:
-            reason = "alert expired"
+            reason = AssignmentReason.ALERT_EXPIRED
         elif status is AlertStatus.DECLINED:
-            reason = "you declined this alert"
+            reason = AssignmentReason.DECLINED
         elif status is AlertStatus.STOOD_DOWN or (
             incident.goers_open(self._goers(incident)) == 0
             and self._would_displace(incident, alert, now) is None
         ):
-            reason = "filled by others"
+            reason = AssignmentReason.FILLED
         elif self.volunteers[alert.volunteer_id].engaged not in (None, incident.id):
-            reason = "already committed to another incident"
+            reason = AssignmentReason.COMMITTED_ELSEWHERE
         else:
             alert.status, alert.answered_at = AlertStatus.ACCEPTING, now
             effects.append(Claim(alert.volunteer_id, incident.id))
@@ -929,10 +945,10 @@ class Dispatcher:
         if alert.status is AlertStatus.PENDING:
             alert.status = AlertStatus.STOOD_DOWN
             self._free(alert.volunteer_id, alert.alert_id)
-        effects.append(self._assignment(alert, "stand_down", reason))
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
         self._event(
             incident,
-            "late_accept",
+            EventType.LATE_ACCEPT,
             now,
             effects,
             volunteer_id=alert.volunteer_id,
@@ -978,7 +994,7 @@ class Dispatcher:
         )
         incident.responders.append(responder)
         if displaced is not None:  # the fastest acceptor wins
-            self._release(incident, displaced, "a faster responder is going", now, effects)
+            self._release(incident, displaced, AssignmentReason.FASTER_RESPONDER, now, effects)
         self._rank_roles(incident, effects, new=volunteer_id)
         if _eta_known(alert):
             due = now + self.policy.overdue_after_s(alert.eta_s)
@@ -987,11 +1003,15 @@ class Dispatcher:
             incident.first_accept_at = now
         if incident.state is not State.ON_SCENE:
             self._move(incident, State.ASSIGNED, now, effects)
-        reason = "assigned by operator" if alert.assigned_by else "confirmed"
-        effects.append(self._assignment(alert, "go", reason, role=responder.role))
+        reason = (
+            AssignmentReason.ASSIGNED_BY_OPERATOR
+            if alert.assigned_by
+            else AssignmentReason.CONFIRMED
+        )
+        effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
         self._event(
             incident,
-            "assigned",
+            EventType.ASSIGNED,
             now,
             effects,
             volunteer_id=volunteer_id,
@@ -1012,7 +1032,7 @@ class Dispatcher:
                     is None
                 ):
                     other.status = AlertStatus.STOOD_DOWN
-                    self._stand_down(other, "filled by others", now, effects)
+                    self._stand_down(other, AssignmentReason.FILLED, now, effects)
         self._changed(incident, effects)
         return effects
 
@@ -1027,11 +1047,11 @@ class Dispatcher:
     ) -> None:
         """The accept cannot be confirmed: committed elsewhere, ended, or filled."""
         if not ok:
-            reason = "already committed to another incident"
+            reason = AssignmentReason.COMMITTED_ELSEWHERE
         elif incident.ended:
-            reason = f"incident {incident.state.value}"
+            reason = AssignmentReason.ended(incident.state.value)
         else:
-            reason = "filled by others"
+            reason = AssignmentReason.FILLED
         if ok:
             effects.append(Release(volunteer.id, incident.id))
         alert.status = AlertStatus.STOOD_DOWN
@@ -1042,10 +1062,10 @@ class Dispatcher:
             self.index.remove(volunteer.id)
         else:
             self._refresh_availability(volunteer)
-        effects.append(self._assignment(alert, "stand_down", reason))
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
         self._event(
             incident,
-            "stood_down",
+            EventType.STOOD_DOWN,
             now,
             effects,
             volunteer_id=volunteer.id,
@@ -1105,28 +1125,28 @@ class Dispatcher:
             (r for r in incident.responders if r.counted),
             key=lambda r: (r.arrived_at is None, self._goer_key(r), r.volunteer_id),
         )
-        roles = {r.volunteer_id: "primary" if i < incident.responders_needed else "backup"
+        roles = {r.volunteer_id: Role.PRIMARY if i < incident.responders_needed else Role.BACKUP
                  for i, r in enumerate(counted)}  # fmt: skip
         for r in incident.responders:
-            role = roles.get(r.volunteer_id, "backup" if r.on_the_way else r.role)
+            role = roles.get(r.volunteer_id, Role.BACKUP if r.on_the_way else r.role)
             if role == r.role:
                 continue
             r.role = role
             if r.counted and r.on_the_way and r.volunteer_id != new:
                 reason = (
-                    "you are now the primary responder"
-                    if role == "primary"
-                    else ("a faster responder is going; you go on as a backup")
+                    AssignmentReason.NOW_PRIMARY
+                    if role is Role.PRIMARY
+                    else AssignmentReason.NOW_BACKUP
                 )
                 effects.append(
-                    self._assignment(incident.alerts[r.alert_id], "go", reason, role=role)
+                    self._assignment(incident.alerts[r.alert_id], Action.GO, reason, role=role)
                 )
 
     def _release(
         self,
         incident: Incident,
         responder: Responder,
-        reason: str,
+        reason: AssignmentReason,
         now: float,
         effects: list[Effect],
     ) -> None:
@@ -1137,10 +1157,12 @@ class Dispatcher:
             volunteer.engaged = None
             self._refresh_availability(volunteer)
         effects.append(Release(responder.volunteer_id, incident.id))
-        effects.append(self._assignment(incident.alerts[responder.alert_id], "stand_down", reason))
+        effects.append(
+            self._assignment(incident.alerts[responder.alert_id], Action.STAND_DOWN, reason)
+        )
         self._event(
             incident,
-            "stood_down",
+            EventType.STOOD_DOWN,
             now,
             effects,
             volunteer_id=responder.volunteer_id,
@@ -1239,7 +1261,7 @@ class Dispatcher:
         tta = now - incident.reported_at
         self._event(
             incident,
-            "arrived" if responder.arrived_at == now else "arrival_verified",
+            EventType.ARRIVED if responder.arrived_at == now else EventType.ARRIVAL_VERIFIED,
             now,
             effects,
             volunteer_id=volunteer_id,
@@ -1261,10 +1283,10 @@ class Dispatcher:
         for alert in incident.open_alerts():
             if alert.status is AlertStatus.PENDING:
                 alert.status = AlertStatus.STOOD_DOWN
-                self._stand_down(alert, "filled by others", now, effects)
+                self._stand_down(alert, AssignmentReason.FILLED, now, effects)
         for responder in incident.responders:
             if responder.on_the_way:
-                self._release(incident, responder, "enough responders on scene", now, effects)
+                self._release(incident, responder, AssignmentReason.ENOUGH_ON_SCENE, now, effects)
 
     # ------------------------------------------------------------------ operators
 
@@ -1318,7 +1340,7 @@ class Dispatcher:
                 return effects
             if other is not None and other.status is AlertStatus.PENDING:  # the other call is off
                 other.status = AlertStatus.STOOD_DOWN
-                self._stand_down(other, "assigned elsewhere by the control room", now, effects)
+                self._stand_down(other, AssignmentReason.ASSIGNED_ELSEWHERE, now, effects)
                 self._changed(self.incidents[other.incident_id], effects)
         distance = (
             haversine_m(volunteer.lat, volunteer.lon, incident.lat, incident.lon)
@@ -1353,7 +1375,7 @@ class Dispatcher:
         self._move(incident, state, now, effects)
         incident.ended_at, incident.end_reason = now, f"{state.value} by {by}"
         incident.next_wave_at = None
-        reason = f"incident {state.value}"
+        reason = AssignmentReason.ended(state.value)
         for alert in incident.open_alerts():
             alert.status = AlertStatus.STOOD_DOWN
             self._stand_down(alert, reason, now, effects)
@@ -1366,8 +1388,8 @@ class Dispatcher:
                 self._refresh_availability(volunteer)
             effects.append(Release(responder.volunteer_id, incident.id))
             alert = incident.alerts[responder.alert_id]
-            effects.append(self._assignment(alert, "stand_down", reason))
-        self._event(incident, state.value, now, effects, by=by)
+            effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
+        self._event(incident, EventType(state.value), now, effects, by=by)
         self._at(now + self.state_retention_s, _CLEAR, incident.id)
         self._changed(incident, effects)
         return effects
@@ -1460,30 +1482,29 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ helpers
 
-    def _state_topic(self, incident_id: str) -> str:
-        return self.codec.topic("incidents", incident_id, "state")
+    @property
+    def _expiry_s(self) -> int:
+        """The MQTT 5 expiry of alerts and assignments: as long as an alert is valid."""
+        return max(1, round(self.policy.alert_expiry_s))
 
     def _assignment(
-        self, alert: Alert, action: str, reason: str, role: str | None = None
-    ) -> Publish:
-        payload = {
-            "incident_id": alert.incident_id,
-            "action": action,
-            "reason": reason,
-            "alert_id": alert.alert_id,
-        }
-        if role is not None:
-            payload["role"] = role  # protocol 1.1: with every "go"
-        return Publish(
-            self.codec.topic("volunteers", alert.volunteer_id, "assignment"),
-            dumps(payload),
-            qos=1,
-            expiry_s=max(1, round(self.policy.alert_expiry_s)),
+        self, alert: Alert, action: Action, reason: AssignmentReason, role: Role | None = None
+    ) -> SendAssignment:
+        return SendAssignment(
+            alert.incident_id,
+            alert.volunteer_id,
+            alert.alert_id,
+            action,
+            reason,
+            role,
+            self._expiry_s,
         )
 
-    def _stand_down(self, alert: Alert, reason: str, now: float, effects: list[Effect]) -> None:
+    def _stand_down(
+        self, alert: Alert, reason: AssignmentReason, now: float, effects: list[Effect]
+    ) -> None:
         self._free(alert.volunteer_id, alert.alert_id)
-        effects.append(self._assignment(alert, "stand_down", reason))
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
 
     def _move(
         self,
@@ -1497,7 +1518,9 @@ class Dispatcher:
             return
         previous = incident.state
         incident.state = advance(incident.id, incident.state, state)
-        self._event(incident, "state", now, effects, **{"from": previous.value, "to": state.value})
+        self._event(
+            incident, EventType.STATE, now, effects, **{"from": previous.value, "to": state.value}
+        )
 
     def _escalate(
         self, incident: Incident, reason: str, now: float, effects: list[Effect], by: str = "engine"
@@ -1507,10 +1530,15 @@ class Dispatcher:
         incident.escalated_at = now
         incident.escalation_reason = reason
         self._move(incident, State.ESCALATED, now, effects)
-        self._event(incident, "escalated", now, effects, reason=reason, by=by)
+        self._event(incident, EventType.ESCALATED, now, effects, reason=reason, by=by)
 
     def _event(
-        self, incident: Incident, event_type: str, now: float, effects: list[Effect], **data: Any
+        self,
+        incident: Incident,
+        event_type: EventType,
+        now: float,
+        effects: list[Effect],
+        **data: Any,
     ) -> None:
         effects.append(LogEvent(incident.id, event_type, now, data))
 
@@ -1526,14 +1554,7 @@ class Dispatcher:
                 ended_at=incident.ended_at,
             )
         )
-        effects.append(
-            Publish(
-                self._state_topic(incident.id),
-                dumps(self.public_state(incident)),
-                qos=1,
-                retain=True,
-            )
-        )
+        effects.append(StateChanged(incident.id, self.public_state(incident)))
 
 
 def _eta_known(alert: Alert) -> bool:
