@@ -24,6 +24,7 @@ from typing import Any
 from dispatch.codec import Codec
 from dispatch.config import load_config
 from dispatch.dispatcher import Dispatcher
+from dispatch.effects import SendAlert
 from dispatch.model import Duty, Kind, LocationUpdate, Mode, Report, StatusUpdate
 from geo.area import ServiceArea
 
@@ -74,7 +75,7 @@ def bench(area: ServiceArea, n: int, decisions: int, moves: int, seed: int) -> d
         t0 = time.perf_counter()
         effects = core.report(report, 1.0)
         decision_us.append((time.perf_counter() - t0) * 1e6)
-        alerts += sum(1 for e in effects if getattr(e, "topic", "").endswith("/alert"))
+        alerts += sum(1 for e in effects if isinstance(e, SendAlert))
         # Cancel so the alerted volunteers are free again and the index stays at n.
         core.cancel(f"b{j}", 1.0)
     move_us: list[float] = []

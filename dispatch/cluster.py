@@ -60,7 +60,7 @@ import orjson
 
 from dispatch.config import Config
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
-from dispatch.effects import Effect, LogEvent, Publish
+from dispatch.effects import Effect, EventType, LogEvent, Outbound
 from dispatch.engine import Engine
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import ENDED, State, advance
@@ -126,7 +126,7 @@ class FencedStore(ClusterStore):
             return await super().apply(effects)
         batch = list(effects)
         creating = {
-            e.incident_id for e in batch if isinstance(e, LogEvent) and e.type == "reported"
+            e.incident_id for e in batch if isinstance(e, LogEvent) and e.type is EventType.REPORTED
         }
         event_ids, taken = await self.apply_fenced(
             batch, lambda owners: cluster.fence(owners, creating), cluster.lease_ms
@@ -201,11 +201,11 @@ class Cluster:
             log.warning("incident=%s lost ownership (%s); forgetting it here", incident_id, why)
         self.engine.forget(incident_id)
 
-    def keep(self, publishes: list[Publish]) -> list[Publish]:
-        """The publishes that do not belong to an incident lost during this batch."""
+    def keep(self, outbound: list[Outbound]) -> list[Outbound]:
+        """The messages that do not belong to an incident lost during this batch."""
         if not self.lost:
-            return publishes
-        return [p for p in publishes if _publish_incident(p) not in self.lost]
+            return outbound
+        return [e for e in outbound if e.incident_id not in self.lost]
 
     def begin(self, topic: str, payload: bytes) -> None:
         """Called for every inbound message, before anything else is done with it."""
@@ -670,17 +670,3 @@ def _unpack(answer: dict[str, Any], incident_id: str, kwargs: dict[str, Any]) ->
         raise InvalidTransition(incident_id, str(answer["from"]), str(answer["to"]))
     state: dict[str, Any] = answer["state"]
     return state
-
-
-def _publish_incident(p: Publish) -> str | None:
-    parts = p.topic.split("/")
-    if len(parts) >= 3 and parts[-1] == "state" and parts[-3] == "incidents":
-        return parts[-2]
-    if parts[-1] in ("alert", "assignment") and p.payload:
-        try:
-            body = orjson.loads(p.payload)
-        except orjson.JSONDecodeError:
-            return None
-        value = body.get("incident_id") if isinstance(body, dict) else None
-        return value if isinstance(value, str) else None
-    return None

@@ -1,10 +1,10 @@
-"""The dispatcher: the pure, synchronous heart of the engine.
+"""The dispatcher: the pure, synchronous heart of the engine, where every decision is made.
 
-It holds the open incidents, the volunteers and the index of those free to be alerted,
-takes one event at a time with the time it happened (``now``), and returns the effects
-for the shell to carry out (see ``dispatch.effects``). It never awaits, sleeps, reads a
-clock or touches the network, so the live engine, the offline simulator and the
-benchmarks all run exactly this code.
+It holds the open incidents (dispatch/records.py), the roster of volunteers
+(dispatch/roster.py) and its timers (dispatch/timers.py), takes one event at a time with
+the time it happened (``now``), and returns the effects for the shell to carry out (see
+``dispatch.effects``). It never awaits, sleeps, reads a clock or touches the network,
+so the live engine, the offline simulator and the benchmarks all run exactly this code.
 
 Timers are kept inside: ``next_deadline()`` says when the core next wants to be woken,
 ``tick(now)`` fires whatever is due. A timer is checked when it fires rather than
@@ -13,44 +13,57 @@ rebuilds its timers from the stored state, and overdue ones fire at once.
 
 Invariants:
 - a volunteer is in the index only while on duty, with a fresh position, not committed
-  to an incident and not holding an unanswered alert (one call at a time per phone);
+  to an incident and not holding an unanswered alert (one call at a time per phone; the
+  roster keeps this, told by the dispatcher what became of each volunteer);
 - a volunteer is never alerted twice for the same incident;
-- every change to an incident produces, in this order, SaveIncident, LogEvent and the
-  retained state Publish, so the shell stores before it announces.
+- every change to an incident produces, in this order, SaveIncident, LogEvent and
+  StateChanged, so the shell stores before it announces.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from dispatch.codec import Codec, dumps, format_time
+from dispatch.codec import Codec
 from dispatch.config import KindDefaults
 from dispatch.effects import (
+    Action,
+    AssignmentReason,
     Claim,
     Effect,
+    EventType,
     ForgetPosition,
     LogEvent,
-    Publish,
     Reject,
     Release,
+    Role,
     SaveIncident,
     SavePosition,
     SaveVolunteer,
+    SendAlert,
+    SendAssignment,
+    StateChanged,
 )
 from dispatch.errors import BadMessage, InvalidTransition
-from dispatch.lifecycle import ENDED, State, advance
+from dispatch.lifecycle import State, advance
 from dispatch.model import Arrived, Duty, Kind, LocationUpdate, Mode, Reply, Report, StatusUpdate
 from dispatch.policy import Candidate, Policy, Rank, Strategy, choose_wave, fastest
+from dispatch.records import (
+    OPEN_ALERT,
+    Alert,
+    AlertStatus,
+    Incident,
+    Responder,
+    eta_known,
+    public_state,
+)
+from dispatch.roster import Roster, Volunteer
+from dispatch.timers import TimerKind, Timers
 from geo.area import ServiceArea
 from geo.distance import haversine_m
-from geo.index import PartitionedIndex
 from geo.travel import TravelModel
 
 __all__ = [
@@ -72,223 +85,6 @@ class UnknownIncident(LookupError):
 class UnknownVolunteer(LookupError):
     """An operator named a volunteer the engine does not know."""
 
-
-class AlertStatus(StrEnum):
-    PENDING = "pending"  # sent, no answer yet
-    ACCEPTING = "accepting"  # accepted; the claim is being committed
-    ACCEPTED = "accepted"  # confirmed with "go"
-    DECLINED = "declined"
-    EXPIRED = "expired"
-    STOOD_DOWN = "stood_down"  # released before or after an answer
-
-
-_OPEN_ALERT = frozenset({AlertStatus.PENDING, AlertStatus.ACCEPTING})
-
-
-@dataclass(slots=True)
-class Alert:
-    alert_id: str
-    incident_id: str
-    volunteer_id: str
-    wave: int  # 0 for an operator's hand assignment
-    sent_at: float
-    expires_at: float
-    distance_m: float
-    eta_s: float
-    status: AlertStatus = AlertStatus.PENDING
-    answered_at: float | None = None
-    assigned_by: str | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "alert_id": self.alert_id,
-            "incident_id": self.incident_id,
-            "volunteer_id": self.volunteer_id,
-            "wave": self.wave,
-            "sent_at": self.sent_at,
-            "expires_at": self.expires_at,
-            "distance_m": self.distance_m,
-            "eta_s": self.eta_s,
-            "status": self.status.value,
-            "answered_at": self.answered_at,
-            "assigned_by": self.assigned_by,
-        }
-
-    @classmethod
-    def from_record(cls, r: Mapping[str, Any]) -> Alert:
-        return cls(**{**r, "status": AlertStatus(r["status"])})
-
-
-@dataclass(slots=True)
-class Responder:
-    volunteer_id: str
-    eta_s: float
-    accepted_at: float
-    alert_id: str
-    arrived_at: float | None = None
-    overdue: bool = False  # not on scene in time: no longer counted on
-    released_at: float | None = None  # stood down on the way: enough others arrived
-    role: str = "primary"  # "primary" or "backup" (protocol 1.1)
-    # When a position near the scene confirmed the arrival: at once for the geofence,
-    # later (or never) for an "I'm here" pressed with no position near the scene.
-    verified_at: float | None = None
-    distance_m: float = 0.0  # from the scene when alerted
-
-    @property
-    def verified(self) -> bool:
-        return self.verified_at is not None
-
-    @property
-    def counted(self) -> bool:
-        """On scene, or on the way, not overdue and not released."""
-        return self.arrived_at is not None or not (self.overdue or self.released_at)
-
-    @property
-    def on_the_way(self) -> bool:
-        return self.arrived_at is None and self.released_at is None
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "volunteer_id": self.volunteer_id,
-            "eta_s": self.eta_s,
-            "accepted_at": self.accepted_at,
-            "alert_id": self.alert_id,
-            "arrived_at": self.arrived_at,
-            "overdue": self.overdue,
-            "released_at": self.released_at,
-            "role": self.role,
-            "verified_at": self.verified_at,
-            "distance_m": self.distance_m,
-        }
-
-
-@dataclass(slots=True)
-class Incident:
-    id: str
-    kind: Kind
-    priority: int
-    lat: float
-    lon: float
-    responders_needed: int
-    skills: tuple[str, ...]
-    reported_at: float
-    received_at: float
-    cell_id: str = ""
-    address: str = ""
-    description: str = ""
-    fingerprint: str = ""
-    state: State = State.OPEN
-    alerts: dict[str, Alert] = field(default_factory=dict)
-    responders: list[Responder] = field(default_factory=list)
-    wave: int = 0  # waves sent so far
-    next_wave_at: float | None = None
-    first_alert_at: float | None = None
-    first_accept_at: float | None = None
-    first_arrival_at: float | None = None  # claimed: the geofence or "I'm here"
-    first_verified_at: float | None = None  # confirmed by a position near the scene
-    escalated_at: float | None = None
-    escalation_reason: str = ""
-    ended_at: float | None = None
-    end_reason: str = ""
-    version: int = 0
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED
-
-    @property
-    def confirmed(self) -> int:
-        """Responders counted on: on scene, or on the way and not overdue."""
-        return sum(1 for r in self.responders if r.counted)
-
-    @property
-    def still_needed(self) -> int:
-        return max(0, self.responders_needed - self.confirmed)
-
-    def open_alerts(self) -> list[Alert]:
-        return [a for a in self.alerts.values() if a.status in _OPEN_ALERT]
-
-    def time_to_arrival_s(self) -> float | None:
-        """Report to the first *verified* arrival: the headline's time (dispatch.headline)."""
-        if self.first_verified_at is None:
-            return None
-        return self.first_verified_at - self.reported_at
-
-    def goers_open(self, goers: int) -> int:
-        """Accepts still welcome when ``goers`` responders (backups included) may go."""
-        return max(0, goers - self.confirmed)
-
-    def to_record(self) -> dict[str, Any]:
-        """Everything needed to carry on after a restart, JSON-ready."""
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "priority": self.priority,
-            "lat": self.lat,
-            "lon": self.lon,
-            "responders_needed": self.responders_needed,
-            "skills": list(self.skills),
-            "reported_at": self.reported_at,
-            "received_at": self.received_at,
-            "cell_id": self.cell_id,
-            "address": self.address,
-            "description": self.description,
-            "fingerprint": self.fingerprint,
-            "state": self.state.value,
-            "alerts": [a.to_record() for a in self.alerts.values()],
-            "responders": [r.to_record() for r in self.responders],
-            "wave": self.wave,
-            "next_wave_at": self.next_wave_at,
-            "first_alert_at": self.first_alert_at,
-            "first_accept_at": self.first_accept_at,
-            "first_arrival_at": self.first_arrival_at,
-            "first_verified_at": self.first_verified_at,
-            "escalated_at": self.escalated_at,
-            "escalation_reason": self.escalation_reason,
-            "ended_at": self.ended_at,
-            "end_reason": self.end_reason,
-            "version": self.version,
-        }
-
-    @classmethod
-    def from_record(cls, r: Mapping[str, Any]) -> Incident:
-        fields = dict(r)
-        fields["kind"] = Kind(r["kind"])
-        fields["state"] = State(r["state"])
-        fields["skills"] = tuple(r["skills"])
-        fields["alerts"] = {a["alert_id"]: Alert.from_record(a) for a in r["alerts"]}
-        fields["responders"] = [
-            Responder(**x) if "verified_at" in x else Responder(**x, verified_at=x["arrived_at"])
-            for x in r["responders"]
-        ]
-        if "first_verified_at" not in fields:  # stored before verified arrivals
-            fields["first_verified_at"] = fields["first_arrival_at"]
-        return cls(**fields)
-
-
-@dataclass(slots=True)
-class Volunteer:
-    id: str
-    duty: Duty | None = None  # None: only a location was ever heard from them
-    skills: frozenset[str] = frozenset()
-    mode: Mode = Mode.WALK
-    lat: float | None = None
-    lon: float | None = None
-    seen_at: float | None = None  # when the position was last reported
-    accuracy_m: float | None = None  # of that position, as the phone reported it
-    engaged: str | None = None  # the incident this volunteer is committed to
-    alert_id: str | None = None  # the one alert awaiting this volunteer's answer
-
-
-# Held volunteers really removed from the index per tick (each removal some 30 µs): at
-# least this many, more while a backlog builds (a quarter of it, capped so that one tick
-# never holds the engine for more than about 15 ms). 64 a tick alone would fall behind
-# the design load's 600 holds/s when alerts go unanswered.
-_COMPACT_PER_TICK = 64
-_COMPACT_MAX_PER_TICK = 512
-
-# Timer kinds, kept in one heap: (due, sequence, kind, incident id, alert id)
-_WAVE, _EXPIRE, _CLEAR, _OVERDUE, _TARGET = "wave", "expire", "clear", "overdue", "target"
 
 # A later acceptor takes a place only when expected on scene at least this much sooner.
 _FASTER_BY_S = 15.0
@@ -321,14 +117,13 @@ class Dispatcher:
         self.location_ttl_s = location_ttl_s
         self.state_retention_s = state_retention_s
         self._rng = rng or random.Random()
-        self.index = PartitionedIndex(area.projection, (m.value for m in Mode))
+        self.roster = Roster(area.projection, location_ttl_s)
+        # The roster's own, named here too for those who read them (tests, the simulator).
+        self.index = self.roster.index
+        self.volunteers = self.roster.volunteers
         self.incidents: dict[str, Incident] = {}
         self.alerts: dict[str, Alert] = {}
-        self.volunteers: dict[str, Volunteer] = {}
-        # Volunteers with a position, oldest report first: forgetting the stale is O(1) each.
-        self._positions: OrderedDict[str, float] = OrderedDict()
-        self._timers: list[tuple[float, int, str, str, str]] = []
-        self._timer_seq = 0
+        self.timers = Timers()
 
     # ------------------------------------------------------------------ queries
 
@@ -338,62 +133,17 @@ class Dispatcher:
     @property
     def available(self) -> int:
         """Volunteers who could be alerted right now."""
-        return len(self.index)
+        return self.roster.available
 
     def public_state(self, incident: Incident) -> dict[str, Any]:
         """The retained ``incidents/{id}/state`` payload (PROTOCOL.md, plus extension fields)."""
-        tta = incident.time_to_arrival_s()
-        return {
-            "id": incident.id,
-            "state": incident.state.value,
-            "kind": incident.kind.value,
-            "priority": incident.priority,
-            "lat": incident.lat,
-            "lon": incident.lon,
-            "reported_at": format_time(incident.reported_at),
-            "responders": [
-                {
-                    "volunteer_id": r.volunteer_id,
-                    "eta_s": round(r.eta_s, 1),
-                    "accepted_at": format_time(r.accepted_at),
-                    "arrived_at": None if r.arrived_at is None else format_time(r.arrived_at),
-                    "role": r.role,  # protocol 1.1
-                    "overdue": r.overdue,  # extensions
-                    "released": r.released_at is not None,
-                    "verified": r.verified,
-                }
-                for r in incident.responders
-            ],
-            # The first verified arrival (an unverified "I'm here" does not count).
-            "time_to_arrival_s": None if tta is None else round(tta, 3),
-            "within_target": None if tta is None else tta <= self.policy.target_s,
-            # extensions
-            "address": incident.address,
-            "cell": incident.cell_id,
-            "responders_needed": incident.responders_needed,
-            "skills": list(incident.skills),
-            "alerts_sent": len(incident.alerts),
-            "arrival_verified": (
-                None
-                if incident.first_arrival_at is None
-                else incident.first_verified_at is not None
-            ),
-            "escalation_reason": incident.escalation_reason or None,
-            "end_reason": incident.end_reason or None,
-            "version": incident.version,
-        }
+        return public_state(incident, self.policy.target_s)
 
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
-        due = [self._timers[0][0]] if self._timers else []
-        if self._positions:
-            due.append(next(iter(self._positions.values())) + self.location_ttl_s)
+        due = [d for d in (self.timers.next_due(), self.roster.next_stale()) if d is not None]
         return min(due) if due else None
-
-    def _at(self, due: float, kind: str, incident_id: str, alert_id: str = "") -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (due, self._timer_seq, kind, incident_id, alert_id))
 
     def tick(self, now: float) -> list[Effect]:
         """Fire every timer due at ``now``, forget stale positions, tidy the index.
@@ -401,27 +151,21 @@ class Dispatcher:
         Cheap when nothing is due: the shell may call it as often as it likes.
         """
         effects: list[Effect] = []
-        # Volunteers held for an alert leave the trees a few at a time, off the hot path.
-        self.index.compact(max(_COMPACT_PER_TICK, min(self.index.held // 4, _COMPACT_MAX_PER_TICK)))
-        while self._positions:
-            vid, seen = next(iter(self._positions.items()))
-            if seen + self.location_ttl_s > now:
-                break
-            self._forget_position(self.volunteers[vid])
-        while self._timers and self._timers[0][0] <= now:
-            _, _, kind, incident_id, alert_id = heapq.heappop(self._timers)
-            incident = self.incidents.get(incident_id)
+        self.roster.tidy(now)
+        for timer in self.timers.pop_due(now):
+            incident = self.incidents.get(timer.incident_id)
             if incident is None:
                 continue
-            if kind == _EXPIRE:
-                self._on_alert_expired(incident, alert_id, now, effects)
-            elif kind == _WAVE:
+            kind = timer.kind
+            if kind is TimerKind.EXPIRE:
+                self._on_alert_expired(incident, timer.alert_id, now, effects)
+            elif kind is TimerKind.WAVE:
                 self._on_wave_timeout(incident, now, effects)
-            elif kind == _CLEAR:
+            elif kind is TimerKind.CLEAR:
                 self._on_clear(incident, effects)
-            elif kind == _OVERDUE:
-                self._on_overdue(incident, alert_id, now, effects)
-            elif kind == _TARGET:
+            elif kind is TimerKind.OVERDUE:
+                self._on_overdue(incident, timer.alert_id, now, effects)
+            elif kind is TimerKind.TARGET:
                 self._on_target(incident, now, effects)
         return effects
 
@@ -451,8 +195,8 @@ class Dispatcher:
         )
         self.incidents[incident.id] = incident
         effects: list[Effect] = []
-        self._event(incident, "reported", now, effects, kind=incident.kind.value)
-        self._at(incident.reported_at + self.policy.target_s, _TARGET, incident.id)
+        self._event(incident, EventType.REPORTED, now, effects, kind=incident.kind.value)
+        self.timers.at(incident.reported_at + self.policy.target_s, TimerKind.TARGET, incident.id)
         self._send_wave(incident, now, effects)
         self._changed(incident, effects)
         return effects
@@ -465,14 +209,11 @@ class Dispatcher:
             incident, now, effects, fixed=book.first_wave if incident.wave == 1 else book.next_wave
         )
         incident.next_wave_at = now + self.policy.reply_wait_s
-        self._at(incident.next_wave_at, _WAVE, incident.id)
+        self.timers.at(incident.next_wave_at, TimerKind.WAVE, incident.id)
         if chosen:
             self._move(incident, State.ALERTING, now, effects, only_from=(State.OPEN,))
             # the best of this wave and of the alerts still awaiting an answer
-            best = min(
-                [c.eta_s for c in chosen]
-                + [a.eta_s for a in incident.alerts.values() if a.status is AlertStatus.PENDING]
-            )
+            best = min([c.eta_s for c in chosen] + [a.eta_s for a in _pending(incident)])
             # Time already gone (call handling, earlier waves) and people's time to answer
             # and set off count too: the target is at risk when the best cannot make it.
             used = now - incident.reported_at + self.policy.setoff_s()
@@ -538,7 +279,7 @@ class Dispatcher:
         )
         if policy.strategy is Strategy.WAVES:  # nobody who could make no useful difference
             candidates = [c for c in candidates if c.eta_s <= policy.useful_eta_s]
-        pending = [a.eta_s for a in incident.alerts.values() if a.status is AlertStatus.PENDING]
+        pending = [a.eta_s for a in _pending(incident)]
         chosen = choose_wave(
             policy,
             candidates,
@@ -552,52 +293,66 @@ class Dispatcher:
             self._alert(incident, candidate, now, effects)
         return chosen
 
-    def _alert(self, incident: Incident, c: Candidate, now: float, effects: list[Effect]) -> None:
+    def _new_alert(
+        self,
+        incident: Incident,
+        volunteer_id: str,
+        wave: int,
+        distance_m: float,
+        eta_s: float,
+        now: float,
+        assigned_by: str | None = None,
+    ) -> Alert:
+        """A new alert of ``incident`` for a volunteer, valid for the policy's expiry; with
+        ``assigned_by``, an operator's hand assignment, as good as accepted."""
         alert = Alert(
             alert_id=f"a{self._rng.getrandbits(64):016x}",
             incident_id=incident.id,
-            volunteer_id=c.volunteer_id,
-            wave=incident.wave,
+            volunteer_id=volunteer_id,
+            wave=wave,
             sent_at=now,
             expires_at=now + self.policy.alert_expiry_s,
-            distance_m=c.distance_m,
-            eta_s=c.eta_s,
+            distance_m=distance_m,
+            eta_s=eta_s,
         )
+        if assigned_by is not None:
+            alert.status, alert.answered_at, alert.assigned_by = (
+                AlertStatus.ACCEPTING,
+                now,
+                assigned_by,
+            )
         incident.alerts[alert.alert_id] = alert
         self.alerts[alert.alert_id] = alert
-        volunteer = self.volunteers[c.volunteer_id]
-        volunteer.alert_id = alert.alert_id
-        self.index.hold(c.volunteer_id)  # O(1) on the hot path; see PartitionedIndex
+        return alert
+
+    def _alert(self, incident: Incident, c: Candidate, now: float, effects: list[Effect]) -> None:
+        alert = self._new_alert(incident, c.volunteer_id, incident.wave, c.distance_m, c.eta_s, now)
+        self.roster.hold(self.volunteers[c.volunteer_id], alert.alert_id)
         if incident.first_alert_at is None:
             incident.first_alert_at = now
-        self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)
-        payload = {
-            "alert_id": alert.alert_id,
-            "incident_id": incident.id,
-            "kind": incident.kind.value,
-            "priority": incident.priority,
-            "lat": incident.lat,
-            "lon": incident.lon,
-            "address": incident.address,
-            "distance_m": round(c.distance_m, 1),
-            "eta_s": round(c.eta_s, 1),
-            "expires_at": format_time(alert.expires_at),
-            # extensions
-            "description": incident.description,
-            "wave": alert.wave,
-            "skills": list(incident.skills),
-        }
+        self.timers.at(alert.expires_at, TimerKind.EXPIRE, incident.id, alert.alert_id)
         effects.append(
-            Publish(
-                self.codec.topic("volunteers", c.volunteer_id, "alert"),
-                dumps(payload),
-                qos=1,
-                expiry_s=max(1, round(self.policy.alert_expiry_s)),
+            SendAlert(
+                incident_id=incident.id,
+                volunteer_id=c.volunteer_id,
+                alert_id=alert.alert_id,
+                kind=incident.kind.value,
+                priority=incident.priority,
+                lat=incident.lat,
+                lon=incident.lon,
+                address=incident.address,
+                distance_m=c.distance_m,
+                eta_s=c.eta_s,
+                expires_at=alert.expires_at,
+                description=incident.description,
+                wave=alert.wave,
+                skills=incident.skills,
+                expiry_s=self._expiry_s,
             )
         )
         self._event(
             incident,
-            "alerted",
+            EventType.ALERTED,
             now,
             effects,
             volunteer_id=c.volunteer_id,
@@ -617,7 +372,7 @@ class Dispatcher:
         if book.one_at_a_time and incident.open_alerts():
             # One at a time: a replacement is still awaiting its answer; wait for it.
             incident.next_wave_at = now + self.policy.reply_wait_s
-            self._at(incident.next_wave_at, _WAVE, incident.id)
+            self.timers.at(incident.next_wave_at, TimerKind.WAVE, incident.id)
             return
         if book.next_wave_only_if_unaccepted and incident.responders:
             return  # someone accepted: this playbook sends no more waves
@@ -641,9 +396,14 @@ class Dispatcher:
         if alert is None or alert.status is not AlertStatus.PENDING:
             return
         alert.status = AlertStatus.EXPIRED
-        self._stand_down(alert, "alert expired", now, effects)
+        self._stand_down(alert, AssignmentReason.ALERT_EXPIRED, now, effects)
         self._event(
-            incident, "expired", now, effects, volunteer_id=alert.volunteer_id, alert_id=alert_id
+            incident,
+            EventType.EXPIRED,
+            now,
+            effects,
+            volunteer_id=alert.volunteer_id,
+            alert_id=alert_id,
         )
         if self.policy.playbook.one_at_a_time and incident.still_needed and not incident.ended:
             self._replace(incident, now, effects)
@@ -668,7 +428,7 @@ class Dispatcher:
         responder.overdue = True
         self._event(
             incident,
-            "overdue",
+            EventType.OVERDUE,
             now,
             effects,
             volunteer_id=responder.volunteer_id,
@@ -701,7 +461,7 @@ class Dispatcher:
             return
         self._event(
             incident,
-            "target_missed",
+            EventType.TARGET_MISSED,
             now,
             effects,
             target_s=self.policy.target_s,
@@ -712,7 +472,7 @@ class Dispatcher:
         """An ended incident's retention is over: clear its retained state and forget it."""
         if not incident.ended:
             return
-        effects.append(Publish(self._state_topic(incident.id), b"", qos=1, retain=True))
+        effects.append(StateChanged(incident.id, cleared=True))
         del self.incidents[incident.id]
         for alert_id in incident.alerts:
             self.alerts.pop(alert_id, None)
@@ -738,7 +498,7 @@ class Dispatcher:
                 )
             ]
         if volunteer is None:
-            volunteer = self.volunteers[msg.volunteer_id] = Volunteer(msg.volunteer_id)
+            volunteer = self.roster.ensure(msg.volunteer_id)
         effects: list[Effect] = []
         volunteer.duty = msg.status
         if msg.skills is not None:
@@ -756,17 +516,17 @@ class Dispatcher:
         if msg.status is Duty.OFF_DUTY:
             if volunteer.lat is not None:
                 effects.append(ForgetPosition(volunteer.id))
-            self._forget_position(volunteer)
+            self.roster.forget_position(volunteer)
             return effects
         if msg.lat is not None and msg.lon is not None:
             self._set_position(volunteer, msg.lat, msg.lon, now, effects)
-        self._refresh_availability(volunteer)
+        self.roster.refresh(volunteer)
         return effects
 
     def location(self, msg: LocationUpdate, now: float) -> list[Effect]:
         volunteer = self.volunteers.get(msg.volunteer_id)
         if volunteer is None:  # kept, but makes nobody available
-            volunteer = self.volunteers[msg.volunteer_id] = Volunteer(msg.volunteer_id)
+            volunteer = self.roster.ensure(msg.volunteer_id)
         effects: list[Effect] = []
         if volunteer.duty is Duty.OFF_DUTY:
             return effects  # positions are not kept off duty
@@ -789,7 +549,7 @@ class Dispatcher:
                 else:
                     self._check_progress(incident, volunteer, distance, now, effects)
         else:
-            self._refresh_availability(volunteer)
+            self.roster.refresh(volunteer)
         return effects
 
     def _check_progress(
@@ -809,7 +569,7 @@ class Dispatcher:
         # People need time to get going (turnout): the clock starts when they should be off.
         moving = now - responder.accepted_at - self.policy.turnout_s
         alert = incident.alerts.get(responder.alert_id)
-        if moving < self.policy.stall_after_s or alert is None or not _eta_known(alert):
+        if moving < self.policy.stall_after_s or alert is None or not eta_known(alert):
             return
         expected_m = self.travel.reach_m(moving, volunteer.mode.value)
         if alert.distance_m - distance_m < max(20.0, 0.25 * expected_m):
@@ -818,38 +578,8 @@ class Dispatcher:
     def _set_position(
         self, volunteer: Volunteer, lat: float, lon: float, now: float, effects: list[Effect]
     ) -> None:
-        volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, now
-        self._positions[volunteer.id] = now
-        self._positions.move_to_end(volunteer.id)
+        self.roster.set_position(volunteer, lat, lon, now)
         effects.append(SavePosition(volunteer.id, lat, lon, now))
-
-    def _forget_position(self, volunteer: Volunteer) -> None:
-        volunteer.lat = volunteer.lon = volunteer.seen_at = volunteer.accuracy_m = None
-        self._positions.pop(volunteer.id, None)
-        self.index.remove(volunteer.id)
-
-    def _refresh_availability(self, volunteer: Volunteer) -> None:
-        if (
-            volunteer.duty is Duty.AVAILABLE
-            and volunteer.lat is not None
-            and volunteer.lon is not None
-            and volunteer.engaged is None
-            and volunteer.alert_id is None
-        ):
-            self.index.put(
-                volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills, volunteer.mode.value
-            )
-        else:
-            self.index.remove(volunteer.id)
-
-    def _free(self, volunteer_id: str, alert_id: str | None = None) -> None:
-        """The volunteer no longer owes an answer (to ``alert_id``) nor a commitment."""
-        volunteer = self.volunteers.get(volunteer_id)
-        if volunteer is None:
-            return
-        if alert_id is None or volunteer.alert_id == alert_id:
-            volunteer.alert_id = None
-        self._refresh_availability(volunteer)
 
     # ------------------------------------------------------------------ replies
 
@@ -880,10 +610,10 @@ class Dispatcher:
         if msg.answer == "decline":
             if alert.status is AlertStatus.PENDING:
                 alert.status, alert.answered_at = AlertStatus.DECLINED, now
-                self._free(alert.volunteer_id, alert.alert_id)
+                self.roster.free(alert.volunteer_id, alert.alert_id)
                 self._event(
                     incident,
-                    "declined",
+                    EventType.DECLINED,
                     now,
                     effects,
                     volunteer_id=alert.volunteer_id,
@@ -901,26 +631,30 @@ class Dispatcher:
         if status is AlertStatus.ACCEPTED:
             responder = next((r for r in incident.responders if r.alert_id == alert.alert_id), None)
             if responder is not None and responder.released_at is not None:
-                effects.append(self._assignment(alert, "stand_down", "no longer needed"))
+                effects.append(
+                    self._assignment(alert, Action.STAND_DOWN, AssignmentReason.NO_LONGER_NEEDED)
+                )
                 return effects
-            role = responder.role if responder is not None else "primary"
-            effects.append(self._assignment(alert, "go", "confirmed", role=role))  # a retry
+            role = responder.role if responder is not None else Role.PRIMARY
+            effects.append(
+                self._assignment(alert, Action.GO, AssignmentReason.CONFIRMED, role=role)
+            )  # a retry
             return effects
         if status is AlertStatus.ACCEPTING:
             return effects  # the claim is on its way
         if incident.ended:
-            reason = f"incident {incident.state.value}"
+            reason = AssignmentReason.ended(incident.state.value)
         elif status is AlertStatus.EXPIRED or now >= alert.expires_at:
-            reason = "alert expired"
+            reason = AssignmentReason.ALERT_EXPIRED
         elif status is AlertStatus.DECLINED:
-            reason = "you declined this alert"
+            reason = AssignmentReason.DECLINED
         elif status is AlertStatus.STOOD_DOWN or (
             incident.goers_open(self._goers(incident)) == 0
             and self._would_displace(incident, alert, now) is None
         ):
-            reason = "filled by others"
+            reason = AssignmentReason.FILLED
         elif self.volunteers[alert.volunteer_id].engaged not in (None, incident.id):
-            reason = "already committed to another incident"
+            reason = AssignmentReason.COMMITTED_ELSEWHERE
         else:
             alert.status, alert.answered_at = AlertStatus.ACCEPTING, now
             effects.append(Claim(alert.volunteer_id, incident.id))
@@ -928,11 +662,11 @@ class Dispatcher:
         # Too late: the answer to an accept is always a go or a stand-down.
         if alert.status is AlertStatus.PENDING:
             alert.status = AlertStatus.STOOD_DOWN
-            self._free(alert.volunteer_id, alert.alert_id)
-        effects.append(self._assignment(alert, "stand_down", reason))
+            self.roster.free(alert.volunteer_id, alert.alert_id)
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
         self._event(
             incident,
-            "late_accept",
+            EventType.LATE_ACCEPT,
             now,
             effects,
             volunteer_id=alert.volunteer_id,
@@ -961,7 +695,7 @@ class Dispatcher:
             if ok:  # nothing waits for this claim any more
                 effects.append(Release(volunteer_id, incident_id))
             return effects
-        volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
+        volunteer = self.roster.ensure(volunteer_id)
         full = incident.goers_open(self._goers(incident)) == 0
         displaced = (
             self._would_displace(incident, alert, alert.answered_at or now) if full else None
@@ -972,26 +706,30 @@ class Dispatcher:
         alert.status = AlertStatus.ACCEPTED
         volunteer.engaged = incident.id
         volunteer.alert_id = None
-        self.index.remove(volunteer_id)
+        self.roster.withdraw(volunteer_id)
         responder = Responder(
             volunteer_id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
         )
         incident.responders.append(responder)
         if displaced is not None:  # the fastest acceptor wins
-            self._release(incident, displaced, "a faster responder is going", now, effects)
+            self._release(incident, displaced, AssignmentReason.FASTER_RESPONDER, now, effects)
         self._rank_roles(incident, effects, new=volunteer_id)
-        if _eta_known(alert):
+        if eta_known(alert):
             due = now + self.policy.overdue_after_s(alert.eta_s)
-            self._at(due, _OVERDUE, incident.id, alert.alert_id)
+            self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
         if incident.first_accept_at is None:
             incident.first_accept_at = now
         if incident.state is not State.ON_SCENE:
             self._move(incident, State.ASSIGNED, now, effects)
-        reason = "assigned by operator" if alert.assigned_by else "confirmed"
-        effects.append(self._assignment(alert, "go", reason, role=responder.role))
+        reason = (
+            AssignmentReason.ASSIGNED_BY_OPERATOR
+            if alert.assigned_by
+            else AssignmentReason.CONFIRMED
+        )
+        effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
         self._event(
             incident,
-            "assigned",
+            EventType.ASSIGNED,
             now,
             effects,
             volunteer_id=volunteer_id,
@@ -1004,15 +742,15 @@ class Dispatcher:
             incident.next_wave_at = None  # no more waves; spare accepts are welcome as backups
         if incident.goers_open(self._goers(incident)) == 0:
             # Filled: only alerts that could still bring someone sooner stay open.
-            for other in incident.open_alerts():
-                if other.status is AlertStatus.PENDING and (
-                    self._would_displace(
-                        incident, other, max(now, other.sent_at + self.policy.reply_s)
-                    )
-                    is None
-                ):
-                    other.status = AlertStatus.STOOD_DOWN
-                    self._stand_down(other, "filled by others", now, effects)
+            useless = [
+                other
+                for other in _pending(incident)
+                if self._would_displace(
+                    incident, other, max(now, other.sent_at + self.policy.reply_s)
+                )
+                is None
+            ]
+            self._call_off(useless, AssignmentReason.FILLED, now, effects)
         self._changed(incident, effects)
         return effects
 
@@ -1027,11 +765,11 @@ class Dispatcher:
     ) -> None:
         """The accept cannot be confirmed: committed elsewhere, ended, or filled."""
         if not ok:
-            reason = "already committed to another incident"
+            reason = AssignmentReason.COMMITTED_ELSEWHERE
         elif incident.ended:
-            reason = f"incident {incident.state.value}"
+            reason = AssignmentReason.ended(incident.state.value)
         else:
-            reason = "filled by others"
+            reason = AssignmentReason.FILLED
         if ok:
             effects.append(Release(volunteer.id, incident.id))
         alert.status = AlertStatus.STOOD_DOWN
@@ -1039,13 +777,13 @@ class Dispatcher:
         if not ok:
             # Committed elsewhere (another engine instance): out of our index until
             # they tell us otherwise.
-            self.index.remove(volunteer.id)
+            self.roster.withdraw(volunteer.id)
         else:
-            self._refresh_availability(volunteer)
-        effects.append(self._assignment(alert, "stand_down", reason))
+            self.roster.refresh(volunteer)
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
         self._event(
             incident,
-            "stood_down",
+            EventType.STOOD_DOWN,
             now,
             effects,
             volunteer_id=volunteer.id,
@@ -1090,7 +828,7 @@ class Dispatcher:
         else:
             expected = accept_at + self.policy.turnout_s + alert.eta_s
             better = expected < self._goer_key(slowest) - _FASTER_BY_S
-        return slowest if better and _eta_known(alert) else None
+        return slowest if better and eta_known(alert) else None
 
     def _rank_roles(
         self, incident: Incident, effects: list[Effect], new: str | None = None
@@ -1105,48 +843,65 @@ class Dispatcher:
             (r for r in incident.responders if r.counted),
             key=lambda r: (r.arrived_at is None, self._goer_key(r), r.volunteer_id),
         )
-        roles = {r.volunteer_id: "primary" if i < incident.responders_needed else "backup"
+        roles = {r.volunteer_id: Role.PRIMARY if i < incident.responders_needed else Role.BACKUP
                  for i, r in enumerate(counted)}  # fmt: skip
         for r in incident.responders:
-            role = roles.get(r.volunteer_id, "backup" if r.on_the_way else r.role)
+            role = roles.get(r.volunteer_id, Role.BACKUP if r.on_the_way else r.role)
             if role == r.role:
                 continue
             r.role = role
             if r.counted and r.on_the_way and r.volunteer_id != new:
                 reason = (
-                    "you are now the primary responder"
-                    if role == "primary"
-                    else ("a faster responder is going; you go on as a backup")
+                    AssignmentReason.NOW_PRIMARY
+                    if role is Role.PRIMARY
+                    else AssignmentReason.NOW_BACKUP
                 )
                 effects.append(
-                    self._assignment(incident.alerts[r.alert_id], "go", reason, role=role)
+                    self._assignment(incident.alerts[r.alert_id], Action.GO, reason, role=role)
                 )
 
     def _release(
         self,
         incident: Incident,
         responder: Responder,
-        reason: str,
+        reason: AssignmentReason,
         now: float,
         effects: list[Effect],
     ) -> None:
         """Stand a responder on the way down: their place is no longer needed."""
         responder.released_at = now
-        volunteer = self.volunteers.get(responder.volunteer_id)
-        if volunteer is not None and volunteer.engaged == incident.id:
-            volunteer.engaged = None
-            self._refresh_availability(volunteer)
-        effects.append(Release(responder.volunteer_id, incident.id))
-        effects.append(self._assignment(incident.alerts[responder.alert_id], "stand_down", reason))
+        self._let_go(incident, responder, reason, effects)
         self._event(
             incident,
-            "stood_down",
+            EventType.STOOD_DOWN,
             now,
             effects,
             volunteer_id=responder.volunteer_id,
             alert_id=responder.alert_id,
             reason=reason,
         )
+
+    def _let_go(
+        self,
+        incident: Incident,
+        responder: Responder,
+        reason: AssignmentReason,
+        effects: list[Effect],
+    ) -> None:
+        """Uncommit a responder from ``incident`` and tell them to stand down."""
+        self.roster.disengage(responder.volunteer_id, incident.id)
+        effects.append(Release(responder.volunteer_id, incident.id))
+        effects.append(
+            self._assignment(incident.alerts[responder.alert_id], Action.STAND_DOWN, reason)
+        )
+
+    def _call_off(
+        self, alerts: Iterable[Alert], reason: AssignmentReason, now: float, effects: list[Effect]
+    ) -> None:
+        """Stand down the volunteers of these open alerts: the calls are off."""
+        for alert in alerts:
+            alert.status = AlertStatus.STOOD_DOWN
+            self._stand_down(alert, reason, now, effects)
 
     def _replace(self, incident: Incident, now: float, effects: list[Effect]) -> None:
         """Alert others in place of a volunteer who dropped out; escalate if nobody is left."""
@@ -1241,7 +996,7 @@ class Dispatcher:
         tta = now - incident.reported_at
         self._event(
             incident,
-            "arrived" if responder.arrived_at == now else "arrival_verified",
+            EventType.ARRIVED if responder.arrived_at == now else EventType.ARRIVAL_VERIFIED,
             now,
             effects,
             volunteer_id=volunteer_id,
@@ -1260,13 +1015,10 @@ class Dispatcher:
     def _release_the_rest(self, incident: Incident, now: float, effects: list[Effect]) -> None:
         """Enough are on scene: backups and overdue responders still on the way may go."""
         incident.next_wave_at = None
-        for alert in incident.open_alerts():
-            if alert.status is AlertStatus.PENDING:
-                alert.status = AlertStatus.STOOD_DOWN
-                self._stand_down(alert, "filled by others", now, effects)
+        self._call_off(_pending(incident), AssignmentReason.FILLED, now, effects)
         for responder in incident.responders:
             if responder.on_the_way:
-                self._release(incident, responder, "enough responders on scene", now, effects)
+                self._release(incident, responder, AssignmentReason.ENOUGH_ON_SCENE, now, effects)
 
     # ------------------------------------------------------------------ operators
 
@@ -1319,31 +1071,17 @@ class Dispatcher:
                     effects.append(Claim(volunteer_id, incident.id))
                 return effects
             if other is not None and other.status is AlertStatus.PENDING:  # the other call is off
-                other.status = AlertStatus.STOOD_DOWN
-                self._stand_down(other, "assigned elsewhere by the control room", now, effects)
+                self._call_off([other], AssignmentReason.ASSIGNED_ELSEWHERE, now, effects)
                 self._changed(self.incidents[other.incident_id], effects)
         distance = (
             haversine_m(volunteer.lat, volunteer.lon, incident.lat, incident.lon)
             if volunteer.lat is not None and volunteer.lon is not None
             else 0.0
         )
-        alert = Alert(
-            alert_id=f"a{self._rng.getrandbits(64):016x}",
-            incident_id=incident.id,
-            volunteer_id=volunteer_id,
-            wave=0,
-            sent_at=now,
-            expires_at=now + self.policy.alert_expiry_s,
-            distance_m=distance,
-            eta_s=self.travel.eta_s(distance, volunteer.mode.value),
-            status=AlertStatus.ACCEPTING,
-            answered_at=now,
-            assigned_by=by,
-        )
-        incident.alerts[alert.alert_id] = alert
-        self.alerts[alert.alert_id] = alert
+        eta = self.travel.eta_s(distance, volunteer.mode.value)
+        alert = self._new_alert(incident, volunteer_id, 0, distance, eta, now, assigned_by=by)
         volunteer.alert_id = alert.alert_id
-        self.index.remove(volunteer_id)
+        self.roster.withdraw(volunteer_id)
         effects.append(Claim(volunteer_id, incident.id))
         return effects
 
@@ -1355,22 +1093,13 @@ class Dispatcher:
         self._move(incident, state, now, effects)
         incident.ended_at, incident.end_reason = now, f"{state.value} by {by}"
         incident.next_wave_at = None
-        reason = f"incident {state.value}"
-        for alert in incident.open_alerts():
-            alert.status = AlertStatus.STOOD_DOWN
-            self._stand_down(alert, reason, now, effects)
+        reason = AssignmentReason.ended(state.value)
+        self._call_off(incident.open_alerts(), reason, now, effects)
         for responder in incident.responders:
-            if responder.released_at is not None:
-                continue  # stood down already
-            volunteer = self.volunteers.get(responder.volunteer_id)
-            if volunteer is not None and volunteer.engaged == incident.id:
-                volunteer.engaged = None
-                self._refresh_availability(volunteer)
-            effects.append(Release(responder.volunteer_id, incident.id))
-            alert = incident.alerts[responder.alert_id]
-            effects.append(self._assignment(alert, "stand_down", reason))
-        self._event(incident, state.value, now, effects, by=by)
-        self._at(now + self.state_retention_s, _CLEAR, incident.id)
+            if responder.released_at is None:  # else stood down already
+                self._let_go(incident, responder, reason, effects)
+        self._event(incident, EventType(state.value), now, effects, by=by)
+        self.timers.at(now + self.state_retention_s, TimerKind.CLEAR, incident.id)
         self._changed(incident, effects)
         return effects
 
@@ -1389,10 +1118,7 @@ class Dispatcher:
             if volunteer is not None and volunteer.alert_id == alert_id:
                 volunteer.alert_id = None
         for responder in incident.responders:
-            volunteer = self.volunteers.get(responder.volunteer_id)
-            if volunteer is not None and volunteer.engaged == incident_id:
-                volunteer.engaged = None
-                self.index.remove(responder.volunteer_id)
+            self.roster.disengage(responder.volunteer_id, incident_id, rejoin=False)
 
     def restore_volunteer(
         self,
@@ -1404,15 +1130,14 @@ class Dispatcher:
         position: tuple[float, float, float] | None,
     ) -> None:
         """Rebuild one volunteer from the store after a restart (position: lat, lon, at)."""
-        volunteer = self.volunteers.setdefault(volunteer_id, Volunteer(volunteer_id))
+        volunteer = self.roster.ensure(volunteer_id)
         volunteer.duty = Duty(duty) if duty else None
         volunteer.skills = frozenset(skills)
         volunteer.mode = Mode(mode)
         if position is not None and volunteer.duty is not Duty.OFF_DUTY:
             lat, lon, at = position
-            volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, at
-            self._positions[volunteer_id] = at
-        self._refresh_availability(volunteer)
+            self.roster.restore_position(volunteer, lat, lon, at)
+        self.roster.refresh(volunteer)
 
     def restore_incident(self, record: Mapping[str, Any]) -> list[Effect]:
         """Rebuild one incident and its timers after a restart. Call after the volunteers.
@@ -1425,67 +1150,64 @@ class Dispatcher:
         effects: list[Effect] = []
         for alert in incident.alerts.values():
             self.alerts[alert.alert_id] = alert
-            if alert.status in _OPEN_ALERT:
-                volunteer = self.volunteers.setdefault(
-                    alert.volunteer_id, Volunteer(alert.volunteer_id)
-                )
+            if alert.status in OPEN_ALERT:
+                volunteer = self.roster.ensure(alert.volunteer_id)
                 volunteer.alert_id = alert.alert_id
-                self._refresh_availability(volunteer)
+                self.roster.refresh(volunteer)
                 if alert.status is AlertStatus.PENDING:
-                    self._at(alert.expires_at, _EXPIRE, incident.id, alert.alert_id)
+                    self.timers.at(alert.expires_at, TimerKind.EXPIRE, incident.id, alert.alert_id)
                 else:
                     effects.append(Claim(alert.volunteer_id, incident.id))
         if incident.ended:
-            self._at(
+            self.timers.at(
                 (incident.ended_at or incident.received_at) + self.state_retention_s,
-                _CLEAR,
+                TimerKind.CLEAR,
                 incident.id,
             )
             return effects
         for responder in incident.responders:
             if responder.released_at is not None:
                 continue
-            volunteer = self.volunteers.setdefault(
-                responder.volunteer_id, Volunteer(responder.volunteer_id)
-            )
+            volunteer = self.roster.ensure(responder.volunteer_id)
             volunteer.engaged = incident.id
-            self._refresh_availability(volunteer)
+            self.roster.refresh(volunteer)
             sent = incident.alerts.get(responder.alert_id)
-            if responder.on_the_way and not responder.overdue and sent and _eta_known(sent):
+            if responder.on_the_way and not responder.overdue and sent and eta_known(sent):
                 due = responder.accepted_at + self.policy.overdue_after_s(responder.eta_s)
-                self._at(due, _OVERDUE, incident.id, responder.alert_id)
+                self.timers.at(due, TimerKind.OVERDUE, incident.id, responder.alert_id)
         if incident.next_wave_at is not None:
-            self._at(incident.next_wave_at, _WAVE, incident.id)
+            self.timers.at(incident.next_wave_at, TimerKind.WAVE, incident.id)
         if incident.first_verified_at is None:  # a miss while stopped is logged at once
-            self._at(incident.reported_at + self.policy.target_s, _TARGET, incident.id)
+            self.timers.at(
+                incident.reported_at + self.policy.target_s, TimerKind.TARGET, incident.id
+            )
         return effects
 
     # ------------------------------------------------------------------ helpers
 
-    def _state_topic(self, incident_id: str) -> str:
-        return self.codec.topic("incidents", incident_id, "state")
+    @property
+    def _expiry_s(self) -> int:
+        """The MQTT 5 expiry of alerts and assignments: as long as an alert is valid."""
+        return max(1, round(self.policy.alert_expiry_s))
 
     def _assignment(
-        self, alert: Alert, action: str, reason: str, role: str | None = None
-    ) -> Publish:
-        payload = {
-            "incident_id": alert.incident_id,
-            "action": action,
-            "reason": reason,
-            "alert_id": alert.alert_id,
-        }
-        if role is not None:
-            payload["role"] = role  # protocol 1.1: with every "go"
-        return Publish(
-            self.codec.topic("volunteers", alert.volunteer_id, "assignment"),
-            dumps(payload),
-            qos=1,
-            expiry_s=max(1, round(self.policy.alert_expiry_s)),
+        self, alert: Alert, action: Action, reason: AssignmentReason, role: Role | None = None
+    ) -> SendAssignment:
+        return SendAssignment(
+            alert.incident_id,
+            alert.volunteer_id,
+            alert.alert_id,
+            action,
+            reason,
+            role,
+            self._expiry_s,
         )
 
-    def _stand_down(self, alert: Alert, reason: str, now: float, effects: list[Effect]) -> None:
-        self._free(alert.volunteer_id, alert.alert_id)
-        effects.append(self._assignment(alert, "stand_down", reason))
+    def _stand_down(
+        self, alert: Alert, reason: AssignmentReason, now: float, effects: list[Effect]
+    ) -> None:
+        self.roster.free(alert.volunteer_id, alert.alert_id)
+        effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
 
     def _move(
         self,
@@ -1499,7 +1221,9 @@ class Dispatcher:
             return
         previous = incident.state
         incident.state = advance(incident.id, incident.state, state)
-        self._event(incident, "state", now, effects, **{"from": previous.value, "to": state.value})
+        self._event(
+            incident, EventType.STATE, now, effects, **{"from": previous.value, "to": state.value}
+        )
 
     def _escalate(
         self, incident: Incident, reason: str, now: float, effects: list[Effect], by: str = "engine"
@@ -1509,10 +1233,15 @@ class Dispatcher:
         incident.escalated_at = now
         incident.escalation_reason = reason
         self._move(incident, State.ESCALATED, now, effects)
-        self._event(incident, "escalated", now, effects, reason=reason, by=by)
+        self._event(incident, EventType.ESCALATED, now, effects, reason=reason, by=by)
 
     def _event(
-        self, incident: Incident, event_type: str, now: float, effects: list[Effect], **data: Any
+        self,
+        incident: Incident,
+        event_type: EventType,
+        now: float,
+        effects: list[Effect],
+        **data: Any,
     ) -> None:
         effects.append(LogEvent(incident.id, event_type, now, data))
 
@@ -1528,17 +1257,9 @@ class Dispatcher:
                 ended_at=incident.ended_at,
             )
         )
-        effects.append(
-            Publish(
-                self._state_topic(incident.id),
-                dumps(self.public_state(incident)),
-                qos=1,
-                retain=True,
-            )
-        )
+        effects.append(StateChanged(incident.id, self.public_state(incident)))
 
 
-def _eta_known(alert: Alert) -> bool:
-    """False for a hand assignment of a volunteer whose position the engine does not know
-    (distance and ETA 0): nothing to measure them against; the operator follows them."""
-    return alert.wave > 0 or alert.distance_m > 0
+def _pending(incident: Incident) -> list[Alert]:
+    """The incident's alerts still awaiting an answer."""
+    return [a for a in incident.alerts.values() if a.status is AlertStatus.PENDING]

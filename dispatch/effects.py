@@ -1,38 +1,168 @@
-"""Effects: what the core asks the shell to do, as plain data.
+"""Effects: what the core asks the shell to do, as domain values.
 
 The core never performs I/O; it returns a list of these. The shell carries them out in
 two phases, so that nothing is announced before it is stored: first every persistence
-effect of the batch (one Redis pipeline), then every publish. ``Claim`` is a question
-whose answer the shell feeds back as ``Dispatcher.claim_result``.
+effect of the batch (one Redis pipeline), then every message (`SendAlert`,
+`SendAssignment`, `StateChanged`). ``Claim`` is a question whose answer the shell feeds
+back as ``Dispatcher.claim_result``.
+
+The core says *what* to tell whom; only the shell knows the wire: dispatch/wire.py turns
+the messages into topics, JSON, QoS, retain flags and expiries (`Publish`, the form the
+bus sends). Every effect about an incident carries its incident id, so nobody has to
+read a topic or a payload to find it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from dispatch.errors import BadMessage
 
 __all__ = [
+    "Action",
+    "AssignmentReason",
     "Claim",
     "Effect",
+    "EventType",
     "ForgetPosition",
     "LogEvent",
+    "Outbound",
     "Publish",
     "Reject",
     "Release",
+    "Role",
     "SaveIncident",
     "SavePosition",
     "SaveVolunteer",
+    "SendAlert",
+    "SendAssignment",
+    "StateChanged",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+class EventType(StrEnum):
+    """The kinds of line in an incident's history (the values are stored and streamed)."""
+
+    REPORTED = "reported"
+    ALERTED = "alerted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    LATE_ACCEPT = "late_accept"  # an accept answered with a stand-down
+    ASSIGNED = "assigned"
+    STOOD_DOWN = "stood_down"
+    ARRIVED = "arrived"
+    ARRIVAL_VERIFIED = "arrival_verified"  # a position confirmed an earlier "I'm here"
+    OVERDUE = "overdue"
+    TARGET_MISSED = "target_missed"
+    ESCALATED = "escalated"
+    STATE = "state"  # the incident moved from one state to another
+    RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+
+
+class Action(StrEnum):
+    """What an assignment message tells a volunteer."""
+
+    GO = "go"
+    STAND_DOWN = "stand_down"
+
+
+class Role(StrEnum):
+    """A confirmed responder's place (protocol 1.1)."""
+
+    PRIMARY = "primary"
+    BACKUP = "backup"
+
+
+class AssignmentReason(StrEnum):
+    """Why a volunteer is sent or stood down: the values are the wire's exact words."""
+
+    # with "go"
+    CONFIRMED = "confirmed"
+    ASSIGNED_BY_OPERATOR = "assigned by operator"
+    NOW_PRIMARY = "you are now the primary responder"
+    NOW_BACKUP = "a faster responder is going; you go on as a backup"
+    # with "stand_down"
+    FILLED = "filled by others"
+    ALERT_EXPIRED = "alert expired"
+    FASTER_RESPONDER = "a faster responder is going"
+    ENOUGH_ON_SCENE = "enough responders on scene"
+    DECLINED = "you declined this alert"
+    COMMITTED_ELSEWHERE = "already committed to another incident"
+    NO_LONGER_NEEDED = "no longer needed"
+    ASSIGNED_ELSEWHERE = "assigned elsewhere by the control room"
+    INCIDENT_CANCELLED = "incident cancelled"
+    INCIDENT_RESOLVED = "incident resolved"
+
+    @classmethod
+    def ended(cls, state: str) -> AssignmentReason:
+        """The stand-down reason for an incident that ended in ``state``."""
+        return cls(f"incident {state}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendAlert:
+    """Ask a volunteer to respond (the ``alert`` message); never retained, it expires."""
+
+    incident_id: str
+    volunteer_id: str
+    alert_id: str
+    kind: str
+    priority: int
+    lat: float
+    lon: float
+    address: str
+    distance_m: float
+    eta_s: float
+    expires_at: float  # Unix seconds
+    description: str
+    wave: int
+    skills: tuple[str, ...]
+    expiry_s: int  # MQTT 5 message expiry: a stale call must not reach a phone
+
+
+@dataclass(frozen=True, slots=True)
+class SendAssignment:
+    """Send a volunteer (``go``, with their role) or stand them down, with the reason."""
+
+    incident_id: str
+    volunteer_id: str
+    alert_id: str
+    action: Action
+    reason: AssignmentReason
+    role: Role | None  # with every "go" (protocol 1.1); None with "stand_down"
+    expiry_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The incident's public state changed (the retained ``state`` message), or, with
+    ``cleared``, its retention is over and the retained message is to be removed."""
+
+    incident_id: str
+    state: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    cleared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cleared == bool(self.state):
+            raise ValueError("a StateChanged carries either a state or cleared=True")
+
+
+# What the shell sends out, each about one incident (see dispatch/wire.py).
+Outbound = SendAlert | SendAssignment | StateChanged
+
+
 @dataclass(frozen=True, slots=True)
 class Publish:
+    """A message as the bus sends it: the shell's form of an `Outbound` (dispatch/wire.py),
+    and of what the shell sends on its own (rejections)."""
+
     topic: str  # the full topic, root included
     payload: bytes  # b"" with retain clears a retained message
     qos: int = 1
@@ -54,9 +184,13 @@ class LogEvent:
     """One line of the incident's history (the Redis stream the control room replays)."""
 
     incident_id: str
-    type: str  # reported, alerted, accepted, declined, expired, stood_down, assigned, ...
+    type: EventType  # a plain string naming a member is taken too (and checked)
     at: float
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if type(self.type) is not EventType:
+            object.__setattr__(self, "type", EventType(self.type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +238,9 @@ class Reject:
 
 
 Effect = (
-    Publish
+    SendAlert
+    | SendAssignment
+    | StateChanged
     | SaveIncident
     | LogEvent
     | SaveVolunteer

@@ -2,7 +2,8 @@
 
 Every public method takes the lock, feeds the core one event (or a run of them), and
 carries out what the core decided: first everything to be stored (one Redis pipeline),
-then everything to be published; a claim's answer from Redis goes back to the core.
+then every message (rendered for the broker by dispatch/wire.py); a claim's answer from
+Redis goes back to the core.
 Nothing is announced before it is stored, so the retained state message is a
 reporter's proof that its incident is safe. The lock is held only across the few Redis
 and broker round trips an event needs; positions are coalesced per volunteer and
@@ -25,14 +26,27 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from dispatch.bus import Bus
-from dispatch.codec import Codec, dumps
+from dispatch.codec import Codec
 from dispatch.dispatcher import Dispatcher, Incident, UnknownIncident
-from dispatch.effects import Claim, Effect, ForgetPosition, LogEvent, Publish, Reject, SavePosition
+from dispatch.effects import (
+    Claim,
+    Effect,
+    ForgetPosition,
+    LogEvent,
+    Outbound,
+    Publish,
+    Reject,
+    SavePosition,
+    SendAlert,
+    SendAssignment,
+    StateChanged,
+)
 from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.metrics import Metrics
 from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
 from dispatch.ports import Ownership, ReportOutcome
 from dispatch.store import Store, StoredVolunteer
+from dispatch.wire import Wire
 
 __all__ = ["Alone", "Engine", "Message"]
 
@@ -63,6 +77,7 @@ class Engine:
         self.store = store
         self.bus = bus
         self.codec = codec
+        self.wire = Wire(codec)
         self.metrics = metrics
         self.clock = clock
         self.ownership: Ownership = Alone(self)
@@ -249,17 +264,10 @@ class Engine:
 
     async def clear_state(self, incident_id: str) -> None:
         """Clear the retained state message of an incident that ended long ago."""
-        await self.publish(
-            [Publish(self.codec.topic("incidents", incident_id, "state"), b"", retain=True)]
-        )
+        await self.publish([self.wire.cleared(incident_id)])
 
     def state_message(self, incident: Incident) -> Publish:
-        return Publish(
-            self.codec.topic("incidents", incident.id, "state"),
-            dumps(self.core.public_state(incident)),
-            qos=1,
-            retain=True,
-        )
+        return self.wire.state(incident.id, self.core.public_state(incident))
 
     # ------------------------------------------------------------------ positions
 
@@ -286,11 +294,11 @@ class Engine:
         """Store, then publish; feed claim answers back to the core. Call under the lock."""
         while effects:
             stored: list[Effect] = []
-            publishes: list[Publish] = []
+            outbound: list[Outbound] = []
             claims: list[Claim] = []
             for effect in effects:
-                if isinstance(effect, Publish):
-                    publishes.append(effect)
+                if isinstance(effect, SendAlert | SendAssignment | StateChanged):
+                    outbound.append(effect)
                 elif isinstance(effect, SavePosition | ForgetPosition):
                     self._positions[effect.volunteer_id] = effect
                 elif isinstance(effect, Claim):
@@ -305,10 +313,12 @@ class Engine:
             if stored:
                 await self.retrying(functools.partial(self.store.apply, stored))
             # Nothing for incidents another instance took over meanwhile.
-            publishes = self.ownership.keep(publishes)
-            if publishes:
-                await self.publish(publishes, decision_started)
+            outbound = self.ownership.keep(outbound)
+            if outbound:
+                if decision_started is not None and any(isinstance(e, SendAlert) for e in outbound):
+                    self.metrics.decision_latency.observe(self.clock() - decision_started)
                 decision_started = None
+                await self.publish([self.wire.message(e) for e in _last_states(outbound)])
             effects = []
             for claim in claims:
                 ok = await self.retrying(
@@ -318,16 +328,9 @@ class Engine:
                     claim.volunteer_id, claim.incident_id, ok, self.clock()
                 )
 
-    async def publish(
-        self, publishes: list[Publish], decision_started: float | None = None
-    ) -> None:
+    async def publish(self, publishes: list[Publish]) -> None:
         """Hand messages to the broker, in order, without waiting for each (`Bus.send`)."""
-        # Only the last retained state per incident matters within one batch.
-        last_retained = {p.topic: i for i, p in enumerate(publishes) if p.retain}
-        batch = [p for i, p in enumerate(publishes) if not p.retain or last_retained[p.topic] == i]
-        if decision_started is not None and any(p.topic.endswith("/alert") for p in batch):
-            self.metrics.decision_latency.observe(self.clock() - decision_started)
-        for p in batch:
+        for p in publishes:
             try:
                 self.bus.send(p)
             except BackendUnavailable as exc:
@@ -395,8 +398,8 @@ class Alone:
     def begin(self, topic: str, payload: bytes) -> None:
         pass
 
-    def keep(self, publishes: list[Publish]) -> list[Publish]:
-        return publishes
+    def keep(self, outbound: list[Outbound]) -> list[Outbound]:
+        return outbound
 
     async def should_reject(self, err: BadMessage) -> bool:
         return True
@@ -426,6 +429,17 @@ class Alone:
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
         return await self.engine.act(action, incident_id, by, **kwargs)
+
+
+def _last_states(outbound: list[Outbound]) -> list[Outbound]:
+    """``outbound`` with only the last state change of each incident: within one batch
+    only the last retained state matters (a clear included), and it keeps its place."""
+    last = {e.incident_id: i for i, e in enumerate(outbound) if isinstance(e, StateChanged)}
+    return [
+        e
+        for i, e in enumerate(outbound)
+        if not isinstance(e, StateChanged) or last[e.incident_id] == i
+    ]
 
 
 def _loggable(items: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:

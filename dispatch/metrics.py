@@ -12,11 +12,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dispatch.effects import EventType
+
 __all__ = ["Metrics"]
 
 # Buckets with an edge exactly at each target: 1 s for dispatch, 180 s for arrival.
 _DISPATCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _ARRIVAL_BUCKETS = (30, 60, 90, 120, 150, 180, 240, 300, 420, 600, 900)
+_ARRIVALS = frozenset({EventType.ARRIVED, EventType.ARRIVAL_VERIFIED})
+_ENDINGS = frozenset({EventType.RESOLVED, EventType.CANCELLED})
 
 
 class Metrics:
@@ -78,19 +82,19 @@ class Metrics:
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )
 
-    def observe_event(self, kind: str, data: Mapping[str, Any]) -> None:
-        if kind == "alerted":
+    def observe_event(self, kind: EventType, data: Mapping[str, Any]) -> None:
+        if kind is EventType.ALERTED:
             self.alerts.labels(wave=str(data.get("wave", 0))).inc()
-        elif kind == "escalated":
+        elif kind is EventType.ESCALATED:
             self.escalations.inc()
-        elif kind in ("arrived", "arrival_verified") and data.get("first_verified"):
+        elif kind in _ARRIVALS and data.get("first_verified"):
             self.time_to_arrival.observe(float(data["time_to_arrival_s"]))
             if data.get("within_target"):
                 self.target_outcomes.labels(outcome="within").inc()
-        elif kind == "target_missed":
+        elif kind is EventType.TARGET_MISSED:
             self.target_outcomes.labels(outcome="missed").inc()
-        elif kind in ("resolved", "cancelled"):
-            self.incident_endings.labels(how=kind).inc()
+        elif kind in _ENDINGS:
+            self.incident_endings.labels(how=kind.value).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from dispatch.dispatcher import Incident
-from dispatch.effects import Publish
+from dispatch.effects import Outbound
 from dispatch.errors import BadMessage
 from dispatch.model import Report
 
@@ -57,8 +57,8 @@ class Ownership(Protocol):
     def begin(self, topic: str, payload: bytes) -> None:
         """Called for every inbound message, before anything else is done with it."""
 
-    def keep(self, publishes: list[Publish]) -> list[Publish]:
-        """The publishes this instance may still send (for incidents it still owns)."""
+    def keep(self, outbound: list[Outbound]) -> list[Outbound]:
+        """The messages this instance may still send (for incidents it still owns)."""
 
     async def should_reject(self, err: BadMessage) -> bool:
         """Whether this instance answers ``err`` on the rejected topic."""

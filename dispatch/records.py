@@ -1,159 +1,276 @@
-"""The HTTP routes of the record: ``GET /api/report`` and ``GET /api/incidents/{iid}/cap``.
+"""The incident's records: its alerts and responders as the core keeps them, how each is
+stored (``to_record``/``from_record``, JSON-ready) and the public view of an incident.
 
-Mounted by dispatch/web.py, with its read check (the same token rules as every read).
-The report comes from the PostgreSQL archive when the engine has one (``--postgres``);
-without one it is computed from the records Redis still holds (30 days after they end),
-with the same definitions (dispatch/report.py), and says so: ``"source": "redis",
-"limited": true``. docs/reports.md defines every figure; docs/api.md lists the routes.
+Plain data with no decisions in it: the workflow (dispatch/dispatcher.py) changes these,
+the store keeps their records, and `public_state` is the retained ``state`` message's
+body (PROTOCOL.md, plus extension fields).
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-import orjson
-from aiohttp import web
-
-from dispatch import cap, report
-from dispatch.archive import Archive
 from dispatch.codec import format_time
-from dispatch.dispatcher import Incident
-from dispatch.lifecycle import ENDED
-from dispatch.model import is_valid_id
-from dispatch.service import Service
-from dispatch.store import Store
+from dispatch.effects import Role
+from dispatch.lifecycle import ENDED, State
+from dispatch.model import Kind
 
-__all__ = ["Records"]
-
-# (request, whether ?access_token= may carry the token) -> a refusal, or None
-ReadCheck = Callable[[web.Request, bool], web.Response | None]
-
-# Without an archive: the most incident ids read from Redis for one report, and the page.
-_REDIS_IDS_MAX = 50_000
-_PAGE = 1_000
-_LIMITED_NOTE = (
-    "no archive is configured (dispatch run --postgres URL): history is limited to the "
-    "incidents Redis still holds, up to 30 days after they ended"
-)
-_NOT_SENDER = re.compile(r"[\s,<&]")
+__all__ = [
+    "OPEN_ALERT",
+    "Alert",
+    "AlertStatus",
+    "Incident",
+    "Responder",
+    "eta_known",
+    "public_state",
+]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+class AlertStatus(StrEnum):
+    PENDING = "pending"  # sent, no answer yet
+    ACCEPTING = "accepting"  # accepted; the claim is being committed
+    ACCEPTED = "accepted"  # confirmed with "go"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+    STOOD_DOWN = "stood_down"  # released before or after an answer
 
 
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
+OPEN_ALERT = frozenset({AlertStatus.PENDING, AlertStatus.ACCEPTING})
 
 
-class Records:
-    """The handlers; ``check_read`` answers a request that may not read (else None)."""
+@dataclass(slots=True)
+class Alert:
+    alert_id: str
+    incident_id: str
+    volunteer_id: str
+    wave: int  # 0 for an operator's hand assignment
+    sent_at: float
+    expires_at: float
+    distance_m: float
+    eta_s: float
+    status: AlertStatus = AlertStatus.PENDING
+    answered_at: float | None = None
+    assigned_by: str | None = None
 
-    def __init__(
-        self, service: Service, reader: Store, archive: Archive | None, check_read: ReadCheck
-    ) -> None:
-        self.service = service
-        self.reader = reader
-        self.archive = archive
-        self.check_read = check_read
-        self._heavy = asyncio.Semaphore(1)  # one report at a time: they may be large
-
-    # ------------------------------------------------------------------ the report
-
-    async def report(self, request: web.Request) -> web.Response:
-        # ?access_token= too: a CSV is downloaded by a link, which cannot send headers.
-        if (denied := self.check_read(request, True)) is not None:
-            return denied
-        now = self.service.clock()
-        try:
-            q = report.parse_query(request.query, now)
-        except report.BadQuery as exc:
-            return _error(400, str(exc))
-        target_s = self.service.config.policy.target_s
-        body: dict[str, Any] = {
-            "from": format_time(q.start),
-            "to": format_time(q.end),
-            "by": q.by,
-            "target_s": target_s,
-            "computed_at": format_time(now),
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "incident_id": self.incident_id,
+            "volunteer_id": self.volunteer_id,
+            "wave": self.wave,
+            "sent_at": self.sent_at,
+            "expires_at": self.expires_at,
+            "distance_m": self.distance_m,
+            "eta_s": self.eta_s,
+            "status": self.status.value,
+            "answered_at": self.answered_at,
+            "assigned_by": self.assigned_by,
         }
-        async with self._heavy:
-            if self.archive is not None:
-                groups, whole = await self.archive.report(
-                    start=q.start, end=q.end, by=q.by, target_s=target_s, now=now
-                )
-                rows = [report.row(g, c) for g, c in groups]
-                total = report.row(None, whole)
-                body.update(source="postgres", limited=False)
-            else:
-                incidents, truncated = await self._from_redis(q.start, q.end)
-                rows, total = await asyncio.to_thread(
-                    report.from_incidents, incidents, q.by, target_s=target_s, now=now
-                )
-                body.update(source="redis", limited=True, truncated=truncated)
-                body["note"] = _LIMITED_NOTE
-        if q.by == "subdistrict":
-            body["note"] = " ".join(filter(None, [body.get("note"), report.SUBDISTRICT_NOTE]))
-        body["groups"] = rows
-        body["total"] = total
-        if q.format == "csv":
-            name = f"report-{q.by}-{body['from'][:10]}-{body['to'][:10]}.csv"
-            return web.Response(
-                text=report.to_csv([*rows, {**total, "group": "total"}]),
-                content_type="text/csv",
-                charset="utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="{name}"',
-                    "X-Report-Source": body["source"],
-                },
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Alert:
+        return cls(**{**r, "status": AlertStatus(r["status"])})
+
+
+@dataclass(slots=True)
+class Responder:
+    volunteer_id: str
+    eta_s: float
+    accepted_at: float
+    alert_id: str
+    arrived_at: float | None = None
+    overdue: bool = False  # not on scene in time: no longer counted on
+    released_at: float | None = None  # stood down on the way: enough others arrived
+    role: Role = Role.PRIMARY  # protocol 1.1
+    # When a position near the scene confirmed the arrival: at once for the geofence,
+    # later (or never) for an "I'm here" pressed with no position near the scene.
+    verified_at: float | None = None
+    distance_m: float = 0.0  # from the scene when alerted
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
+
+    @property
+    def counted(self) -> bool:
+        """On scene, or on the way, not overdue and not released."""
+        return self.arrived_at is not None or not (self.overdue or self.released_at)
+
+    @property
+    def on_the_way(self) -> bool:
+        return self.arrived_at is None and self.released_at is None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "volunteer_id": self.volunteer_id,
+            "eta_s": self.eta_s,
+            "accepted_at": self.accepted_at,
+            "alert_id": self.alert_id,
+            "arrived_at": self.arrived_at,
+            "overdue": self.overdue,
+            "released_at": self.released_at,
+            "role": self.role,
+            "verified_at": self.verified_at,
+            "distance_m": self.distance_m,
+        }
+
+
+@dataclass(slots=True)
+class Incident:
+    id: str
+    kind: Kind
+    priority: int
+    lat: float
+    lon: float
+    responders_needed: int
+    skills: tuple[str, ...]
+    reported_at: float
+    received_at: float
+    cell_id: str = ""
+    address: str = ""
+    description: str = ""
+    fingerprint: str = ""
+    state: State = State.OPEN
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    responders: list[Responder] = field(default_factory=list)
+    wave: int = 0  # waves sent so far
+    next_wave_at: float | None = None
+    first_alert_at: float | None = None
+    first_accept_at: float | None = None
+    first_arrival_at: float | None = None  # claimed: the geofence or "I'm here"
+    first_verified_at: float | None = None  # confirmed by a position near the scene
+    escalated_at: float | None = None
+    escalation_reason: str = ""
+    ended_at: float | None = None
+    end_reason: str = ""
+    version: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def confirmed(self) -> int:
+        """Responders counted on: on scene, or on the way and not overdue."""
+        return sum(1 for r in self.responders if r.counted)
+
+    @property
+    def still_needed(self) -> int:
+        return max(0, self.responders_needed - self.confirmed)
+
+    def open_alerts(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.status in OPEN_ALERT]
+
+    def time_to_arrival_s(self) -> float | None:
+        """Report to the first *verified* arrival: the headline's time (dispatch.headline)."""
+        if self.first_verified_at is None:
+            return None
+        return self.first_verified_at - self.reported_at
+
+    def goers_open(self, goers: int) -> int:
+        """Accepts still welcome when ``goers`` responders (backups included) may go."""
+        return max(0, goers - self.confirmed)
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to carry on after a restart, JSON-ready."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "priority": self.priority,
+            "lat": self.lat,
+            "lon": self.lon,
+            "responders_needed": self.responders_needed,
+            "skills": list(self.skills),
+            "reported_at": self.reported_at,
+            "received_at": self.received_at,
+            "cell_id": self.cell_id,
+            "address": self.address,
+            "description": self.description,
+            "fingerprint": self.fingerprint,
+            "state": self.state.value,
+            "alerts": [a.to_record() for a in self.alerts.values()],
+            "responders": [r.to_record() for r in self.responders],
+            "wave": self.wave,
+            "next_wave_at": self.next_wave_at,
+            "first_alert_at": self.first_alert_at,
+            "first_accept_at": self.first_accept_at,
+            "first_arrival_at": self.first_arrival_at,
+            "first_verified_at": self.first_verified_at,
+            "escalated_at": self.escalated_at,
+            "escalation_reason": self.escalation_reason,
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Incident:
+        fields = dict(r)
+        fields["kind"] = Kind(r["kind"])
+        fields["state"] = State(r["state"])
+        fields["skills"] = tuple(r["skills"])
+        fields["alerts"] = {a["alert_id"]: Alert.from_record(a) for a in r["alerts"]}
+        fields["responders"] = [
+            Responder(
+                **{
+                    **x,
+                    "role": Role(x.get("role", Role.PRIMARY)),
+                    "verified_at": x["verified_at"] if "verified_at" in x else x["arrived_at"],
+                }
             )
-        return _json(body)
-
-    async def _from_redis(self, start: float, end: float) -> tuple[list[Incident], bool]:
-        """Ended incidents reported in [start, end) that Redis still holds; truncated?"""
-        records: list[dict[str, Any]] = []
-        offset = 0
-        while offset < _REDIS_IDS_MAX:
-            ids = await self.reader.reported_page(start, offset, _PAGE)
-            offset += len(ids)
-            page = await self.reader.incidents(ids)
-            records += [r for r in page if r["reported_at"] < end]
-            if len(ids) < _PAGE or any(r["reported_at"] >= end for r in page):
-                return await asyncio.to_thread(_ended, records), False
-        return await asyncio.to_thread(_ended, records), True
-
-    # ------------------------------------------------------------------ CAP
-
-    async def cap(self, request: web.Request) -> web.Response:
-        if (denied := self.check_read(request, False)) is not None:
-            return denied
-        iid = request.match_info["iid"]
-        if not is_valid_id(iid):
-            return _error(404, f"no incident with id '{iid}'")
-        s = self.service
-        incident = s.core.incidents.get(iid) if s.cluster is None else None
-        if incident is None:
-            record = await self.reader.incident(iid)
-            if record is None and self.archive is not None:
-                record = await self.archive.record(iid)
-            if record is None:
-                return _error(404, f"no incident with id '{iid}'")
-            incident = Incident.from_record(record)
-        c = s.config
-        body = cap.to_cap(
-            incident,
-            sender=_NOT_SENDER.sub("-", f"dispatch.{c.topic_root}"),
-            sender_name=c.area_name,
-            radius_m=c.policy.arrival_radius_m,
-            target_s=c.policy.target_s,
-            now=s.clock(),
-        )
-        return web.Response(body=body, headers={"Content-Type": cap.CONTENT_TYPE})
+            for x in r["responders"]
+        ]
+        if "first_verified_at" not in fields:  # stored before verified arrivals
+            fields["first_verified_at"] = fields["first_arrival_at"]
+        return cls(**fields)
 
 
-def _ended(records: list[dict[str, Any]]) -> list[Incident]:
-    incidents = [Incident.from_record(r) for r in records]
-    return [i for i in incidents if i.state in ENDED]
+def public_state(incident: Incident, target_s: float) -> dict[str, Any]:
+    """The retained ``incidents/{id}/state`` payload (PROTOCOL.md, plus extension fields)."""
+    tta = incident.time_to_arrival_s()
+    return {
+        "id": incident.id,
+        "state": incident.state.value,
+        "kind": incident.kind.value,
+        "priority": incident.priority,
+        "lat": incident.lat,
+        "lon": incident.lon,
+        "reported_at": format_time(incident.reported_at),
+        "responders": [
+            {
+                "volunteer_id": r.volunteer_id,
+                "eta_s": round(r.eta_s, 1),
+                "accepted_at": format_time(r.accepted_at),
+                "arrived_at": None if r.arrived_at is None else format_time(r.arrived_at),
+                "role": r.role,  # protocol 1.1
+                "overdue": r.overdue,  # extensions
+                "released": r.released_at is not None,
+                "verified": r.verified,
+            }
+            for r in incident.responders
+        ],
+        # The first verified arrival (an unverified "I'm here" does not count).
+        "time_to_arrival_s": None if tta is None else round(tta, 3),
+        "within_target": None if tta is None else tta <= target_s,
+        # extensions
+        "address": incident.address,
+        "cell": incident.cell_id,
+        "responders_needed": incident.responders_needed,
+        "skills": list(incident.skills),
+        "alerts_sent": len(incident.alerts),
+        "arrival_verified": (
+            None if incident.first_arrival_at is None else incident.first_verified_at is not None
+        ),
+        "escalation_reason": incident.escalation_reason or None,
+        "end_reason": incident.end_reason or None,
+        "version": incident.version,
+    }
+
+
+def eta_known(alert: Alert) -> bool:
+    """False for a hand assignment of a volunteer whose position the engine does not know
+    (distance and ETA 0): nothing to measure them against; the operator follows them."""
+    return alert.wave > 0 or alert.distance_m > 0

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from dispatch.config import Config
 from dispatch.effects import (
     Effect,
+    EventType,
     ForgetPosition,
     LogEvent,
     Release,
@@ -773,7 +774,7 @@ class ClusterStore(Store):
                     for iid, token in decided.take.items():
                         pipe.set(self._k("owner", iid), token, px=lease_ms)
                     for e in batch:
-                        if isinstance(e, LogEvent) and e.type == "alerted":
+                        if isinstance(e, LogEvent) and e.type is EventType.ALERTED:
                             pipe.set(
                                 self._k("alert", str(e.data.get("alert_id", ""))),
                                 e.incident_id,

@@ -36,7 +36,7 @@ from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
-from dispatch.records import Records
+from dispatch.record_routes import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
 
@@ -111,7 +111,7 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_get("/api/volunteers", api.volunteers)
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
-    # The record (dispatch/records.py): reports over ended incidents, CAP export.
+    # The record (dispatch/record_routes.py): reports over ended incidents, CAP export.
     records = Records(service, reader, archive, api.check_read)
     app.router.add_get("/api/report", records.report)
     app.router.add_get("/api/incidents/{iid}/cap", records.cap)
@@ -360,7 +360,7 @@ class _Api:
         return self._check(request, token, "reading", query_ok)
 
     def check_read(self, request: web.Request, query_ok: bool) -> web.Response | None:
-        """The read check, for the routes other modules serve (dispatch/records.py)."""
+        """The read check, for the routes other modules serve (dispatch/record_routes.py)."""
         return self._check_read(request, query_ok)
 
     def _check_operator(self, request: web.Request) -> web.Response | None:

@@ -5,8 +5,8 @@ against ``dispatch.dispatcher.Dispatcher`` itself, built with the engine's polic
 travel model and kind defaults: what it reports is what the engine would have decided.
 The shell's part is played in-process: effects are read as the live shell reads them
 (a ``Claim`` is answered at once, as Redis would, with the same "one incident per
-volunteer" rule; an alert or assignment ``Publish`` goes to the simulated phone that
-it names), and the core's own timers are fired through ``next_deadline()`` / ``tick()``.
+volunteer" rule; a ``SendAlert`` or ``SendAssignment`` goes to the simulated phone
+that it names), and the core's own timers are fired through ``next_deadline()`` / ``tick()``.
 A day of a district runs in about a second.
 
 The simulated world (ASSUMPTIONS, chosen from the design and the published studies of
@@ -78,12 +78,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import orjson
-
 from dispatch.codec import Codec
 from dispatch.config import Config, load_config
 from dispatch.dispatcher import Dispatcher, Incident
-from dispatch.effects import Claim, Effect, LogEvent, Publish, Release
+from dispatch.effects import (
+    Action,
+    Claim,
+    Effect,
+    EventType,
+    LogEvent,
+    Release,
+    SendAlert,
+    SendAssignment,
+)
 from dispatch.model import (
     Answer,
     Arrived,
@@ -594,7 +601,6 @@ class _Run:
         self.seq = 0
         self.alerts = 0
         self.max_open = 0
-        self.prefix = f"{ROOT}/volunteers/"
 
     def at(self, t: float, kind: str, *args: Any) -> None:
         self.seq += 1
@@ -681,22 +687,19 @@ class _Run:
                 if self.claims.get(effect.volunteer_id) == effect.incident_id:
                     del self.claims[effect.volunteer_id]
             elif isinstance(effect, LogEvent):
-                if effect.type == "arrived" and effect.data.get("first"):
+                if effect.type is EventType.ARRIVED and effect.data.get("first"):
                     # By the button or the geofence: the control room closes it later.
                     self.at(now + self.s.on_scene_s, _CLOSE, effect.incident_id)
-                elif effect.type == "overdue":
+                elif effect.type is EventType.OVERDUE:
                     self.overdue.setdefault(effect.incident_id, []).append(
                         (float(effect.data["waited_s"]), str(effect.data.get("why", "late")))
                     )
-            elif isinstance(effect, Publish) and effect.topic.startswith(self.prefix):
-                vid, _, leaf = effect.topic[len(self.prefix) :].partition("/")
-                body = orjson.loads(effect.payload)
-                if leaf == "alert":
-                    self.alerts += 1
-                    touched.add(body["incident_id"])
-                    self.on_alert(vid, body, now)
-                elif leaf == "assignment":
-                    self.on_assignment(vid, body, now)
+            elif isinstance(effect, SendAlert):
+                self.alerts += 1
+                touched.add(effect.incident_id)
+                self.on_alert(effect, now)
+            elif isinstance(effect, SendAssignment):
+                self.on_assignment(effect, now)
         for incident_id in sorted(touched):
             incident = self.incidents.get(incident_id)
             if incident is not None:
@@ -704,25 +707,27 @@ class _Run:
 
     # -- the phones ---------------------------------------------------------------------
 
-    def on_alert(self, vid: str, alert: Mapping[str, Any], now: float) -> None:
+    def on_alert(self, alert: SendAlert, now: float) -> None:
+        vid = alert.volunteer_id
         if vid in self.unreachable:
             return  # the push never arrives: no reply, ever (the engine cannot tell)
         v = self.people[vid]
         v.generation += 1
-        v.call = (alert["alert_id"], alert["incident_id"])
-        rng = self._call(vid, alert["incident_id"], "reply")
+        v.call = (alert.alert_id, alert.incident_id)
+        rng = self._call(vid, alert.incident_id, "reply")
         delay = rng.lognormvariate(math.log(self.s.reply_median_s), self.s.reply_sigma)
         accept = rng.random() < self.s.acceptance
         v.will_arrive = rng.random() < self.s.arrive_share
         silent = rng.random() < self.s.silent_share
         if not accept and silent:
             return  # seen or not, never answered: only a stand-down puts the call away
-        self.at(now + delay, _REPLY, vid, v.generation, alert["alert_id"], accept)
+        self.at(now + delay, _REPLY, vid, v.generation, alert.alert_id, accept)
 
-    def on_assignment(self, vid: str, msg: Mapping[str, Any], now: float) -> None:
+    def on_assignment(self, msg: SendAssignment, now: float) -> None:
+        vid = msg.volunteer_id
         v = self.people[vid]
-        incident_id = msg["incident_id"]
-        if msg["action"] == "go":
+        incident_id = msg.incident_id
+        if msg.action is Action.GO:
             incident = self.incidents[incident_id]
             v.call, v.busy_with = None, incident_id
             v.generation += 1

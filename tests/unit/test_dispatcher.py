@@ -12,7 +12,17 @@ import pytest
 from dispatch.codec import Codec
 from dispatch.config import load_config
 from dispatch.dispatcher import Dispatcher, UnknownIncident
-from dispatch.effects import Claim, Effect, LogEvent, Publish, Reject, Release, SaveIncident
+from dispatch.effects import (
+    Claim,
+    Effect,
+    LogEvent,
+    Reject,
+    Release,
+    SaveIncident,
+    SendAlert,
+    SendAssignment,
+    StateChanged,
+)
 from dispatch.errors import InvalidTransition
 from dispatch.model import (
     Answer,
@@ -26,6 +36,7 @@ from dispatch.model import (
     StatusUpdate,
 )
 from dispatch.policy import Policy, Strategy
+from dispatch.wire import Wire
 from geo.area import ServiceArea
 
 LAT, LON = 30.2591, 120.1698  # 小营巷
@@ -68,11 +79,18 @@ def on_duty(
     assert not [e for e in effects if isinstance(e, Reject)]
 
 
+WIRE = Wire(Codec(root="dispatch"))
+
+
 def published(effects: list[Effect], suffix: str) -> list[tuple[str, dict[str, Any]]]:
+    """The messages the shell would publish for ``effects`` (dispatch/wire.py), by topic."""
+    messages = [
+        WIRE.message(e) for e in effects if isinstance(e, SendAlert | SendAssignment | StateChanged)
+    ]
     return [
-        (e.topic, orjson.loads(e.payload))
-        for e in effects
-        if isinstance(e, Publish) and e.topic.endswith(suffix) and e.payload
+        (m.topic, orjson.loads(m.payload))
+        for m in messages
+        if m.topic.endswith(suffix) and m.payload
     ]
 
 
@@ -123,9 +141,7 @@ def test_first_wave_alerts_the_nearest_eligible_sized_from_acceptance(area: Serv
     assert state["responders"] == []
     # stored before announced
     kinds = [type(e) for e in effects]
-    assert kinds.index(SaveIncident) < max(
-        i for i, k in enumerate(kinds) if k is Publish and effects[i].retain
-    )  # type: ignore[union-attr]
+    assert kinds.index(SaveIncident) < max(i for i, k in enumerate(kinds) if k is StateChanged)
     # alerted volunteers are not alerted again for another incident while they owe an answer
     # (v8 and v9, 900 and 1000 m on foot, could make no useful difference: 650 s and more)
     other = d.report(Report(Kind.MEDICAL, LAT, LON, id="inc2"), T0 + 1)
@@ -363,7 +379,7 @@ def test_cancel_stands_everyone_down_and_releases_claims(area: ServiceArea) -> N
         d.cancel("nope", T0)
     # the retained state is cleared after the retention time, and the incident forgotten
     clear = d.tick(T0 + 30 + 3600)
-    assert any(isinstance(e, Publish) and e.retain and e.payload == b"" for e in clear)
+    assert any(isinstance(e, StateChanged) and e.cleared for e in clear)
     assert "inc1" not in d.incidents
 
 

@@ -1,11 +1,12 @@
 """The pure core does no I/O and reads no clock or environment (STYLE.md).
 
 The pure core is every module in geo/ and these in dispatch/: model, codec, errors,
-lifecycle, policy, dispatcher, config. This test reads their source with `ast`,
-follows their imports of project modules transitively (a module's parent packages
-included, since importing dispatch.model runs dispatch/__init__.py), and fails if
-any of them imports asyncio, redis, aiomqtt, aiohttp, time or socket, or touches
-os.environ / os.getenv. config.py gets its environment as a mapping from the CLI.
+lifecycle, policy, dispatcher, records, roster, timers, effects, wire, coverage,
+config. This test reads their source with `ast`, follows their imports of project
+modules transitively (a module's parent packages included, since importing
+dispatch.model runs dispatch/__init__.py), and fails if any of them imports asyncio,
+redis, aiomqtt, aiohttp, time or socket, or touches os.environ / os.getenv. config.py
+gets its environment as a mapping from the CLI.
 
 Imports under ``if TYPE_CHECKING:`` are not followed and not counted: they never
 run. The layering checks (geo never imports dispatch; neither imports simulators or
@@ -36,6 +37,10 @@ PURE_DISPATCH = (
     "config",
     "effects",
     "coverage",
+    "records",
+    "roster",
+    "timers",
+    "wire",
 )
 FORBIDDEN_MODULES = frozenset({"asyncio", "redis", "aiomqtt", "aiohttp", "time", "socket"})
 ENV_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"})
@@ -351,6 +356,19 @@ def test_only_the_composition_root_imports_the_cluster() -> None:
         "dispatch/ports.py; nothing else imports dispatch.cluster:\n" + "\n".join(problems)
     )
     assert any(f.startswith("dispatch/wiring.py:") for f in found), "nothing wires the cluster"
+
+
+# Effects are domain values; only the shell turns them into topics and JSON (STYLE.md 12).
+WIRE_IMPORTERS = frozenset({"dispatch/engine.py"})
+
+
+def test_only_the_shell_knows_the_wire() -> None:
+    found = importers_of(ROOT, "dispatch.wire", PACKAGES)
+    problems = [f for f in found if f.split(":")[0] not in WIRE_IMPORTERS]
+    assert not problems, (
+        "the core returns SendAlert, SendAssignment and StateChanged; dispatch/engine.py "
+        "alone renders them with dispatch/wire.py:\n" + "\n".join(problems)
+    )
 
 
 def test_no_module_uses_another_modules_private_names() -> None:
