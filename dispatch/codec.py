@@ -319,6 +319,23 @@ def _text(name: str, value: object, limit: int) -> str:
     return value
 
 
+_QUIET_RULE = 'a string "HH:MM-HH:MM" of the district\'s local time, e.g. "22:30-07:00"'
+_QUIET_MATCH = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)").fullmatch
+
+
+def _quiet_hours(value: object) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` as minutes of the day (start, end); the two must differ."""
+    match = _QUIET_MATCH(value) if isinstance(value, str) else None
+    if match is None:
+        _fail(Reason.WRONG_TYPE if not isinstance(value, str) else Reason.UNKNOWN_VALUE,
+              "quiet_hours", _QUIET_RULE, value)  # fmt: skip
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        _fail(Reason.OUT_OF_RANGE, "quiet_hours", "a start and an end that differ", value)
+    return start, end
+
+
 def _skills(value: object) -> tuple[str, ...]:
     rule = f"a list of at most {MAX_SKILLS} strings of 1-{MAX_SKILL_CHARS} characters"
     if not isinstance(value, list | tuple):
@@ -581,7 +598,24 @@ class Codec:
                 _missing("lat", _COORD_LAT + " when 'lon' is given")
             lat = _number("lat", raw_lat, -90.0, 90.0, _COORD_LAT)
             lon = _number("lon", raw_lon, -180.0, 180.0, _COORD_LON)
-        return StatusUpdate(vid, status, skills, mode, lat, lon)
+        # Protocol 1.1 additions, each optional.
+        raw = get("receipts")
+        if raw is not None and not isinstance(raw, bool):
+            _fail(Reason.WRONG_TYPE, "receipts", "true or false", raw)
+        receipts = raw
+        raw = get("max_alerts_per_day")
+        budget: int | None = None
+        if raw is not None:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                _fail(Reason.WRONG_TYPE, "max_alerts_per_day", "a whole number from 1 to 100", raw)
+            if not 1 <= raw <= 100:
+                _fail(
+                    Reason.OUT_OF_RANGE, "max_alerts_per_day", "a whole number from 1 to 100", raw
+                )
+            budget = raw
+        raw = get("quiet_hours")
+        quiet = None if raw is None else _quiet_hours(raw)
+        return StatusUpdate(vid, status, skills, mode, lat, lon, receipts, budget, quiet)
 
     def _location(self, vid: str, obj: object, now: float) -> LocationUpdate:
         if not isinstance(obj, dict):

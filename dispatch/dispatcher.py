@@ -49,7 +49,17 @@ from dispatch.effects import (
 )
 from dispatch.errors import BadMessage, InvalidTransition
 from dispatch.lifecycle import State, advance
-from dispatch.model import Arrived, Duty, Kind, LocationUpdate, Mode, Reply, Report, StatusUpdate
+from dispatch.model import (
+    Answer,
+    Arrived,
+    Duty,
+    Kind,
+    LocationUpdate,
+    Mode,
+    Reply,
+    Report,
+    StatusUpdate,
+)
 from dispatch.policy import Candidate, Policy, Rank, Strategy, choose_wave, fastest
 from dispatch.records import (
     OPEN_ALERT,
@@ -153,6 +163,9 @@ class Dispatcher:
         effects: list[Effect] = []
         self.roster.tidy(now)
         for timer in self.timers.pop_due(now):
+            if timer.kind is TimerKind.REST:  # about a volunteer
+                self._on_rest(timer.incident_id, now)
+                continue
             incident = self.incidents.get(timer.incident_id)
             if incident is None:
                 continue
@@ -167,6 +180,10 @@ class Dispatcher:
                 self._on_overdue(incident, timer.alert_id, now, effects)
             elif kind is TimerKind.TARGET:
                 self._on_target(incident, now, effects)
+            elif kind is TimerKind.DELIVERY:
+                self._on_delivery_timeout(incident, timer.alert_id, now, effects)
+            elif kind is TimerKind.OFFLINE:
+                self._on_offline_grace(incident, timer.alert_id, timer.due, now, effects)
         return effects
 
     # ------------------------------------------------------------------ reports
@@ -327,7 +344,14 @@ class Dispatcher:
 
     def _alert(self, incident: Incident, c: Candidate, now: float, effects: list[Effect]) -> None:
         alert = self._new_alert(incident, c.volunteer_id, incident.wave, c.distance_m, c.eta_s, now)
-        self.roster.hold(self.volunteers[c.volunteer_id], alert.alert_id)
+        volunteer = self.volunteers[c.volunteer_id]
+        self.roster.hold(volunteer, alert.alert_id)
+        if volunteer.max_alerts_per_day is not None:
+            volunteer.alerted_at.append(now)
+            self._rest(volunteer, now)
+        if volunteer.receipts:
+            due = now + self.policy.delivery_timeout_s
+            self.timers.at(due, TimerKind.DELIVERY, incident.id, alert.alert_id)
         if incident.first_alert_at is None:
             incident.first_alert_at = now
         self.timers.at(alert.expires_at, TimerKind.EXPIRE, incident.id, alert.alert_id)
@@ -505,12 +529,19 @@ class Dispatcher:
             volunteer.skills = frozenset(msg.skills)
         if msg.mode is not None:
             volunteer.mode = msg.mode
+        if msg.receipts is not None:
+            volunteer.receipts = msg.receipts
+        if msg.max_alerts_per_day is not None:
+            volunteer.max_alerts_per_day = msg.max_alerts_per_day
+        if msg.quiet_hours is not None:
+            volunteer.quiet_hours = msg.quiet_hours
         effects.append(
             SaveVolunteer(
                 volunteer.id,
                 volunteer.duty.value,
                 tuple(sorted(volunteer.skills)),
                 volunteer.mode.value,
+                _settings(volunteer),
             )
         )
         if msg.status is Duty.OFF_DUTY:
@@ -518,10 +549,87 @@ class Dispatcher:
                 effects.append(ForgetPosition(volunteer.id))
             self.roster.forget_position(volunteer)
             return effects
+        if msg.status is Duty.OFFLINE:
+            self._gone_offline(volunteer, now, effects)
+            return effects
+        volunteer.offline_since = None
         if msg.lat is not None and msg.lon is not None:
             self._set_position(volunteer, msg.lat, msg.lon, now, effects)
+        self._rest(volunteer, now)
         self.roster.refresh(volunteer)
         return effects
+
+    # ------------------------------------------------------------------ presence, budget
+
+    def _gone_offline(self, volunteer: Volunteer, now: float, effects: list[Effect]) -> None:
+        """The phone dropped off (its Last Will) or said so: not alerted from now on.
+
+        A pending alert cannot be answered from there: the next best is alerted at once
+        (the alert stays valid). A responder on the way has ``offline_grace_s`` to come
+        back before counting as overdue.
+        """
+        if volunteer.offline_since is None:
+            volunteer.offline_since = now
+        self.roster.refresh(volunteer)
+        alert = self.alerts.get(volunteer.alert_id or "")
+        if alert is not None and alert.status is AlertStatus.PENDING:
+            incident = self.incidents[alert.incident_id]
+            self._event(incident, EventType.OFFLINE, now, effects,
+                        volunteer_id=volunteer.id, alert_id=alert.alert_id)  # fmt: skip
+            if incident.still_needed and not incident.ended:
+                self._alert_best(incident, now, effects, fixed=1)
+                self._changed(incident, effects)
+        engaged = self.incidents.get(volunteer.engaged or "")
+        if engaged is not None:
+            responder = next(
+                (r for r in engaged.responders if r.volunteer_id == volunteer.id), None
+            )
+            if responder is not None and responder.on_the_way:
+                self._event(engaged, EventType.OFFLINE, now, effects,
+                            volunteer_id=volunteer.id, alert_id=responder.alert_id)  # fmt: skip
+                due = now + self.policy.offline_grace_s
+                self.timers.at(due, TimerKind.OFFLINE, engaged.id, responder.alert_id)
+
+    def _on_offline_grace(
+        self, incident: Incident, alert_id: str, due: float, now: float, effects: list[Effect]
+    ) -> None:
+        responder = next((r for r in incident.responders if r.alert_id == alert_id), None)
+        if responder is None:
+            return
+        volunteer = self.volunteers.get(responder.volunteer_id)
+        gone_since = None if volunteer is None else volunteer.offline_since
+        if gone_since is not None and gone_since <= due - self.policy.offline_grace_s:
+            self._on_overdue(incident, alert_id, now, effects, why="offline")
+
+    def _on_delivery_timeout(
+        self, incident: Incident, alert_id: str, now: float, effects: list[Effect]
+    ) -> None:
+        """No receipt from a phone that always sends them: the alert did not get through."""
+        alert = incident.alerts.get(alert_id)
+        if alert is None or alert.status is not AlertStatus.PENDING or alert.received_at:
+            return
+        alert.undelivered = True
+        self._event(incident, EventType.UNDELIVERED, now, effects,
+                    volunteer_id=alert.volunteer_id, alert_id=alert_id)  # fmt: skip
+        if incident.still_needed and not incident.ended:
+            self._alert_best(incident, now, effects, fixed=1)
+        self._changed(incident, effects)
+
+    def _rest(self, volunteer: Volunteer, now: float) -> None:
+        """Over the alert budget or in quiet hours: out of the index until it ends (a REST
+        timer then), and a REST timer for when the next quiet hours begin."""
+        until, next_quiet = _resting_until(volunteer, now)
+        if until != volunteer.resting_until:
+            volunteer.resting_until = until
+            self.roster.refresh(volunteer)
+        for due in (until, next_quiet):
+            if due is not None:
+                self.timers.at(due, TimerKind.REST, volunteer.id)
+
+    def _on_rest(self, volunteer_id: str, now: float) -> None:
+        volunteer = self.volunteers.get(volunteer_id)
+        if volunteer is not None:
+            self._rest(volunteer, now)
 
     def location(self, msg: LocationUpdate, now: float) -> list[Effect]:
         volunteer = self.volunteers.get(msg.volunteer_id)
@@ -607,7 +715,22 @@ class Dispatcher:
             ]
         incident = self.incidents[alert.incident_id]
         effects: list[Effect] = []
-        if msg.answer == "decline":
+        if msg.answer is Answer.RECEIVED:
+            # Not an answer yet: the phone has it. Kept with the alert and in the log (the
+            # delivery latency); the incident's state does not change.
+            if alert.received_at is None:
+                alert.received_at = now
+                self._event(
+                    incident,
+                    EventType.RECEIVED,
+                    now,
+                    effects,
+                    volunteer_id=alert.volunteer_id,
+                    alert_id=alert.alert_id,
+                    latency_s=round(now - alert.sent_at, 3),
+                )
+            return effects
+        if msg.answer is Answer.DECLINE:
             if alert.status is AlertStatus.PENDING:
                 alert.status, alert.answered_at = AlertStatus.DECLINED, now
                 self.roster.free(alert.volunteer_id, alert.alert_id)
@@ -1128,15 +1251,20 @@ class Dispatcher:
         skills: Iterable[str],
         mode: str,
         position: tuple[float, float, float] | None,
+        settings: Mapping[str, Any] | None = None,
+        now: float | None = None,
     ) -> None:
         """Rebuild one volunteer from the store after a restart (position: lat, lon, at)."""
         volunteer = self.roster.ensure(volunteer_id)
         volunteer.duty = Duty(duty) if duty else None
         volunteer.skills = frozenset(skills)
         volunteer.mode = Mode(mode)
+        _apply_settings(volunteer, settings or {})
         if position is not None and volunteer.duty is not Duty.OFF_DUTY:
             lat, lon, at = position
             self.roster.restore_position(volunteer, lat, lon, at)
+        if now is not None:
+            self._rest(volunteer, now)
         self.roster.refresh(volunteer)
 
     def restore_incident(self, record: Mapping[str, Any]) -> list[Effect]:
@@ -1263,3 +1391,50 @@ class Dispatcher:
 def _pending(incident: Incident) -> list[Alert]:
     """The incident's alerts still awaiting an answer."""
     return [a for a in incident.alerts.values() if a.status is AlertStatus.PENDING]
+
+
+# The district's local time, for quiet hours: China Standard Time (UTC+8, no DST).
+_LOCAL_OFFSET_S = 8 * 3600
+_DAY_S = 86_400.0
+
+
+def _resting_until(volunteer: Volunteer, now: float) -> tuple[float | None, float | None]:
+    """(until when the volunteer must not be alerted, or None; when quiet hours begin next)."""
+    until: float | None = None
+    if volunteer.max_alerts_per_day is not None:
+        recent = volunteer.alerted_at
+        while recent and recent[0] <= now - _DAY_S:
+            recent.popleft()
+        if len(recent) >= volunteer.max_alerts_per_day:
+            until = recent[len(recent) - volunteer.max_alerts_per_day] + _DAY_S
+    next_quiet = None
+    if volunteer.quiet_hours is not None:
+        start, end = (m * 60.0 for m in volunteer.quiet_hours)
+        t = (now + _LOCAL_OFFSET_S) % _DAY_S  # seconds into the local day
+        inside = start <= t < end if start < end else (t >= start or t < end)
+        if inside:
+            quiet_end = now + (end - t) % _DAY_S
+            until = quiet_end if until is None else max(until, quiet_end)
+        else:
+            next_quiet = now + (start - t) % _DAY_S
+    return until, next_quiet
+
+
+def _settings(volunteer: Volunteer) -> dict[str, Any]:
+    """The protocol 1.1 settings to keep across a restart."""
+    out: dict[str, Any] = {}
+    if volunteer.receipts:
+        out["receipts"] = True
+    if volunteer.max_alerts_per_day is not None:
+        out["max_alerts_per_day"] = volunteer.max_alerts_per_day
+    if volunteer.quiet_hours is not None:
+        out["quiet_hours"] = list(volunteer.quiet_hours)
+    return out
+
+
+def _apply_settings(volunteer: Volunteer, settings: Mapping[str, Any]) -> None:
+    volunteer.receipts = bool(settings.get("receipts", False))
+    budget = settings.get("max_alerts_per_day")
+    volunteer.max_alerts_per_day = budget if isinstance(budget, int) else None
+    quiet = settings.get("quiet_hours")
+    volunteer.quiet_hours = (int(quiet[0]), int(quiet[1])) if quiet else None

@@ -64,6 +64,10 @@ class EventType(StrEnum):
     STATE = "state"  # the incident moved from one state to another
     RESOLVED = "resolved"
     CANCELLED = "cancelled"
+    # Protocol 1.1: delivery receipts and presence.
+    RECEIVED = "received"  # the phone has the alert (a delivery receipt)
+    UNDELIVERED = "undelivered"  # no receipt in time from a phone that always sends them
+    OFFLINE = "offline"  # a volunteer who owes an answer or is on the way went offline
 
 
 class Action(StrEnum):
@@ -199,6 +203,9 @@ class SaveVolunteer:
     duty: str
     skills: tuple[str, ...]
     mode: str
+    # Protocol 1.1 settings the volunteer gave (receipts, max_alerts_per_day,
+    # quiet_hours as [start, end] minutes), kept across a restart.
+    settings: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,7 +215,13 @@ class Engine:
         effects: list[Effect] = []
         for v in volunteers:
             self.core.restore_volunteer(
-                v.volunteer_id, duty=v.duty, skills=v.skills, mode=v.mode, position=v.position
+                v.volunteer_id,
+                duty=v.duty,
+                skills=v.skills,
+                mode=v.mode,
+                position=v.position,
+                settings=v.settings,
+                now=self.clock(),
             )
         for record in records:
             effects += self.core.restore_incident(record)

@@ -78,6 +78,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # Protocol 1.1 delivery receipts: from an alert's publish to the phone's receipt,
+        # and alerts a phone that always sends receipts never acknowledged in time.
+        self.alert_delivery = Histogram(
+            "dispatch_alert_delivery_seconds",
+            "From an alert's publish to the phone's delivery receipt",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.undelivered_alerts = Counter(
+            "dispatch_alerts_undelivered_total",
+            "Alerts with no delivery receipt within the delivery timeout",
+            registry=r,
+        )
         self.backend_errors = Counter(
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )
@@ -93,6 +106,10 @@ class Metrics:
                 self.target_outcomes.labels(outcome="within").inc()
         elif kind is EventType.TARGET_MISSED:
             self.target_outcomes.labels(outcome="missed").inc()
+        elif kind is EventType.RECEIVED:
+            self.alert_delivery.observe(float(data["latency_s"]))
+        elif kind is EventType.UNDELIVERED:
+            self.undelivered_alerts.inc()
         elif kind in _ENDINGS:
             self.incident_endings.labels(how=kind.value).inc()
 

@@ -77,6 +77,9 @@ class Duty(StrEnum):
 
     AVAILABLE = "available"
     OFF_DUTY = "off_duty"
+    # Protocol 1.1 presence: the phone dropped off (its MQTT Last Will) or said so. Not
+    # alerted; the position is kept until it goes stale; "available" restores it.
+    OFFLINE = "offline"
 
 
 class Answer(StrEnum):
@@ -84,6 +87,8 @@ class Answer(StrEnum):
 
     ACCEPT = "accept"
     DECLINE = "decline"
+    # Protocol 1.1 delivery receipt: the phone has the alert; the person has not decided.
+    RECEIVED = "received"
 
 
 def is_valid_id(s: object) -> bool:
@@ -194,10 +199,20 @@ class StatusUpdate:
     mode: Mode | None = None
     lat: float | None = None
     lon: float | None = None
+    # Protocol 1.1 (None: not said, the last value stands): the client always sends
+    # delivery receipts; at most this many alerts in 24 h; no alerts between these
+    # minutes of the district's local day (start, end; may wrap past midnight).
+    receipts: bool | None = None
+    max_alerts_per_day: int | None = None
+    quiet_hours: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         _check_id("volunteer_id", self.volunteer_id)
         _check_enum("status", self.status, Duty)
+        if self.max_alerts_per_day is not None and not 1 <= self.max_alerts_per_day <= 100:
+            raise ValueError("max_alerts_per_day must be 1..100")
+        if self.quiet_hours is not None and not all(0 <= m < 1440 for m in self.quiet_hours):
+            raise ValueError("quiet_hours must be two minutes of the day (0..1439)")
         if self.skills is not None:
             _check_skills(self.skills)
         if self.mode is not None:

@@ -186,6 +186,11 @@ class Policy:
     useful_eta_s: float = 600.0
     # At most this many alerts for one incident (an alert budget; 0: no cap).
     max_alerts: int = 0
+    # Protocol 1.1: a phone that always sends delivery receipts and has not acknowledged
+    # an alert this long after it went out has not got it: the next best is alerted at
+    # once. A responder who went offline and is not back this long after is overdue.
+    delivery_timeout_s: float = 8.0
+    offline_grace_s: float = 20.0
 
     def __post_init__(self) -> None:
         for name in FIELD_RULES:
@@ -259,6 +264,8 @@ FIELD_RULES: Mapping[str, tuple[str, float, float]] = MappingProxyType(
         "turnout_s": ("non_negative", 0, 0),
         "useful_eta_s": ("positive", 0, 0),
         "max_alerts": ("whole", 0, 1000),
+        "delivery_timeout_s": ("positive", 0, 0),
+        "offline_grace_s": ("positive", 0, 0),
     }
 )
 

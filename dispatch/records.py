@@ -54,6 +54,8 @@ class Alert:
     status: AlertStatus = AlertStatus.PENDING
     answered_at: float | None = None
     assigned_by: str | None = None
+    received_at: float | None = None  # the phone's delivery receipt (protocol 1.1)
+    undelivered: bool = False  # no receipt within the delivery timeout
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,8 @@ class Alert:
             "status": self.status.value,
             "answered_at": self.answered_at,
             "assigned_by": self.assigned_by,
+            "received_at": self.received_at,
+            "undelivered": self.undelivered,
         }
 
     @classmethod

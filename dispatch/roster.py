@@ -10,8 +10,8 @@ phone). `refresh` restores it after any of those changes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
 from dispatch.model import Duty, Mode
 from geo.distance import LocalProjection
@@ -38,6 +38,14 @@ class Volunteer:
     seen_at: float | None = None  # when the position was last reported
     accuracy_m: float | None = None  # of that position, as the phone reported it
     engaged: str | None = None  # the incident this volunteer is committed to
+    # Protocol 1.1: the phone sends delivery receipts; the volunteer's alert budget (at
+    # most so many in 24 h) and quiet hours (minutes of the local day, start and end).
+    receipts: bool = False
+    max_alerts_per_day: int | None = None
+    quiet_hours: tuple[int, int] | None = None
+    alerted_at: deque[float] = field(default_factory=deque)  # alerts in the last 24 h
+    resting_until: float | None = None  # over budget or in quiet hours until then
+    offline_since: float | None = None
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
 
 
@@ -109,6 +117,7 @@ class Roster:
             and volunteer.lon is not None
             and volunteer.engaged is None
             and volunteer.alert_id is None
+            and volunteer.resting_until is None
         ):
             self.index.put(
                 volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills, volunteer.mode.value

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 import orjson
@@ -191,6 +191,7 @@ class StoredVolunteer:
     skills: tuple[str, ...]
     mode: str
     position: tuple[float, float, float] | None  # lat, lon, at
+    settings: Mapping[str, Any] = field(default_factory=dict)  # protocol 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +406,10 @@ class Store:
                 if pos is not None:
                     lat, lon, at = (float(x) for x in pos.decode().split(","))
                     position = (lat, lon, at)
+                try:
+                    settings = orjson.loads(f.get("settings") or "{}")
+                except orjson.JSONDecodeError:
+                    settings = {}
                 out.append(
                     StoredVolunteer(
                         vid,
@@ -412,6 +417,7 @@ class Store:
                         skills,
                         f.get("mode", "walk"),
                         position,
+                        settings if isinstance(settings, dict) else {},
                     )
                 )
         return out
@@ -504,6 +510,7 @@ class Store:
                         # A JSON list: a skill may hold any character, a comma too.
                         "skills": orjson.dumps(list(effect.skills)),
                         "mode": effect.mode,
+                        "settings": orjson.dumps(dict(effect.settings)),
                     },
                 )
             elif isinstance(effect, ForgetPosition):

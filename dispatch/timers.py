@@ -22,6 +22,11 @@ class TimerKind(StrEnum):
     CLEAR = "clear"  # an ended incident's retention is over: clear its state, forget it
     OVERDUE = "overdue"  # a confirmed responder should be on scene by now
     TARGET = "target"  # the target time has passed since the report
+    DELIVERY = "delivery"  # no receipt yet from a phone that always sends them?
+    OFFLINE = "offline"  # a responder went offline: back within the grace?
+    # About a volunteer, not an incident (its id in ``incident_id``): their alert budget
+    # or quiet hours may have started or ended.
+    REST = "rest"
 
 
 class Timer(NamedTuple):

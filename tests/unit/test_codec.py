@@ -353,7 +353,7 @@ REJECTED: list[tuple[str, str, bytes, Reason, str]] = [
         STATUS,
         enc({"status": "busy"}),
         R.UNKNOWN_VALUE,
-        '\'status\' must be one of "available", "off_duty", got "busy"',
+        '\'status\' must be one of "available", "off_duty", "offline", got "busy"',
     ),
     ("status not string", STATUS, enc({"status": 1}), R.WRONG_TYPE, "'status'"),
     ("mode unknown", STATUS, ok_status(mode="car"), R.UNKNOWN_VALUE, "'mode'"),

@@ -59,8 +59,8 @@ def test_enums_are_the_protocols_strings() -> None:
         "other",
     ]
     assert [m.value for m in Mode] == ["walk", "bike", "ebike"]
-    assert [d.value for d in Duty] == ["available", "off_duty"]
-    assert [a.value for a in Answer] == ["accept", "decline"]
+    assert [d.value for d in Duty] == ["available", "off_duty", "offline"]  # 1.1: offline
+    assert [a.value for a in Answer] == ["accept", "decline", "received"]  # 1.1: received
     assert str(Kind.FIRE) == "fire"
 
 
