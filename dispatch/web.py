@@ -78,8 +78,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
+def _error(status: int, message: str, code: str | None = None) -> web.Response:
+    """``{"error": message}``; ``code``, where given, is a stable name for a page to
+    translate (the message is English for people reading the API)."""
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return _json(body, status)
 
 
 def make_app(service: Service, archive: Archive | None = None) -> web.Application:
@@ -344,9 +347,9 @@ class _Api:
         if not header and query_ok and request.query.get("access_token"):
             scheme, given = "bearer", request.query["access_token"]
         if scheme.lower() != "bearer" or not given:
-            return _error(401, f"{what} needs 'Authorization: Bearer <token>'")
+            return _error(401, f"{what} needs 'Authorization: Bearer <token>'", "token_missing")
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return _error(403, f"the token is not valid for {what}")
+            return _error(403, f"the token is not valid for {what}", "token_invalid")
         return None
 
     def _check_read(self, request: web.Request, query_ok: bool = False) -> web.Response | None:
@@ -365,7 +368,13 @@ class _Api:
 
     def _check_operator(self, request: web.Request) -> web.Response | None:
         if not self.config.operator_token:
-            return _error(403, "operator actions are disabled: no operator token is configured")
+            # Not the caller's fault and no token would help: say how to turn them on.
+            return _error(
+                403,
+                "operator actions are disabled: no operator token is configured "
+                "(set DISPATCH_HTTP_OPERATOR_TOKEN or [http] operator_token and restart)",
+                "operator_disabled",
+            )
         return self._check(request, self.config.operator_token, "operator actions")
 
     # ---------------------------------------------------------------- health
@@ -566,6 +575,8 @@ class _Api:
                 "last_event_id": last_event_id,
                 "server_time": format_time(self.service.clock()),
                 "next_offset": offset + limit if more else None,
+                # the page says so at once, instead of asking for a token that cannot work
+                "operator_actions": bool(self.config.operator_token),
             }
         )
 

@@ -99,6 +99,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         config.mqtt_url.split("@")[-1],
         config.topic_root,
     )
+    if not config.operator_token:
+        log.warning(
+            "operator actions are off (the control room can only watch): no operator token "
+            "is configured; set DISPATCH_HTTP_OPERATOR_TOKEN or [http] operator_token to "
+            "turn them on"
+        )
     archiving = (
         None if archiver is None else asyncio.create_task(archiver.run(stop), name="archiver")
     )

@@ -43,9 +43,49 @@
       kind_dispute: "纠纷", kind_security: "治安", kind_lost_person: "走失", kind_other: "其他",
       state_open: "新报警", state_alerting: "通知中", state_assigned: "已派遣", state_on_scene: "已到场",
       state_resolved: "已结案", state_cancelled: "已取消", state_escalated: "需人工处理",
+      // events in the detail's history (docs/api.md "Types")
+      ev_reported: "报警", ev_state: "状态", ev_alerted: "已通知", ev_declined: "已拒绝", ev_expired: "通知过期",
+      ev_late_accept: "接受过晚", ev_stood_down: "已撤回", ev_assigned: "已派遣", ev_arrived: "到达",
+      ev_overdue: "超时未到", ev_escalated: "升级", ev_resolved: "结案", ev_cancelled: "取消",
+      ev_received: "已送达", ev_undelivered: "未送达", ev_withdrawn: "志愿者退出", ev_amended: "已修改",
+      // alert statuses
+      as_pending: "等待回复", as_accepting: "接受确认中", as_accepted: "已接受", as_declined: "已拒绝",
+      as_expired: "已过期", as_stood_down: "已撤回", as_undelivered: "未送达", as_withdrawn: "已退出",
+      how_button: "按了「我已到达」", how_geofence: "定位进入现场范围", how_position: "定位证实在现场附近",
+      why_late: "超过预计时间", why_no_progress: "没有向现场移动", why_offline: "手机离线",
+      wave: "第 {n} 轮", wave_hand: "手动指派", metres: "{m} 米", waited: "已等 {s}",
+      mode_walk: "步行", mode_bike: "自行车", mode_ebike: "电动车",
+      sk_first_aid: "急救", sk_patrol: "巡逻", sk_mediation: "调解", sk_none: "任意技能", sk_sep: "、",
+      by_engine: "系统", by_operator: "操作员",
+      // the engine's own texts (dispatch/dispatcher.py), matched by ENGINE_TEXTS below
+      r_too_slow: "最快的志愿者约需 {best} 秒赶到，加上已用去和出发所需的 {used} 秒，超过 {target} 秒目标",
+      r_none_useful: "没有能在 {eta} 秒内（最远 {radius} 米）赶到的可调志愿者（需要：{skills}）",
+      r_none_radius: "{radius} 米内没有可调志愿者（需要：{skills}）",
+      r_budget: "通知名额（{n} 人）已用完，仍无人接受", r_no_accept: "{n} 轮通知后仍无人接受",
+      r_overdue_no_accept: "响应者超时未到，{n} 轮通知后也没有其他人接受",
+      r_all_declined: "所有被通知的志愿者都已拒绝或超时，附近也没有其他人",
+      r_escalated_by: "由 {by} 升级", r_resolved_by: "由 {by} 结案", r_cancelled_by: "由 {by} 取消",
+      r_alert_expired: "通知已过期", r_you_declined: "志愿者已拒绝", r_filled: "已有足够的人前往",
+      r_committed: "已在处理另一起事件", r_faster: "有能更快赶到的志愿者接替",
+      r_faster_backup: "有能更快赶到的志愿者，改为后备", r_now_primary: "改为主要响应者",
+      r_enough: "到场人数已够", r_elsewhere: "调度中心已另派他人", r_no_longer: "不再需要",
+      r_incident: "事件{state}", r_moved: "事件地点已更改", r_location_updated: "地点已更新",
+      r_confirmed: "已确认", r_by_operator: "操作员指派", r_withdrew: "志愿者表示无法前往",
+      // errors
+      err_operator_disabled: "操作功能未启用：引擎没有配置操作令牌。请设置环境变量 DISPATCH_HTTP_OPERATOR_TOKEN 或配置项 [http] operator_token，然后重启引擎。",
+      err_400: "请求内容有误，请检查后重试", err_404: "找不到该事件或志愿者（可能已结束）",
+      err_409: "事件当前的状态不允许此操作（可能已结束或已有变化）", err_413: "内容过长",
+      err_422: "位置在服务区域之外", err_503: "引擎暂时连不上后台服务，请稍后再试",
+      err_network: "连不上调度引擎，请检查网络", err_other: "请求失败（HTTP {status}）",
+      operator_off: "操作未启用",
+      // attention, search
+      mute_on: "提醒开", mute_off: "已静音", mute_title: "新的 P1 事件和每次升级时响铃并弹出通知",
+      notify_p1: "新的 P1 事件：{kind}", notify_escalated: "需人工处理：{kind}",
+      search: "搜索地址、编号、网格…", all_kinds: "全部类型", all_states: "全部状态",
+      filtered_empty: "没有符合条件的事件", shown_of: "{a}/{b}",
     },
     en: {
-      title: "Volunteer dispatch · Control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
+      title: "Dispatch control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
       fig_p90: "P90 to arrival", fig_within: "Within {s} s", fig_within_of: "of {n} decided", fig_reached: "Reached",
       fig_unverified: "{n} unverified", fig_open: "Open", fig_escalated: "Escalated",
       fig_available: "Volunteers free", tab_queue: "Queue", tab_history: "History", tab_report: "Report",
@@ -80,17 +120,111 @@
       kind_dispute: "Dispute", kind_security: "Security", kind_lost_person: "Lost person", kind_other: "Other",
       state_open: "New", state_alerting: "Alerting", state_assigned: "Assigned", state_on_scene: "On scene",
       state_resolved: "Resolved", state_cancelled: "Cancelled", state_escalated: "Escalated",
+      ev_reported: "reported", ev_state: "state", ev_alerted: "alerted", ev_declined: "declined",
+      ev_expired: "alert expired", ev_late_accept: "accepted too late", ev_stood_down: "stood down",
+      ev_assigned: "assigned", ev_arrived: "arrived", ev_overdue: "overdue", ev_escalated: "escalated",
+      ev_resolved: "resolved", ev_cancelled: "cancelled", ev_received: "delivered", ev_undelivered: "not delivered",
+      ev_withdrawn: "volunteer withdrew", ev_amended: "amended",
+      as_pending: "waiting", as_accepting: "accepting", as_accepted: "accepted", as_declined: "declined",
+      as_expired: "expired", as_stood_down: "stood down", as_undelivered: "not delivered", as_withdrawn: "withdrew",
+      how_button: "pressed \"I'm here\"", how_geofence: "position inside the scene", how_position: "position confirms it",
+      why_late: "past the expected time", why_no_progress: "not moving towards the scene", why_offline: "phone offline",
+      wave: "wave {n}", wave_hand: "by hand", metres: "{m} m", waited: "waited {s}",
+      mode_walk: "walk", mode_bike: "bike", mode_ebike: "e-bike",
+      sk_first_aid: "first aid", sk_patrol: "patrol", sk_mediation: "mediation", sk_none: "no particular skills", sk_sep: ", ",
+      by_engine: "the engine", by_operator: "operator",
+      r_too_slow: "The fastest volunteer needs about {best} s; with the {used} s already gone or needed to set off, more than the {target} s target",
+      r_none_useful: "No available volunteer with {skills} who could be there within {eta} s ({radius} m at most)",
+      r_none_radius: "No available volunteer with {skills} within {radius} m",
+      r_budget: "The alert budget ({n}) is spent and nobody accepted", r_no_accept: "Nobody accepted after {n} waves",
+      r_overdue_no_accept: "Responders overdue, and nobody else accepted after {n} waves",
+      r_all_declined: "Every alerted volunteer declined or timed out, and nobody else is in reach",
+      r_escalated_by: "Escalated by {by}", r_resolved_by: "Resolved by {by}", r_cancelled_by: "Cancelled by {by}",
+      r_alert_expired: "alert expired", r_you_declined: "the volunteer declined", r_filled: "enough are going",
+      r_committed: "busy with another incident", r_faster: "a faster responder took the place",
+      r_faster_backup: "a faster responder is going: now a backup", r_now_primary: "now the primary responder",
+      r_enough: "enough responders on scene", r_elsewhere: "the control room sent someone else",
+      r_no_longer: "no longer needed", r_incident: "incident {state}", r_moved: "the incident moved",
+      r_location_updated: "location updated", r_confirmed: "confirmed", r_by_operator: "assigned by an operator",
+      r_withdrew: "the volunteer cannot go after all",
+      err_operator_disabled: "Operator actions are off: the engine has no operator token. Set DISPATCH_HTTP_OPERATOR_TOKEN or [http] operator_token, then restart the engine.",
+      err_400: "The request was refused: check what you entered", err_404: "No such incident or volunteer (it may have ended)",
+      err_409: "Not possible in the incident's current state (it may have ended or changed)", err_413: "Too long",
+      err_422: "The place is outside the service area", err_503: "The engine cannot reach its back end; try again shortly",
+      err_network: "Cannot reach the dispatch engine: check the network", err_other: "The request failed (HTTP {status})",
+      operator_off: "Operator actions off",
+      mute_on: "Alerts on", mute_off: "Muted", mute_title: "Ring and notify for a new P1 incident and every escalation",
+      notify_p1: "New P1 incident: {kind}", notify_escalated: "Needs a person: {kind}",
+      search: "Search address, id, cell…", all_kinds: "All kinds", all_states: "All states",
+      filtered_empty: "No incident matches", shown_of: "{a}/{b}",
     },
   };
+  // The engine's texts that reach people (escalation, end and stand-down reasons), in the
+  // engine's exact words (dispatch/dispatcher.py): [pattern, key, names of the groups].
+  // tests/unit/test_volunteer_app.py checks that each still matches the engine's text.
+  // ENGINE_TEXTS begin
+  const ENGINE_TEXTS = [
+    [/^the fastest volunteer needs about (\d+) s and (\d+) s are gone or needed to set off: more than the (\d+) s target$/, "r_too_slow", ["best", "used", "target"]],
+    [/^no available volunteer with (.+) who could be there within (\d+) s \((\d+) m at most\)$/, "r_none_useful", ["skills", "eta", "radius"]],
+    [/^no available volunteer with (.+) within (\d+) m$/, "r_none_radius", ["skills", "radius"]],
+    [/^the alert budget \((\d+)\) is spent and nobody accepted$/, "r_budget", ["n"]],
+    [/^nobody accepted after (\d+) waves$/, "r_no_accept", ["n"]],
+    [/^responders overdue, and nobody else accepted after (\d+) waves$/, "r_overdue_no_accept", ["n"]],
+    [/^every alerted volunteer declined or timed out, and nobody else is in reach$/, "r_all_declined", []],
+    [/^escalated by (.+)$/, "r_escalated_by", ["by"]],
+    [/^resolved by (.+)$/, "r_resolved_by", ["by"]],
+    [/^cancelled by (.+)$/, "r_cancelled_by", ["by"]],
+    [/^alert expired$/, "r_alert_expired", []],
+    [/^you declined this alert$/, "r_you_declined", []],
+    [/^filled by others$/, "r_filled", []],
+    [/^already committed to another incident$/, "r_committed", []],
+    [/^a faster responder is going; you go on as a backup$/, "r_faster_backup", []],
+    [/^a faster responder is going$/, "r_faster", []],
+    [/^you are now the primary responder$/, "r_now_primary", []],
+    [/^enough responders on scene$/, "r_enough", []],
+    [/^assigned elsewhere by the control room$/, "r_elsewhere", []],
+    [/^no longer needed$/, "r_no_longer", []],
+    [/^incident moved$/, "r_moved", []],
+    [/^incident (open|alerting|assigned|on_scene|escalated|resolved|cancelled)$/, "r_incident", ["state"]],
+    [/^location updated$/, "r_location_updated", []],
+    [/^confirmed$/, "r_confirmed", []],
+    [/^assigned by operator$/, "r_by_operator", []],
+    [/^withdrawn$|^the volunteer withdrew$/, "r_withdrew", []],
+  ];
+  // ENGINE_TEXTS end
   const KINDS = ["cardiac_arrest", "medical", "fall", "fire", "dispute", "security", "lost_person", "other"];
   const ENDED = new Set(["resolved", "cancelled"]);
 
   let lang = localStorage.getItem("dispatch.lang") || "zh";
   const t = (key, vars) => {
     let s = (TEXT[lang] && TEXT[lang][key]) || TEXT.en[key] || key;
-    for (const [k, v] of Object.entries(vars || {})) s = s.replace(`{${k}}`, String(v));
+    for (const [k, v] of Object.entries(vars || {})) s = s.replace(`{${k}}`, () => String(v));
     return s;
   };
+  const has = (key) => Boolean(TEXT[lang][key] || TEXT.en[key]);
+  // An engine or a person's name: the engine's own placeholders are translated.
+  const byName = (by) => (by === "engine" ? t("by_engine") : by === "operator" ? t("by_operator") : by);
+  const skillsText = (list) => (list === "no particular skills" ? t("sk_none")
+    : list.split(", ").map((k) => (has(`sk_${k}`) ? t(`sk_${k}`) : k)).join(t("sk_sep")));
+  const modeName = (mode) => (has(`mode_${mode}`) ? t(`mode_${mode}`) : mode);
+
+  // One of the engine's texts in the page's language; anything else (an operator's own
+  // words, a text this page does not know yet) as it is.
+  function engineText(text) {
+    if (!text) return "";
+    for (const [re, key, names] of ENGINE_TEXTS) {
+      const m = re.exec(text);
+      if (!m) continue;
+      const vars = {};
+      names.forEach((name, i) => {
+        const v = m[i + 1];
+        vars[name] = name === "skills" ? skillsText(v) : name === "by" ? byName(v)
+          : name === "state" ? t(`state_${v}`) : v;
+      });
+      return t(key, vars);
+    }
+    return text;
+  }
 
   // ------------------------------------------------------------------ state
 
@@ -152,7 +286,21 @@
   };
 
   class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
+    constructor(status, message, code) { super(message); this.status = status; this.code = code || null; }
+  }
+  const NETWORK = -1; // no answer at all (status 0 is an action the operator called off)
+
+  // What went wrong, in the page's language. The engine's messages are English and
+  // precise: the English page shows them, the Chinese one says the same by status.
+  function errorText(err) {
+    if (!(err instanceof ApiError)) return t("err_network");
+    if (err.code === "operator_disabled" || /^operator actions are disabled/.test(err.message)) {
+      return t("err_operator_disabled");
+    }
+    if (err.code === "token_invalid" || err.code === "token_missing") return t("token_wrong");
+    if (err.status === NETWORK) return t("err_network");
+    if (lang === "en" && err.message) return err.message;
+    return has(`err_${err.status}`) ? t(`err_${err.status}`) : t("err_other", { status: err.status });
   }
 
   async function api(method, path, body) {
@@ -163,10 +311,17 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(path, init);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(NETWORK, String(err && err.message ? err.message : err));
+    }
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
-    if (!response.ok) throw new ApiError(response.status, (data && data.error) || response.statusText);
+    if (!response.ok) {
+      throw new ApiError(response.status, (data && data.error) || response.statusText, data && data.code);
+    }
     return data;
   }
 
@@ -210,18 +365,38 @@
     $("auth-dialog").close();
     if (authResolve) { authResolve.reject(new ApiError(0, t("token_needed"))); authResolve = null; }
   });
-  $("operator").addEventListener("click", () => { askToken().catch(() => {}); });
+  $("operator").addEventListener("click", () => {
+    if (operatorOff) toast(t("err_operator_disabled"), true);
+    else askToken().catch(() => {});
+  });
+
+  // The engine runs without an operator token (a plain `dispatch run`): no token can
+  // work, so say that instead of asking for one (GET /api/incidents tells).
+  let operatorOff = false;
+  const isOperatorOff = (err) => err instanceof ApiError
+    && (err.code === "operator_disabled" || /^operator actions are disabled/.test(err.message));
 
   function renderOperator() {
-    $("operator").textContent = session.token ? t("signed_in_as", { name: session.by || "operator" }) : t("sign_in");
+    const b = $("operator");
+    b.classList.toggle("off", operatorOff);
+    b.title = operatorOff ? t("err_operator_disabled") : "";
+    b.textContent = operatorOff ? t("operator_off")
+      : session.token ? t("signed_in_as", { name: session.by || "operator" }) : t("sign_in");
   }
 
   // Every operator action: the token from this session (asked once), `by` from the name.
   async function operate(method, path, body) {
+    // Known to be off (the listing said so; a restarted engine is read again on reconnect).
+    if (operatorOff) throw new ApiError(403, t("err_operator_disabled"), "operator_disabled");
     if (!session.token) await askToken();
     try {
       return await api(method, path, body);
     } catch (err) {
+      if (isOperatorOff(err)) {
+        operatorOff = true;
+        renderOperator();
+        throw err;
+      }
       if (err.status === 401 || err.status === 403) {
         session.token = "";
         renderOperator();
@@ -234,20 +409,22 @@
 
   async function act(id, action, extra) {
     try {
-      if (!session.token) await askToken(); // first, so that `by` is the name just given
+      if (!session.token && !operatorOff) await askToken(); // first, so that `by` is the name just given
       const state = await operate("POST", `/api/incidents/${encodeURIComponent(id)}/${action}`,
         { by: session.by || "operator", ...(extra || {}) });
       upsert(state);
       toast(t("action_ok", { id, act: t(`act_${action}`).replace("…", "") }));
     } catch (err) {
-      if (err.status !== 0) toast(err.message, true);
+      if (err.status !== 0) toast(errorText(err), true, err.message);
     }
   }
 
   let toastTimer = null;
-  function toast(message, isError) {
+  // `detail`: the engine's own words, on hover (the toast itself is in the page's language).
+  function toast(message, isError, detail) {
     const node = $("toast");
     node.textContent = message;
+    node.title = detail && detail !== message ? detail : "";
     node.className = isError ? "toast err" : "toast";
     node.hidden = false;
     clearTimeout(toastTimer);
@@ -266,9 +443,98 @@
       if (old && old.version > state.version) return; // an older answer overtaken
       open.set(state.id, state);
     }
+    notice(state);
     scheduleRender();
     if (selected === state.id) refreshDetail();
   }
+
+  // ------------------------------------------------------------------ attention
+
+  // A new P1 incident and every escalation ring (WebAudio, no file) and raise a browser
+  // notification, unless muted (remembered). What the page finds when it opens is not news.
+  const attention = {
+    muted: localStorage.getItem("dispatch.muted") === "1",
+    primed: false, // after the first queue: from then on, what is new is news
+    seen: new Map(), // id -> the last state seen
+    log: [], // what rang, for the tests: {kind, id, sound, notified}
+    audio: null,
+  };
+
+  function notice(s) {
+    const before = attention.seen.get(s.id);
+    attention.seen.set(s.id, s.state);
+    if (!attention.primed || ENDED.has(s.state)) return;
+    if (s.state === "escalated" && before !== "escalated") alarm("escalated", s);
+    else if (before === undefined && s.priority === 1) alarm("p1", s);
+  }
+
+  function unlockAudio() {
+    try {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!attention.audio && Ctx) attention.audio = new Ctx();
+      if (attention.audio && attention.audio.state === "suspended") attention.audio.resume();
+    } catch (_) { /* no sound here: the notification and the red row still show */ }
+  }
+  // Browsers start sound only after a gesture: the first click or key anywhere unlocks it.
+  document.addEventListener("pointerdown", unlockAudio, { once: true, capture: true });
+  document.addEventListener("keydown", unlockAudio, { once: true, capture: true });
+
+  function beep(kind) {
+    const ctx = attention.audio;
+    if (!ctx || ctx.state !== "running") return false;
+    const at = ctx.currentTime;
+    // escalation: three falling tones; a new P1: two rising ones
+    const tones = kind === "escalated" ? [880, 660, 440] : [660, 880];
+    tones.forEach((f, i) => {
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.type = "sine";
+      osc.frequency.value = f;
+      gain.gain.setValueAtTime(0.0001, at + i * 0.25);
+      gain.gain.exponentialRampToValueAtTime(0.4, at + i * 0.25 + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, at + i * 0.25 + 0.22);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start(at + i * 0.25);
+      osc.stop(at + i * 0.25 + 0.23);
+    });
+    return true;
+  }
+
+  function alarm(kind, s) {
+    const entry = { kind, id: s.id, sound: false, notified: false, muted: attention.muted };
+    attention.log.push(entry);
+    if (attention.log.length > 100) attention.log.shift();
+    if (attention.muted) return;
+    entry.sound = beep(kind);
+    if ("Notification" in window && Notification.permission === "granted") {
+      try {
+        const n = new Notification(t(kind === "escalated" ? "notify_escalated" : "notify_p1", { kind: t(`kind_${s.kind}`) }), {
+          body: [s.address || s.id, kind === "escalated" ? engineText(s.escalation_reason) : ""].filter(Boolean).join("\n"),
+          tag: `${kind}-${s.id}`,
+        });
+        n.onclick = () => { window.focus(); select(s.id); n.close(); };
+        entry.notified = true;
+      } catch (_) { /* e.g. a browser that allows notifications only from a service worker */ }
+    }
+  }
+
+  function renderMute() {
+    const b = $("mute");
+    b.textContent = attention.muted ? t("mute_off") : t("mute_on");
+    b.setAttribute("aria-pressed", String(attention.muted));
+    b.title = t("mute_title");
+  }
+  $("mute").addEventListener("click", () => {
+    attention.muted = !attention.muted;
+    localStorage.setItem("dispatch.muted", attention.muted ? "1" : "0");
+    renderMute();
+    if (!attention.muted) {
+      unlockAudio();
+      if ("Notification" in window && Notification.permission === "default") {
+        Notification.requestPermission().catch(() => {});
+      }
+    }
+  });
 
   const pending = new Map();
   function refetch(id) {
@@ -287,8 +553,13 @@
   async function loadQueue() {
     const body = await read("/api/incidents");
     serverOffsetMs = Date.parse(body.server_time) - Date.now();
+    if (typeof body.operator_actions === "boolean" && operatorOff !== !body.operator_actions) {
+      operatorOff = !body.operator_actions;
+      renderOperator();
+    }
     const seen = new Set();
-    for (const s of body.incidents) { seen.add(s.id); open.set(s.id, s); }
+    for (const s of body.incidents) { seen.add(s.id); open.set(s.id, s); notice(s); }
+    attention.primed = true;
     for (const id of [...open.keys()]) if (!seen.has(id)) refetch(id); // closed meanwhile
     scheduleRender();
     return body.last_event_id;
@@ -387,13 +658,52 @@
     node.querySelector(".bar i").style.width = `${Math.min(100, (100 * secs) / target).toFixed(1)}%`;
   }
 
+  // ------------------------------------------------------------------ search and filters
+
+  const OPEN_STATES = ["open", "alerting", "assigned", "on_scene", "escalated"];
+  function fillFilters() {
+    const fill = (id, first, values, name) => {
+      const node = $(id);
+      const value = node.value;
+      node.replaceChildren(el("option", { value: "" }, t(first)), ...values.map((v) => el("option", { value: v }, t(`${name}_${v}`))));
+      node.value = value;
+    };
+    fill("q-kind", "all_kinds", KINDS, "kind");
+    fill("h-kind", "all_kinds", KINDS, "kind");
+    fill("q-state", "all_states", OPEN_STATES, "state");
+    fill("h-state", "all_states", [...ENDED], "state");
+    for (const id of ["q-text", "h-text"]) $(id).placeholder = t("search");
+  }
+
+  // Words typed match the id, address, cell, description, kind and state in either
+  // language, and responders' ids; every word must match.
+  function matcher(prefix) {
+    const words = $(`${prefix}-text`).value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const kind = $(`${prefix}-kind`).value;
+    const state = $(`${prefix}-state`).value;
+    return (s) => {
+      if ((kind && s.kind !== kind) || (state && s.state !== state)) return false;
+      if (!words.length) return true;
+      const hay = [s.id, s.address, s.cell, s.description,
+        TEXT.zh[`kind_${s.kind}`], TEXT.en[`kind_${s.kind}`], TEXT.zh[`state_${s.state}`], TEXT.en[`state_${s.state}`],
+        ...(s.responders || []).map((r) => r.volunteer_id)].filter(Boolean).join(" ").toLowerCase();
+      return words.every((w) => hay.includes(w));
+    };
+  }
+  const filtering = (prefix) => Boolean($(`${prefix}-text`).value.trim() || $(`${prefix}-kind`).value || $(`${prefix}-state`).value);
+  for (const id of ["q-text", "q-kind", "q-state"]) $(id).addEventListener("input", () => scheduleRender());
+  for (const id of ["h-text", "h-kind", "h-state"]) $(id).addEventListener("input", () => renderHistory());
+
   const rows = new Map(); // id -> {node, version, lang}
   function renderQueue() {
     const list = $("queue");
-    const items = [...open.values()].sort(urgency);
-    $("queue-count").textContent = String(items.length);
+    const all = [...open.values()];
+    const items = all.filter(matcher("q")).sort(urgency);
+    const shown = new Set(items.map((s) => s.id));
+    $("queue-count").textContent = filtering("q") ? t("shown_of", { a: items.length, b: all.length }) : String(all.length);
     $("queue-empty").hidden = items.length > 0;
-    for (const [id, row] of rows) if (!open.has(id)) { row.node.remove(); rows.delete(id); }
+    $("queue-empty").textContent = all.length ? t("filtered_empty") : t("queue_empty");
+    for (const [id, row] of rows) if (!shown.has(id)) { row.node.remove(); rows.delete(id); }
     let previous = null;
     for (const s of items) {
       let row = rows.get(s.id);
@@ -414,8 +724,9 @@
     const clock = el("div", { class: "clock" }, document.createTextNode(""), el("small"), el("span", { class: "bar" }, el("i")));
     paintClock(clock, s);
     const responders = s.responders.map(responderItem);
-    const confirmable = (label, action) => {
-      const b = el("button", { type: "button", class: "danger", "data-act": action }, label);
+    // Ending or escalating an incident cannot be undone: a second click confirms.
+    const confirmable = (label, action, cls) => {
+      const b = el("button", { type: "button", class: cls || "danger", "data-act": action }, label);
       b.addEventListener("click", (ev) => {
         ev.stopPropagation();
         if (!b.classList.contains("confirming")) {
@@ -446,12 +757,12 @@
           el("span", { class: "cell" }, s.cell || ""),
           el("span", { class: "iid" }, s.id)),
         el("div", { class: "addr" }, s.address || `${s.lat.toFixed(5)}, ${s.lon.toFixed(5)}`),
-        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, s.escalation_reason) : null,
+        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, engineText(s.escalation_reason)) : null,
         responders.length ? el("ul", { class: "responders" }, responders) : null,
         el("div", { class: "meta" }, `${t("alerts_sent", { n: s.alerts_sent })} · ${t("needed", { n: s.responders_needed })}`)),
       el("div", { class: "actions" },
-        plain(t("act_resolve"), "resolve", () => act(s.id, "resolve")),
-        s.state === "escalated" ? null : plain(t("act_escalate"), "escalate", () => act(s.id, "escalate")),
+        confirmable(t("act_resolve"), "resolve", "confirm"),
+        s.state === "escalated" ? null : confirmable(t("act_escalate"), "escalate", "confirm"),
         plain(t("act_assign"), "assign", () => openAssign(s)),
         confirmable(t("act_cancel"), "cancel")));
     return node;
@@ -492,7 +803,8 @@
     list.replaceChildren();
     const dist = (v) => Math.hypot(v.lat - s.lat, (v.lon - s.lon) * Math.cos((s.lat * Math.PI) / 180));
     volunteers.filter((v) => v.status === "available").sort((a, b) => dist(a) - dist(b)).slice(0, 30)
-      .forEach((v) => list.append(el("option", { value: v.id }, `${Math.round(dist(v) * 111195)} m · ${v.mode}`)));
+      .forEach((v) => list.append(el("option", { value: v.id },
+        `${t("metres", { m: Math.round(dist(v) * 111195) })} · ${modeName(v.mode)}`)));
     $("assign-vid").value = "";
     $("assign-dialog").showModal();
     $("assign-vid").focus();
@@ -514,13 +826,23 @@
   }
   $("detail-close").addEventListener("click", () => { selected = null; $("detail").hidden = true; scheduleRender(); });
 
-  function eventName(type) {
-    const key = `ev_${type}`;
-    return TEXT[lang][key] || TEXT.en[key] ? t(key) : type;
+  function eventName(e) {
+    if (e.type === "state") return `${stateName(e.from)} → ${stateName(e.to)}`;
+    return has(`ev_${e.type}`) ? t(`ev_${e.type}`) : e.type;
   }
+  const stateName = (state) => (has(`state_${state}`) ? t(`state_${state}`) : state);
 
   function eventDetail(e) {
-    const parts = [e.volunteer_id, e.role ? t(`role_${e.role}`) : null, e.by ? `${t("by")} ${e.by}` : null, e.reason];
+    const parts = [e.volunteer_id, e.role ? t(`role_${e.role}`) : null];
+    if (e.type === "alerted" && typeof e.wave === "number") parts.push(e.wave ? t("wave", { n: e.wave }) : t("wave_hand"));
+    if ((e.type === "alerted" || e.type === "assigned") && typeof e.eta_s === "number") parts.push(`${t("eta")} ${mmss(e.eta_s)}`);
+    if (e.how && has(`how_${e.how}`)) parts.push(t(`how_${e.how}`));
+    if (e.why && has(`why_${e.why.replace(/ /g, "_")}`)) parts.push(t(`why_${e.why.replace(/ /g, "_")}`));
+    if (e.type === "overdue" && typeof e.waited_s === "number") parts.push(t("waited", { s: mmss(e.waited_s) }));
+    // "escalated by X" already names who: the reason says it in the page's words
+    const reason = e.reason ? engineText(e.reason) : null;
+    if (e.by && !(e.reason && /^escalated by /.test(e.reason))) parts.push(`${t("by")} ${byName(e.by)}`);
+    parts.push(reason);
     if (e.type === "arrived" && e.verified === false) parts.push(t("unverified"));
     if (e.type === "target_missed" && e.claimed_arrival) parts.push(t("ev_claimed"));
     if (e.type === "target_missed" && e.target_s) parts.push(mmss(e.target_s));
@@ -535,18 +857,19 @@
     if (selected !== id) return;
     const times = Object.entries(d.times).filter(([, v]) => v)
       .map(([k, v]) => el("tr", {}, el("td", {}, t(`t_${k}`)), el("td", {}, dayTime(v))));
-    const alerts = d.alerts.map((a) => el("tr", {},
-      el("td", {}, a.volunteer_id), el("td", {}, `#${a.wave}`), el("td", {}, a.status),
-      el("td", {}, `${t("eta")} ${mmss(a.eta_s)}`), el("td", {}, `${Math.round(a.distance_m)} m`)));
+    const alerts = d.alerts.map((a) => el("tr", { "data-status": a.status },
+      el("td", {}, a.volunteer_id), el("td", {}, a.wave ? t("wave", { n: a.wave }) : t("wave_hand")),
+      el("td", {}, has(`as_${a.status}`) ? t(`as_${a.status}`) : a.status),
+      el("td", {}, `${t("eta")} ${mmss(a.eta_s)}`), el("td", {}, t("metres", { m: Math.round(a.distance_m) }))));
     const events = d.events.map((e) => el("tr", { class: `ev-${e.type}` },
-      el("td", {}, hhmm(e.at)), el("td", {}, e.type === "state" ? `${e.from} → ${e.to}` : eventName(e.type)),
+      el("td", {}, hhmm(e.at)), el("td", {}, eventName(e)),
       el("td", {}, eventDetail(e))));
     $("detail-body").replaceChildren(...[
       el("h3", {}, `${t(`kind_${d.kind}`)} · ${t(`state_${d.state}`)}`),
       el("div", { class: "hint" }, `${d.id} · ${d.cell || ""} · P${d.priority}`),
       el("div", {}, d.address || ""), d.description ? el("div", { class: "hint" }, d.description) : null,
-      d.escalation_reason ? el("div", { class: "reason" }, d.escalation_reason) : null,
-      d.end_reason ? el("div", { class: "hint" }, d.end_reason) : null,
+      d.escalation_reason ? el("div", { class: "reason" }, engineText(d.escalation_reason)) : null,
+      d.end_reason ? el("div", { class: "hint" }, engineText(d.end_reason)) : null,
       el("h4", {}, t("detail_times")), el("table", { class: "times" }, times),
       alerts.length ? el("h4", {}, t("detail_alerts")) : null, alerts.length ? el("table", {}, alerts) : null,
       el("h4", {}, t("detail_events")), el("table", {}, events)].filter(Boolean));
@@ -573,12 +896,14 @@
       for (const s of body.incidents) if (ENDED.has(s.state)) history.set(s.id, s);
       historyLoaded = true;
       renderHistory();
-    } catch (err) { toast(err.message, true); }
+    } catch (err) { toast(errorText(err), true, err.message); }
   }
 
   function renderHistory() {
-    const items = [...history.values()].sort((a, b) => Date.parse(b.reported_at) - Date.parse(a.reported_at));
+    const items = [...history.values()].filter(matcher("h"))
+      .sort((a, b) => Date.parse(b.reported_at) - Date.parse(a.reported_at));
     $("history-empty").hidden = items.length > 0;
+    $("history-empty").textContent = history.size ? t("filtered_empty") : t("history_empty");
     $("history").replaceChildren(...items.map((s) => el("tr", { "data-id": s.id, onclick: () => select(s.id) },
       el("td", {}, dayTime(s.reported_at)), el("td", {}, t(`kind_${s.kind}`)), el("td", {}, s.address || s.id),
       el("td", {}, s.cell || ""), el("td", {}, t(`state_${s.state}`)),
@@ -622,8 +947,10 @@
       showTab("queue");
       select(state.id);
     } catch (err) {
+      if (err.status === 0) return; // the token was not given
       result.className = "result err";
-      result.textContent = err.message;
+      result.textContent = errorText(err);
+      result.title = err.message;
     }
   });
 
@@ -759,7 +1086,8 @@
         r: (v.status === "assigned" ? r * 1.5 : r).toFixed(1), class: `vol ${v.status}`,
       });
       const title = svg("title");
-      title.textContent = `${v.id} · ${v.mode} · ${v.skills.join(", ")}${v.incident_id ? ` → ${v.incident_id}` : ""}`;
+      const skills = v.skills.map((k) => (has(`sk_${k}`) ? t(`sk_${k}`) : k)).join(t("sk_sep"));
+      title.textContent = `${v.id} · ${modeName(v.mode)}${skills ? ` · ${skills}` : ""}${v.incident_id ? ` → ${v.incident_id}` : ""}`;
       dot.append(title);
       g.append(dot);
     }
@@ -819,6 +1147,8 @@
     $("f-open").textContent = String(open.size);
     $("f-escalated").textContent = String(escalated);
     $("f-escalated").parentElement.classList.toggle("hot", escalated > 0);
+    // The tab's title: how many wait for a person, seen from another tab or window.
+    document.title = escalated ? `(${escalated}) ${t("title")}` : t("title");
   }
 
   let figures = null;
@@ -854,8 +1184,11 @@
     document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
     for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
     $("lang").textContent = lang === "zh" ? "EN" : "中文";
-    document.title = t("title");
     setConn($("conn").dataset.state);
+    $("toast").hidden = true; // said in the other language
+    $("assign-list").replaceChildren(); // filled again, in this language, when next opened
+    renderMute();
+    fillFilters();
     fillKinds();
     renderOperator();
     renderLegend();
@@ -879,7 +1212,7 @@
     try {
       await loadArea();
     } catch (err) {
-      toast(err.message, true);
+      toast(errorText(err), true, err.message);
     }
     for (;;) {
       try {
@@ -899,6 +1232,6 @@
     setInterval(loadFigures, 30000);
     tickClocks();
   }
-  window.dispatchPage = { open, history, get lastEventId() { return lastEventId; } };
+  window.dispatchPage = { open, history, attention, engineText, get lastEventId() { return lastEventId; } };
   start();
 })();

@@ -61,6 +61,12 @@
       heading_north: "箭头以正北为上：请将手机顶部朝北。",
       no_fix: "等待定位…",
       stood_title: "无需前往", back: "返回值班",
+      thanks_title: "谢谢你！",
+      thanks_resolved: "事件已处理完毕。谢谢你赶到现场并提供帮助！",
+      thanks_cancelled: "调度中心已结束这起事件。谢谢你赶到现场！",
+      thanks_other: "现场已有足够的人手，你可以离开了。谢谢你赶到现场并提供帮助！",
+      compass_on: "启用指南针", compass_denied: "未获得方向权限：箭头以正北为上。",
+      nav_mode: "按{mode}路线",
       reason_filled: "已有其他志愿者前往，谢谢你的响应。",
       reason_faster: "有一位能更快赶到的志愿者接替了你，你可以返回了。谢谢你！",
       reason_moved: "事件地点已更改，已重新安排人员。",
@@ -121,6 +127,12 @@
       heading_north: "The arrow is drawn with north up: point the top of the phone north.",
       no_fix: "Waiting for position…",
       stood_title: "You are not needed", back: "Back to duty",
+      thanks_title: "Thank you!",
+      thanks_resolved: "The incident has been dealt with. Thank you for going and helping!",
+      thanks_cancelled: "The control room has closed this incident. Thank you for going!",
+      thanks_other: "There are enough people on scene now; you may leave. Thank you for going and helping!",
+      compass_on: "Turn on the compass", compass_denied: "No permission for the phone's heading: the arrow is drawn with north up.",
+      nav_mode: "Route: {mode}",
       reason_filled: "Others are already on their way. Thank you for answering.",
       reason_faster: "A volunteer who will get there sooner is going in your place: you can turn back. Thank you!",
       reason_moved: "The incident's place changed; dispatch is finding people near it again.",
@@ -487,6 +499,8 @@
     $("a-dist").textContent = fmtDist(a.distance_m);
     $("a-eta").textContent = fmtEta(a.eta_s);
     $("a-address").textContent = a.address || t("no_address");
+    $("a-desc").textContent = a.description || ""; // what the caller said (an extension)
+    $("a-desc").hidden = !a.description;
   }
 
   function tickAlert() {
@@ -573,7 +587,8 @@
       S.pending = null;
       S.job = {
         incident_id: iid, alert_id: a.alert_id, kind: a.kind, priority: a.priority,
-        lat: a.lat, lon: a.lon, address: a.address, arrived: false, hereSent: false,
+        lat: a.lat, lon: a.lon, address: a.address, description: a.description || "",
+        arrived: false, hereSent: false,
         // protocol 1.1: "primary" or "backup"; a 1.0 engine sends none (then: primary).
         role: msg.role === "backup" ? "backup" : "primary",
         verified: null, // from the state: true, false (unverified "I'm here"), null (not yet)
@@ -592,6 +607,8 @@
         || (S.pending && S.pending.incident_id === iid)
         || (S.job && S.job.incident_id === iid);
       if (!mine) return; // e.g. the answer to our own decline: nothing to show
+      // On scene and helping, or the incident dealt with: thanks, never "not needed".
+      const onScene = Boolean(S.job && S.job.incident_id === iid && S.job.arrived);
       if (S.alert && S.alert.incident_id === iid) closeAlert();
       S.pending = null;
       if (S.job && S.job.incident_id === iid) {
@@ -600,7 +617,8 @@
         $("far").hidden = true;
         if (S.duty === "on") scheduleLocations();
       }
-      S.stood = { reason: String(msg.reason || "") };
+      const reason = String(msg.reason || "");
+      S.stood = { reason, thanks: onScene || /resolved/i.test(reason), onScene };
       renderStood();
       show("stood");
     }
@@ -648,8 +666,15 @@
   }
 
   function renderStood() {
-    $("stood-title").textContent = t("stood_title");
-    $("stood-reason").textContent = reasonText(S.stood.reason);
+    const st = S.stood;
+    $("s-stood").dataset.thanks = String(st.thanks);
+    $("stood-title").textContent = st.thanks ? t("thanks_title") : t("stood_title");
+    let text = reasonText(st.reason);
+    if (st.onScene) {
+      text = /resolved/i.test(st.reason) ? t("thanks_resolved")
+        : /cancelled/i.test(st.reason) ? t("thanks_cancelled") : t("thanks_other");
+    }
+    $("stood-reason").textContent = text;
   }
 
   function onState(state) {
@@ -725,6 +750,8 @@
     prio.dataset.p = j.priority || "";
     prio.hidden = !j.priority;
     $("g-address").textContent = j.address || t("no_address");
+    $("g-desc").textContent = j.description || "";
+    $("g-desc").hidden = !j.description;
     const role = $("g-role");
     role.dataset.role = j.role;
     role.textContent = t(`role_${j.role}`);
@@ -734,10 +761,11 @@
     const hasTarget = typeof j.lat === "number" && typeof j.lon === "number";
     if (hasTarget) {
       const label = encodeURIComponent(j.address || kindName(j.kind) || "incident");
-      $("nav-geo").href = `geo:${j.lat},${j.lon}?q=${j.lat},${j.lon}(${label})`;
-      // dev=1 / coord_type=wgs84: the apps convert our WGS84 to their GCJ-02 themselves.
-      $("nav-amap").href = `amapuri://route/plan/?dlat=${j.lat}&dlon=${j.lon}&dname=${label}&dev=1&t=2`;
-      $("nav-baidu").href = `baidumap://map/direction?destination=latlng:${j.lat},${j.lon}|name:${label}&coord_type=wgs84&mode=walking`;
+      const nav = navLinks(j.lat, j.lon, label, S.mode);
+      $("nav-geo").href = nav.geo;
+      $("nav-amap").href = nav.amap;
+      $("nav-baidu").href = nav.baidu;
+      $("nav-mode").textContent = t("nav_mode", { mode: t(S.mode) });
     }
     if (!hasTarget || !S.fix) {
       $("g-dist").textContent = "–";
@@ -752,17 +780,56 @@
     const turn = heading == null ? 0 : -heading;
     $("compass-rose").setAttribute("transform", `rotate(${turn})`);
     $("arrow").setAttribute("transform", `rotate(${bearing + turn})`);
-    $("g-heading-note").textContent = heading == null ? t("heading_north") : t("heading_live");
+    $("g-heading-note").textContent = heading != null ? t("heading_live")
+      : S.compass === "denied" ? t("compass_denied") : t("heading_north");
+    $("compass-on").hidden = heading != null || !compassNeedsAsking() || S.compass === "granted";
     if (S.app && d <= S.app.arrival_radius_m) markArrived(); // the engine sees the same
   }
 
+  // A route for the way the volunteer travels (the mode chosen on the home screen). The
+  // apps' URI schemes: Amap t=2 walk, t=3 ride (rideType=elebike for an e-bike); Baidu
+  // mode=walking | riding (riding_type=1: e-bike). dev=1 / coord_type=wgs84: the apps
+  // convert our WGS84 to their GCJ-02 themselves. A geo: link carries no mode.
+  function navLinks(lat, lon, label, mode) {
+    const amapMode = mode === "walk" ? "t=2" : mode === "ebike" ? "t=3&rideType=elebike" : "t=3";
+    const baiduMode = mode === "walk" ? "mode=walking" : mode === "ebike" ? "mode=riding&riding_type=1" : "mode=riding";
+    return {
+      geo: `geo:${lat},${lon}?q=${lat},${lon}(${label})`,
+      amap: `amapuri://route/plan/?dlat=${lat}&dlon=${lon}&dname=${label}&dev=1&${amapMode}`,
+      baidu: `baidumap://map/direction?destination=latlng:${lat},${lon}|name:${label}&coord_type=wgs84&${baiduMode}`,
+    };
+  }
+
+  // The compass: the phone's heading where the browser gives it (iOS: webkitCompassHeading
+  // after a permission asked from a tap; elsewhere an absolute orientation), corrected for
+  // a phone held sideways; otherwise the arrow is drawn with north up, as before.
   function onOrientation(e) {
     let h = null;
     if (typeof e.webkitCompassHeading === "number") h = e.webkitCompassHeading; // iOS
-    else if (e.absolute && typeof e.alpha === "number") h = (360 - e.alpha) % 360;
-    if (h == null) return;
+    else if (e.absolute && typeof e.alpha === "number") {
+      const screenAngle = (screen.orientation && screen.orientation.angle) || window.orientation || 0;
+      h = (360 - e.alpha + screenAngle) % 360;
+    }
+    if (h == null || !isFinite(h)) return;
     S.heading = h;
+    $("compass-on").hidden = true;
     if (S.job && document.body.dataset.screen === "guide") renderGuide();
+  }
+
+  // iOS 13+ gives orientation only after asking, from a tap: on "accept" and on the button.
+  const compassNeedsAsking = () => typeof DeviceOrientationEvent !== "undefined"
+    && typeof DeviceOrientationEvent.requestPermission === "function";
+
+  async function askCompass() {
+    if (!compassNeedsAsking() || S.compass === "granted" || S.heading != null) return;
+    try {
+      S.compass = await DeviceOrientationEvent.requestPermission();
+    } catch {
+      S.compass = "denied";
+    }
+    // Refused: the note under the arrow says north up; the button stays to ask again.
+    $("compass-on").hidden = S.compass === "granted" || S.heading != null;
+    if (S.job) renderGuide();
   }
 
   // "I'm here": the engine believes it only with a recent position of ours within the
@@ -912,7 +979,8 @@
       renderSkills();
       if (S.duty === "on") sendStatus();
     });
-    $("accept").addEventListener("click", () => answer("accept"));
+    $("accept").addEventListener("click", () => { askCompass(); answer("accept"); });
+    $("compass-on").addEventListener("click", askCompass);
     $("decline").addEventListener("click", () => answer("decline"));
     $("here").addEventListener("click", imHere);
     $("far-send").addEventListener("click", sendArrived);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -38,9 +39,11 @@ VIEWPORT = {"width": 1600, "height": 1000}
 class PageEngine:
     """``python -m dispatch run`` on one port for its whole life, restartable."""
 
-    def __init__(self, mqtt_url: str, redis_url: str, topic_root: str, log_path: Path) -> None:
+    def __init__(
+        self, mqtt_url: str, redis_url: str, topic_root: str, log_path: Path, token: str = TOKEN
+    ) -> None:
         self.mqtt_url, self.redis_url, self.topic_root = mqtt_url, redis_url, topic_root
-        self.log_path = log_path
+        self.log_path, self.token = log_path, token
         self.port = servers.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +53,9 @@ class PageEngine:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-        env.update({"DISPATCH_HTTP_OPERATOR_TOKEN": TOKEN, "DISPATCH_LOG_LEVEL": "info"})
+        env["DISPATCH_LOG_LEVEL"] = "info"
+        if self.token:
+            env["DISPATCH_HTTP_OPERATOR_TOKEN"] = self.token
         argv = [
             sys.executable, "-m", "dispatch", "run",
             "--mqtt", self.mqtt_url, "--redis", self.redis_url,
@@ -97,11 +102,14 @@ class PageEngine:
 
 
 @pytest.fixture
-def engine(mqtt_url: str, redis_server: str, tmp_path: Path) -> Iterator[PageEngine]:
+def engine(
+    mqtt_url: str, redis_server: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[PageEngine]:
     url = f"{redis_server}/{servers.next_redis_db()}"
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         client.flushdb()
-    e = PageEngine(mqtt_url, url, uid("page"), tmp_path / "engine.log")
+    token = getattr(request, "param", TOKEN)  # indirect: "" runs it without an operator token
+    e = PageEngine(mqtt_url, url, uid("page"), tmp_path / "engine.log", token=token)
     e.start()
     try:
         yield e
@@ -353,3 +361,235 @@ def test_page_reconnects_after_a_restart_and_shows_what_happened(
     page.screenshot("control-room-after-restart.png")
     for iid in ("pg-r2", "pg-r3"):
         engine.post(f"/api/incidents/{iid}/cancel", {"by": "cleanup"})
+
+
+# ------------------------------------------------------------------------- issue 17
+
+# Ids the tests choose, and what the UI may show of them in either language: incident ids
+# (with a hyphen), volunteer ids, grid cells, priorities.
+_IDS = re.compile(r"\b[a-z]+-[\w-]+|\bv\d+\b|\br\d+c\d+\b|\bP[123]\b")
+_CJK = re.compile(r"[\u3400-\u9fff\uff00-\uffef\u3000-\u303f]")
+
+
+def _latin_words(text: str) -> list[str]:
+    """What is left in Latin letters once the ids are taken out: untranslated text."""
+    return re.findall(r"[A-Za-z]{2,}(?: [A-Za-z]{2,})*", _IDS.sub(" ", text))
+
+
+def _ui_text(p: Any) -> str:
+    """The text of what operators read: queue, history, detail, toast, the assign list."""
+    parts = [p.locator(sel).inner_text() for sel in ("#queue", "#history", "#detail-body")]
+    if p.locator("#toast").is_visible():
+        parts.append(p.locator("#toast").inner_text())
+    parts += p.locator("#assign-list option").evaluate_all("os => os.map(o => o.label)")
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("engine", [""], indirect=True)
+def test_without_an_operator_token_the_page_says_what_is_wrong(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    p = page.page
+    assert "operator actions are off" in engine.log_path.read_text()
+    assert "DISPATCH_HTTP_OPERATOR_TOKEN" in engine.log_path.read_text()
+    # The listing says so: the page never asks for a token that cannot work.
+    p.locator("#operator.off").wait_for(timeout=3_000)
+    assert p.locator("#operator").inner_text() == "操作未启用"
+    field.report({"id": "nt-fall", "kind": "fall", "lat": 30.2591, "lon": 120.1698})
+    row = page.row("nt-fall")
+    row.wait_for(timeout=2_000)
+    row.locator("button[data-act=resolve]").click()
+    row.locator("button[data-act=resolve]").click()  # the confirmation
+    p.locator("#toast:not([hidden])").wait_for(timeout=3_000)
+    toast = p.locator("#toast").inner_text()
+    assert "操作功能未启用" in toast, toast
+    assert "DISPATCH_HTTP_OPERATOR_TOKEN" in toast, toast
+    assert not p.locator("#auth-dialog").is_visible()
+    assert engine.get("/api/incidents/nt-fall")["state"] != "resolved"
+    p.click("#lang")
+    assert p.locator("#operator").inner_text() == "Operator actions off"
+    p.click("#operator")
+    assert "[http] operator_token" in p.locator("#toast").inner_text()
+    assert page.errors == [], page.errors
+
+
+def test_a_day_in_the_control_room_zh_and_en(
+    browser: Any, engine: PageEngine, field: Field
+) -> None:
+    """Issue 17: confirmations, attention (sound, notification, title), search and
+    filters, the history's time to arrival, and every word in the page's language."""
+    context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
+    context.grant_permissions(["notifications"], origin=engine.base)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    p.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    try:
+        p.goto(engine.base + "/")
+        p.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+        p.click(".tabs button[data-tab=queue]")  # a gesture: the page may start its sound
+        log = "window.dispatchPage.attention.log"
+        assert p.evaluate(log) == []
+
+        # Three first-aiders near the fall; no mediator anywhere; nobody near the far fire.
+        for i, (dlat, dlon) in enumerate(((0.0009, 0), (0, 0.0012), (-0.0015, 0))):
+            field.status(f"v10{i}", lat=30.2591 + dlat, lon=120.1698 + dlon,
+                         skills=["first_aid"], mode="walk")  # fmt: skip
+        field.sync()
+        field.report({"id": "zh-fall", "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+                      "address": "小营巷 12 号", "description": "老人跌倒，意识清醒"})  # fmt: skip
+        field.report({"id": "zh-dispute", "kind": "dispute", "lat": 30.2655, "lon": 120.1840,
+                      "address": "景芳三区 12 幢楼下"})  # fmt: skip
+        field.report({"id": "zh-fire", "kind": "fire", "lat": 30.3400, "lon": 120.2300,
+                      "address": "皋亭山 山脚仓库"})  # fmt: skip
+        for iid in ("zh-fall", "zh-dispute", "zh-fire"):
+            p.locator(f"#queue li.inc[data-id='{iid}']").wait_for(timeout=3_000)
+        p.locator("#queue li.inc[data-id='zh-fire'][data-state=escalated]").wait_for(timeout=3_000)
+
+        # Attention: each escalation rang once (the P1 fire escalated at once: one alarm).
+        p.wait_for_function(f"{log}.length >= 2", timeout=3_000)
+        rang = p.evaluate(log)
+        assert sorted((e["kind"], e["id"]) for e in rang) == [
+            ("escalated", "zh-dispute"), ("escalated", "zh-fire")], rang  # fmt: skip
+        assert p.evaluate("Notification.permission") == "granted"
+        assert p.title().startswith("(2) ")
+
+        # The fall: one declines, one accepts and arrives (the others are stood down).
+        inc = engine.get("/api/incidents/zh-fall")
+        pending = [a for a in inc["alerts"] if a["status"] == "pending"]
+        assert len(pending) >= 2, inc["alerts"]
+        field.reply(pending[0]["volunteer_id"], pending[0]["alert_id"], "decline")
+        goer = pending[1]["volunteer_id"]
+        field.reply(goer, pending[1]["alert_id"], "accept")
+        field.wait_assignment(goer, "zh-fall", "go")
+        field.location(goer, 30.2591, 120.1698, accuracy_m=5)
+        p.locator("#queue li.inc[data-id='zh-fall'][data-state=on_scene]").wait_for(timeout=3_000)
+
+        # Resolve and escalate need a confirmation, as cancel does.
+        fall = p.locator("#queue li.inc[data-id='zh-fall']")
+        fall.locator("button[data-act=escalate]").click()
+        assert fall.locator("button[data-act=escalate]").inner_text() == "确认？"
+        p.wait_for_timeout(300)
+        assert engine.get("/api/incidents/zh-fall")["state"] == "on_scene"  # not yet
+        fall.locator("button[data-act=escalate]").click()
+        p.locator("#auth-dialog").wait_for(state="visible")
+        p.fill("#auth-name", "值班员 陈")
+        p.fill("#auth-token", TOKEN)
+        p.click("#auth-ok")
+        p.locator("#queue li.inc[data-id='zh-fall'][data-state=escalated]").wait_for(timeout=3_000)
+        p.wait_for_function(f"{log}.length >= 3", timeout=3_000)
+        assert p.title().startswith("(3) ")
+        fall.locator("button[data-act=resolve]").click()
+        p.wait_for_timeout(300)
+        assert engine.get("/api/incidents/zh-fall")["state"] == "escalated"  # not yet
+        fall.locator("button[data-act=resolve]").click()
+        fall.wait_for(state="detached", timeout=3_000)
+        assert engine.get("/api/incidents/zh-fall")["state"] == "resolved"
+
+        # Search and filters on the queue.
+        p.fill("#q-text", "景芳")
+        p.wait_for_function("document.querySelectorAll('#queue li.inc').length === 1")
+        assert p.locator("#queue li.inc").get_attribute("data-id") == "zh-dispute"
+        assert p.locator("#queue-count").inner_text() == "1/2"
+        p.fill("#q-text", "")
+        p.select_option("#q-kind", "fire")
+        p.wait_for_function("document.querySelectorAll('#queue li.inc').length === 1")
+        assert p.locator("#queue li.inc").get_attribute("data-id") == "zh-fire"
+        p.select_option("#q-kind", "")
+        p.select_option("#q-state", "assigned")
+        p.locator("#queue-empty").wait_for(state="visible")
+        assert p.locator("#queue-empty").inner_text() == "没有符合条件的事件"
+        p.select_option("#q-state", "")
+        p.wait_for_function("document.querySelectorAll('#queue li.inc').length === 2")
+
+        # The history: time to arrival, and the same filters.
+        p.click(".tabs button[data-tab=history]")
+        hrow = p.locator("#history tr[data-id='zh-fall']")
+        hrow.wait_for(timeout=3_000)
+        tta = engine.get("/api/incidents/zh-fall")["time_to_arrival_s"]
+        assert tta is not None
+        assert hrow.locator("td").nth(5).inner_text() == f"{round(tta) // 60}:{round(tta) % 60:02d}"
+        p.fill("#h-text", "跌倒")  # the kind's name finds it
+        assert p.locator("#history tr").count() == 1
+        p.select_option("#h-state", "cancelled")
+        p.locator("#history-empty").wait_for(state="visible")
+        p.select_option("#h-state", "")
+        p.fill("#h-text", "")
+
+        # The detail: every event, alert status and reason in Chinese.
+        hrow.click()
+        p.locator("#detail-body tr.ev-resolved").wait_for(timeout=3_000)
+        detail = p.locator("#detail-body").inner_text()
+        expected = ("由 值班员 陈 结案", "由 值班员 陈 升级", "已拒绝", "已撤回", "新报警 → 通知中",
+                    "定位进入现场范围", "第 1 轮")  # fmt: skip
+        for words in expected:
+            assert words in detail, (words, detail)
+        p.click(".tabs button[data-tab=queue]")
+        p.locator("#queue li.inc[data-id='zh-dispute']").click()
+        p.locator("#detail-body h3", has_text="纠纷").wait_for(timeout=3_000)
+        assert "没有能在" in p.locator("#detail-body .reason").inner_text()
+        p.locator("#queue li.inc[data-id='zh-fire'] button[data-act=assign]").click()
+        p.wait_for_function("document.querySelectorAll('#assign-list option').length >= 1")
+        options = p.locator("#assign-list option").evaluate_all("os => os.map(o => o.label)")
+        assert all(re.fullmatch(r"\d+ 米 · 步行", o) for o in options), options
+        p.click("#assign-cancel")
+        OUTPUT.mkdir(exist_ok=True)
+        p.screenshot(path=str(OUTPUT / "control-room-day-zh.png"))
+        # Nothing English left (engine reasons, events, statuses, units, modes).
+        assert _latin_words(_ui_text(p)) == [], _ui_text(p)
+
+        # English: nothing Chinese but the data (addresses, description, the operator's name).
+        p.click("#lang")
+        p.wait_for_timeout(300)
+        p.locator("#queue li.inc[data-id='zh-fire'] button[data-act=assign]").click()
+        p.wait_for_function("document.querySelectorAll('#assign-list option').length >= 1")
+        options = p.locator("#assign-list option").evaluate_all("os => os.map(o => o.label)")
+        assert all(re.fullmatch(r"\d+ m · walk", o) for o in options), options
+        p.click("#assign-cancel")
+        data = (
+            "小营巷 12 号",
+            "景芳三区 12 幢楼下",
+            "皋亭山 山脚仓库",
+            "老人跌倒，意识清醒",
+            "值班员 陈",
+        )
+        text = _ui_text(p)
+        for d in data:
+            text = text.replace(d, "")
+        assert not _CJK.search(text), text
+        assert (
+            "No available volunteer with mediation"
+            in p.locator("#detail-body .reason").inner_text()
+        )
+        # The header keeps to one line; the detail panel leaves the legend free.
+        title = p.locator(".brand h1").bounding_box()
+        assert title is not None
+        assert title["height"] < 40, title
+        for button in ("#mute", "#lang", "#operator"):
+            box = p.locator(button).bounding_box()
+            assert box is not None
+            assert box["height"] < 40, (button, box)
+        legend = p.locator(".map-tools").bounding_box()
+        panel = p.locator("#detail").bounding_box()
+        assert legend is not None
+        assert panel is not None
+        assert panel["y"] >= legend["y"] + legend["height"], (panel, legend)
+        p.screenshot(path=str(OUTPUT / "control-room-day-en.png"))
+
+        # The mute switch is remembered; muted, an escalation makes no sound.
+        p.click("#mute")
+        assert p.locator("#mute").get_attribute("aria-pressed") == "true"
+        p.reload()
+        p.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+        assert p.locator("#mute").get_attribute("aria-pressed") == "true"
+        assert p.locator("#mute").inner_text() == "Muted"
+        field.report({"id": "zh-dispute2", "kind": "dispute", "lat": 30.2656, "lon": 120.1841})
+        p.wait_for_function(f"{log}.length === 1", timeout=3_000)
+        assert p.evaluate(log)[0]["muted"] is True
+        assert p.evaluate(log)[0]["sound"] is False
+        for iid in ("zh-dispute", "zh-fire", "zh-dispute2"):
+            engine.post(f"/api/incidents/{iid}/cancel", {"by": "cleanup"})
+        p.wait_for_function("document.title === 'Dispatch control room'", timeout=3_000)
+        assert errors == [], errors
+    finally:
+        context.close()

@@ -219,13 +219,19 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     assert "危及生命" in card
     assert "小营巷 12 号" in card
     assert f"{round(alert['distance_m'])} 米" in card
+    assert a.page.locator("#a-desc").inner_text() == "老人跌倒"  # what the caller said
     count = a.page.locator("#a-count").inner_text()
     minutes, _, seconds = count.partition(":")
     assert 60 < int(minutes) * 60 + int(seconds) <= 90  # counting down to expires_at
     assert "Medical" in b.page.locator("#a-kind").inner_text()
     a.shot("alert")
 
-    # A accepts: go as the primary responder, and the guidance view.
+    # A accepts: go as the primary responder, and the guidance view. (B's browser asks for
+    # the compass as iOS does: on the tap that accepts.)
+    b.page.evaluate(
+        "DeviceOrientationEvent.requestPermission ="
+        " async () => { window.asked = true; return 'granted'; }"
+    )
     a.page.click("#accept")
     reply = field.all.wait_for(
         lambda m: m.topic == field.t("volunteers", vid_a, "reply"), what="the page's reply"
@@ -237,6 +243,7 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     a.screen("guide")
     guide = a.page.locator("#s-guide").inner_text()
     assert "小营巷 12 号 3 单元" in guide
+    assert a.page.locator("#g-desc").inner_text() == "老人跌倒"
     assert a.page.locator("#g-role").get_attribute("data-role") == "primary"
     assert "主要响应者" in a.page.locator("#g-role").inner_text()
     shown = a.page.locator("#g-dist").inner_text()
@@ -246,10 +253,25 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     amap = a.page.locator("#nav-amap").get_attribute("href") or ""
     assert amap.startswith("amapuri://route/plan/?dlat=30.2591&dlon=120.1698")
     assert "dev=1" in amap
+    # A chose the bike: the routes are for riding.
+    assert "&t=3" in amap
+    assert "rideType" not in amap
+    baidu = a.page.locator("#nav-baidu").get_attribute("href") or ""
+    assert "mode=riding" in baidu
+    assert a.page.locator("#nav-mode").inner_text() == "按自行车路线"
+    # No heading yet: north up, as before. Then the phone gives its heading: the arrow turns.
+    assert "箭头以正北为上" in a.page.locator("#g-heading-note").inner_text()
+    a.page.evaluate(
+        "window.dispatchEvent(new DeviceOrientationEvent('deviceorientationabsolute',"
+        " {alpha: 90, beta: 0, gamma: 0, absolute: true}))"
+    )
+    assert a.page.locator("#g-heading-note").inner_text() == "箭头已按手机朝向校正。"
+    assert a.page.locator("#compass-rose").get_attribute("transform") == "rotate(-270)"
     a.shot("guide")
 
     # B accepts too and goes as a backup (protocol 1.1), told so plainly.
     b.page.click("#accept")
+    assert b.page.evaluate("window.asked") is True
     assert field.wait_assignment(vid_b, iid, "go")["role"] == "backup"
     b.screen("guide")
     b.page.wait_for_selector("#g-role[data-role=backup]", timeout=2_000)
@@ -284,6 +306,7 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     b.screen("stood")
     assert b.page.locator("#alert").is_hidden()
     assert "Others are on scene now" in b.page.locator("#stood-reason").inner_text()
+    assert b.page.locator("#stood-title").inner_text() == "You are not needed"  # never there
     b.shot("stood-down")
     b.page.click("#stood-ok")
     b.screen("home")
@@ -291,7 +314,11 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     # Resolved by the control room: a calm thank-you.
     assert engine.post(f"/api/incidents/{iid}/resolve", {}, token=engine.token).status == 200
     a.screen("stood")
+    # After arriving and helping: thanks, never "you are not needed".
+    assert a.page.locator("#stood-title").inner_text() == "谢谢你！"
+    assert a.page.locator("#s-stood").get_attribute("data-thanks") == "true"
     assert "已处理完毕" in a.page.locator("#stood-reason").inner_text()
+    a.shot("thanks")
     a.page.click("#stood-ok")
 
     # Off duty: the status says so and no location is sent any more.
@@ -387,7 +414,9 @@ def test_i_am_here_button_and_decline(
     assert state["time_to_arrival_s"] is not None
     ws_engine.post(f"/api/incidents/{second}/cancel", {}, token=ws_engine.token)
     phone.screen("stood")
-    assert "cancelled" in phone.page.locator("#stood-reason").inner_text()
+    # They were there: thanks, even for a cancelled incident.
+    assert phone.page.locator("#stood-title").inner_text() == "Thank you!"
+    assert "closed this incident" in phone.page.locator("#stood-reason").inner_text()
     phone.page.click("#stood-ok")
 
     # Every stand-down reason of protocol 1.1 in friendly words (sent here by the test,
