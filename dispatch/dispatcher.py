@@ -145,6 +145,18 @@ class Dispatcher:
         """Volunteers who could be alerted right now."""
         return self.roster.available
 
+    def duty_counts(self) -> dict[str, int]:
+        """Volunteers on duty who cannot be alerted now, by why (protocol 1.1): their
+        phone is offline, or they are resting (over their alert budget, or in quiet
+        hours). O(volunteers): for the control room's figures, not the hot path."""
+        offline = resting = 0
+        for v in self.volunteers.values():
+            if v.duty is Duty.OFFLINE:
+                offline += 1
+            elif v.duty is Duty.AVAILABLE and v.resting_until is not None:
+                resting += 1
+        return {"offline": offline, "resting": resting}
+
     def public_state(self, incident: Incident) -> dict[str, Any]:
         """The retained ``incidents/{id}/state`` payload (PROTOCOL.md, plus extension fields)."""
         return public_state(incident, self.policy.target_s)

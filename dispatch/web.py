@@ -521,6 +521,8 @@ class _Api:
             "open": len(open_now),
             "escalated": sum(1 for i in open_now if i.state is State.ESCALATED),
             "available_volunteers": core.available,
+            # on duty but not alertable now: phone offline; over budget or quiet hours
+            **{f"{k}_volunteers": n for k, n in core.duty_counts().items()},
         }
         self._figures = {since: (now, body)}  # one day at a time is all the page asks for
         return _json(body)
