@@ -240,7 +240,7 @@ class Plan:
             out.append(
                 (
                     "acceptance",
-                    f"{acceptance:.0%} (engine told so)",
+                    f"{100 * acceptance:.0f} % (engine told so)",
                     Run.of(
                         replace(at, acceptance=acceptance),
                         {"policy.acceptance_rate": acceptance},
@@ -476,22 +476,34 @@ def _short(
             f"likes, ten backups) is {_pct(upper)}."
         )
     mean_text = (
-        f"about **{n_mean:,.0f}** qualified volunteers on duty"
+        f"takes about **{n_mean:,.0f}** qualified volunteers on duty"
         if n_mean is not None
-        else f"not within the sweep (mean {_sec(sweep[-1][1]['mean_s'])} at {sweep[-1][0]:,})"
+        else f"is not reached in the sweep (mean {_sec(sweep[-1][1]['mean_s'])} at "
+        f"{sweep[-1][0]:,})"
     )
     if n90 is not None:
-        ninety = f"about **{n90:,.0f}** on duty"
+        ninety = f"90 % within 180 s takes about **{n90:,.0f}** on duty"
     else:
         ninety = (
-            f"**never within the sweep**: it tops out at {_pct(best['within_target_share'])} "
-            f"at {best_n:,}"
+            f"90 % within 180 s is **never reached** in the sweep (up to {sweep[-1][0]:,} on "
+            f"duty): it tops out at {_pct(best['within_target_share'])} at {best_n:,}"
         )
     lines.append(
-        f"- **How many:** a mean of 3 minutes (of the incidents reached) takes {mean_text}; "
-        f"90 % within 180 s takes {ninety}. The fixed overheads (intake, answer, turnout, "
-        f"last leg: {fixed_s:.0f} s in the median) leave about {travel_s:.0f} s of travel, "
-        "so only the volunteers within a few hundred metres count."
+        f"- **How many:** a mean of 3 minutes (of the incidents reached) {mean_text}; "
+        f"{ninety}. The fixed overheads (intake, answer, turnout, last leg: {fixed_s:.0f} s "
+        f"in the median) leave about {travel_s:.0f} s of travel, so only the volunteers "
+        "within a few hundred metres count, and the incidents that need a skill few have "
+        "(patrol, mediation) lag behind."
+    )
+    levers = [(lever, setting, pool.get(run)) for lever, setting, run in plan.levers()]
+    base = levers[0][2]["within_target_share"]
+    worth = "; ".join(
+        f"{lever}, {setting}: {100 * (s['within_target_share'] - base):+.1f}"
+        for lever, setting, s in levers[1:]
+    )
+    lines.append(
+        f"- **Levers at {plan.levers_at:,} on duty** ({_pct(base)} with the defaults), in "
+        f"points within 180 s: {worth}."
     )
     lines.append(
         f"- **Stations baseline** (no volunteers): mean {_sec(stations['mean_s'])} "
@@ -817,6 +829,20 @@ def _frontier_section(plan: Plan, pool: _Pool, out: Path, plots: Any) -> str:
                 f"| {n:,} | {k} | {_pct(s['within_target_share'])} | "
                 f"{s['alerts_per_incident']:.2f} | {s['alerts_per_volunteer_per_day']:.3f} |"
             )
+    for n in plan.fleets:
+        default = pool.get(plan.ours(n))
+        k, top = max(
+            ((k, pool.get(plan.held(n, k))) for k in plan.budgets),
+            key=lambda p: (p[1]["within_target_share"], -p[0]),
+        )
+        lines.append(
+            f"\nAt {n:,} on duty ours without a budget (the default) reaches "
+            f"{_pct(default['within_target_share'])} at {default['alerts_per_incident']:.2f} "
+            f"alerts per incident; with `--alert-budget {k}` {_pct(top['within_target_share'])} "
+            f"at {top['alerts_per_incident']:.2f}. A budget is also the wave's cap (the "
+            "first wave may spend it all), where the default caps a wave at "
+            f"`max_wave_size` = {load_config().policy.max_wave_size}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -846,19 +872,38 @@ def _fleet_section(
         "\n## How many qualified volunteers on duty, and where\n",
         f"`dispatch simulate --volunteers N --hours {b.hours:g} --seed {b.seed} "
         f"--acceptance {b.acceptance:g}` (ours, the defaults: 3 backups, 95 % confidence):\n",
-        "| on duty | of them first aid | within 180 s | mean (reached) | P50 | P90 | "
-        "reached | escalated | alerts/incident | alerts/volunteer/day |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| on duty | first aid | patrol | mediation | within 180 s | mean (reached) | P50 | "
+        "P90 | reached | escalated | alerts/incident | alerts/volunteer/day |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, s in sweep:
         fleet = s["qualified_on_duty"]
         lines.append(
-            f"| {n:,} | {fleet['by_skill'].get('first_aid', 0):,} | "
+            f"| {n:,} | " + " | ".join(f"{fleet['by_skill'].get(k, 0):,}" for k in _SKILLS) + " | "
             f"{_pct(s['within_target_share'])} | {_sec(s['mean_s'])} | {_sec(s['p50_s'])} | "
             f"{_sec(s['p90_s'])} | {_pct(s['reached_share'])} | {_pct(s['escalated_share'])} "
             f"| {s['alerts_per_incident']:.2f} | {s['alerts_per_volunteer_per_day']:.3f} |"
         )
     lines.append("\n![share and mean against volunteers on duty](planning-sweep.png)\n")
+    kinds = sorted(sweep[-1][1]["kinds"])
+    shown = [p for p in sweep if p[0] in (plan.levers_at, *(n for n, _ in sweep[-3:]))]
+    lines.append(
+        "Within 180 s by kind (the skill it needs; from the same runs):\n\n"
+        "| kind | needs | "
+        + " | ".join(f"{n:,} on duty" for n, _ in shown)
+        + " |\n|---|---|"
+        + "---|" * len(shown)
+    )
+    needs = {name: ", ".join(k.skills) or "anybody" for name, k in load_config().kinds.items()}
+    for kind in kinds:
+        lines.append(
+            f"| {kind} | {needs.get(kind, '?')} | "
+            + " | ".join(
+                _pct(s["kinds"].get(kind, {}).get("within_target_share")) for _, s in shown
+            )
+            + " |"
+        )
+    lines.append("")
     if n_mean is not None:
         lines.append(
             f"- **A 3-minute mean** (of the incidents reached) takes about **{n_mean:,.0f}** "
@@ -944,7 +989,7 @@ def _levers_section(plan: Plan, pool: _Pool, out: Path, plots: Any) -> str:
     lines = [
         f"\n## What each lever is worth, at {plan.levers_at:,} on duty\n",
         "Points within 180 s against the defaults (ours, 3 backups, acceptance "
-        f"{plan.base.acceptance:.0%}, turnout {plan.base.turnout_s:g} s, walkers "
+        f"{100 * plan.base.acceptance:.0f} %, turnout {plan.base.turnout_s:g} s, walkers "
         f"{plan.base.walk_speed_mps:g} m/s), one lever at a time, same incidents:\n",
         "| lever | setting | within 180 s | points | mean | alerts/incident | command |",
         "|---|---|---|---|---|---|---|",
@@ -1047,6 +1092,7 @@ def _stations_section(
 
 
 _GREENS = ("#1b7837", "#5aae61", "#a6dba0")
+_SKILLS = ("first_aid", "patrol", "mediation")
 
 
 def _limits_section(b: Scenario) -> str:
