@@ -54,6 +54,8 @@ FLEETS = (3000, 10000)
 BUDGETS = (1, 2, 3, 4, 6, 9, 12, 16, 24)
 SWEEP = (3000, 6000, 10000, 16000, 24000, 32000, 48000, 64000, 96000)
 LEVERS_AT = 10000
+# The cell map needs more incidents than cells (566): a longer run of the same fleet.
+MAP_HOURS = 480.0
 # Ours with every alert it likes and ten backups: near the ceiling that who is near
 # enough sets, whatever the policy.
 UPPER_BOUND: Mapping[str, Any] = {
@@ -207,6 +209,11 @@ class Plan:
     budgets: Sequence[int]
     sweep: Sequence[int]
     levers_at: int
+    map_hours: float = MAP_HOURS
+
+    def map_run(self) -> Run:
+        """Ours at ``levers_at`` for ``map_hours``: enough incidents per cell for a map."""
+        return Run.of(replace(self.base, volunteers=self.levers_at, hours=self.map_hours))
 
     def ours(self, n: int, overrides: Mapping[str, Any] | None = None) -> Run:
         return Run.of(replace(self.base, volunteers=n), overrides)
@@ -267,14 +274,14 @@ class Plan:
 
     def independent(self) -> list[Run]:
         """The runs that depend on no other run's result, biggest first (they take longest)."""
-        runs = [self.stations()]
+        runs = [self.map_run(), self.stations()]
         for n in self.fleets:
             runs += [self.baseline(name, n) for name in (*BASELINES, "naive")]
             runs += [self.ours(n), self.upper(n)]
             runs += [self.held(n, k) for k in self.budgets]
         runs += [self.ours(n) for n in self.sweep]
         runs += [run for _, _, run in self.levers()]
-        return sorted(dict.fromkeys(runs), key=lambda r: -r.scenario.volunteers)
+        return sorted(dict.fromkeys(runs), key=lambda r: -r.scenario.volunteers * r.scenario.hours)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -307,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="frontier K")
     parser.add_argument("--sweep", default=",".join(map(str, SWEEP)), help="fleet sweep N")
     parser.add_argument("--levers-at", type=int, default=LEVERS_AT)
+    parser.add_argument("--map-hours", type=float, default=MAP_HOURS, help="for the cell map")
     args = parser.parse_args(argv)
 
     def ints(text: str) -> list[int]:
@@ -320,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         budgets=ints(args.budgets),
         sweep=ints(args.sweep),
         levers_at=args.levers_at,
+        map_hours=args.map_hours,
     )
     started = time.monotonic()
 
@@ -361,6 +370,7 @@ def argv_text(args: argparse.Namespace) -> str:
         "budgets": ",".join(map(str, BUDGETS)),
         "sweep": ",".join(map(str, SWEEP)),
         "levers_at": LEVERS_AT,
+        "map_hours": MAP_HOURS,
     }
     for key, default in defaults.items():
         value = getattr(args, key)
@@ -660,8 +670,8 @@ BASELINE_SOURCES: Sequence[tuple[str, str, str, str]] = (
         "geographically closest to the scene ... and sends them an alarm. The 3 persons "
         "who accept the alarm, and who are closest ... receive directions'; the same in "
         "*Scand J Trauma Resusc Emerg Med* 2015;23(Suppl 1):A4.",
-        "By distance; one wave of the 9 nearest; 3 acceptors go, a closer later acceptor "
-        "taking the place of a farther one.",
+        "By distance; one wave of the 9 nearest; 3 acceptors go, a later acceptor who "
+        "will be there sooner taking the place of one who would be there later.",
     ),
     (
         "mobile-retter",
@@ -913,9 +923,15 @@ def _fleet_section(
     else:
         lines.append("- **A 3-minute mean** is not reached within the sweep.")
     if n90 is not None:
+        first = next(n for n, s in sweep if s["within_target_share"] >= GOAL)
+        incidents = sweep[-1][1]["incidents"]
+        se = 100 * math.sqrt(GOAL * (1 - GOAL) / incidents)
         lines.append(
             f"- **90 % within 180 s** takes about **{n90:,.0f}** on duty (interpolated the "
-            "same way)."
+            f"same way; the first sweep point at or above 90 % is {first:,}). Near the top "
+            f"the curve is flat: with {incidents} incidents a run, a share near 90 % has a "
+            f"standard error of about {se:.1f} points, as large as the gain from another "
+            "half of the fleet, so read this as a range of sizes, not a number."
         )
     else:
         lines.append(
@@ -938,39 +954,55 @@ def _fleet_section(
         "- **Volunteers on duty, not registered:** with people on duty a few hours a day, "
         "registrations must be several times higher.\n"
     )
-    # Where: the cell map at the realistic fleet, and the kinds.
+    # Where: the cell map at the realistic fleet, over a longer run.
     at = plan.levers_at
-    here = pool.get(plan.ours(at))
+    run = plan.map_run()
+    here = pool.get(run)
     plots.plot_cells(
         area,
         here["cells"],
         out / "planning-cells-waves.png",
-        title=f"{at:,} on duty, ours (defaults), {100 * b.acceptance:.0f} % acceptance",
+        title=f"{at:,} on duty, ours (defaults), {100 * b.acceptance:.0f} % acceptance, "
+        f"{plan.map_hours:g} h",
     )
-    cells = [c for c in here["cells"] if c["incidents"] >= 3]
+    cells = [c for c in here["cells"] if c["incidents"] >= 5]
     poor = [c for c in cells if (c["within_target_share"] or 0.0) < 0.5]
-    poor_incidents = sum(c["incidents"] for c in poor)
-    good = [c for c in cells if c not in poor]
-    per_poor = poor_incidents / len(poor) if poor else 0.0
-    per_good = sum(c["incidents"] for c in good) / len(good) if good else 0.0
+    good = [c for c in cells if (c["within_target_share"] or 0.0) >= 0.8]
     lines += [
-        f"**Where it falls short at {at:,} on duty** ({_pct(here['within_target_share'])} "
-        f"within 180 s; `{plan.ours(at).command()}`):\n",
+        f"**Where it falls short at {at:,} on duty**: the same fleet over {plan.map_hours:g} "
+        f"simulated hours ({here['incidents']:,} incidents, so that a 500 m cell has "
+        f"several; {_pct(here['within_target_share'])} within 180 s; `{run.command()}`):\n",
         "![cells at the realistic fleet](planning-cells-waves.png)\n",
-        f"Of the {len(cells)} cells with at least 3 incidents, {len(poor)} reach under half "
-        f"within 180 s ({poor_incidents} of the run's {here['incidents']} incidents). They "
-        f"have {per_poor:.1f} incidents each against {per_good:.1f} in the others: "
-        "volunteers live where people live (the same density model places homes and "
-        "incidents), so where calls are rare, volunteers are few and far. By kind (a "
-        "first-aid incident can only go to the first-aid share of the fleet):\n",
-        "| kind | incidents | within 180 s | P50 |",
-        "|---|---|---|---|",
+        f"Of the {len(cells)} cells with at least 5 incidents, {len(poor)} reach under half "
+        f"within 180 s ({sum(c['incidents'] for c in poor):,} incidents, "
+        f"{_incidents_per_cell(poor)} each) and {len(good)} reach 80 % or more "
+        f"({sum(c['incidents'] for c in good):,} incidents, {_incidents_per_cell(good)} "
+        "each). " + _density_note(poor, good),
     ]
-    for kind, g in here["kinds"].items():
-        lines.append(
-            f"| {kind} | {g['incidents']} | {_pct(g['within_target_share'])} | {_sec(g['p50_s'])} |"
-        )
     return "\n".join(lines) + "\n"
+
+
+def _density_note(poor: Sequence[Mapping[str, Any]], good: Sequence[Mapping[str, Any]]) -> str:
+    """Whether the cells that fall short are the thinly peopled ones, as the counts say."""
+    if not poor or not good:
+        return ""
+    per_poor = sum(c["incidents"] for c in poor) / len(poor)
+    per_good = sum(c["incidents"] for c in good) / len(good)
+    if per_poor < 0.8 * per_good:
+        return (
+            "Volunteers live where people live (the same density model places homes and "
+            "incidents), so fewer incidents in a cell also mean fewer volunteers near it: "
+            "the shortfall is where people are few."
+        )
+    return (
+        "The cells that fall short have about as many incidents as those that do well, so "
+        "it is not density alone: the shape of the area (the edges, a river, a hill with "
+        "nobody living on it) leaves some points far from every home."
+    )
+
+
+def _incidents_per_cell(cells: Sequence[Mapping[str, Any]]) -> str:
+    return f"{sum(c['incidents'] for c in cells) / len(cells):.1f}" if cells else "-"
 
 
 def _per_doubling(sweep: Sequence[tuple[int, dict[str, Any]]]) -> str:

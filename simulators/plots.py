@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.patches import Polygon as PolygonPatch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from shapely.geometry import MultiPolygon, Polygon
 
 from geo.area import ServiceArea
@@ -263,6 +264,8 @@ def plot_frontier(panels: Sequence[FrontierPanel], path: Path, *, target_s: floa
             ax.plot([x], [y], marker="D", color=colour, linestyle="none")
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("alerts per volunteer on duty per day (log scale)")
         ax.set_ylabel(f"share of incidents reached within {target_s:.0f} s")
         ax.set_title(title, fontsize=10)

@@ -266,7 +266,7 @@ def test_planning_writes_the_whole_page_and_its_pictures(tmp_path: Path) -> None
     from simulators import planning
 
     args = ["--out", str(tmp_path), "--hours", "2", "--fleets", "800", "--budgets", "2"]
-    args += ["--sweep", "800,1600", "--levers-at", "800", "--jobs", "1"]
+    args += ["--sweep", "800,1600", "--levers-at", "800", "--map-hours", "4", "--jobs", "1"]
     assert planning.main(args) == 0
     page = (tmp_path / "planning.md").read_text(encoding="utf-8")
     for heading in (
