@@ -411,7 +411,8 @@ picture on this page comes from one command,
     {command}
 
 ({wall_s / 60:.1f} minutes of wall time with {jobs} processes on a 2-core machine; progress
-on stderr). It runs {len(pool.done)} scenarios of {hours} each (seed {b.seed},
+on stderr). It runs {len(pool.done)} scenarios of {hours} each (the cell map's
+{plan.map_hours:g}; seed {b.seed},
 {b.rate_per_hour:g} incidents an hour over the Shangcheng outline, acceptance
 {100 * b.acceptance:.0f} %, walkers {b.walk_speed_mps:g} m/s); each table names the
 `dispatch simulate` command that makes any one of its rows on its own. "Within 180 s"

@@ -297,7 +297,7 @@ def plot_fleet(
     share.axhline(goal, color="#b2182b", linestyle="--", linewidth=1.2)
     share.set_ylabel(f"share of incidents reached within {target_s:.0f} s")
     share.set_ylim(0, 1)
-    share.set_title(f"Within {target_s:.0f} s (goal {goal:.0%}, dashed)", fontsize=10)
+    share.set_title(f"Within {target_s:.0f} s (goal {100 * goal:.0f} %, dashed)", fontsize=10)
     mean.plot(xs, [p[2] for p in points], marker="o", color=_COLOURS["waves"])
     mean.axhline(mean_goal_s, color="#b2182b", linestyle="--", linewidth=1.2)
     mean.set_ylabel("mean time to arrival of those reached (s)")
@@ -323,6 +323,9 @@ def plot_levers(rows: Sequence[tuple[str, float]], path: Path, *, title: str = "
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:+.1f} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
     ax.axvline(0, color="#333333", linewidth=0.8)
+    lo, hi = min([*values, 0.0]), max([*values, 0.0])
+    pad = 0.15 * (hi - lo) + 1.0  # room for the value labels inside the axes
+    ax.set_xlim(lo - pad, hi + pad)
     ax.invert_yaxis()
     ax.set_xlabel("points within the target against the defaults")
     ax.set_title(title, fontsize=10)
