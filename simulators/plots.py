@@ -4,7 +4,10 @@
   waves, naive, stations), with the target line;
 - ``plot_cells``: the grid cells of the service area coloured by the share of their
   incidents reached within the target;
-- ``plot_sweep``: the share within the target against the number of volunteers.
+- ``plot_sweep``: the share within the target against the number of volunteers;
+- ``plot_fleet``: the share and the mean time against volunteers on duty;
+- ``plot_frontier``: the share against the alert load, one point per policy;
+- ``plot_levers``: the points each lever setting is worth.
 
 matplotlib is the ``sim`` extra (``pip install -e '.[sim]'``); it is imported only here.
 """
@@ -24,11 +27,20 @@ import matplotlib.pyplot as plt
 from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.patches import Polygon as PolygonPatch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from shapely.geometry import MultiPolygon, Polygon
 
 from geo.area import ServiceArea
 
-__all__ = ["plot_cells", "plot_sweep", "plot_times"]
+__all__ = [
+    "FrontierPanel",
+    "plot_cells",
+    "plot_fleet",
+    "plot_frontier",
+    "plot_levers",
+    "plot_sweep",
+    "plot_times",
+]
 
 _COLOURS = {"waves": "#1b7837", "naive": "#e08214", "stations": "#5e3c99"}
 _DPI = 110
@@ -206,6 +218,118 @@ def plot_sweep(
     ax.grid(alpha=0.3, which="both")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")  # the curves rise from the lower left
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+# (panel title, ours as (x, y) points, baselines by name as (x, y), ours' default (x, y))
+FrontierPanel = tuple[
+    str,
+    Sequence[tuple[float, float]],
+    Mapping[str, tuple[float, float]],
+    tuple[float, float],
+]
+
+
+def plot_frontier(panels: Sequence[FrontierPanel], path: Path, *, target_s: float = 180.0) -> Path:
+    """Share within the target against alerts per volunteer per day, one panel per fleet.
+
+    Ours at several alert budgets as a line (its default, no budget, an open circle),
+    each other policy a labelled point.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
+    for ax, (title, ours, others, default) in zip(axes[0], panels, strict=True):
+        ax.plot(
+            [p[0] for p in ours],
+            [p[1] for p in ours],
+            marker="o",
+            markersize=4,
+            color=_COLOURS["waves"],
+            label="ours (waves) with --alert-budget K",
+        )
+        ax.plot(
+            [default[0]],
+            [default[1]],
+            marker="o",
+            markersize=10,
+            markerfacecolor="none",
+            color=_COLOURS["waves"],
+            linestyle="none",
+            label="ours, no budget (default)",
+        )
+        for name, (x, y) in others.items():
+            colour = _COLOURS.get(name, "#b2182b")
+            ax.plot([x], [y], marker="D", color=colour, linestyle="none")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("alerts per volunteer on duty per day (log scale)")
+        ax.set_ylabel(f"share of incidents reached within {target_s:.0f} s")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_fleet(
+    points: Sequence[tuple[int, float | None, float | None]],
+    path: Path,
+    *,
+    goal: float = 0.9,
+    mean_goal_s: float = 180.0,
+    title: str = "",
+    target_s: float = 180.0,
+) -> Path:
+    """Share within the target and mean time to arrival against volunteers on duty.
+
+    ``points``: (volunteers on duty, share within the target, mean seconds of those
+    reached); the goal lines drawn on each.
+    """
+    fig, (share, mean) = plt.subplots(1, 2, figsize=(11, 4.4))
+    xs = [p[0] for p in points]
+    share.plot(xs, [p[1] for p in points], marker="o", color=_COLOURS["waves"])
+    share.axhline(goal, color="#b2182b", linestyle="--", linewidth=1.2)
+    share.set_ylabel(f"share of incidents reached within {target_s:.0f} s")
+    share.set_ylim(0, 1)
+    share.set_title(f"Within {target_s:.0f} s (goal {100 * goal:.0f} %, dashed)", fontsize=10)
+    mean.plot(xs, [p[2] for p in points], marker="o", color=_COLOURS["waves"])
+    mean.axhline(mean_goal_s, color="#b2182b", linestyle="--", linewidth=1.2)
+    mean.set_ylabel("mean time to arrival of those reached (s)")
+    mean.set_ylim(0, None)
+    mean.set_title(f"Mean (goal {mean_goal_s:.0f} s, dashed)", fontsize=10)
+    for ax in (share, mean):
+        ax.set_xscale("log")
+        ax.set_xlabel("qualified volunteers on duty (log scale)")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_levers(rows: Sequence[tuple[str, float]], path: Path, *, title: str = "") -> Path:
+    """Points gained (or lost) within the target by each lever setting, as bars."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    labels = [r[0] for r in rows]
+    values = [r[1] for r in rows]
+    ax.barh(labels, values, color=["#1b7837" if v >= 0 else "#b2182b" for v in values])
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:+.1f} ", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+    ax.axvline(0, color="#333333", linewidth=0.8)
+    lo, hi = min([*values, 0.0]), max([*values, 0.0])
+    pad = 0.15 * (hi - lo) + 1.0  # room for the value labels inside the axes
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.invert_yaxis()
+    ax.set_xlabel("points within the target against the defaults")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)

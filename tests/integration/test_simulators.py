@@ -255,3 +255,36 @@ async def test_demo_stops_cleanly_on_sigint() -> None:
         match = re.search(r"127\.0\.0\.1:(\d+)", line)
         assert match is not None
         assert not port_open("127.0.0.1", int(match.group(1)))
+
+
+# --- the planning page (simulators/planning.py), small ------------------------------------
+
+
+def test_planning_writes_the_whole_page_and_its_pictures(tmp_path: Path) -> None:
+    from simulators import planning
+
+    args = ["--out", str(tmp_path), "--hours", "2", "--fleets", "800", "--budgets", "2"]
+    args += ["--sweep", "800,1600", "--levers-at", "800", "--map-hours", "4", "--jobs", "1"]
+    assert planning.main(args) == 0
+    page = (tmp_path / "planning.md").read_text(encoding="utf-8")
+    for heading in (
+        "## The answer, in short",
+        "## The human model",
+        "## The other systems' policies",
+        "## The goal: ours against each baseline",
+        "## The frontier",
+        "## How many qualified volunteers on duty, and where",
+        "## What each lever is worth",
+        "## The stations baseline",
+    ):
+        assert heading in page
+    # The command that made it, and a row for every baseline with the budget that held ours.
+    assert "python -m simulators.planning --out" in page
+    for name in planning.BASELINES:
+        assert f"| 800 | {name} |" in page
+    assert "--alert-budget" in page
+    assert "DISPATCH_POLICY_WAVE_CONFIDENCE=0.9999" in page
+    for picture in ("frontier", "sweep", "levers", "times", "cells-waves", "cells-stations"):
+        path = tmp_path / f"planning-{picture}.png"
+        assert path.stat().st_size > 1000
+        assert f"(planning-{picture}.png)" in page

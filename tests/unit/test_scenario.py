@@ -702,3 +702,43 @@ def test_bad_human_model_values_name_the_option() -> None:
     ):
         with pytest.raises(ScenarioError, match=f"^{option} must be"):
             Scenario(**change)  # type: ignore[arg-type]
+
+
+# --- the planning page's arithmetic (simulators/planning.py) -----------------------------
+
+
+def test_planning_holds_ours_under_a_baselines_alert_load() -> None:
+    from simulators.planning import held_budget
+
+    # Rounded down, so that ours never sends more; at least one alert.
+    assert held_budget(9.21) == 9
+    assert held_budget(30.99) == 30
+    assert held_budget(3.0) == 3
+    assert held_budget(0.4) == 1
+
+
+def test_planning_crossing_interpolates_rising_and_falling_figures() -> None:
+    from simulators.planning import crossing
+
+    shares = [(1000, 0.5), (4000, 0.8), (16000, 1.0)]
+    assert crossing(shares, 0.9) == pytest.approx(8000.0)  # half-way on a log scale
+    assert crossing(shares, 0.4) == 1000.0
+    assert crossing(shares[:2], 0.9) is None
+    means = [(1000, 300.0), (4000, 200.0), (16000, 100.0)]
+    assert crossing(means, 150.0, below=True) == pytest.approx(8000.0)
+    assert crossing(means, 50.0, below=True) is None
+
+
+def test_planning_names_the_simulate_command_of_each_run() -> None:
+    from simulators.planning import UPPER_BOUND, Run
+
+    run = Run.of(Scenario(volunteers=3000, hours=72, seed=7, walk_speed_mps=4.0), UPPER_BOUND)
+    command = run.command()
+    assert command.startswith("DISPATCH_POLICY_WAVE_CONFIDENCE=0.9999 dispatch simulate ")
+    for words in ("--volunteers 3000", "--hours 72", "--seed 7", "--walk-speed 4"):
+        assert words in command
+    assert "--alert-budget 100" in command
+    assert "--backup-responders 10" in command
+    stations = Run.of(Scenario(baseline="stations", hours=24)).command()
+    assert "--baseline stations" in stations
+    assert "--volunteers" not in stations
