@@ -19,7 +19,7 @@ volunteer responder schemes; every one is a ``Scenario`` field):
   mediation 15 %; ``skills="all"`` gives everybody every skill). They stay at home
   until called; positions never go stale (phones report every few seconds).
 - The human model (on by default; each a flag, echoed under ``"assumptions"`` in the
-  JSON, sourced or stated as an assumption in docs/planning-assumptions.md;
+  JSON, sourced or stated as an assumption in docs/planning.md ("The human model");
   ``NO_HUMAN_MODEL`` turns it all off, as the live-vs-offline test does):
   ``intake_s`` (30 s): the call is handled before the report reaches the engine; the
   report's ``reported_at`` is the call's start, so every time counts from then (for
@@ -179,7 +179,7 @@ OPTION_NAMES: Mapping[str, str] = {
 }
 
 # The human model: the Scenario fields echoed under "assumptions" in the JSON, each
-# sourced or stated as an assumption in docs/planning-assumptions.md.
+# sourced or stated as an assumption in docs/planning.md ("The human model").
 HUMAN_MODEL = (
     "turnout_s",
     "turnout_sigma",
@@ -244,7 +244,7 @@ class Scenario:
     station_delay_max_s: float = 120.0
     vehicle_speed_kmh: float = 16.0  # to the street point; the last leg is on foot
     vehicle_circuity: float = 1.4
-    # The human model (docs/planning-assumptions.md: a source or "an assumption" each).
+    # The human model (docs/planning.md ("The human model"): a source or "an assumption" each).
     turnout_s: float = 40.0  # median accept -> setting off, lognormal; 0: at once
     turnout_sigma: float = 0.5  # of its log: 90 % between 0.44 and 2.3 x the median
     silent_share: float = 0.4  # of the alerts not accepted: never answered at all
