@@ -232,7 +232,7 @@ async def test_reported_page_pages_through_history(store: Store) -> None:
 
 async def test_event_id_back_bounds_a_replay(store: Store) -> None:
     assert await store.event_id_back(3) == "0"
-    ids = await store.apply([LogEvent("e", "x", float(n)) for n in range(10)])
+    ids = await store.apply([LogEvent("e", "reported", float(n)) for n in range(10)])
     back = await store.event_id_back(3)
     assert back == ids[6]  # the 3 newest come after it
     assert [e.event_id for e in await store.events_after(back)] == ids[7:]
