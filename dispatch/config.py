@@ -81,6 +81,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ("localhost",)
     max_event_listeners: int = 100
     header_timeout_s: float = 10.0
+    heavy_reads_per_s: float = 5.0
     # [backends]: how fast a dead or hung broker / Redis is noticed (docs/reliability.md).
     mqtt_keepalive_s: int = 15
     redis_timeout_s: float = 5.0
@@ -249,6 +250,7 @@ KEYS: tuple[Key, ...] = (
     Key("http", "allowed_hosts", ["localhost"], lambda v: _host_names(v), "allowed_hosts"),
     Key("http", "max_event_listeners", 100, _int_range(1, 10_000), "max_event_listeners"),
     Key("http", "header_timeout_s", 10.0, _positive, "header_timeout_s"),
+    Key("http", "heavy_reads_per_s", 5.0, _positive, "heavy_reads_per_s"),
     Key(
         "volunteer_app",
         "mqtt_ws_url",

@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -325,6 +326,11 @@ class _Api:
         # in turn: eighteen pages being built at once put a report behind all of their
         # pieces (~100 ms); two at a time, behind at most two.
         self._heavy = asyncio.Semaphore(2)
+        # ... and while they are all taken, each client (by address) gets so many a second:
+        # a client that asks for the biggest pages without pause is told to slow down
+        # (429) instead of keeping the loop busy. The control room asks for far fewer, and
+        # nobody is refused while the heavy reads are not contended.
+        self._budgets = _ClientBudgets(service.config.heavy_reads_per_s, service.clock)
         # (computed at, answer) by query; see _CACHE_S
         self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
@@ -351,6 +357,25 @@ class _Api:
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return _error(403, f"the token is not valid for {what}", "token_invalid")
         return None
+
+    async def _too_many(self, request: web.Request) -> web.Response | None:
+        """429 when the heavy reads are contended and this client has used up its share
+        for now (see _ClientBudgets)."""
+        wait_s = self._budgets.take(request.remote or "")
+        if wait_s is None or not self._heavy.locked():
+            return None
+        # The answer itself waits (up to a second): a client that asks again at once, on
+        # many connections, then costs a sleeping task each, not a loop of refusals.
+        await asyncio.sleep(min(wait_s, 1.0))
+        return web.json_response(
+            {
+                "error": f"too many large reads from this client (at most "
+                f"{self._budgets.rate:g} a second); try again in {wait_s:.1f} s",
+                "code": "too_many_requests",
+            },
+            status=429,
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
 
     def _check_read(self, request: web.Request, query_ok: bool = False) -> web.Response | None:
         token = self.config.read_token
@@ -444,7 +469,7 @@ class _Api:
         )
 
     async def coverage(self, request: web.Request) -> web.Response:
-        if (denied := self._check_read(request)) is not None:
+        if (denied := self._check_read(request) or await self._too_many(request)) is not None:
             return denied
         skill = request.query.get("skill", "")
         if skill and not is_valid_id(skill):
@@ -494,6 +519,8 @@ class _Api:
         cached = self._figures.get(since)
         if cached is not None and now - cached[0] < _CACHE_S:
             return _json(cached[1])
+        if (busy := await self._too_many(request)) is not None:
+            return busy
         async with self._heavy:
             return await self._figures_now(since, now)
 
@@ -530,7 +557,7 @@ class _Api:
     # ---------------------------------------------------------------- incidents
 
     async def list_incidents(self, request: web.Request) -> web.Response:
-        if (denied := self._check_read(request)) is not None:
+        if (denied := self._check_read(request) or await self._too_many(request)) is not None:
             return denied
         async with self._heavy:
             return await self._list_incidents(request)
@@ -583,7 +610,7 @@ class _Api:
         )
 
     async def get_incident(self, request: web.Request) -> web.Response:
-        if (denied := self._check_read(request)) is not None:
+        if (denied := self._check_read(request) or await self._too_many(request)) is not None:
             return denied
         async with self._heavy:
             return await self._get_incident(request)
@@ -725,6 +752,8 @@ class _Api:
             return _error(
                 400, "Last-Event-ID must be an id this stream sent (like 1700000000000-0)"
             )
+        if given is not None and (busy := await self._too_many(request)) is not None:
+            return busy  # a replay is a heavy read
         listener = await self.hub.join()
         if listener is None:
             return web.json_response(
@@ -852,3 +881,29 @@ def _t(ts: float | None) -> str | None:
 def _is_stream_id(value: str) -> bool:
     ms, _, seq = value.partition("-")
     return ms.isdigit() and (seq == "" or seq.isdigit())
+
+
+class _ClientBudgets:
+    """A token bucket per client address: ``rate`` heavy reads a second, bursts of twice
+    that. Buckets idle for a minute are forgotten, so addresses cannot pile up."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = max(1.0, 2 * rate)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+        self._swept = clock()
+
+    def take(self, client: str) -> float | None:
+        """None if ``client`` may go ahead (a token is taken), else seconds to wait."""
+        now = self._clock()
+        if now - self._swept > 60:
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+            self._swept = now
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1.0, now)
+        return None

@@ -16,8 +16,7 @@ engine must keep dispatching within its normal latency throughout:
   restarted over them.
 
 Bounds are generous (two cores shared with other work): the median during the attack at
-most 3x the median before it plus 100 ms (250 ms for the huge pages), and no single
-alert later than 2 s.
+most 3x the median before it plus 100 ms, and no single alert later than 2 s.
 """
 
 from __future__ import annotations
@@ -156,10 +155,10 @@ def test_huge_pages(engine: Engine, timer: Timer, field: Field) -> None:
     with attack("pages", engine.base, first=first) as figures:
         during = timer.series()
     assert figures["requests"] > 50, figures
-    # Request work still shares the engine's event loop: eighteen clients asking for the
-    # biggest pages without pause cost dispatch tens of milliseconds (40-150 ms p50 on the
-    # 2-core test machine; docs/security.md), still far inside the 1 s budget.
-    assert_normal(before, during, "huge pages", slack_s=0.25)
+    # Request work shares the engine's event loop: while the heavy reads are contended,
+    # each client gets a few a second and waits for its 429 (docs/security.md), so
+    # eighteen clients without pause cost dispatch a few milliseconds (40-150 ms before).
+    assert_normal(before, during, "huge pages")
 
 
 def _trilaterate(cells: list[tuple[float, float, float]], walk_mps: float) -> tuple[float, float]:

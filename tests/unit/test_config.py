@@ -235,3 +235,18 @@ def test_policy_keys_are_the_policys_own_fields_with_its_own_rules() -> None:
         load_config(env={"DISPATCH_POLICY_MAX_WAVES": "25"})
     with pytest.raises(ValueError, match=r"Policy\.max_waves must be a whole number from 1 to 20"):
         Policy(max_waves=25)
+
+
+def test_a_clients_heavy_read_budget_refills_at_its_rate() -> None:
+    """dispatch/web.py's per-client budget: a burst, then one a 1/rate seconds."""
+    from dispatch.web import _ClientBudgets
+
+    now = [0.0]
+    budgets = _ClientBudgets(5.0, lambda: now[0])
+    assert [budgets.take("a") for _ in range(10)] == [None] * 10  # a burst of 2 x rate
+    wait = budgets.take("a")
+    assert wait == pytest.approx(0.2)
+    assert budgets.take("b") is None  # another client is not held back
+    now[0] += 0.2
+    assert budgets.take("a") is None
+    assert budgets.take("a") is not None
