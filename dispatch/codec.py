@@ -603,6 +603,10 @@ class Codec:
         if raw is not None and not isinstance(raw, bool):
             _fail(Reason.WRONG_TYPE, "receipts", "true or false", raw)
         receipts = raw
+        # A setting sent as null is cleared; one left out stays as it was.
+        cleared = frozenset(
+            k for k in ("max_alerts_per_day", "quiet_hours") if k in obj and obj[k] is None
+        )
         raw = get("max_alerts_per_day")
         budget: int | None = None
         if raw is not None:
@@ -615,7 +619,9 @@ class Codec:
             budget = raw
         raw = get("quiet_hours")
         quiet = None if raw is None else _quiet_hours(raw)
-        return StatusUpdate(vid, status, skills, mode, lat, lon, receipts, budget, quiet)
+        return StatusUpdate(
+            vid, status, skills, mode, lat, lon, receipts, budget, quiet, cleared=cleared
+        )
 
     def _location(self, vid: str, obj: object, now: float) -> LocationUpdate:
         if not isinstance(obj, dict):

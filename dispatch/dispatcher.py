@@ -533,6 +533,12 @@ class Dispatcher:
                     )
                 )
             ]
+        if msg.status is Duty.OFFLINE and (
+            volunteer is None or volunteer.duty is not Duty.AVAILABLE
+        ):
+            # The Last Will of a phone that was not on duty (or already offline): nothing
+            # to change; they are not "on duty but unreachable".
+            return []
         if volunteer is None:
             volunteer = self.roster.ensure(msg.volunteer_id)
         effects: list[Effect] = []
@@ -547,6 +553,11 @@ class Dispatcher:
             volunteer.max_alerts_per_day = msg.max_alerts_per_day
         if msg.quiet_hours is not None:
             volunteer.quiet_hours = msg.quiet_hours
+        if "max_alerts_per_day" in msg.cleared:
+            volunteer.max_alerts_per_day = None
+            volunteer.alerted_at.clear()
+        if "quiet_hours" in msg.cleared:
+            volunteer.quiet_hours = None
         effects.append(
             SaveVolunteer(
                 volunteer.id,

@@ -205,6 +205,8 @@ class StatusUpdate:
     receipts: bool | None = None
     max_alerts_per_day: int | None = None
     quiet_hours: tuple[int, int] | None = None
+    # Settings sent as null: cleared (no budget, no quiet hours).
+    cleared: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         _check_id("volunteer_id", self.volunteer_id)

@@ -171,3 +171,30 @@ def keep_reporting(d: Dispatcher, vid: str, north_m: float, now: float) -> None:
 
 def report_msg(iid: str) -> Report:
     return Report(Kind.MEDICAL, LAT, LON, id=iid)
+
+
+def test_the_will_of_an_off_duty_volunteer_keeps_them_off_duty(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    status(d, "v0", Duty.OFF_DUTY, T0 + 1)
+    assert status(d, "v0", Duty.OFFLINE, T0 + 2) == []  # the page closed: its will
+    assert d.duty_counts()["offline"] == 0
+    assert d.volunteers["v0"].duty is Duty.OFF_DUTY
+
+
+def test_a_budget_and_quiet_hours_sent_as_null_are_cleared(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 100)
+    status(d, "v0", Duty.AVAILABLE, T0 + 1, quiet_hours=(0, 1439), max_alerts_per_day=1)
+    assert "v0" not in d.index  # in quiet hours all day
+    topic = d.codec.topic("volunteers", "v0", "status")
+    kept = d.codec.decode(topic, b'{"status": "available"}', T0 + 2)
+    d.status(kept, T0 + 2)  # left out: kept
+    assert d.volunteers["v0"].quiet_hours == (0, 1439)
+    cleared = d.codec.decode(
+        topic, b'{"status": "available", "quiet_hours": null, "max_alerts_per_day": null}', T0 + 3
+    )
+    d.status(cleared, T0 + 3)
+    assert d.volunteers["v0"].quiet_hours is None
+    assert d.volunteers["v0"].max_alerts_per_day is None
+    assert "v0" in d.index
