@@ -30,6 +30,14 @@ volunteer responder schemes; every one is a ``Scenario`` field):
   ``turnout_sigma`` 0.5): from the accept to setting off. ``last_leg_s`` (20 s): from
   the street point (the engine's geofence, the button) to the patient; time to arrival
   is at the patient, and the engine's own moment is kept beside it.
+- Delivery receipts (protocol 1.1): ``receipts_share`` (100 %, the shipped page and
+  terminal) of the volunteers' phones send them, drawn once per run
+  (``behaviour/receipts``, apart from ``unreachable``), and their status says so. A
+  reachable phone sends the receipt after a lognormal delay (median
+  ``receipt_median_s`` 1 s, sigma 0.5); an unreachable one never does, so the engine
+  marks the alert undelivered after its delivery timeout (8 s) and alerts the next best
+  at once, where without receipts it waits for the wave timeout. An answer never goes
+  out before the receipt.
 - An alert received is answered after a lognormal delay (median 15 s), ``accept`` with
   probability ``acceptance`` (so per alert sent, ``acceptance × (1 −
   unreachable_share)``); a volunteer who is stood down before answering never answers
@@ -129,6 +137,7 @@ __all__ = [
     "load_area",
     "make_population",
     "qualified_on_duty",
+    "receipts",
     "run_scenario",
     "stream",
     "unreachable",
@@ -174,6 +183,8 @@ OPTION_NAMES: Mapping[str, str] = {
     "turnout_sigma": "--turnout-sigma",
     "silent_share": "--silent-share",
     "unreachable_share": "--unreachable-share",
+    "receipts_share": "--receipts-share",
+    "receipt_median_s": "--receipt-delay",
     "last_leg_s": "--last-leg",
     "intake_s": "--intake",
 }
@@ -249,6 +260,10 @@ class Scenario:
     turnout_sigma: float = 0.5  # of its log: 90 % between 0.44 and 2.3 x the median
     silent_share: float = 0.4  # of the alerts not accepted: never answered at all
     unreachable_share: float = 0.1  # phones on duty that never receive an alert
+    # Protocol 1.1: phones that send delivery receipts (the shipped apps all do) and how
+    # long a receipt takes (median, lognormal with sigma RECEIPT_SIGMA).
+    receipts_share: float = 1.0
+    receipt_median_s: float = 1.0
     last_leg_s: float = 20.0  # from the street point (geofence, button) to the patient
     intake_s: float = 30.0  # the call's start -> the report reaches the engine
 
@@ -276,6 +291,7 @@ class Scenario:
             "halfway_share",
             "silent_share",
             "unreachable_share",
+            "receipts_share",
         ):
             if not 0.0 <= number(name) <= 1.0:
                 raise ScenarioError(name, getattr(self, name), "a share between 0 and 1")
@@ -299,6 +315,10 @@ class Scenario:
         if self.rate_per_hour * self.hours > 2_000_000:
             raise ScenarioError(
                 "rate_per_hour", self.rate_per_hour, "small enough for at most 2,000,000 incidents"
+            )
+        if not 0.0 < number("receipt_median_s") <= 60.0:
+            raise ScenarioError(
+                "receipt_median_s", self.receipt_median_s, "greater than 0 and at most 60 seconds"
             )
         for name in ("turnout_s", "last_leg_s", "intake_s"):
             if not 0.0 <= number(name) <= 3600.0:
@@ -471,6 +491,16 @@ def unreachable(scenario: Scenario, ids: Sequence[str]) -> frozenset[str]:
     return frozenset(vid for vid in ids if rng.random() < scenario.unreachable_share)
 
 
+def receipts(scenario: Scenario, ids: Sequence[str]) -> frozenset[str]:
+    """The volunteers whose phones send delivery receipts (``receipts_share`` of them).
+
+    Drawn from a stream of its own (``behaviour/receipts``): which phones are unreachable
+    does not change with the share that sends receipts, and the reverse.
+    """
+    rng = stream(scenario.seed, "behaviour/receipts")
+    return frozenset(vid for vid in ids if rng.random() < scenario.receipts_share)
+
+
 def qualified_on_duty(people: Iterable[SimVolunteer]) -> dict[str, Any]:
     """The fleet as planners count it: volunteers on duty in total and with each skill."""
     total = 0
@@ -549,6 +579,8 @@ class RunResult:
 
 
 _REPLY, _ARRIVE, _CLOSE, _REPORT = "reply", "arrive", "close", "report"
+_RECEIPT = "receipt"
+RECEIPT_SIGMA = 0.5  # of the log of a receipt's delay: 90 % within 0.44-2.3 x the median
 _LOCATE, _HOME = "locate", "home"
 
 
@@ -594,6 +626,8 @@ class _Run:
         self.overdue: dict[str, list[tuple[float, str]]] = {}  # incident -> (waited, why)
         self.people = {v.id: v for v in make_population(scenario, area)}
         self.unreachable = unreachable(scenario, list(self.people))
+        self.receipts = receipts(scenario, list(self.people))
+        self.undelivered = 0  # alerts the engine marked undelivered (no receipt in time)
         self.plan = incident_schedule(scenario, area)
         self.incidents: dict[str, Incident] = {}
         self.claims: dict[str, str] = {}  # volunteer -> incident, as Redis keeps them
@@ -608,7 +642,10 @@ class _Run:
 
     def run(self) -> RunResult:
         for v in self.people.values():
-            msg = StatusUpdate(v.id, Duty.AVAILABLE, v.skills, v.mode, v.lat, v.lon)
+            msg = StatusUpdate(
+                v.id, Duty.AVAILABLE, v.skills, v.mode, v.lat, v.lon,
+                receipts=True if v.id in self.receipts else None,
+            )  # fmt: skip
             self.apply(self.core.status(msg, EPOCH), EPOCH)
         for planned in self.plan:
             # The call starts at at_s; the engine has the report intake_s later.
@@ -639,6 +676,7 @@ class _Run:
             extra={
                 "policy": _policy_record(self.core.policy),
                 "qualified_on_duty": qualified_on_duty(self.people.values()),
+                "undelivered_alerts": self.undelivered,
             },
         )
 
@@ -690,6 +728,8 @@ class _Run:
                 if effect.type is EventType.ARRIVED and effect.data.get("first"):
                     # By the button or the geofence: the control room closes it later.
                     self.at(now + self.s.on_scene_s, _CLOSE, effect.incident_id)
+                elif effect.type is EventType.UNDELIVERED:
+                    self.undelivered += 1
                 elif effect.type is EventType.OVERDUE:
                     self.overdue.setdefault(effect.incident_id, []).append(
                         (float(effect.data["waited_s"]), str(effect.data.get("why", "late")))
@@ -710,8 +750,15 @@ class _Run:
     def on_alert(self, alert: SendAlert, now: float) -> None:
         vid = alert.volunteer_id
         if vid in self.unreachable:
-            return  # the push never arrives: no reply, ever (the engine cannot tell)
+            # The push never arrives: no receipt and no reply, ever. A phone that sends
+            # receipts is then found out after the engine's delivery timeout.
+            return
         v = self.people[vid]
+        seen = 0.0  # when the phone has the alert: the receipt goes then
+        if vid in self.receipts:
+            rng = self._call(vid, alert.incident_id, _RECEIPT)
+            seen = rng.lognormvariate(math.log(self.s.receipt_median_s), RECEIPT_SIGMA)
+            self.at(now + seen, _RECEIPT, vid, alert.alert_id)
         v.generation += 1
         v.call = (alert.alert_id, alert.incident_id)
         rng = self._call(vid, alert.incident_id, "reply")
@@ -721,7 +768,8 @@ class _Run:
         silent = rng.random() < self.s.silent_share
         if not accept and silent:
             return  # seen or not, never answered: only a stand-down puts the call away
-        self.at(now + delay, _REPLY, vid, v.generation, alert.alert_id, accept)
+        # Never before the receipt: the person answers what the phone has shown.
+        self.at(now + max(delay, seen), _REPLY, vid, v.generation, alert.alert_id, accept)
 
     def on_assignment(self, msg: SendAssignment, now: float) -> None:
         vid = msg.volunteer_id
@@ -811,6 +859,11 @@ class _Run:
         self.incidents[planned.id] = self.core.incidents[planned.id]
         self.at(now + self.s.unreached_resolve_s, _CLOSE, planned.id)
         self.apply(effects, now)
+
+    def _on_receipt(self, now: float, vid: str, alert_id: str) -> None:
+        """The phone got the alert: its receipt (not an answer; the engine may have
+        moved on, and then ignores it)."""
+        self.apply(self.core.reply(Reply(vid, alert_id, Answer.RECEIVED), now), now)
 
     def _on_reply(self, now: float, vid: str, generation: int, alert_id: str, yes: bool) -> None:
         v = self.people[vid]

@@ -181,6 +181,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"all run long (default {d.unreachable_share:g})",
     )
     a(
+        "--receipts-share",
+        type=float,
+        default=d.receipts_share,
+        metavar="P",
+        help="share of the volunteers whose phones send delivery receipts (protocol 1.1; "
+        "the shipped page and terminal do): an unreachable one is found out after the "
+        "engine's delivery timeout and the next best alerted at once "
+        f"(default {d.receipts_share:g})",
+    )
+    a(
+        "--receipt-delay",
+        type=float,
+        default=d.receipt_median_s,
+        metavar="S",
+        help="median seconds from an alert to a reachable phone's receipt, lognormal "
+        f"(default {d.receipt_median_s:g})",
+    )
+    a(
         "--last-leg",
         type=float,
         default=d.last_leg_s,
@@ -325,6 +343,8 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
         turnout_sigma=args.turnout_sigma,
         silent_share=args.silent_share,
         unreachable_share=args.unreachable_share,
+        receipts_share=args.receipts_share,
+        receipt_median_s=args.receipt_delay,
         last_leg_s=args.last_leg,
         intake_s=args.intake,
         responders=args.responders,

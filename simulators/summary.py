@@ -191,6 +191,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
+def _undelivered(summary: Mapping[str, Any]) -> str:
+    n = summary.get("undelivered_alerts")
+    if n is None:
+        return "undelivered alerts not counted"
+    alerts = summary.get("alerts") or 0
+    share = f" ({n / alerts:.1%} of the alerts)" if alerts else ""
+    return f"{n} alerts undelivered{share}, each replaced at once"
+
+
 def format_report(summary: Mapping[str, Any], worst: int = 10) -> str:
     """The printed report: headline figures, alert load, kinds and the worst grid cells."""
     sc = summary["scenario"]
@@ -238,6 +247,8 @@ def format_report(summary: Mapping[str, Any], worst: int = 10) -> str:
             f"time to overdue (mean)    {_fmt_s(summary['mean_time_to_overdue_s'])}"
             f" (by location: {_pct(summary['overdue_by_location_share'])})",
             f"stood down on the way     {summary['released_per_incident']} per incident",
+            f"delivery receipts         from {sc.get('receipts_share', 0.0):.0%} of the phones; "
+            f"{_undelivered(summary)}",
             "location reports          "
             + (
                 f"every {sc['location_interval_s']:g} s"

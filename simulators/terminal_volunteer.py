@@ -13,6 +13,13 @@ learn role changes and whether the engine believed its arrival. The engine belie
 here" only with a recent position within the arrival radius plus its accuracy, so ``h``
 sends a location first, and warns (``h!`` sends anyway) when its own position is far.
 
+Presence, receipts and the alert budget (protocol 1.1): it connects with a Last Will of
+``{"status": "offline"}`` on its own status topic (QoS 1, not retained), which the broker
+publishes if the process dies or its connection drops without a clean disconnect; its
+status says ``"receipts": true`` and every alert is answered at once with
+``{"alert_id": .., "answer": "received"}``; ``--max-alerts-per-day`` and ``--quiet-hours``
+are sent with the status for the engine to respect.
+
 ``Volunteer`` is the logic (no I/O: commands and messages in, messages and lines out);
 ``run`` is the asyncio shell around it. Nothing in the engine imports this module.
 """
@@ -25,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -49,6 +57,9 @@ QUIT = ("q", "quit", "exit")
 PRIORITY = {1: "life-threatening", 2: "urgent", 3: "routine"}
 ARRIVAL_RADIUS_M = 30.0  # the engine's default (config/default.toml [policy])
 MAX_SLACK_M = 100.0  # the engine counts a reported accuracy up to this
+# The district's local time for quiet hours: China Standard Time (UTC+8, no DST).
+LOCAL_OFFSET_S = 8 * 3600
+QUIET_HOURS = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)").fullmatch
 HELP = (
     "commands: a [ID] accept | d [ID] decline | h I'm here (h! even when far) | on | off | "
     "m walk|bike|ebike | p LAT LON move there | s state | q quit (goes off duty)"
@@ -100,6 +111,11 @@ class Volunteer:
     # here_sent, and verified (None until the state says; then the engine's belief).
     job: dict[str, Any] | None = None
     accepted: dict[str, dict[str, Any]] = field(default_factory=dict)  # incident -> alert
+    # Protocol 1.1: receipts (always, as the shipped apps), the alert budget and quiet hours
+    # ("HH:MM-HH:MM", the district's local time), sent with each status.
+    receipts: bool = True
+    max_alerts_per_day: int | None = None
+    quiet_hours: str | None = None
 
     # ---- commands
 
@@ -110,16 +126,34 @@ class Volunteer:
     def status(self) -> Out:
         if not self.on_duty:
             return Out("status", {"status": "off_duty"})
-        return Out(
-            "status",
-            {
-                "status": "available",
-                "skills": list(self.skills),
-                "mode": self.mode,
-                "lat": self.lat,
-                "lon": self.lon,
-            },
-        )
+        body: dict[str, Any] = {
+            "status": "available",
+            "skills": list(self.skills),
+            "mode": self.mode,
+            "lat": self.lat,
+            "lon": self.lon,
+        }
+        if self.receipts:
+            body["receipts"] = True
+        if self.max_alerts_per_day is not None:
+            body["max_alerts_per_day"] = self.max_alerts_per_day
+        if self.quiet_hours is not None:
+            body["quiet_hours"] = self.quiet_hours
+        return Out("status", body)
+
+    def will(self) -> Out:
+        """The Last Will the broker publishes when we drop off without a clean goodbye."""
+        return Out("status", {"status": "offline"})
+
+    def quiet_now(self, now: float) -> bool:
+        """Whether ``now`` falls inside our quiet hours (the district's local time)."""
+        match = QUIET_HOURS(self.quiet_hours or "")
+        if match is None:
+            return False
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        minute = ((now + LOCAL_OFFSET_S) % 86_400) // 60
+        return start <= minute < end if start < end else (minute >= start or minute < end)
 
     def location(self, now: float) -> Out:
         ts = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
@@ -211,6 +245,14 @@ class Volunteer:
         )
 
     # ---- messages from the engine
+
+    def alert(self, body: Mapping[str, Any], now: float) -> tuple[list[Out], list[str]]:
+        """An alert came: the receipt to send at once (before anyone decides), and lines."""
+        lines = self.on_alert(body, now)
+        alert_id = body.get("alert_id")
+        if not self.receipts or not isinstance(alert_id, str) or alert_id not in self.alerts:
+            return [], lines
+        return [Out("reply", {"alert_id": alert_id, "answer": "received"})], lines
 
     def on_alert(self, body: Mapping[str, Any], now: float) -> list[str]:
         alert_id, iid = body.get("alert_id"), body.get("incident_id")
@@ -378,6 +420,11 @@ class Volunteer:
                 parts.append("arrival " + ("confirmed" if job["verified"] else "UNVERIFIED"))
             elif job["here_sent"]:
                 parts.append("arrival sent")
+        if self.max_alerts_per_day is not None:
+            parts.append(f"at most {self.max_alerts_per_day} alerts a day")
+        if self.quiet_hours is not None:
+            quiet = " (resting now: no alerts)" if self.on_duty and self.quiet_now(now) else ""
+            parts.append(f"quiet hours {self.quiet_hours}{quiet}")
         return "; ".join(parts)
 
 
@@ -449,6 +496,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=ARRIVAL_RADIUS_M,
         help="the engine's arrival radius in metres, for the far-away warning (default 30)",
     )
+    parser.add_argument(
+        "--max-alerts-per-day",
+        type=int,
+        metavar="N",
+        help="the alert budget: the engine alerts us at most N times in 24 h (1-100)",
+    )
+    parser.add_argument(
+        "--quiet-hours",
+        metavar="HH:MM-HH:MM",
+        help="no alerts between these times, the district's local time (e.g. 22:30-07:00)",
+    )
+    parser.add_argument(
+        "--no-receipts",
+        action="store_true",
+        help="send no delivery receipts (like a protocol 1.0 client)",
+    )
 
 
 def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
@@ -475,6 +538,9 @@ def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = 
         speed_mps=args.speed,
         accuracy_m=args.accuracy,
         arrival_radius_m=args.arrival_radius,
+        receipts=not args.no_receipts,
+        max_alerts_per_day=args.max_alerts_per_day,
+        quiet_hours=args.quiet_hours,
     )
     shell = _Shell(
         volunteer,
@@ -505,6 +571,15 @@ def _check(args: argparse.Namespace) -> str:
         return "--accuracy must be 0..10000 metres"
     if not (math.isfinite(args.arrival_radius) and args.arrival_radius > 0):
         return "--arrival-radius must be greater than 0"
+    if args.max_alerts_per_day is not None and not 1 <= args.max_alerts_per_day <= 100:
+        return "--max-alerts-per-day must be 1..100"
+    if args.quiet_hours is not None:
+        match = QUIET_HOURS(args.quiet_hours)
+        if match is None or match[1] + match[2] == match[3] + match[4]:
+            return (
+                "--quiet-hours must be HH:MM-HH:MM (the district's local time, "
+                f"e.g. 22:30-07:00) with a start and an end that differ, not {args.quiet_hours!r}"
+            )
     bad = [s for s in args.skills.split(",") if s and not is_valid_id(s)]
     if bad:
         return f"--skills: not valid skill names: {', '.join(bad)}"
@@ -636,6 +711,7 @@ class _Shell:
         return True
 
     def _client(self) -> aiomqtt.Client:
+        will = self.volunteer.will()
         return aiomqtt.Client(
             self.host,
             self.port,
@@ -648,6 +724,10 @@ class _Shell:
             ),
             timeout=10,
             keepalive=20,
+            # Presence (protocol 1.1): published by the broker if we drop off uncleanly.
+            will=aiomqtt.Will(
+                self.topic(will.leaf), json.dumps(will.body), qos=will.qos, retain=False
+            ),
         )
 
     async def _session(
@@ -670,7 +750,9 @@ class _Shell:
                     continue
                 now = time.time()
                 if message.topic.value.endswith("/alert"):
-                    self.say(*v.on_alert(body, now))
+                    receipt, said = v.alert(body, now)
+                    await self.send(client, receipt)  # at once: the phone got it
+                    self.say(*said)
                     print("\a", end="", file=self.out, flush=True)  # the terminal's bell
                 elif message.topic.value.endswith("/assignment"):
                     self.say(*v.on_assignment(body, now))

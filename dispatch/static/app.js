@@ -13,6 +13,9 @@
       title: "一呼百应 调度台", fig_incidents: "今日事件", fig_p50: "到场 P50", fig_p90: "到场 P90",
       fig_within: "{s} 秒内到场", fig_within_of: "共 {n} 起已判定", fig_reached: "有人到场",
       fig_unverified: "{n} 起未核实", fig_open: "处理中", fig_escalated: "需人工", fig_available: "可调志愿者",
+      fig_offline: "{n} 人值班但失联", fig_resting: "{n} 人休息中",
+      fig_offline_tip: "在值班、但手机已断线（连接中断或页面被关闭）：不会被呼叫，直到重新上线。",
+      fig_resting_tip: "在值班、但处于免打扰时段或当天呼叫次数已达上限：暂不呼叫。",
       tab_queue: "队列", tab_history: "历史", tab_report: "报警录入", queue_empty: "当前没有待处理事件",
       history_since: "时间范围", range_1h: "最近 1 小时", range_today: "今天", range_24h: "最近 24 小时",
       range_7d: "最近 7 天", refresh: "刷新", h_time: "报警时间", h_kind: "类型", h_address: "地址",
@@ -88,7 +91,10 @@
       title: "Dispatch control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
       fig_p90: "P90 to arrival", fig_within: "Within {s} s", fig_within_of: "of {n} decided", fig_reached: "Reached",
       fig_unverified: "{n} unverified", fig_open: "Open", fig_escalated: "Escalated",
-      fig_available: "Volunteers free", tab_queue: "Queue", tab_history: "History", tab_report: "Report",
+      fig_available: "Volunteers free", fig_offline: "{n} on duty, unreachable", fig_resting: "{n} resting",
+      fig_offline_tip: "On duty, but the phone dropped off (lost its connection or the page was closed): not alerted until it is back.",
+      fig_resting_tip: "On duty, but in their quiet hours or past their alerts for the day: not alerted for now.",
+      tab_queue: "Queue", tab_history: "History", tab_report: "Report",
       queue_empty: "No open incidents", history_since: "Range", range_1h: "Last hour", range_today: "Today",
       range_24h: "Last 24 hours", range_7d: "Last 7 days", refresh: "Refresh", h_time: "Reported",
       h_kind: "Kind", h_address: "Address", h_cell: "Cell", h_state: "State", h_tta: "To arrival",
@@ -1176,6 +1182,14 @@
     $("f-unverified").textContent = unverified ? t("fig_unverified", { n: unverified }) : "";
     $("f-unverified").hidden = !unverified;
     $("f-available").textContent = String(f.available_volunteers);
+    // Protocol 1.1: on duty but not alertable now (an engine before it sends neither).
+    for (const [id, n, key] of [["f-offline", f.offline_volunteers, "fig_offline"],
+      ["f-resting", f.resting_volunteers, "fig_resting"]]) {
+      const el = $(id);
+      el.textContent = n ? t(key, { n }) : "";
+      el.title = t(`${key}_tip`);
+      el.hidden = !n;
+    }
   }
 
   // ------------------------------------------------------------------ language

@@ -1,9 +1,12 @@
 /* The volunteer app: a phone's browser as a volunteer, speaking the wire protocol
  * (PROTOCOL.md) over MQTT over WebSockets straight to the broker, like a native app.
  *
- * Out:  <root>/volunteers/<id>/status   QoS 1  available | off_duty (+ skills, mode, lat, lon)
+ * Out:  <root>/volunteers/<id>/status   QoS 1  available | off_duty (+ skills, mode, lat, lon,
+ *                                              and protocol 1.1: receipts, max_alerts_per_day,
+ *                                              quiet_hours); the Last Will says "offline"
  *       <root>/volunteers/<id>/location QoS 0  every few seconds, only while on duty
- *       <root>/volunteers/<id>/reply    QoS 1  accept | decline an alert
+ *       <root>/volunteers/<id>/reply    QoS 1  received (at once, protocol 1.1), then
+ *                                              accept | decline an alert
  *       <root>/volunteers/<id>/arrived  QoS 1  "I'm here"
  * In:   <root>/volunteers/<id>/alert, .../assignment (QoS 1, never retained)
  *       <root>/incidents/<iid>/state while assigned (retained: our role, and whether the
@@ -17,6 +20,11 @@
   const LOCATION_EVERY_MS = 5000;
   const LOCATION_EVERY_GUIDED_MS = 2000; // on the way: the engine detects arrival sooner
   const EARTH_M = 6371008.8;
+  // Quiet hours are the district's local time: China Standard Time (UTC+8, no DST).
+  const DISTRICT_OFFSET_MS = 8 * 3600 * 1000;
+  const DAY_MS = 86400 * 1000;
+  const BUDGETS = [1, 2, 3, 5, 10, 20];
+  const NO_LIMIT = 100; // the protocol's highest budget: how "no limit" is told (see sendStatus)
 
   const T = {
     zh: {
@@ -40,6 +48,12 @@
       skills: "技能（登记在案）", skills_hint: "点按修改；值班时会随状态一同上报。",
       no_skills: "（无）",
       privacy: "隐私：只在值班时共享位置；服务端只保存你最新的一个位置，下班即删除，不记录轨迹。",
+      limits: "呼叫次数与免打扰",
+      budget: "每天最多接收呼叫", budget_none: "不限", budget_n: "{n} 次",
+      quiet: "免打扰时段", quiet_from: "从", quiet_to: "到",
+      limits_hint: "按北京时间。值班时会随状态一同上报；调度中心在免打扰时段内、或 24 小时内的呼叫已达上限时不会呼叫你。",
+      resting_quiet: "休息中：免打扰时段，{t} 前不会收到呼叫。",
+      resting_budget: "休息中：24 小时内已收到 {n} 次呼叫，{t} 前不会再呼叫你。",
       signout: "退出登录",
       alert_label: "紧急呼叫", distance: "直线距离", eta: "预计到达",
       answer_within: "内请回复（之后呼叫失效）", accept: "接受", decline: "拒绝",
@@ -106,6 +120,12 @@
       skills: "Skills on record", skills_hint: "Tap to change; sent with your status while on duty.",
       no_skills: "(none)",
       privacy: "Privacy: your location is shared only on duty; the server keeps only your latest position and forgets it when you go off duty. No track is recorded.",
+      limits: "Alert limits and quiet hours",
+      budget: "Alerts per day at most", budget_none: "No limit", budget_n: "{n}",
+      quiet: "Quiet hours", quiet_from: "from", quiet_to: "to",
+      limits_hint: "China time (UTC+8). Sent with your status while on duty: dispatch does not call you in your quiet hours, nor once you have had this many alerts in 24 hours.",
+      resting_quiet: "Resting: quiet hours, no calls before {t}.",
+      resting_budget: "Resting: {n} alerts in the last 24 hours, no calls before {t}.",
       signout: "Sign out",
       alert_label: "EMERGENCY CALL", distance: "Distance", eta: "Estimated arrival",
       answer_within: "left to answer", accept: "Accept", decline: "Decline",
@@ -167,6 +187,11 @@
     duty: "off", // off | locating | on
     mode: store.getItem("vol.mode") || "walk",
     skills: JSON.parse(store.getItem("vol.skills") || '["first_aid"]'),
+    // Protocol 1.1 settings, remembered on this phone: null budget = no limit; quiet hours
+    // {on, from: "HH:MM", to: "HH:MM"} in the district's local time.
+    budget: readBudget(store.getItem("vol.budget")),
+    quiet: readQuiet(store.getItem("vol.quiet")),
+    alertTimes: readTimes(store.getItem("vol.alerts")), // when alerts came, for "resting"
     fix: null, // {lat, lon, accuracy, at}
     watchId: null,
     timer: null,
@@ -177,6 +202,29 @@
     beepTimer: null,
     wakeLock: null,
   };
+
+  function readBudget(raw) {
+    const n = Number(raw);
+    return raw && Number.isInteger(n) && n >= 1 && n <= 100 ? n : null;
+  }
+
+  function readQuiet(raw) {
+    const hhmm = /^([01]\d|2[0-3]):[0-5]\d$/;
+    try {
+      const q = JSON.parse(raw || "null");
+      if (q && hhmm.test(q.from) && hhmm.test(q.to)) return { on: Boolean(q.on), from: q.from, to: q.to };
+    } catch { /* forget a broken setting */ }
+    return { on: false, from: "22:00", to: "07:00" };
+  }
+
+  function readTimes(raw) {
+    try {
+      const list = JSON.parse(raw || "[]");
+      return Array.isArray(list) ? list.filter((x) => typeof x === "number") : [];
+    } catch {
+      return [];
+    }
+  }
 
   const t = (key, vars) => {
     let s = T[S.lang][key];
@@ -194,6 +242,7 @@
     renderConn();
     renderDuty();
     renderSkills();
+    renderLimits();
     if (S.alert) renderAlert();
     if (S.job) renderGuide();
     if (S.stood) renderStood();
@@ -236,6 +285,7 @@
       $("duty-sub").textContent = t("off_sub");
     }
     btn.textContent = S.duty === "off" ? t("go_on") : t("go_off");
+    renderResting();
     btn.classList.toggle("stop", S.duty !== "off");
     for (const b of document.querySelectorAll("#modes button")) {
       b.setAttribute("aria-checked", String(b.dataset.mode === S.mode));
@@ -256,6 +306,71 @@
         return b;
       }),
     );
+  }
+
+  // Alert budget and quiet hours (protocol 1.1): the settings, and whether we rest now.
+  function renderLimits() {
+    const sel = $("budget");
+    const opts = [[ "", t("budget_none") ], ...BUDGETS.map((n) => [String(n), t("budget_n", { n })])];
+    if (S.budget !== null && !BUDGETS.includes(S.budget)) opts.push([String(S.budget), t("budget_n", { n: S.budget })]);
+    sel.replaceChildren(...opts.map(([value, text]) => {
+      const o = document.createElement("option");
+      o.value = value;
+      o.textContent = text;
+      return o;
+    }));
+    sel.value = S.budget === null ? "" : String(S.budget);
+    $("quiet-on").checked = S.quiet.on;
+    $("quiet-from").value = S.quiet.from;
+    $("quiet-to").value = S.quiet.to;
+    $("quiet-times").hidden = !S.quiet.on;
+  }
+
+  const minutes = (hhmm) => Number(hhmm.slice(0, 2)) * 60 + Number(hhmm.slice(3, 5));
+
+  // Why the engine will not alert us now, as the engine reckons it: {why, until} or null.
+  // The budget is counted from the alerts this phone got (the engine counts the ones it
+  // sent: the same unless an alert was lost on the way).
+  function resting(now = Date.now()) {
+    let rest = null;
+    if (S.quiet.on && S.quiet.from !== S.quiet.to) {
+      const start = minutes(S.quiet.from) * 60000;
+      const end = minutes(S.quiet.to) * 60000;
+      const tod = (now + DISTRICT_OFFSET_MS) % DAY_MS; // ms into the district's day
+      const inside = start < end ? start <= tod && tod < end : tod >= start || tod < end;
+      if (inside) rest = { why: "quiet", until: now + (((end - tod) % DAY_MS) + DAY_MS) % DAY_MS };
+    }
+    if (S.budget !== null) {
+      const recent = S.alertTimes.filter((at) => at > now - DAY_MS);
+      if (recent.length >= S.budget) {
+        const until = recent[recent.length - S.budget] + DAY_MS;
+        if (!rest || until > rest.until) rest = { why: "budget", until, n: recent.length };
+      }
+    }
+    return rest;
+  }
+
+  function renderResting() {
+    const card = $("duty-card");
+    const el = $("duty-rest");
+    const rest = S.duty === "on" ? resting() : null;
+    card.dataset.resting = rest ? rest.why : "";
+    el.hidden = !rest;
+    if (!rest) return;
+    const d = new Date(rest.until + DISTRICT_OFFSET_MS); // shown in the district's time
+    const hhmm = `${String(d.getUTCHours()).padStart(2, "0")}:${String(d.getUTCMinutes()).padStart(2, "0")}`;
+    const sameDay = rest.until - Date.now() < DAY_MS / 2;
+    const when = sameDay ? hhmm : `${d.getUTCMonth() + 1}/${d.getUTCDate()} ${hhmm}`;
+    el.textContent = t(`resting_${rest.why}`, { t: when, n: rest.n });
+  }
+
+  function saveLimits() {
+    if (S.budget === null) store.removeItem("vol.budget");
+    else store.setItem("vol.budget", String(S.budget));
+    store.setItem("vol.quiet", JSON.stringify(S.quiet));
+    renderLimits();
+    renderResting();
+    if (S.duty === "on") sendStatus();
   }
 
   function fmtDist(m) {
@@ -308,6 +423,11 @@
         reconnectPeriod: 2000,
         connectTimeout: 8000,
         resubscribe: false, // the "connect" handler subscribes, every time
+        // Presence (protocol 1.1): the broker says "offline" for us when the connection
+        // drops without a clean goodbye (the phone lost its network, the page was killed).
+        will: {
+          topic: topic("status"), payload: JSON.stringify({ status: "offline" }), qos: 1, retain: false,
+        },
       });
       let settled = false;
       client.on("connect", () => {
@@ -382,6 +502,13 @@
   function sendStatus() {
     const body = { status: "available", skills: S.skills, mode: S.mode };
     if (S.fix) { body.lat = S.fix.lat; body.lon = S.fix.lon; }
+    // Protocol 1.1: this page answers every alert with a receipt, and its limits. The
+    // engine keeps a setting that a status leaves out, so "no limit" is told as the
+    // highest budget, and quiet hours turned off as null (an engine that cannot clear
+    // them yet keeps the old ones: docs/protocol.md).
+    body.receipts = true;
+    body.max_alerts_per_day = S.budget === null ? NO_LIMIT : S.budget;
+    body.quiet_hours = S.quiet.on && S.quiet.from !== S.quiet.to ? `${S.quiet.from}-${S.quiet.to}` : null;
     publish("status", body, 1);
   }
 
@@ -437,6 +564,7 @@
         });
       }
       sendLocation();
+      renderResting(); // quiet hours begin and end by the clock
     }, every);
   }
 
@@ -482,6 +610,10 @@
     if (!a || typeof a.alert_id !== "string") return;
     const expires = Date.parse(a.expires_at);
     if (isFinite(expires) && expires <= Date.now()) return; // stale: never act on it
+    // The receipt, at once, before the person decides (protocol 1.1): the engine knows
+    // the phone got it; with none in time it alerts the next best without waiting.
+    publish("reply", { alert_id: a.alert_id, answer: "received" }, 1);
+    countAlert(a.alert_id);
     if (S.job && S.job.incident_id !== a.incident_id) return; // the engine should not, anyway
     S.alert = { ...a, expiresMs: isFinite(expires) ? expires : Date.now() + 90000 };
     renderAlert();
@@ -490,6 +622,15 @@
     clearInterval(S.countTimer);
     S.countTimer = setInterval(tickAlert, 250);
     tickAlert();
+  }
+
+  function countAlert(alertId) {
+    if (S.counted === alertId) return; // a QoS 1 duplicate
+    S.counted = alertId;
+    const now = Date.now();
+    S.alertTimes = [...S.alertTimes.filter((at) => at > now - DAY_MS), now].slice(-100);
+    store.setItem("vol.alerts", JSON.stringify(S.alertTimes));
+    renderResting();
   }
 
   function renderAlert() {
@@ -979,6 +1120,21 @@
       renderSkills();
       if (S.duty === "on") sendStatus();
     });
+    $("budget").addEventListener("change", (e) => {
+      S.budget = readBudget(e.target.value);
+      saveLimits();
+    });
+    $("quiet-on").addEventListener("change", (e) => {
+      S.quiet = { ...S.quiet, on: e.target.checked };
+      saveLimits();
+    });
+    for (const id of ["quiet-from", "quiet-to"]) {
+      $(id).addEventListener("change", (e) => {
+        if (!/^\d\d:\d\d$/.test(e.target.value)) return renderLimits(); // cleared: keep the old
+        S.quiet = { ...S.quiet, [id === "quiet-from" ? "from" : "to"]: e.target.value };
+        saveLimits();
+      });
+    }
     $("accept").addEventListener("click", () => { askCompass(); answer("accept"); });
     $("compass-on").addEventListener("click", askCompass);
     $("decline").addEventListener("click", () => answer("decline"));
@@ -991,9 +1147,12 @@
     window.addEventListener("offline", () => setConn("offline"));
     window.addEventListener("deviceorientationabsolute", onOrientation);
     window.addEventListener("deviceorientation", onOrientation);
-    window.addEventListener("pagehide", () => {
-      // Closing the page while on duty: say so, so that nobody waits for us.
+    window.addEventListener("pagehide", (e) => {
+      // Closing the page while on duty: say so, so that nobody waits for us; then a clean
+      // goodbye, best effort, so that the broker does not publish our Last Will ("offline")
+      // after it. A phone that dies or loses its network has no pagehide: the will tells.
       if (S.duty === "on") publish("status", { status: "off_duty" }, 1);
+      if (S.client && !e.persisted) S.client.end(false); // (persisted: it may come back)
     });
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && S.duty !== "off") keepAwake(true);

@@ -188,6 +188,12 @@ def _volunteers(field: Field, n: int, seed: int = 7) -> list[tuple[str, float, f
 # ------------------------------------------------------------------------- the tests
 
 
+def _quiet_now() -> str:
+    """Quiet hours around now, in the district's local time (UTC+8)."""
+    start, end = (time.gmtime(time.time() + 8 * 3600 + d) for d in (-3600, 3600))
+    return f"{start.tm_hour:02d}:{start.tm_min:02d}-{end.tm_hour:02d}:{end.tm_min:02d}"
+
+
 def test_live_queue_clock_cancel_and_screenshots(
     engine: PageEngine, field: Field, page: Page
 ) -> None:
@@ -232,6 +238,12 @@ def test_live_queue_clock_cancel_and_screenshots(
 
     # A busier screen for the screenshots: volunteers, and incidents in every state.
     vols = _volunteers(field, 90)
+    # Protocol 1.1: one phone dropped off (its Last Will), one resting in quiet hours.
+    field.phone.publish(field.t("volunteers", vols[0][0], "status"), {"status": "offline"})
+    field.phone.publish(
+        field.t("volunteers", vols[1][0], "status"),
+        {"status": "available", "quiet_hours": _quiet_now()},
+    )
     field.sync()
     p.wait_for_timeout(300)
     # Reported a while ago (as a hotline may forward them), so the clocks show every band.
@@ -296,12 +308,18 @@ def test_live_queue_clock_cancel_and_screenshots(
     assert p.locator("#f-within-of").inner_text() == f"共 {figures['decided']} 起已判定"
     assert p.locator("#f-reached").inner_text() == "0"
     assert p.locator("#f-unverified").inner_text() == "1 起未核实"
+    assert figures["offline_volunteers"] == 1
+    assert figures["resting_volunteers"] == 1
+    assert p.locator("#f-offline").inner_text() == "1 人值班但失联"
+    assert p.locator("#f-resting").inner_text() == "1 人休息中"
     page.screenshot("control-room-zh.png")
     p.click("#lang")
     assert p.locator("#lang").inner_text() == "中文"
     assert "Queue" in p.locator(".tabs").inner_text()
     assert p.locator("#f-within-label").inner_text() == "Within 180 s"
     assert p.locator("#f-within-of").inner_text() == f"of {figures['decided']} decided"
+    assert p.locator("#f-offline").inner_text() == "1 on duty, unreachable"
+    assert p.locator("#f-resting").inner_text() == "1 resting"
     assert "backup" not in page.row("pg-cardiac").inner_text()
     assert "unverified" in page.row("pg-cardiac").locator(".responders").inner_text()
     # The volunteer comes within the arrival radius: the arrival is verified.

@@ -129,7 +129,9 @@ def test_terminal_volunteer_declines_accepts_walks_there_and_leaves(
     assert "300 m" in line
     alert = field.wait_alert(vid, first)
     term.type("d")
-    reply = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "reply"))
+    reply = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid, "reply") and m.json["answer"] != "received"
+    )
     assert reply.json == {"alert_id": alert["alert_id"], "answer": "decline"}
     engine.post(f"/api/incidents/{first}/cancel", {}, token=TOKEN)
 
@@ -216,3 +218,81 @@ def test_terminal_volunteer_says_here_and_rejects_bad_flags(
     )  # fmt: skip
     assert bad.returncode == 2
     assert "--id must be 1-64 characters" in bad.stderr
+
+
+def _quiet_far_from_now() -> str:
+    """A minute of quiet hours twelve hours from now (district time, UTC+8): never now."""
+    local = time.gmtime(time.time() + 8 * 3600 + 12 * 3600)
+    start = local.tm_hour * 60 + local.tm_min
+    end = (start + 1) % 1440
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def _figures(engine: Engine, key: str, want: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = engine.get("/api/figures", token=TOKEN).json.get(key)
+        if got == want:
+            return
+        assert time.monotonic() < deadline, f"/api/figures {key} is {got}, not {want}"
+        time.sleep(0.5)
+
+
+def test_terminal_volunteer_sends_receipts_keeps_its_budget_and_leaves_a_will(
+    engine: Engine, field: Field, terminals: list[Terminal]
+) -> None:
+    vid = uid("tr")
+    start = offset(*SPOT, 250, 300)
+    quiet = _quiet_far_from_now()
+    term = Terminal(engine, vid, start, "--max-alerts-per-day", "1", "--quiet-hours", quiet)
+    terminals.append(term)
+    term.expect("connected")
+    status = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "status"))
+    assert status.json["receipts"] is True
+    assert status.json["max_alerts_per_day"] == 1
+    assert status.json["quiet_hours"] == quiet
+
+    # An alert: the receipt goes out at once, before anyone decides; the engine logs it.
+    first = uid("ti")
+    field.report({"id": first, "kind": "medical", "lat": SPOT[0], "lon": SPOT[1]})
+    alert = field.wait_alert(vid, first)
+    reply_topic = field.t("volunteers", vid, "reply")
+    receipt = field.all.wait_for(lambda m: m.topic == reply_topic, what="the receipt")
+    assert receipt.json == {"alert_id": alert["alert_id"], "answer": "received"}
+    assert receipt.qos == 1
+    assert not receipt.retain
+    term.expect(f"ALERT incident {first}")
+    deadline = time.monotonic() + 5
+    while not any(e["type"] == "received" for e in engine.incident(first).get("events", [])):
+        assert time.monotonic() < deadline, "no 'received' event in the incident's log"
+        time.sleep(0.2)
+    [received] = [e for e in engine.incident(first)["events"] if e["type"] == "received"]
+    assert 0 <= received["latency_s"] < 5
+    # Not an answer: the alert is still pending, and "d" declines it.
+    term.type("d")
+    field.all.wait_for(
+        lambda m: m.topic == reply_topic and m.json["answer"] == "decline", what="decline"
+    )
+    engine.post(f"/api/incidents/{first}/cancel", {}, token=TOKEN)
+
+    # One alert a day: the next incident, just as near, does not alert it; it rests.
+    _figures(engine, "resting_volunteers", 1)
+    second = uid("ti")
+    field.report({"id": second, "kind": "fall", "lat": SPOT[0], "lon": SPOT[1]})
+    time.sleep(2)
+    assert field.alerts(vid, second) == []
+    engine.post(f"/api/incidents/{second}/cancel", {}, token=TOKEN)
+
+    # Killed (no clean disconnect): the broker publishes its Last Will, and the engine
+    # counts it on duty but unreachable.
+    term.proc.kill()
+    term.proc.wait(5)
+    will = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid, "status") and m.json["status"] == "offline",
+        timeout=10,
+        what="the Last Will",
+    )
+    assert will.qos == 1
+    assert not will.retain
+    _figures(engine, "offline_volunteers", 1)
+    field.status(vid, "off_duty")  # leave the shared engine as we found it

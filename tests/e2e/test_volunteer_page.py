@@ -175,6 +175,10 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     assert body["status"] == "available"
     assert body["mode"] == "walk"
     assert body["skills"] == ["first_aid"]
+    # Protocol 1.1: receipts always; no limits set: the highest budget, no quiet hours.
+    assert body["receipts"] is True
+    assert body["max_alerts_per_day"] == 100
+    assert body["quiet_hours"] is None
     assert haversine_m(body["lat"], body["lon"], *a_at) < 1
     _wait(lambda: _volunteer(engine, vid_a) is not None, 5, "the engine to list the volunteer")
     seen = _volunteer(engine, vid_a)
@@ -234,7 +238,8 @@ def test_volunteer_signs_in_is_alerted_goes_arrives_and_the_backup_stands_down(
     )
     a.page.click("#accept")
     reply = field.all.wait_for(
-        lambda m: m.topic == field.t("volunteers", vid_a, "reply"), what="the page's reply"
+        lambda m: m.topic == field.t("volunteers", vid_a, "reply") and m.json["answer"] == "accept",
+        what="the page's reply",
     )
     assert reply.json == {"alert_id": alert["alert_id"], "answer": "accept"}
     assert reply.qos == 1
@@ -354,7 +359,9 @@ def test_i_am_here_button_and_decline(
     phone.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
     alert = field.wait_alert(vid, first)
     phone.page.click("#decline")
-    reply = field.all.wait_for(lambda m: m.topic == field.t("volunteers", vid, "reply"))
+    reply = field.all.wait_for(
+        lambda m: m.topic == field.t("volunteers", vid, "reply") and m.json["answer"] != "received"
+    )
     assert reply.json == {"alert_id": alert["alert_id"], "answer": "decline"}
     phone.screen("home")
     assert phone.page.locator("#alert").is_hidden()
@@ -450,14 +457,17 @@ def test_offline_is_shown_and_the_page_reconnects_by_itself(
     assert statuses
     phone.context.set_offline(True)
     phone.page.wait_for_selector("#conn:not([data-state=online])", timeout=5_000)
-    phone.page.wait_for_selector("#offline-banner:not([hidden])", timeout=5_000)
     phone.shot("offline")
     phone.context.set_offline(False)
     phone.page.wait_for_selector("#conn[data-state=online]", timeout=10_000)
     assert phone.page.locator("#offline-banner").is_hidden()
     # Back online while on duty, the page tells the engine again that it is available.
     field.all.wait_count(
-        2, lambda m: m.topic == field.t("volunteers", vid, "status"), what="status again"
+        2,
+        lambda m: (
+            m.topic == field.t("volunteers", vid, "status") and m.json["status"] == "available"
+        ),
+        what="status again",
     )
     # A reload in the same tab signs in again by itself (off duty until asked).
     phone.page.reload()
@@ -465,6 +475,129 @@ def test_offline_is_shown_and_the_page_reconnects_by_itself(
     phone.page.wait_for_selector("#conn[data-state=online]", timeout=5_000)
     assert phone.page.locator("#duty-card").get_attribute("data-duty") == "off"
     assert phone.errors == [], phone.errors
+
+
+def _district_hhmm(ts: float) -> str:
+    """The district's local time (UTC+8) of ``ts`` as HH:MM."""
+    local = time.gmtime(ts + 8 * 3600)
+    return f"{local.tm_hour:02d}:{local.tm_min:02d}"
+
+
+def _figures(engine: Engine, key: str, want: int, timeout: float = 10.0) -> None:
+    _wait(
+        lambda: engine.get("/api/figures", token=engine.token).json.get(key) == want,
+        timeout,
+        f"/api/figures {key} to be {want}",
+    )
+
+
+def test_receipts_limits_and_the_last_will(
+    ws_engine: Engine, field: Field, phones: Callable[..., Phone]
+) -> None:
+    engine = ws_engine
+    vid_a, vid_b = "zhao-lei", "sun-li"
+    a = phones(offset(*INCIDENT, 300, 60))
+    a.sign_in(vid_a)
+    # A allows one alert a day, set before going on duty; remembered across a reload.
+    a.page.select_option("#budget", "1")
+    a.page.reload()
+    a.screen("home", timeout=10_000)
+    assert a.page.locator("#budget").input_value() == "1"
+    assert a.page.locator("#quiet-times").is_hidden()
+    a.page.wait_for_selector("#conn[data-state=online]", timeout=5_000)
+    a.on_duty()
+    status_a = field.all.wait_for(
+        lambda m: (
+            m.topic == field.t("volunteers", vid_a, "status") and m.json["status"] == "available"
+        ),
+        what="A's status",
+    )
+    assert status_a.json["receipts"] is True
+    assert status_a.json["max_alerts_per_day"] == 1
+    assert status_a.json["quiet_hours"] is None
+    assert a.page.locator("#duty-rest").is_hidden()
+
+    # B is in quiet hours right now (district time), set on duty: it goes with the status,
+    # and the page says B is resting.
+    b = phones(offset(*INCIDENT, 350, 200), locale="en-US")
+    b.sign_in(vid_b)
+    b.on_duty()
+    quiet = (_district_hhmm(time.time() - 3600), _district_hhmm(time.time() + 3600))
+    b.page.check("#quiet-on")
+    b.page.fill("#quiet-from", quiet[0])
+    b.page.fill("#quiet-to", quiet[1])
+    b.page.dispatch_event("#quiet-to", "change")
+    want = f"{quiet[0]}-{quiet[1]}"
+    status_b = field.all.wait_for(
+        lambda m: (
+            m.topic == field.t("volunteers", vid_b, "status") and m.json["quiet_hours"] == want
+        ),
+        what="B's quiet hours",
+    )
+    assert status_b.json["receipts"] is True
+    b.page.wait_for_selector("#duty-card[data-resting=quiet]", timeout=2_000)
+    rest = b.page.locator("#duty-rest").inner_text()
+    assert rest == f"Resting: quiet hours, no calls before {quiet[1]}.", rest
+    b.shot("resting")
+    _figures(engine, "resting_volunteers", 1)
+
+    # An incident near both: A rings and sends the receipt at once, before anyone taps;
+    # B, resting, is not alerted.
+    first = uid("inc")
+    field.report({"id": first, "kind": "medical", "lat": INCIDENT[0], "lon": INCIDENT[1]})
+    a.page.wait_for_selector("#alert:not([hidden])", timeout=2_000)
+    alert = field.wait_alert(vid_a, first)
+    reply_a = field.t("volunteers", vid_a, "reply")
+    receipt = field.all.wait_for(lambda m: m.topic == reply_a, timeout=2, what="the receipt")
+    assert receipt.json == {"alert_id": alert["alert_id"], "answer": "received"}
+    assert receipt.qos == 1
+    assert not receipt.retain
+    alert_msg = field.all.all(lambda m: m.topic == field.t("volunteers", vid_a, "alert"))[0]
+    assert receipt.received - alert_msg.received < 1.0, "the receipt came late"
+    _wait(
+        lambda: any(e["type"] == "received" for e in engine.incident(first)["events"]),
+        5,
+        "the engine's 'received' event",
+    )
+    assert engine.incident(first)["alerts"][0]["status"] == "pending"  # not an answer
+    assert field.alerts(vid_b, first) == []
+    # The engine's delivery histogram saw it.
+    assert engine.metric("dispatch_alert_delivery_seconds_count") >= 1
+    a.page.click("#decline")
+    field.all.wait_for(
+        lambda m: m.topic == reply_a and m.json["answer"] == "decline", what="A's decline"
+    )
+    engine.post(f"/api/incidents/{first}/cancel", {}, token=engine.token)
+
+    # A has had its one alert: the page says it rests, and so does the engine; the next
+    # incident alerts nobody.
+    a.page.wait_for_selector("#duty-card[data-resting=budget]", timeout=2_000)
+    assert "24 小时内已收到 1 次呼叫" in a.page.locator("#duty-rest").inner_text()
+    a.shot("resting-budget")
+    _figures(engine, "resting_volunteers", 2)
+    second = uid("inc")
+    field.report({"id": second, "kind": "fall", "lat": INCIDENT[0], "lon": INCIDENT[1]})
+    time.sleep(2)
+    assert field.alerts(vid_a, second) == []
+    assert field.alerts(vid_b, second) == []
+    assert a.page.locator("#alert").is_hidden()
+    engine.post(f"/api/incidents/{second}/cancel", {}, token=engine.token)
+
+    # Killed without a goodbye (the browser gone): the broker publishes A's Last Will and
+    # the engine counts A on duty but unreachable.
+    a.context.close()
+    will = field.all.wait_for(
+        lambda m: (
+            m.topic == field.t("volunteers", vid_a, "status") and m.json["status"] == "offline"
+        ),
+        timeout=10,
+        what="A's Last Will",
+    )
+    assert will.qos == 1
+    assert not will.retain
+    _figures(engine, "offline_volunteers", 1)
+    assert a.errors == [], a.errors
+    assert b.errors == [], b.errors
 
 
 # ------------------------------------------------------------------ with broker accounts

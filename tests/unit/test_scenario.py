@@ -31,6 +31,7 @@ from simulators.scenario import (
     incident_schedule,
     load_area,
     make_population,
+    receipts,
     run_scenario,
     unreachable,
 )
@@ -128,8 +129,14 @@ def test_naive_alerts_one_volunteer_at_a_time_in_sequence(area: ServiceArea) -> 
 
 
 def test_naive_never_has_two_alerts_open(area: ServiceArea) -> None:
-    result = run_scenario(replace(SMALL, policy="naive"), area=area, config=CONFIG)
+    # Without delivery receipts: with them, an alert found undelivered stays valid (the
+    # phone may yet get it) while the next one goes out at once, so two may be open.
+    no_receipts = replace(SMALL, policy="naive", receipts_share=0.0)
+    result = run_scenario(no_receipts, area=area, config=CONFIG)
     assert result.max_open_alerts == 1
+    with_receipts = run_scenario(replace(no_receipts, receipts_share=1.0), area=area, config=CONFIG)
+    assert with_receipts.extra["undelivered_alerts"] > 0
+    assert with_receipts.max_open_alerts > 1
 
 
 def test_stations_baseline(area: ServiceArea) -> None:
@@ -451,12 +458,14 @@ NO_OVERDUE = load_config(overrides={"policy.overdue_grace_s": 1e9, "policy.stall
 
 
 def _replies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """(volunteer, answer) of every reply the engine's core receives from now on."""
+    """(volunteer, answer) of every answer the engine's core receives from now on (a
+    delivery receipt is not an answer)."""
     replies: list[tuple[str, str]] = []
     real = dispatch.dispatcher.Dispatcher.reply
 
     def spy(self, msg, now):  # type: ignore[no-untyped-def]
-        replies.append((msg.volunteer_id, msg.answer.value))
+        if msg.answer.value != "received":
+            replies.append((msg.volunteer_id, msg.answer.value))
         return real(self, msg, now)
 
     monkeypatch.setattr(dispatch.dispatcher.Dispatcher, "reply", spy)
@@ -742,3 +751,43 @@ def test_planning_names_the_simulate_command_of_each_run() -> None:
     stations = Run.of(Scenario(baseline="stations", hours=24)).command()
     assert "--baseline stations" in stations
     assert "--volunteers" not in stations
+
+
+def test_receipts_replace_the_unreachable_at_once(area: ServiceArea) -> None:
+    """Phones that send receipts: an unreachable one is found out after the engine's
+    delivery timeout and the next best alerted at once, instead of after the wave
+    timeout; fewer incidents are reached late. The same people are unreachable either way."""
+    s = replace(SMALL, policy="naive", unreachable_share=0.4, hours=12.0)
+    ids = [v.id for v in make_population(s, area)]
+    assert receipts(s, ids) == frozenset(ids)  # the default: the shipped apps all send them
+    assert receipts(replace(s, receipts_share=0.0), ids) == frozenset()
+    half = receipts(replace(s, receipts_share=0.5), ids)
+    assert 0.4 * len(ids) < len(half) < 0.6 * len(ids)
+    assert unreachable(replace(s, receipts_share=0.5), ids) == unreachable(s, ids)
+    without = _summary(replace(s, receipts_share=0.0), area)
+    with_ = _summary(s, area)
+    assert without["undelivered_alerts"] == 0
+    # Each undelivered alert is one to an unreachable phone.
+    assert 0 < with_["undelivered_alerts"] <= with_["alerts"]  # type: ignore[operator]
+    assert with_["within_target_share"] > without["within_target_share"]  # type: ignore[operator]
+    assert with_["median_time_to_accept_s"] < without["median_time_to_accept_s"]  # type: ignore[operator]
+    # Reachable phones are never taken for unreachable ones (receipts take about 1 s).
+    reachable = _summary(replace(s, unreachable_share=0.0), area)
+    assert reachable["undelivered_alerts"] == 0
+    report = format_report(with_)
+    assert f"from 100% of the phones; {with_['undelivered_alerts']} alerts undelivered" in report
+
+
+def test_the_receipt_flags_reach_the_scenario(tmp_path: Path) -> None:
+    target = tmp_path / "run.json"
+    args = ["simulate", "--quiet", "--volunteers", "300", "--hours", "1", "--rate", "12"]
+    flags = ["--receipts-share", "0.25", "--receipt-delay", "2"]
+    assert cli_main([*args, *flags, "--json", str(target)]) == 0
+    data = json.loads(target.read_text())
+    assert data["scenario"]["receipts_share"] == 0.25
+    assert data["scenario"]["receipt_median_s"] == 2.0
+    assert isinstance(data["undelivered_alerts"], int)
+    with pytest.raises(ScenarioError, match="--receipts-share"):
+        Scenario(receipts_share=1.5)
+    with pytest.raises(ScenarioError, match="--receipt-delay"):
+        Scenario(receipt_median_s=0.0)

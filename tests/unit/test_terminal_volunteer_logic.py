@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime
 
 from geo.distance import haversine_m
-from simulators.terminal_volunteer import Out, Volunteer
+from simulators.terminal_volunteer import Out, Volunteer, _check, add_arguments
 
 NOW = 1_800_000_000.0
 SPOT = (30.2591, 120.1698)
@@ -47,6 +48,7 @@ def test_start_goes_available_with_position_mode_and_skills() -> None:
                 "mode": "bike",
                 "lat": 30.25,
                 "lon": 120.17,
+                "receipts": True,  # protocol 1.1: every alert gets a receipt at once
             },
         )
     ]
@@ -214,3 +216,54 @@ def test_off_duty_sends_nothing_and_commands_explain_themselves() -> None:
     assert "unknown command" in v.command("fly", NOW)[1][0]
     outs, _ = v.command("on", NOW)
     assert outs[0].body["status"] == "available"
+
+
+def test_an_alert_gets_a_receipt_at_once_and_only_a_live_one() -> None:
+    v = _volunteer()
+    outs, lines = v.alert(_alert("al-1", "inc-1"), NOW)
+    assert outs == [Out("reply", {"alert_id": "al-1", "answer": "received"})]
+    assert "ALERT incident inc-1" in lines[0]
+    # Not an answer: the alert still waits for accept or decline.
+    assert v.command("a", NOW + 1)[0] == [Out("reply", {"alert_id": "al-1", "answer": "accept"})]
+    assert v.alert(_alert("old", "inc-2", expires_in=-1), NOW)[0] == []  # stale: nothing
+    assert v.alert({"kind": "medical"}, NOW)[0] == []  # no ids: nothing
+    quiet = _volunteer(receipts=False)  # --no-receipts: a 1.0 client
+    assert "receipts" not in quiet.status().body
+    assert quiet.alert(_alert("al-3", "inc-3"), NOW)[0] == []
+
+
+def test_the_will_and_the_budget_and_quiet_hours_in_the_status() -> None:
+    v = _volunteer(max_alerts_per_day=5, quiet_hours="22:30-07:00")
+    assert v.will() == Out("status", {"status": "offline"}, qos=1)
+    body = v.status().body
+    assert body["receipts"] is True
+    assert body["max_alerts_per_day"] == 5
+    assert body["quiet_hours"] == "22:30-07:00"
+    # Quiet hours are the district's local time (UTC+8): 23:00 there is 15:00 UTC.
+    at_2300 = datetime(2027, 3, 1, 15, 0, tzinfo=UTC).timestamp()
+    at_1200 = datetime(2027, 3, 1, 4, 0, tzinfo=UTC).timestamp()
+    at_0659 = datetime(2027, 3, 1, 22, 59, tzinfo=UTC).timestamp()
+    assert v.quiet_now(at_2300)
+    assert v.quiet_now(at_0659)
+    assert not v.quiet_now(at_1200)
+    assert "quiet hours 22:30-07:00 (resting now: no alerts)" in v.describe(at_2300)
+    assert "at most 5 alerts a day" in v.describe(at_1200)
+    assert "resting" not in v.describe(at_1200)
+    day = _volunteer(quiet_hours="09:00-17:00")
+    assert day.quiet_now(at_1200)
+    assert not day.quiet_now(at_2300)
+
+
+def test_the_budget_and_quiet_hours_flags_are_checked() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def check(*argv: str) -> str:
+        return _check(parser.parse_args(["--id", "v1", *argv]))
+
+    assert check("--max-alerts-per-day", "5", "--quiet-hours", "22:30-07:00") == ""
+    assert "1..100" in check("--max-alerts-per-day", "0")
+    assert "1..100" in check("--max-alerts-per-day", "101")
+    assert "HH:MM-HH:MM" in check("--quiet-hours", "22-7")
+    assert "HH:MM-HH:MM" in check("--quiet-hours", "24:00-07:00")
+    assert "differ" in check("--quiet-hours", "07:00-07:00")

@@ -133,3 +133,17 @@ def test_the_page_and_the_terminal_connect_with_the_volunteer_id_as_client_id() 
 
     source = inspect.getsource(terminal_volunteer)
     assert re.search(r"identifier=self\.volunteer\.vid\s*,", source)
+
+
+def test_the_page_sets_its_will_and_sends_receipts() -> None:
+    """Protocol 1.1: a Last Will of "offline" on its own status topic (QoS 1, never
+    retained), receipts announced in the status, and a receipt on every alert."""
+    js = (STATIC_DIR / "volunteer.js").read_text(encoding="utf-8")
+    assert "will: {" in js, "volunteer.js: no Last Will"
+    body = js[js.index("will: {") :][:200]
+    assert 'topic: topic("status")' in body
+    assert 'JSON.stringify({ status: "offline" })' in body
+    assert "qos: 1" in body
+    assert "retain: false" in body
+    assert "body.receipts = true" in js
+    assert 'publish("reply", { alert_id: a.alert_id, answer: "received" }, 1)' in js
