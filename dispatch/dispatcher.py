@@ -634,7 +634,8 @@ class Dispatcher:
         alert.undelivered = True
         self._event(incident, EventType.UNDELIVERED, now, effects,
                     volunteer_id=alert.volunteer_id, alert_id=alert_id)  # fmt: skip
-        if incident.still_needed and not incident.ended:
+        replace = self.policy.playbook.replace_undelivered  # the baselines follow their rules
+        if replace and incident.still_needed and not incident.ended:
             self._alert_best(incident, now, effects, fixed=1)
         self._changed(incident, effects)
 

@@ -83,6 +83,8 @@ class Playbook:
     goers: int | None = None  # acceptors who go in all; None: needed + policy backups
     fastest_wins: bool = True  # a later acceptor who will be there sooner takes the place
     chase_no_shows: bool = True  # an overdue responder brings a new wave
+    # An alert a phone never acknowledged (protocol 1.1 receipts) brings the next best.
+    replace_undelivered: bool = True
     one_at_a_time: bool = False  # the next alert only after an answer or expiry
 
 
@@ -101,6 +103,7 @@ PLAYBOOKS: Mapping[Strategy, Playbook] = MappingProxyType(
             goers=10,
             fastest_wins=False,
             chase_no_shows=False,
+            replace_undelivered=False,
         ),
         # The 3 nearest; 3 more when nobody has accepted after 30 s; acceptors go.
         Strategy.GOODSAM: Playbook(
@@ -114,6 +117,7 @@ PLAYBOOKS: Mapping[Strategy, Playbook] = MappingProxyType(
             goers=10,
             fastest_wins=False,
             chase_no_shows=False,
+            replace_undelivered=False,
         ),
         # About 16 within 1.8 km at once; the first 3 acceptors go, the rest stand down.
         Strategy.HEARTRUNNER: Playbook(
@@ -125,6 +129,7 @@ PLAYBOOKS: Mapping[Strategy, Playbook] = MappingProxyType(
             goers=3,
             fastest_wins=False,
             chase_no_shows=False,
+            replace_undelivered=False,
         ),
         # The 9 nearest; the 3 closest acceptors go.
         Strategy.FIRSTAED: Playbook(
@@ -135,6 +140,7 @@ PLAYBOOKS: Mapping[Strategy, Playbook] = MappingProxyType(
             goers=3,
             fastest_wins=True,
             chase_no_shows=False,
+            replace_undelivered=False,
         ),
         # The 2 nearest; 20 s without a reply brings the next nearest; when both decline,
         # the next pair.
@@ -149,6 +155,7 @@ PLAYBOOKS: Mapping[Strategy, Playbook] = MappingProxyType(
             goers=2,
             fastest_wins=False,
             chase_no_shows=False,
+            replace_undelivered=False,
         ),
     }
 )

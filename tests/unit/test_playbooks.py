@@ -132,3 +132,16 @@ def test_the_alert_budget_caps_the_engines_own_policy(area: ServiceArea) -> None
     assert state["state"] == "escalated"
     assert "alert budget" in state["escalation_reason"]
     assert not [e for e in d.tick(T0 + 40) if isinstance(e, LogEvent) and e.type == "alerted"]
+
+
+def test_the_baselines_do_not_replace_an_undelivered_alert(area: ServiceArea) -> None:
+    """Delivery receipts are the engine's: a baseline keeps to its documented rules."""
+    from dispatch.model import Duty, StatusUpdate
+
+    for strategy, replaced in ((Strategy.WAVES, True), (Strategy.FIRSTAED, False)):
+        d = make(area, strategy=strategy, max_wave_size=1, delivery_timeout_s=8)
+        for i in range(12):
+            on_duty(d, f"v{i}", 100 * (i + 1))
+        d.status(StatusUpdate("v0", Duty.AVAILABLE, receipts=True), T0)
+        report(d)
+        assert bool(alerts(d.tick(T0 + 8))) is replaced, strategy
