@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.config import env_name, load_config
-from simulators.scenario import OPTION_NAMES, Scenario, load_area, run_scenario
+from simulators.run import run_scenario
+from simulators.scenario import OPTION_NAMES, Scenario, load_area
 from simulators.summary import summarize
 
 __all__ = [

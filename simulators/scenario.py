@@ -1,6 +1,6 @@
 """The offline scenario runner: the engine's own core on a simulated clock, no broker, no Redis.
 
-``run_scenario`` plays a scenario (volunteers, incidents, how people answer and travel)
+``run_volunteers`` plays a scenario (volunteers, incidents, how people answer and travel)
 against ``dispatch.dispatcher.Dispatcher`` itself, built with the engine's policy,
 travel model and kind defaults: what it reports is what the engine would have decided.
 The shell's part is played in-process: effects are read as the live shell reads them
@@ -138,7 +138,7 @@ __all__ = [
     "make_population",
     "qualified_on_duty",
     "receipts",
-    "run_scenario",
+    "run_volunteers",
     "stream",
     "unreachable",
 ]
@@ -937,21 +937,18 @@ def _policy_record(policy: Policy) -> dict[str, Any]:
     return record
 
 
-def run_scenario(
+def run_volunteers(
     scenario: Scenario,
     *,
     area: ServiceArea | None = None,
     config: Config | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> RunResult:
-    """Play ``scenario`` (volunteers with the engine's core, or the stations baseline)."""
-    config = config or load_config()
-    area = area or load_area(config)
-    if scenario.baseline == "stations":
-        from simulators.stations import run_stations
+    """Play ``scenario`` with volunteers dispatched by the engine's core (see the module doc).
 
-        return run_stations(scenario, area, progress=progress)
-    return _Run(scenario, area, config, progress).run()
+    ``simulators.run.run_scenario`` picks this or the stations baseline."""
+    config = config or load_config()
+    return _Run(scenario, area or load_area(config), config, progress).run()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -23,7 +23,8 @@ from dispatch.config import load_config
 from dispatch.errors import ConfigError
 from dispatch.policy import Strategy
 from geo.area import ServiceArea
-from simulators.scenario import RunResult, Scenario, ScenarioError, load_area, run_scenario
+from simulators.run import run_scenario
+from simulators.scenario import RunResult, Scenario, ScenarioError, load_area
 from simulators.summary import format_report, summarize
 
 __all__ = ["add_arguments", "main", "policy_overrides", "progress_printer", "scenario_from"]

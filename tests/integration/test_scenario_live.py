@@ -40,6 +40,7 @@ from inprocess import engine_in_process
 from dispatch.config import load_config
 from simulators.fleet import Fleet, FleetModel, FleetParams, near_point
 from simulators.incidents import IncidentStream, ScheduledReport
+from simulators.run import run_scenario
 from simulators.scenario import (
     NO_HUMAN_MODEL,
     ROOT,
@@ -47,7 +48,6 @@ from simulators.scenario import (
     Scenario,
     incident_schedule,
     load_area,
-    run_scenario,
     stream,
 )
 

@@ -241,11 +241,6 @@ PRIVATE_REACHES_ALLOWED = frozenset(
         ("dispatch/bus.py", "client._queue"),
     }
 )
-# simulators/stations.py imports the scenario's types; scenario.run imports
-# stations.run_stations for the "stations" baseline (to break: see docs/architecture.md).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"simulators.scenario", "simulators.stations"})}
-)
 
 
 def importers_of(root: Path, target: str, packages: Iterable[str]) -> list[str]:
@@ -384,7 +379,7 @@ def test_no_module_uses_another_modules_private_names() -> None:
 
 
 def test_no_import_cycles() -> None:
-    cycles = [c for c in import_cycles(ROOT, PACKAGES) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = import_cycles(ROOT, PACKAGES)
     assert not cycles, "modules that import each other, directly or around a loop:\n" + (
         "\n".join(" <-> ".join(c) for c in cycles)
     )

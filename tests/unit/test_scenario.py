@@ -22,6 +22,7 @@ import dispatch.dispatcher
 from dispatch.cli import main as cli_main
 from dispatch.config import Config, load_config
 from geo.area import ServiceArea
+from simulators.run import run_scenario
 from simulators.scenario import (
     NO_HUMAN_MODEL,
     Outcome,
@@ -32,7 +33,6 @@ from simulators.scenario import (
     load_area,
     make_population,
     receipts,
-    run_scenario,
     unreachable,
 )
 from simulators.stations import place_stations
