@@ -64,6 +64,8 @@ UPPER_BOUND: Mapping[str, Any] = {
     "policy.backup_responders": 10,
     "policy.wave_confidence": 0.9999,
 }
+# Volunteers' own alert budgets compared (alerts a day each; 0: none).
+DAILY_BUDGETS = (0, 3, 6)
 # Engine keys that `dispatch simulate` has a flag for; others go by environment.
 _FLAGS = {"policy.max_alerts": "--alert-budget", "policy.backup_responders": "--backup-responders"}
 
@@ -282,6 +284,14 @@ class Plan:
                 out.append((n, policy, Run.of(at), Run.of(replace(at, receipts_share=0.0))))
         return out
 
+    def daily_budgets(self) -> list[tuple[int, int, Run]]:
+        """(fleet, alerts a day, run; 0: no budget): what volunteers' own budgets cost."""
+        return [
+            (n, k, Run.of(replace(self.base, volunteers=n, daily_budget=k)))
+            for n in self.fleets
+            for k in DAILY_BUDGETS
+        ]
+
     def independent(self) -> list[Run]:
         """The runs that depend on no other run's result, biggest first (they take longest)."""
         runs = [self.map_run(), self.stations()]
@@ -292,6 +302,7 @@ class Plan:
         runs += [self.ours(n) for n in self.sweep]
         runs += [run for _, _, run in self.levers()]
         runs += [run for *_, on, off in self.receipts() for run in (on, off)]
+        runs += [run for *_, run in self.daily_budgets()]
         return sorted(dict.fromkeys(runs), key=lambda r: -r.scenario.volunteers * r.scenario.hours)
 
 
@@ -442,6 +453,7 @@ start**, over **every** incident (an unreached one is a miss).
     add(_fleet_section(plan, pool, sweep, n90, n_mean, best_n, best, out, area, plots, travel_s))
     add(_levers_section(plan, pool, out, plots))
     add(_receipts_section(plan, pool))
+    add(_daily_budget_section(plan, pool))
     add(_stations_section(plan, pool, stations, out, area, plots))
     add(_limits_section(b))
     return "\n".join(parts).rstrip() + "\n"
@@ -739,6 +751,46 @@ already alerts several volunteers at once, so one unreachable phone among them r
 decides who gets there first. A policy that alerts one person at a time gains more.
 Their worth is elsewhere too: the control room sees at once which phones cannot be
 reached, and the delivery-latency figures show a broker or a network in trouble.
+"""
+    )
+    return "\n".join(lines)
+
+
+def _daily_budget_section(plan: Plan, pool: _Pool) -> str:
+    lines = [
+        """## What volunteers' own alert budgets cost
+
+Protocol 1.1 lets a volunteer cap the alerts they get (`max_alerts_per_day`, 1-100 in any
+24 h); the engine rests them past it. Without a cap the load falls unevenly: volunteers
+near the busy blocks get many more calls than the mean. Every volunteer with the same
+cap (`--daily-budget N`), same incidents and people; the load is the alerts one
+volunteer got in one day, over every volunteer on duty and every day:
+""",
+        "| on duty | budget a day | within 180 s | difference | alerts per volunteer a day "
+        "(mean / p95 / max) | alerts per incident |",
+        "|---|---|---|---|---|---|",
+    ]
+    free: dict[int, Any] = {}
+    for n, k, run in plan.daily_budgets():
+        a = pool.get(run)
+        if k == 0:
+            free[n] = a["within_target_share"]
+        load = a["alerts_per_volunteer_day"]
+        lines.append(
+            f"| {n:,} | {k or 'none'} | {_pct(a['within_target_share'])} | "
+            f"{'' if k == 0 else _pts(a['within_target_share'], free.get(n))} | "
+            f"{load['mean']:g} / {load['p95']:g} / {load['max']:g} | "
+            f"{a['alerts_per_incident']:.1f} |"
+        )
+    capped = next(run for _, k, run in plan.daily_budgets() if k)
+    lines.append(
+        f"""
+One row with a budget: {_code(capped.command())}
+
+A budget protects the few who would otherwise be called many times a day, at a cost
+in points that grows as the fleet thins: the busiest volunteers are the ones nearest
+the most incidents. Recruiting where the load is highest (the cell map above) spreads
+it better than asking the busiest to answer more.
 """
     )
     return "\n".join(lines)

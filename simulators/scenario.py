@@ -81,7 +81,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -184,6 +184,7 @@ OPTION_NAMES: Mapping[str, str] = {
     "silent_share": "--silent-share",
     "unreachable_share": "--unreachable-share",
     "receipts_share": "--receipts-share",
+    "daily_budget": "--daily-budget",
     "receipt_median_s": "--receipt-delay",
     "last_leg_s": "--last-leg",
     "intake_s": "--intake",
@@ -264,6 +265,8 @@ class Scenario:
     # long a receipt takes (median, lognormal with sigma RECEIPT_SIGMA).
     receipts_share: float = 1.0
     receipt_median_s: float = 1.0
+    # Protocol 1.1: every volunteer's own alert budget (max_alerts_per_day); 0: none.
+    daily_budget: int = 0
     last_leg_s: float = 20.0  # from the street point (geofence, button) to the patient
     intake_s: float = 30.0  # the call's start -> the report reaches the engine
 
@@ -285,6 +288,7 @@ class Scenario:
         integer("seed", -(2**63), 2**63 - 1)
         integer("responders", 1, 10)
         integer("stations", 1, 1000)
+        integer("daily_budget", 0, 100)  # the protocol's 1-100; 0: no budget
         for name in (
             "acceptance",
             "arrive_share",
@@ -634,6 +638,7 @@ class _Run:
         self.events: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self.seq = 0
         self.alerts = 0
+        self.alerts_by_day: Counter[tuple[str, int]] = Counter()  # (volunteer, day) -> alerts
         self.max_open = 0
 
     def at(self, t: float, kind: str, *args: Any) -> None:
@@ -645,6 +650,7 @@ class _Run:
             msg = StatusUpdate(
                 v.id, Duty.AVAILABLE, v.skills, v.mode, v.lat, v.lon,
                 receipts=True if v.id in self.receipts else None,
+                max_alerts_per_day=self.s.daily_budget or None,
             )  # fmt: skip
             self.apply(self.core.status(msg, EPOCH), EPOCH)
         for planned in self.plan:
@@ -677,8 +683,29 @@ class _Run:
                 "policy": _policy_record(self.core.policy),
                 "qualified_on_duty": qualified_on_duty(self.people.values()),
                 "undelivered_alerts": self.undelivered,
+                "alerts_per_volunteer_day": self.alert_load(),
             },
         )
+
+    def days(self) -> int:
+        """Days the run covers (a part-day counts as one; late alerts go to the last)."""
+        return max(1, math.ceil(self.s.hours / 24))
+
+    def alert_load(self) -> dict[str, float]:
+        """Alerts one volunteer got in one day: mean, p95 and max over every volunteer on
+        duty and every day (days without an alert count as 0), what a budget caps."""
+        counts = sorted(self.alerts_by_day.values())
+        slots = len(self.people) * self.days()
+        if not slots:
+            return {"mean": 0.0, "p95": 0.0, "max": 0.0}
+        zeros = slots - len(counts)
+        rank = max(1, math.ceil(0.95 * slots))  # nearest rank over the zeros and counts
+        p95 = 0 if rank <= zeros else counts[rank - zeros - 1]
+        return {
+            "mean": round(sum(counts) / slots, 3),
+            "p95": float(p95),
+            "max": float(counts[-1] if counts else 0),
+        }
 
     def outcome(self, i: Incident) -> Outcome:
         first = i.responders[0] if i.responders else None
@@ -736,6 +763,8 @@ class _Run:
                     )
             elif isinstance(effect, SendAlert):
                 self.alerts += 1
+                day = min(int((now - EPOCH) // 86400), self.days() - 1)
+                self.alerts_by_day[effect.volunteer_id, day] += 1
                 touched.add(effect.incident_id)
                 self.on_alert(effect, now)
             elif isinstance(effect, SendAssignment):

@@ -192,6 +192,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {d.receipts_share:g})",
     )
     a(
+        "--daily-budget",
+        type=int,
+        default=d.daily_budget,
+        metavar="N",
+        help="every volunteer's own alert budget, at most N alerts in 24 h (protocol 1.1 "
+        "max_alerts_per_day, 1-100; the engine rests them past it); 0: none (default)",
+    )
+    a(
         "--receipt-delay",
         type=float,
         default=d.receipt_median_s,
@@ -345,6 +353,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
         silent_share=args.silent_share,
         unreachable_share=args.unreachable_share,
         receipts_share=args.receipts_share,
+        daily_budget=args.daily_budget,
         receipt_median_s=args.receipt_delay,
         last_leg_s=args.last_leg,
         intake_s=args.intake,

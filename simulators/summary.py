@@ -191,6 +191,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
+def _alert_load(summary: Mapping[str, Any]) -> str:
+    load = summary.get("alerts_per_volunteer_day")
+    if not load:
+        return str(summary["alerts_per_volunteer_per_day"])
+    budget = summary["scenario"].get("daily_budget") or 0
+    cap = f"; budget {budget} a day each" if budget else "; no budget"
+    return f"mean {load['mean']:g}, p95 {load['p95']:g}, max {load['max']:g}{cap}"
+
+
 def _undelivered(summary: Mapping[str, Any]) -> str:
     n = summary.get("undelivered_alerts")
     if n is None:
@@ -240,7 +249,7 @@ def format_report(summary: Mapping[str, Any], worst: int = 10) -> str:
             f"escalated                 {_pct(summary['escalated_share'])}",
             f"alerts per incident       {summary['alerts_per_incident']}"
             f" (first wave {summary['first_wave_size']})",
-            f"alerts per volunteer/day  {summary['alerts_per_volunteer_per_day']}",
+            f"alerts per volunteer/day  {_alert_load(summary)}",
             f"median ETA of responder   {_fmt_s(summary['median_first_eta_s'])}",
             f"responders per incident   {summary['responders_per_incident']}"
             f" (overdue: {_pct(summary['overdue_share'])} of them)",

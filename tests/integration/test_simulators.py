@@ -275,9 +275,14 @@ def test_planning_writes_the_whole_page_and_its_pictures(tmp_path: Path) -> None
         "## The frontier",
         "## How many qualified volunteers on duty, and where",
         "## What each lever is worth",
+        "## What volunteers' own alert budgets cost",
         "## The stations baseline",
     ):
         assert heading in page
+    # Every budget compared has its row, and the command for one names its flag.
+    for k in planning.DAILY_BUDGETS:
+        assert f"| 800 | {k or 'none'} |" in page
+    assert "--daily-budget" in page
     # The command that made it, and a row for every baseline with the budget that held ours.
     assert "python -m simulators.planning --out" in page
     for name in planning.BASELINES:

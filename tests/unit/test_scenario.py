@@ -139,6 +139,24 @@ def test_naive_never_has_two_alerts_open(area: ServiceArea) -> None:
     assert with_receipts.max_open_alerts > 1
 
 
+def test_a_daily_budget_caps_each_volunteer_and_the_load_is_reported(
+    area: ServiceArea,
+) -> None:
+    # A busy corner: few volunteers, many calls, so some get many alerts a day.
+    busy = replace(SMALL, volunteers=150, hours=24.0, rate_per_hour=12.0)
+    free = run_scenario(busy, area=area, config=CONFIG).extra["alerts_per_volunteer_day"]
+    assert free["max"] > 3
+    assert free["p95"] <= free["max"]
+    assert free["mean"] > 0
+    capped = run_scenario(replace(busy, daily_budget=3), area=area, config=CONFIG)
+    load = capped.extra["alerts_per_volunteer_day"]
+    assert load["max"] <= 3  # the engine's own budget check, through the status message
+    report = format_report(summarize(capped))
+    assert "budget 3 a day each" in report
+    with pytest.raises(ScenarioError, match="--daily-budget"):
+        Scenario(daily_budget=101)
+
+
 def test_stations_baseline(area: ServiceArea) -> None:
     stations = place_stations(area, 14)
     assert len(set(stations)) == 14
