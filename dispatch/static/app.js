@@ -90,7 +90,7 @@
       act_edit: "修改…", edit_title: "修改事件", edit_hint: "在地图上点击可移动事件位置。只提交改动过的内容。",
       edit_save: "保存修改", edit_ok: "{id}：已修改", edit_nothing: "没有改动",
       edit_place: "位置：{lat}, {lon}", edit_place_new: "新位置：{lat}, {lon}（保存后生效）",
-      f_skills: "所需技能（逗号分隔）", f_place: "位置", ch_moved: "位置已移动", ch_sep: "；",
+      f_skills: "所需技能（逗号分隔）", f_place: "位置", ch_moved: "位置已移动", ch_sep: "；", ch_kv: "{k}：{v}",
     },
     en: {
       title: "Dispatch control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
@@ -171,7 +171,7 @@
       act_edit: "Edit…", edit_title: "Edit the incident", edit_hint: "Click on the map to move the incident. Only what you change is sent.",
       edit_save: "Save changes", edit_ok: "{id}: changed", edit_nothing: "Nothing was changed",
       edit_place: "Place: {lat}, {lon}", edit_place_new: "New place: {lat}, {lon} (on saving)",
-      f_skills: "Skills needed (comma-separated)", f_place: "Place", ch_moved: "moved", ch_sep: "; ",
+      f_skills: "Skills needed (comma-separated)", f_place: "Place", ch_moved: "moved", ch_sep: "; ", ch_kv: "{k}: {v}",
     },
   };
   // The engine's texts that reach people (escalation, end and stand-down reasons), in the
@@ -877,7 +877,7 @@
       if (k === "kind") value = t(`kind_${v}`);
       else if (k === "priority") value = `P${v}`;
       else if (k === "skills") value = v.length ? skillsText(v.join(", ")) : t("sk_none");
-      out.push(`${label.replace(/（.*|\s*\(.*/, "")}: ${value}`);
+      out.push(t("ch_kv", { k: label.replace(/（.*|\s*\(.*/, ""), v: value }));
     }
     return out.join(t("ch_sep"));
   }
@@ -930,6 +930,7 @@
     $("edit-result").textContent = "";
     showPlace();
     $("edit-form").hidden = false;
+    $("edit-form").scrollIntoView({ block: "nearest" });
     $("e-address").focus();
   }
   function showPlace() {
