@@ -1546,7 +1546,8 @@ class Dispatcher:
             self.roster.refresh(volunteer)
             sent = incident.alerts.get(responder.alert_id)
             if responder.on_the_way and not responder.overdue and sent and eta_known(sent):
-                due = responder.accepted_at + self.policy.overdue_after_s(responder.eta_s)
+                start = responder.rerouted_at or responder.accepted_at  # moved: from then
+                due = start + self.policy.overdue_after_s(responder.eta_s)
                 self.timers.at(due, TimerKind.OVERDUE, incident.id, responder.alert_id)
         if incident.next_wave_at is not None:
             self.timers.at(incident.next_wave_at, TimerKind.WAVE, incident.id)

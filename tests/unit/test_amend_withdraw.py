@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from dispatch.codec import Codec
@@ -220,3 +221,22 @@ def test_withdraw_that_does_not_fit_is_rejected(area: ServiceArea) -> None:
     assert isinstance(rejected, Reject)
     assert "decline" in rejected.error.reason
     assert d.incidents["inc1"].alerts[sent["v0"]["alert_id"]].status == "pending"
+
+
+def test_a_moved_incident_restores_with_its_new_overdue_time(area: ServiceArea) -> None:
+    d = make(area, overdue_factor=1.5, overdue_grace_s=30, stall_after_s=0)
+    on_duty(d, "v0", 100)
+    sent = alerts(report(d))
+    accept(d, "v0", sent["v0"]["alert_id"], T0 + 10)
+    d.amend("inc1", Amendment(lat=LAT + SOUTH_300M, lon=LON), T0 + 20)
+    record = orjson.loads(orjson.dumps(d.incidents["inc1"].to_record()))
+    fresh = make(area, overdue_factor=1.5, overdue_grace_s=30, stall_after_s=0)
+    on_duty(fresh, "v0", 100)
+    fresh.restore_incident(record)
+    restored = fresh.incidents["inc1"]
+    assert restored.moved_at == T0 + 20
+    responder = restored.responders[0]
+    assert responder.rerouted_at == T0 + 20
+    new_due = T0 + 20 + responder.eta_s * 1.5 + 30 + 40
+    assert not events(fresh.tick(new_due - 1), "overdue")
+    assert events(fresh.tick(new_due + 0.1), "overdue")
