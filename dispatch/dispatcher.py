@@ -1395,8 +1395,14 @@ class Dispatcher:
                     is None
                 ]
                 self._call_off(useless, AssignmentReason.FILLED, now, effects)
-        if not moved and incident.still_needed and incident.next_wave_at is None:
-            self._send_wave(incident, now, effects)  # more wanted, or nobody was looked for
+        needs = {"kind", "priority", "skills", "responders_needed"}  # what the search asks
+        if (
+            not moved
+            and needs & changed.keys()
+            and incident.still_needed
+            and incident.next_wave_at is None
+        ):
+            self._send_wave(incident, now, effects)  # more wanted, or a new need: search now
         self._changed(incident, effects)
         return effects
 

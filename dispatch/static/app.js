@@ -870,8 +870,10 @@
   function changesText(changes) {
     const out = [];
     for (const [k, v] of Object.entries(changes)) {
-      if (k === "lon") continue;
-      if (k === "lat") { out.push(t("ch_moved")); continue; }
+      if (k === "lat" || k === "lon") { // one line for the place, whichever coordinate moved
+        if (!out.includes(t("ch_moved"))) out.push(t("ch_moved"));
+        continue;
+      }
       const label = k === "responders_needed" ? t("f_responders") : has(`f_${k}`) ? t(`f_${k}`) : k;
       let value = v;
       if (k === "kind") value = t(`kind_${v}`);

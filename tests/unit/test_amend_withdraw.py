@@ -240,3 +240,18 @@ def test_a_moved_incident_restores_with_its_new_overdue_time(area: ServiceArea) 
     new_due = T0 + 20 + responder.eta_s * 1.5 + 30 + 40
     assert not events(fresh.tick(new_due - 1), "overdue")
     assert events(fresh.tick(new_due + 0.1), "overdue")
+
+
+def test_a_new_need_searches_again_but_a_new_description_does_not(area: ServiceArea) -> None:
+    d = make(area, max_wave_size=1, max_waves=1, wave_timeout_s=20)
+    on_duty(d, "v0", 100)
+    sent = alerts(report(d))
+    d.reply(Reply("v0", sent["v0"]["alert_id"], Answer.DECLINE), T0 + 2)  # escalated
+    d.tick(T0 + 30)  # the wave's time is over: no wave is waiting
+    assert d.incidents["inc1"].next_wave_at is None
+    on_duty(d, "patrol", 120, skills=("patrol",))
+    quiet = d.amend("inc1", Amendment(description="two people hurt"), T0 + 40)
+    assert alerts(quiet) == {}
+    assert events(quiet, "amended")
+    search = d.amend("inc1", Amendment(skills=("patrol",)), T0 + 41)
+    assert set(alerts(search)) == {"patrol"}
