@@ -64,7 +64,7 @@ from dispatch.effects import Effect, EventType, LogEvent, Outbound
 from dispatch.engine import Engine
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import ENDED, State, advance
-from dispatch.model import Report, is_valid_id
+from dispatch.model import Amendment, Report, is_valid_id
 from dispatch.ports import ReportOutcome
 from dispatch.store import Admission, ClusterStore, Fence, WorkEntry
 
@@ -95,6 +95,7 @@ _ACTION_TARGET = {
     "resolve": State.RESOLVED,
     "escalate": State.ESCALATED,
     "assign": State.ASSIGNED,
+    "amend": State.OPEN,  # not a move: an ended incident cannot be amended (409)
 }
 
 
@@ -381,6 +382,8 @@ class Cluster:
                     raise UnknownIncident(incident_id)
                 state = State(record["state"])
                 if state in ENDED:  # nobody owns an ended incident; answer as its owner
+                    if action == "amend":
+                        raise InvalidTransition(incident_id, state, state)
                     if action == "assign":
                         raise InvalidTransition(incident_id, state, target)
                     advance(incident_id, state, target)  # only "again" is allowed
@@ -414,6 +417,8 @@ class Cluster:
         instance = owner_token.rpartition(":")[0]
         reply_to = self.store.new_reply_address()
         remaining = max(0.0, deadline - time.monotonic())
+        if isinstance(kwargs.get("changes"), Amendment):  # JSON-ready; decoded again there
+            kwargs = {**kwargs, "changes": kwargs["changes"].fields()}
         command = orjson.dumps(
             {
                 "action": action,
@@ -466,7 +471,9 @@ class Cluster:
             reply_to, expires = command["reply"], float(command["expires"])
             given = command["kwargs"]
             kwargs = {k: given[k] for k in ("volunteer_id", "reason") if k in given}
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if "changes" in given:  # an amendment: checked again, as from any sender
+                kwargs["changes"] = self.engine.core.codec.decode_amendment_object(given["changes"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BadMessage) as exc:
             log.warning("dropped a malformed forwarded command (%s)", exc)
             return
         if self.engine.clock() > expires:

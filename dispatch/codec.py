@@ -23,6 +23,7 @@ from dispatch.model import (
     PRIORITY_MIN,
     RESPONDERS_MAX,
     RESPONDERS_MIN,
+    Amendment,
     Answer,
     Arrived,
     Duty,
@@ -375,6 +376,19 @@ def _json_problem(exc: orjson.JSONDecodeError) -> _Reject:
 
 
 # Which field of each message is its correlation id on the rejected topic.
+_AMEND_FIELDS = (
+    "lat", "lon", "address", "kind", "priority", "responders", "skills", "description",
+)  # fmt: skip
+_AMEND_RULE = ", ".join(f"'{f}'" for f in _AMEND_FIELDS) + " (and 'by', the operator's name)"
+
+
+def _not_null(name: str, value: object) -> object:
+    """An amendment's text field may be "" (to clear it) but not null (say what to set)."""
+    if value is None:
+        _fail(Reason.WRONG_TYPE, name, 'a string ("" to clear it)', value)
+    return value
+
+
 _ID_FIELD = {"report": "id", "reply": "alert_id", "arrived": "incident_id"}
 _VOLUNTEER_TOPICS = frozenset({"status", "location", "reply", "arrived"})
 
@@ -485,6 +499,87 @@ class Codec:
             return self._report(obj, now)
         except _Reject as r:
             raise BadMessage(topic, r.reason, r.code, _correlation_id("report", obj)) from None
+
+    def decode_amendment_body(
+        self, body: bytes, topic: str = "PATCH /api/incidents"
+    ) -> tuple[Amendment, str | None]:
+        """Validate a raw amendment body (protocol 1.1): the changes, and the ``by`` given
+        (the operator's name, checked by the caller). Raises BadMessage."""
+        obj: Any = None
+        try:
+            if len(body) > self.max_payload_bytes:
+                raise _Reject(
+                    Reason.TOO_LARGE,
+                    f"body is {len(body)} bytes; at most {self.max_payload_bytes} allowed",
+                )
+            if not body.strip():
+                raise _Reject(
+                    Reason.MISSING_FIELD,
+                    "the body is empty; send a JSON object with the fields to change, any of "
+                    + _AMEND_RULE,
+                )
+            obj = _parse(body)
+            by = obj.get("by") if isinstance(obj, dict) else None
+            return self._amendment(obj), by if isinstance(by, str) else None
+        except _Reject as r:
+            raise BadMessage(topic, r.reason, r.code) from None
+
+    def decode_amendment_object(self, obj: object, topic: str = "<forwarded>") -> Amendment:
+        """Validate an amendment already parsed (``Amendment.fields()`` from another
+        instance); raises BadMessage."""
+        try:
+            return self._amendment(obj)
+        except _Reject as r:
+            raise BadMessage(topic, r.reason, r.code) from None
+
+    def _amendment(self, obj: object) -> Amendment:
+        if not isinstance(obj, dict):
+            raise _not_object(obj)
+        unknown = sorted(k for k in obj if k not in _AMEND_FIELDS and k != "by")
+        if unknown:
+            raise _Reject(
+                Reason.UNKNOWN_VALUE,
+                f"field '{unknown[0][:40]}' cannot be amended; the fields are " + _AMEND_RULE,
+            )
+        given = {k: v for k, v in obj.items() if k in _AMEND_FIELDS}
+        if not given:
+            raise _Reject(
+                Reason.MISSING_FIELD,
+                "nothing to change: give at least one of " + _AMEND_RULE,
+            )
+        get = given.get
+        lat = lon = None
+        if "lat" in given or "lon" in given:
+            # A new place is both coordinates: half of one is useless.
+            if "lon" not in given:
+                _missing("lon", _COORD_LON + " when 'lat' is given")
+            if "lat" not in given:
+                _missing("lat", _COORD_LAT + " when 'lon' is given")
+            lat = _number("lat", get("lat"), -90.0, 90.0, _COORD_LAT)
+            lon = _number("lon", get("lon"), -180.0, 180.0, _COORD_LON)
+            if self._in_area is not None and not self._in_area(lat, lon):
+                raise _Reject(
+                    Reason.OUTSIDE_AREA,
+                    f"the new place lat {lat}, lon {lon} is outside {self.area_name}; "
+                    "only incidents inside it can be dispatched",
+                )
+        kind: Kind | None = None
+        if "kind" in given:
+            kind = _choice("kind", get("kind"), _KINDS, _KIND_RULE, Reason.UNKNOWN_KIND)
+        priority = responders = None
+        if "priority" in given:
+            priority = _integer("priority", get("priority"), PRIORITY_MIN, PRIORITY_MAX)
+        if "responders" in given:
+            responders = _integer("responders", get("responders"), RESPONDERS_MIN, RESPONDERS_MAX)
+        skills = None if "skills" not in given else _skills(get("skills"))
+        address = description = None
+        if "address" in given:
+            address = _text("address", _not_null("address", get("address")), MAX_ADDRESS_CHARS)
+        if "description" in given:
+            description = _text(
+                "description", _not_null("description", get("description")), MAX_DESCRIPTION_CHARS
+            )
+        return Amendment(lat, lon, address, kind, priority, responders, skills, description)
 
     def rejected_payload(self, err: BadMessage, received_at: float) -> bytes:
         """The body published on ``<root>/rejected`` for ``err``; ``code`` is our extension."""

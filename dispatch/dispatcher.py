@@ -50,6 +50,7 @@ from dispatch.effects import (
 from dispatch.errors import BadMessage, InvalidTransition
 from dispatch.lifecycle import State, advance
 from dispatch.model import (
+    Amendment,
     Answer,
     Arrived,
     Duty,
@@ -189,7 +190,7 @@ class Dispatcher:
             elif kind is TimerKind.CLEAR:
                 self._on_clear(incident, effects)
             elif kind is TimerKind.OVERDUE:
-                self._on_overdue(incident, timer.alert_id, now, effects)
+                self._on_overdue(incident, timer.alert_id, now, effects, due=timer.due)
             elif kind is TimerKind.TARGET:
                 self._on_target(incident, now, effects)
             elif kind is TimerKind.DELIVERY:
@@ -274,7 +275,10 @@ class Dispatcher:
     def _alert_budget_left(self, incident: Incident) -> int | None:
         if not self.policy.max_alerts:
             return None
-        sent = sum(1 for a in incident.alerts.values() if a.assigned_by is None)
+        since = incident.moved_at or 0.0  # a move starts the search (and its budget) again
+        sent = sum(
+            1 for a in incident.alerts.values() if a.assigned_by is None and a.sent_at >= since
+        )
         return max(0, self.policy.max_alerts - sent)
 
     def _alert_best(
@@ -285,12 +289,17 @@ class Dispatcher:
         if budget == 0:
             return []
         # Everyone asked before, except those stood down unasked-for ("filled by others"),
-        # who are welcome again when a responder turns out overdue.
+        # who are welcome again when a responder turns out overdue. After the incident
+        # moved, only those asked for the new place, and its responders (a withdrawn one
+        # included): a "no" or a silence about the old place says nothing of the new one.
+        since = incident.moved_at or 0.0
         already = {
             a.volunteer_id
             for a in incident.alerts.values()
-            if a.status is not AlertStatus.STOOD_DOWN or a.answered_at is not None
+            if a.sent_at >= since
+            and (a.status is not AlertStatus.STOOD_DOWN or a.answered_at is not None)
         }
+        already.update(r.volunteer_id for r in incident.responders)
         policy = self.policy
         looked_at = fixed or policy.wave_cap
         if budget is not None:
@@ -452,10 +461,18 @@ class Dispatcher:
         now: float,
         effects: list[Effect],
         why: str = "late",
+        due: float | None = None,
     ) -> None:
         """A confirmed responder should be there by now: look for another one meanwhile."""
         responder = next((r for r in incident.responders if r.alert_id == alert_id), None)
         if incident.ended or responder is None or not responder.on_the_way or responder.overdue:
+            return
+        rerouted = responder.rerouted_at
+        if (  # the incident moved since: the timer set for the old place is moot
+            due is not None
+            and rerouted is not None
+            and due < rerouted + self.policy.overdue_after_s(responder.eta_s)
+        ):
             return
         if sum(1 for r in incident.responders if r.arrived_at is not None) >= (
             incident.responders_needed
@@ -699,12 +716,14 @@ class Dispatcher:
         if responder is None or responder.overdue or not responder.on_the_way:
             return
         # People need time to get going (turnout): the clock starts when they should be off.
-        moving = now - responder.accepted_at - self.policy.turnout_s
+        start = responder.rerouted_at or responder.accepted_at
+        moving = now - start - self.policy.turnout_s
         alert = incident.alerts.get(responder.alert_id)
         if moving < self.policy.stall_after_s or alert is None or not eta_known(alert):
             return
         expected_m = self.travel.reach_m(moving, volunteer.mode.value)
-        if alert.distance_m - distance_m < max(20.0, 0.25 * expected_m):
+        from_m = alert.distance_m if responder.rerouted_at is None else responder.distance_m
+        if from_m - distance_m < max(20.0, 0.25 * expected_m):
             self._on_overdue(incident, responder.alert_id, now, effects, why="no progress")
 
     def _set_position(
@@ -739,6 +758,8 @@ class Dispatcher:
             ]
         incident = self.incidents[alert.incident_id]
         effects: list[Effect] = []
+        if msg.answer is Answer.WITHDRAW:
+            return self._withdraw(incident, alert, topic, now)
         if msg.answer is Answer.RECEIVED:
             # Not an answer yet: the phone has it. Kept with the alert and in the log (the
             # delivery latency); the incident's state does not change.
@@ -772,6 +793,69 @@ class Dispatcher:
             return effects
         return self._accept(incident, alert, now)
 
+    def _withdraw(self, incident: Incident, alert: Alert, topic: str, now: float) -> list[Effect]:
+        """ "I can't go after all" (this project's addition): a confirmed responder drops
+        out. Treated at once as a no-show: released, and replaced as an overdue one is."""
+        responder = next((r for r in incident.responders if r.alert_id == alert.alert_id), None)
+        if alert.status is not AlertStatus.ACCEPTED or responder is None:
+            status = "being confirmed" if alert.status is AlertStatus.ACCEPTING else alert.status
+            return [
+                Reject(
+                    BadMessage(
+                        topic,
+                        f"alert '{alert.alert_id}' is {status}, not accepted: only a "
+                        "confirmed responder can withdraw (to say no to an alert, decline it)",
+                        "not_accepted",
+                        alert.alert_id,
+                    )
+                )
+            ]
+        effects: list[Effect] = []
+        if responder.released_at is not None or incident.ended:
+            # A retry, or released already (ended, enough on scene): the same answer again.
+            if responder.withdrawn:
+                reason = AssignmentReason.WITHDRAWN
+            elif incident.ended:
+                reason = AssignmentReason.ended(incident.state.value)
+            else:
+                reason = AssignmentReason.NO_LONGER_NEEDED
+            effects.append(self._assignment(alert, Action.STAND_DOWN, reason))
+            return effects
+        if responder.arrived_at is not None:
+            return [
+                Reject(
+                    BadMessage(
+                        topic,
+                        f"volunteer '{alert.volunteer_id}' is already on scene at incident "
+                        f"'{incident.id}': a withdraw is for a responder still on the way",
+                        "not_accepted",
+                        alert.alert_id,
+                    )
+                )
+            ]
+        responder.released_at, responder.withdrawn = now, True
+        self._let_go(incident, responder, AssignmentReason.WITHDRAWN, effects)
+        self._event(
+            incident,
+            EventType.WITHDRAWN,
+            now,
+            effects,
+            volunteer_id=responder.volunteer_id,
+            alert_id=alert.alert_id,
+            waited_s=round(now - responder.accepted_at, 1),
+        )
+        # As for an overdue responder: a backup steps up, and if another is needed now,
+        # a wave goes out (escalation follows the usual rules).
+        self._rank_roles(incident, effects)
+        if (
+            incident.still_needed
+            and incident.next_wave_at is None
+            and self.policy.playbook.chase_no_shows
+        ):
+            self._send_wave(incident, now, effects)
+        self._changed(incident, effects)
+        return effects
+
     def _accept(self, incident: Incident, alert: Alert, now: float) -> list[Effect]:
         effects: list[Effect] = []
         status = alert.status
@@ -795,6 +879,8 @@ class Dispatcher:
             reason = AssignmentReason.ALERT_EXPIRED
         elif status is AlertStatus.DECLINED:
             reason = AssignmentReason.DECLINED
+        elif status is AlertStatus.STOOD_DOWN and alert.sent_at < (incident.moved_at or 0.0):
+            reason = AssignmentReason.INCIDENT_MOVED
         elif status is AlertStatus.STOOD_DOWN or (
             incident.goers_open(self._goers(incident)) == 0
             and self._would_displace(incident, alert, now) is None
@@ -873,7 +959,10 @@ class Dispatcher:
             if alert.assigned_by
             else AssignmentReason.CONFIRMED
         )
-        effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
+        if alert.sent_at < (incident.moved_at or 0.0):  # accepted for the old place
+            effects.append(self._go_to(incident, alert, reason, responder.role))
+        else:
+            effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
         self._event(
             incident,
             EventType.ASSIGNED,
@@ -1232,6 +1321,144 @@ class Dispatcher:
         effects.append(Claim(volunteer_id, incident.id))
         return effects
 
+    def amend(
+        self, incident_id: str, changes: Amendment, now: float, by: str = "operator"
+    ) -> list[Effect]:
+        """An operator's change to an open incident (protocol 1.1 amendment).
+
+        A new place stands down the alerts still unanswered (``incident moved``), sends
+        the confirmed responders there (``go``, ``location updated``, their role kept)
+        and starts the search again from it, as for a fresh report. A new kind brings
+        that kind's priority and skills unless the amendment gives them. More responders
+        wanted bring a search for more; fewer make the slowest backups; new skills
+        apply to every alert from now on. Raises UnknownIncident, and InvalidTransition
+        (from and to the incident's state) for an ended incident.
+        """
+        incident = self._get(incident_id)
+        if incident.ended:
+            raise InvalidTransition(incident.id, incident.state, incident.state)
+        wanted: dict[str, Any] = {}
+        if changes.kind is not None:
+            wanted["kind"] = changes.kind
+            if changes.kind is not incident.kind:
+                defaults = self.kinds[changes.kind]
+                wanted.setdefault("priority", defaults.priority)
+                wanted.setdefault("skills", defaults.skills)
+        for name in ("priority", "skills", "address", "description"):
+            value = getattr(changes, name)
+            if value is not None:
+                wanted[name] = value
+        if changes.responders is not None:
+            wanted["responders_needed"] = changes.responders
+        if changes.lat is not None and changes.lon is not None:
+            wanted["lat"], wanted["lon"] = changes.lat, changes.lon
+        before = {k: getattr(incident, k) for k in wanted}
+        changed = {k: v for k, v in wanted.items() if before[k] != v}
+        effects: list[Effect] = []
+        if not changed:
+            return effects  # nothing differs: no event, no messages
+        moved = "lat" in changed or "lon" in changed
+        # First, as it may raise (outside the area: the codec's check, made again): a
+        # refused amendment changes nothing.
+        cell_id = self.area.cell_at(wanted["lat"], wanted["lon"]).id if moved else None
+        for name, value in changed.items():
+            setattr(incident, name, value)
+        if cell_id is not None:
+            incident.cell_id = cell_id
+        self._event(
+            incident,
+            EventType.AMENDED,
+            now,
+            effects,
+            by=by,
+            changes={k: _plain(v) for k, v in changed.items()},
+            previous={k: _plain(before[k]) for k in changed},
+        )
+        if moved:
+            self._moved(incident, now, effects)
+        elif "address" in changed:  # same place, better words: those going are told
+            for responder in incident.responders:
+                if responder.on_the_way:
+                    alert = incident.alerts[responder.alert_id]
+                    effects.append(
+                        self._go_to(
+                            incident, alert, AssignmentReason.LOCATION_UPDATED, responder.role
+                        )
+                    )
+        if "responders_needed" in changed:
+            self._rank_roles(incident, effects)
+            if incident.goers_open(self._goers(incident)) == 0:  # fewer wanted: filled now
+                useless = [
+                    a
+                    for a in _pending(incident)
+                    if self._would_displace(incident, a, max(now, a.sent_at + self.policy.reply_s))
+                    is None
+                ]
+                self._call_off(useless, AssignmentReason.FILLED, now, effects)
+        needs = {"kind", "priority", "skills", "responders_needed"}  # what the search asks
+        if (
+            not moved
+            and needs & changed.keys()
+            and incident.still_needed
+            and incident.next_wave_at is None
+        ):
+            self._send_wave(incident, now, effects)  # more wanted, or a new need: search now
+        self._changed(incident, effects)
+        return effects
+
+    def _moved(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """The incident is somewhere else now: new ETAs, new directions, a new search."""
+        incident.moved_at = now
+        self._call_off(_pending(incident), AssignmentReason.INCIDENT_MOVED, now, effects)
+        for alert in incident.alerts.values():
+            if alert.status is AlertStatus.ACCEPTING:  # its "go" will carry the new place
+                alert.distance_m, alert.eta_s = self._reach(alert.volunteer_id, incident, alert)
+        for responder in incident.responders:
+            if responder.released_at is not None:
+                continue
+            alert = incident.alerts[responder.alert_id]
+            if responder.on_the_way:
+                distance, eta = self._reach(responder.volunteer_id, incident, alert)
+                responder.distance_m, responder.eta_s = distance, eta
+                responder.rerouted_at = now
+                if eta_known(alert):
+                    due = now + self.policy.overdue_after_s(eta)
+                    self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
+            # On scene at the old place too: they are told where it is now.
+            effects.append(
+                self._go_to(incident, alert, AssignmentReason.LOCATION_UPDATED, responder.role)
+            )
+        incident.wave = 0  # the search starts again from the new place
+        incident.next_wave_at = None
+        if incident.still_needed:
+            self._send_wave(incident, now, effects)
+
+    def _reach(self, volunteer_id: str, incident: Incident, alert: Alert) -> tuple[float, float]:
+        """(distance, ETA) from the volunteer's last position to the incident; the alert's
+        own figures when the position is unknown (a hand assignment)."""
+        volunteer = self.volunteers.get(volunteer_id)
+        if volunteer is None or volunteer.lat is None or volunteer.lon is None:
+            return alert.distance_m, alert.eta_s
+        distance = haversine_m(volunteer.lat, volunteer.lon, incident.lat, incident.lon)
+        return distance, self.travel.eta_s(distance, volunteer.mode.value)
+
+    def _go_to(
+        self, incident: Incident, alert: Alert, reason: AssignmentReason, role: Role
+    ) -> SendAssignment:
+        """A "go" that carries the incident's place (protocol 1.1, after a move)."""
+        return SendAssignment(
+            incident.id,
+            alert.volunteer_id,
+            alert.alert_id,
+            Action.GO,
+            reason,
+            role,
+            self._expiry_s,
+            lat=incident.lat,
+            lon=incident.lon,
+            address=incident.address,
+        )
+
     def _end(self, incident: Incident, state: State, now: float, by: str) -> list[Effect]:
         advance(incident.id, incident.state, state)
         effects: list[Effect] = []
@@ -1325,7 +1552,8 @@ class Dispatcher:
             self.roster.refresh(volunteer)
             sent = incident.alerts.get(responder.alert_id)
             if responder.on_the_way and not responder.overdue and sent and eta_known(sent):
-                due = responder.accepted_at + self.policy.overdue_after_s(responder.eta_s)
+                start = responder.rerouted_at or responder.accepted_at  # moved: from then
+                due = start + self.policy.overdue_after_s(responder.eta_s)
                 self.timers.at(due, TimerKind.OVERDUE, incident.id, responder.alert_id)
         if incident.next_wave_at is not None:
             self.timers.at(incident.next_wave_at, TimerKind.WAVE, incident.id)
@@ -1410,6 +1638,13 @@ class Dispatcher:
             )
         )
         effects.append(StateChanged(incident.id, self.public_state(incident)))
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as the event log keeps it (JSON-ready)."""
+    if isinstance(value, tuple):
+        return list(value)
+    return value.value if isinstance(value, Kind) else value
 
 
 def _pending(incident: Incident) -> list[Alert]:

@@ -68,6 +68,9 @@ class EventType(StrEnum):
     RECEIVED = "received"  # the phone has the alert (a delivery receipt)
     UNDELIVERED = "undelivered"  # no receipt in time from a phone that always sends them
     OFFLINE = "offline"  # a volunteer who owes an answer or is on the way went offline
+    # Protocol 1.1 amendments, and this project's "I can't go after all".
+    AMENDED = "amended"  # an operator changed the incident (PATCH)
+    WITHDRAWN = "withdrawn"  # a confirmed responder said they cannot go after all
 
 
 class Action(StrEnum):
@@ -92,6 +95,7 @@ class AssignmentReason(StrEnum):
     ASSIGNED_BY_OPERATOR = "assigned by operator"
     NOW_PRIMARY = "you are now the primary responder"
     NOW_BACKUP = "a faster responder is going; you go on as a backup"
+    LOCATION_UPDATED = "location updated"  # protocol 1.1: the incident moved
     # with "stand_down"
     FILLED = "filled by others"
     ALERT_EXPIRED = "alert expired"
@@ -103,6 +107,8 @@ class AssignmentReason(StrEnum):
     ASSIGNED_ELSEWHERE = "assigned elsewhere by the control room"
     INCIDENT_CANCELLED = "incident cancelled"
     INCIDENT_RESOLVED = "incident resolved"
+    INCIDENT_MOVED = "incident moved"  # protocol 1.1: the search starts again elsewhere
+    WITHDRAWN = "withdrawn"  # the answer to the volunteer's own withdraw
 
     @classmethod
     def ended(cls, state: str) -> AssignmentReason:
@@ -142,6 +148,10 @@ class SendAssignment:
     reason: AssignmentReason
     role: Role | None  # with every "go" (protocol 1.1); None with "stand_down"
     expiry_s: int
+    # The incident's place, with a "go" sent after it moved (reason "location updated").
+    lat: float | None = None
+    lon: float | None = None
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

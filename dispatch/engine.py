@@ -172,7 +172,7 @@ class Engine:
             await self._execute(effects, now)
 
     async def act(self, action: str, incident_id: str, by: str, **kwargs: Any) -> dict[str, Any]:
-        """cancel, resolve, escalate or assign; returns the incident's public state.
+        """cancel, resolve, escalate, assign or amend; returns the incident's public state.
 
         Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
         """
@@ -188,6 +188,8 @@ class Engine:
                 effects = self.core.cancel(incident_id, now, by=by)
             elif action == "resolve":
                 effects = self.core.resolve(incident_id, now, by=by)
+            elif action == "amend":  # protocol 1.1; kwargs["changes"]: an Amendment
+                effects = self.core.amend(incident_id, kwargs["changes"], now, by=by)
             else:
                 raise ValueError(f"unknown operator action {action!r}")
             await self._execute(effects, now)

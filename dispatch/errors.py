@@ -58,6 +58,7 @@ class Reason(StrEnum):
     NOT_ALERTED = "not_alerted"
     CONFLICT = "conflict"
     UNKNOWN_INCIDENT = "unknown_incident"
+    NOT_ACCEPTED = "not_accepted"  # a withdraw for an alert that was not accepted
 
 
 class DispatchError(Exception):

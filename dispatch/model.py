@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ __all__ = [
     "PRIORITY_MIN",
     "RESPONDERS_MAX",
     "RESPONDERS_MIN",
+    "Amendment",
     "Answer",
     "Arrived",
     "Duty",
@@ -89,6 +91,8 @@ class Answer(StrEnum):
     DECLINE = "decline"
     # Protocol 1.1 delivery receipt: the phone has the alert; the person has not decided.
     RECEIVED = "received"
+    # This project's addition (docs/protocol.md): "I can't go after all", after accepting.
+    WITHDRAW = "withdraw"
 
 
 def is_valid_id(s: object) -> bool:
@@ -271,6 +275,52 @@ class Arrived:
     def __post_init__(self) -> None:
         _check_id("volunteer_id", self.volunteer_id)
         _check_id("incident_id", self.incident_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Amendment:
+    """An operator's change to an open incident (protocol 1.1, ``PATCH /api/incidents/{iid}``).
+
+    A field left None is not changed; ``lat`` and ``lon`` come together (a new place).
+    """
+
+    lat: float | None = None
+    lon: float | None = None
+    address: str | None = None
+    kind: Kind | None = None
+    priority: int | None = None
+    responders: int | None = None
+    skills: tuple[str, ...] | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("an amendment moves an incident with both lat and lon, or neither")
+        if self.lat is not None:
+            _check_number("lat", self.lat, -90.0, 90.0)
+            _check_number("lon", self.lon, -180.0, 180.0)
+        if self.kind is not None:
+            _check_enum("kind", self.kind, Kind)
+        if self.priority is not None:
+            _check_int("priority", self.priority, PRIORITY_MIN, PRIORITY_MAX)
+        if self.responders is not None:
+            _check_int("responders", self.responders, RESPONDERS_MIN, RESPONDERS_MAX)
+        if self.skills is not None:
+            _check_skills(self.skills)
+        if self.address is not None:
+            _check_text("address", self.address, MAX_ADDRESS_CHARS)
+        if self.description is not None:
+            _check_text("description", self.description, MAX_DESCRIPTION_CHARS)
+
+    def fields(self) -> dict[str, object]:
+        """The fields given, JSON-ready (what another instance decodes again)."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            name = f.name
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 Inbound: TypeAlias = Report | StatusUpdate | LocationUpdate | Reply | Arrived

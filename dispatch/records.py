@@ -92,7 +92,11 @@ class Responder:
     # When a position near the scene confirmed the arrival: at once for the geofence,
     # later (or never) for an "I'm here" pressed with no position near the scene.
     verified_at: float | None = None
-    distance_m: float = 0.0  # from the scene when alerted
+    distance_m: float = 0.0  # from the scene when alerted (or when it moved)
+    # Protocol 1.1: when the incident moved while they were on the way (their ETA,
+    # distance and overdue time count from then on).
+    rerouted_at: float | None = None
+    withdrawn: bool = False  # they said "I can't go after all" (released at once)
 
     @property
     def verified(self) -> bool:
@@ -119,6 +123,8 @@ class Responder:
             "role": self.role,
             "verified_at": self.verified_at,
             "distance_m": self.distance_m,
+            "rerouted_at": self.rerouted_at,
+            "withdrawn": self.withdrawn,
         }
 
 
@@ -151,6 +157,9 @@ class Incident:
     ended_at: float | None = None
     end_reason: str = ""
     version: int = 0
+    # Protocol 1.1: when an operator last moved it; the search started again from there
+    # (alerts sent before are of the old place).
+    moved_at: float | None = None
 
     @property
     def ended(self) -> bool:
@@ -208,6 +217,7 @@ class Incident:
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
             "version": self.version,
+            "moved_at": self.moved_at,
         }
 
     @classmethod

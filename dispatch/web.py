@@ -108,6 +108,7 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_get("/api/incidents", api.list_incidents)
     app.router.add_post("/api/incidents", api.report)
     app.router.add_get("/api/incidents/{iid}", api.get_incident)
+    app.router.add_patch("/api/incidents/{iid}", api.amend)
     for action in ("cancel", "resolve", "escalate", "assign"):
         app.router.add_post(f"/api/incidents/{{iid}}/{action}", api.action(action))
     app.router.add_get("/api/events", api.events)
@@ -617,6 +618,14 @@ class _Api:
 
     async def _get_incident(self, request: web.Request) -> web.Response:
         iid = request.match_info["iid"]
+        with_events = request.query.get("events") not in ("0", "false")
+        body = await self._incident_body(iid, with_events)
+        if body is None:
+            return _error(404, f"no incident with id '{iid}'")
+        return _json(body)
+
+    async def _incident_body(self, iid: str, with_events: bool) -> dict[str, Any] | None:
+        """One incident as ``GET /api/incidents/{iid}`` shows it; None if unknown."""
         # Several instances: from Redis, so that every instance shows the same.
         incident = (
             None if self.service.cluster is not None else self.service.core.incidents.get(iid)
@@ -624,7 +633,7 @@ class _Api:
         if incident is None:
             record = await self.reader.incident(iid) if is_valid_id(iid) else None
             if record is None:
-                return _error(404, f"no incident with id '{iid}'")
+                return None
             incident = Incident.from_record(record)
         body = self.service.core.public_state(incident)
         body["address"] = incident.address
@@ -652,12 +661,52 @@ class _Api:
             }
             for a in incident.alerts.values()
         ]
-        if request.query.get("events") in ("0", "false"):
-            return _json(body)  # the page's quick refetch after an event: no history scan
+        if not with_events:
+            return body  # the page's quick refetch after an event: no history scan
         events = await self.reader.incident_events(iid, limit=_PAGE_MAX)
         body["events"] = [
             {"id": e.event_id, "type": e.type, "at": format_time(e.at), **e.data} for e in events
         ]
+        return body
+
+    async def amend(self, request: web.Request) -> web.Response:
+        """``PATCH /api/incidents/{iid}`` (protocol 1.1): change an open incident; the
+        answer is the incident as ``GET`` shows it."""
+        if (denied := self._check_operator(request)) is not None:
+            return denied
+        iid = request.match_info["iid"]
+        try:
+            changes, by = self.service.codec.decode_amendment_body(
+                await request.read(), topic=f"PATCH /api/incidents/{iid}"
+            )
+        except BadMessage as err:
+            status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
+            return _error(status, err.reason, err.code)
+        by = "operator" if by is None else by
+        if not by or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in by):
+            return _error(
+                400, "'by' must be the operator's name: non-empty, without control characters"
+            )
+        cluster = self.service.cluster
+        try:
+            if cluster is None:
+                await self.service.operator("amend", iid, by=by[:64], changes=changes)
+            else:  # carried out by the incident's owner, wherever it runs
+                await cluster.operator("amend", iid, by=by[:64], changes=changes)
+        except UnknownIncident:
+            return _error(404, f"no open incident with id '{iid}'")
+        except InvalidTransition as exc:
+            return _error(
+                409,
+                f"incident '{iid}' is {exc.from_state}: an ended incident cannot be amended; "
+                "report a new incident instead",
+                "incident_ended",
+            )
+        except OwnerUnavailable as exc:
+            return _error(503, str(exc))
+        body = await self._incident_body(iid, with_events=True)
+        if body is None:  # pragma: no cover - it was just amended
+            return _error(404, f"no incident with id '{iid}'")
         return _json(body)
 
     async def report(self, request: web.Request) -> web.Response:

@@ -67,6 +67,8 @@ class Wire:
         }
         if a.role is not None:
             payload["role"] = a.role.value  # protocol 1.1: with every "go"
+        if a.lat is not None:  # protocol 1.1: the new place of an amended incident
+            payload["lat"], payload["lon"], payload["address"] = a.lat, a.lon, a.address or ""
         return Publish(
             self.codec.topic("volunteers", a.volunteer_id, "assignment"),
             dumps(payload),

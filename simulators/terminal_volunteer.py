@@ -61,11 +61,13 @@ MAX_SLACK_M = 100.0  # the engine counts a reported accuracy up to this
 LOCAL_OFFSET_S = 8 * 3600
 QUIET_HOURS = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)").fullmatch
 HELP = (
-    "commands: a [ID] accept | d [ID] decline | h I'm here (h! even when far) | on | off | "
+    "commands: a [ID] accept | d [ID] decline | h I'm here (h! even when far) | "
+    "w! I can't go after all | on | off | "
     "m walk|bike|ebike | p LAT LON move there | s state | q quit (goes off duty)"
 )
 # The engine's stand-down reasons (dispatch/dispatcher.py), in plain words; first match.
 REASONS = (
+    ("withdrawn", "dispatch knows you cannot go and is finding someone else; thanks for saying"),
     ("faster", "a volunteer who will get there sooner is going in your place; thank you"),
     ("enough responders on scene", "others are on scene now; you can turn back, thank you"),
     ("on scene", "others are on scene now; you can turn back, thank you"),
@@ -180,6 +182,8 @@ class Volunteer:
         cmd, args = words[0].lower(), words[1:]
         if cmd in ("a", "accept", "d", "decline"):
             return self._answer("accept" if cmd.startswith("a") else "decline", args, now)
+        if cmd in ("w", "withdraw", "w!", "withdraw!"):
+            return self._withdraw(sure=cmd.endswith("!") or args[:1] in (["!"], ["-f"]))
         if cmd in ("h", "here", "arrived", "h!", "here!"):
             return self._here(force=cmd.endswith("!") or args[:1] in (["!"], ["-f"]), now=now)
         if cmd == "on":
@@ -227,6 +231,24 @@ class Volunteer:
         return (
             [self.location(now), Out("arrived", {"incident_id": iid})],
             [f"told dispatch: here at {iid}{where}"],
+        )
+
+    def _withdraw(self, sure: bool) -> tuple[list[Out], list[str]]:
+        """ "I can't go after all" (this project's addition to the protocol): a reply with
+        the alert's id; dispatch releases us at once and finds someone else."""
+        if self.job is None or not self.job.get("alert_id"):
+            return [], ["no incident to withdraw from (only after a go)"]
+        iid = self.job["incident_id"]
+        if self.job.get("here_sent"):
+            return [], [f"you said you are at {iid}: a withdraw is for the way there"]
+        if not sure:
+            return [], [
+                f"you are going to {iid}: dispatch will find someone else at once.",
+                "      w! to say you cannot go after all",
+            ]
+        return (
+            [Out("reply", {"alert_id": self.job["alert_id"], "answer": "withdraw"})],
+            [f"told dispatch: cannot go to {iid} after all (waiting for its answer)"],
         )
 
     def _answer(self, answer: str, args: list[str], now: float) -> tuple[list[Out], list[str]]:
@@ -284,8 +306,10 @@ class Volunteer:
             return self._go_again(body, role)
         if action == "go":
             alert = self.accepted.pop(iid, {})
+            named = body.get("alert_id") or alert.get("alert_id")
             self.job = {
                 "incident_id": iid,
+                "alert_id": named if isinstance(named, str) else None,
                 "lat": alert.get("lat"),
                 "lon": alert.get("lon"),
                 "address": alert.get("address"),
@@ -304,6 +328,7 @@ class Volunteer:
             lines.append(
                 "      walking there by itself (--walk)" if self.walk else "      h = I'm here"
             )
+            lines.append("      w! = I can't go after all")
             return lines
         if action == "stand_down":
             self.accepted.pop(iid, None)

@@ -86,6 +86,11 @@
       notify_p1: "新的 P1 事件：{kind}", notify_escalated: "需人工处理：{kind}",
       search: "搜索地址、编号、网格…", all_kinds: "全部类型", all_states: "全部状态",
       filtered_empty: "没有符合条件的事件", shown_of: "{a}/{b}",
+      // amending an incident (protocol 1.1)
+      act_edit: "修改…", edit_title: "修改事件", edit_hint: "在地图上点击可移动事件位置。只提交改动过的内容。",
+      edit_save: "保存修改", edit_ok: "{id}：已修改", edit_nothing: "没有改动",
+      edit_place: "位置：{lat}, {lon}", edit_place_new: "新位置：{lat}, {lon}（保存后生效）",
+      f_skills: "所需技能（逗号分隔）", f_place: "位置", ch_moved: "位置已移动", ch_sep: "；", ch_kv: "{k}：{v}",
     },
     en: {
       title: "Dispatch control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
@@ -163,6 +168,10 @@
       notify_p1: "New P1 incident: {kind}", notify_escalated: "Needs a person: {kind}",
       search: "Search address, id, cell…", all_kinds: "All kinds", all_states: "All states",
       filtered_empty: "No incident matches", shown_of: "{a}/{b}",
+      act_edit: "Edit…", edit_title: "Edit the incident", edit_hint: "Click on the map to move the incident. Only what you change is sent.",
+      edit_save: "Save changes", edit_ok: "{id}: changed", edit_nothing: "Nothing was changed",
+      edit_place: "Place: {lat}, {lon}", edit_place_new: "New place: {lat}, {lon} (on saving)",
+      f_skills: "Skills needed (comma-separated)", f_place: "Place", ch_moved: "moved", ch_sep: "; ", ch_kv: "{k}: {v}",
     },
   };
   // The engine's texts that reach people (escalation, end and stand-down reasons), in the
@@ -826,11 +835,12 @@
   // ------------------------------------------------------------------ detail
 
   function select(id) {
+    if (editing && editing.id !== id) closeEdit();
     selected = id;
     scheduleRender();
     refreshDetail();
   }
-  $("detail-close").addEventListener("click", () => { selected = null; $("detail").hidden = true; scheduleRender(); });
+  $("detail-close").addEventListener("click", () => { closeEdit(); selected = null; $("detail").hidden = true; scheduleRender(); });
 
   function eventName(e) {
     if (e.type === "state") return `${stateName(e.from)} → ${stateName(e.to)}`;
@@ -845,6 +855,7 @@
     if (e.how && has(`how_${e.how}`)) parts.push(t(`how_${e.how}`));
     if (e.why && has(`why_${e.why.replace(/ /g, "_")}`)) parts.push(t(`why_${e.why.replace(/ /g, "_")}`));
     if (e.type === "overdue" && typeof e.waited_s === "number") parts.push(t("waited", { s: mmss(e.waited_s) }));
+    if (e.type === "amended" && e.changes) parts.push(changesText(e.changes));
     // "escalated by X" already names who: the reason says it in the page's words
     const reason = e.reason ? engineText(e.reason) : null;
     if (e.by && !(e.reason && /^escalated by /.test(e.reason))) parts.push(`${t("by")} ${byName(e.by)}`);
@@ -853,6 +864,24 @@
     if (e.type === "target_missed" && e.claimed_arrival) parts.push(t("ev_claimed"));
     if (e.type === "target_missed" && e.target_s) parts.push(mmss(e.target_s));
     return parts.filter(Boolean).join(" · ");
+  }
+
+  // What an amendment changed, in the page's words: "address: 小营巷 40 号; moved".
+  function changesText(changes) {
+    const out = [];
+    for (const [k, v] of Object.entries(changes)) {
+      if (k === "lat" || k === "lon") { // one line for the place, whichever coordinate moved
+        if (!out.includes(t("ch_moved"))) out.push(t("ch_moved"));
+        continue;
+      }
+      const label = k === "responders_needed" ? t("f_responders") : has(`f_${k}`) ? t(`f_${k}`) : k;
+      let value = v;
+      if (k === "kind") value = t(`kind_${v}`);
+      else if (k === "priority") value = `P${v}`;
+      else if (k === "skills") value = v.length ? skillsText(v.join(", ")) : t("sk_none");
+      out.push(t("ch_kv", { k: label.replace(/（.*|\s*\(.*/, ""), v: value }));
+    }
+    return out.join(t("ch_sep"));
   }
 
   async function refreshDetail() {
@@ -876,11 +905,80 @@
       el("div", {}, d.address || ""), d.description ? el("div", { class: "hint" }, d.description) : null,
       d.escalation_reason ? el("div", { class: "reason" }, engineText(d.escalation_reason)) : null,
       d.end_reason ? el("div", { class: "hint" }, engineText(d.end_reason)) : null,
+      ENDED.has(d.state) || operatorOff ? null : el("div", { class: "detail-actions" },
+        el("button", { type: "button", "data-act": "edit", onclick: () => openEdit(d) }, t("act_edit"))),
       el("h4", {}, t("detail_times")), el("table", { class: "times" }, times),
       alerts.length ? el("h4", {}, t("detail_alerts")) : null, alerts.length ? el("table", {}, alerts) : null,
       el("h4", {}, t("detail_events")), el("table", {}, events)].filter(Boolean));
     $("detail").hidden = false;
+    if (editing && editing.id === id && ENDED.has(d.state)) closeEdit();
   }
+
+  // ------------------------------------------------------------------ amend (protocol 1.1)
+
+  // The incident being edited (its state when the form opened), and a new place picked on
+  // the map. Only the fields that differ from when the form opened are sent (PATCH).
+  let editing = null;
+  function openEdit(d) {
+    editing = { id: d.id, d, lat: null, lon: null };
+    const kinds = $("e-kind");
+    kinds.replaceChildren(...KINDS.map((k) => el("option", { value: k }, t(`kind_${k}`))));
+    kinds.value = d.kind;
+    $("e-priority").value = String(d.priority);
+    $("e-address").value = d.address || "";
+    $("e-description").value = d.description || "";
+    $("e-responders").value = String(d.responders_needed);
+    $("e-skills").value = (d.skills || []).join(", ");
+    $("edit-result").textContent = "";
+    showPlace();
+    $("edit-form").hidden = false;
+    $("edit-form").scrollIntoView({ block: "nearest" });
+    $("e-address").focus();
+  }
+  function showPlace() {
+    if (!editing) return;
+    const moved = editing.lat !== null;
+    const lat = moved ? editing.lat : editing.d.lat, lon = moved ? editing.lon : editing.d.lon;
+    $("e-place").textContent = t(moved ? "edit_place_new" : "edit_place", { lat: lat.toFixed(5), lon: lon.toFixed(5) });
+    $("e-place").classList.toggle("warn", moved);
+  }
+  function closeEdit() {
+    editing = null;
+    $("edit-form").hidden = true;
+    $("g-pick").replaceChildren();
+  }
+  $("edit-cancel").addEventListener("click", closeEdit);
+  $("edit-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!editing) return;
+    const d = editing.d, body = {};
+    const address = $("e-address").value.trim(), description = $("e-description").value.trim();
+    if (address !== (d.address || "")) body.address = address;
+    if (description !== (d.description || "")) body.description = description;
+    if ($("e-kind").value !== d.kind) body.kind = $("e-kind").value;
+    if (Number($("e-priority").value) !== d.priority) body.priority = Number($("e-priority").value);
+    const n = Number($("e-responders").value);
+    if (n !== d.responders_needed) body.responders = n;
+    const skills = $("e-skills").value.split(/[,，、\s]+/).map((x) => x.trim()).filter(Boolean);
+    if (skills.join(",") !== (d.skills || []).join(",")) body.skills = skills;
+    if (editing.lat !== null) { body.lat = editing.lat; body.lon = editing.lon; }
+    const result = $("edit-result");
+    if (!Object.keys(body).length) { result.className = "result"; result.textContent = t("edit_nothing"); return; }
+    try {
+      if (!session.token && !operatorOff) await askToken();
+      body.by = session.by || "operator";
+      const id = editing.id;
+      const state = await operate("PATCH", `/api/incidents/${encodeURIComponent(id)}`, body);
+      closeEdit();
+      upsert(state); // the same shape as GET: the queue and the detail update at once
+      toast(t("edit_ok", { id }));
+    } catch (err) {
+      if (err.status === 0) return; // the token was not given
+      result.className = "result err";
+      result.textContent = errorText(err);
+      result.title = err.message;
+    }
+  });
 
   // ------------------------------------------------------------------ history
 
@@ -1132,12 +1230,18 @@
     pt.x = ev.clientX; pt.y = ev.clientY;
     const p = pt.matrixTransform(map.getScreenCTM().inverse());
     const lat = projection.lat(p.y), lon = projection.lon(p.x);
+    const r = 10 * upp();
+    const cls = editing ? "pick moved" : "pick";
+    $("g-pick").replaceChildren(
+      svg("circle", { cx: p.x, cy: p.y, r, class: cls }),
+      svg("path", { d: `M${p.x - 2 * r} ${p.y}H${p.x + 2 * r}M${p.x} ${p.y - 2 * r}V${p.y + 2 * r}`, class: cls }));
+    if (editing) { // the edit form is open: the click moves the incident (on saving)
+      editing.lat = Number(lat.toFixed(6)); editing.lon = Number(lon.toFixed(6));
+      showPlace();
+      return;
+    }
     $("r-lat").value = lat.toFixed(6);
     $("r-lon").value = lon.toFixed(6);
-    const r = 10 * upp();
-    $("g-pick").replaceChildren(
-      svg("circle", { cx: p.x, cy: p.y, r, class: "pick" }),
-      svg("path", { d: `M${p.x - 2 * r} ${p.y}H${p.x + 2 * r}M${p.x} ${p.y - 2 * r}V${p.y + 2 * r}`, class: "pick" }));
     showTab("report");
   });
   window.addEventListener("resize", () => { renderVolunteers(); renderMarkers(); });
@@ -1204,6 +1308,12 @@
     renderMute();
     fillFilters();
     fillKinds();
+    if (editing) { // the open edit form, in this language, keeping what was chosen
+      const kind = $("e-kind").value;
+      $("e-kind").replaceChildren(...KINDS.map((k) => el("option", { value: k }, t(`kind_${k}`))));
+      $("e-kind").value = kind;
+      showPlace();
+    }
     renderOperator();
     renderLegend();
     renderFigures();
@@ -1246,6 +1356,13 @@
     setInterval(loadFigures, 30000);
     tickClocks();
   }
-  window.dispatchPage = { open, history, attention, engineText, get lastEventId() { return lastEventId; } };
+  // For the browser tests: where on the screen a place is (to click the map there).
+  function screenPoint(lat, lon) {
+    const pt = $("map").createSVGPoint();
+    pt.x = projection.x(lon); pt.y = projection.y(lat);
+    const p = pt.matrixTransform($("map").getScreenCTM());
+    return { x: p.x, y: p.y };
+  }
+  window.dispatchPage = { open, history, attention, engineText, screenPoint, get lastEventId() { return lastEventId; } };
   start();
 })();

@@ -92,6 +92,10 @@
       reason_resolved: "事件已处理完毕，谢谢你！",
       reason_cancelled: "事件已取消，无需前往。",
       reason_other: "调度中心的说明：{r}",
+      withdraw: "我无法前往了", wd_title: "确定无法前往？", wd_text: "调度中心会立即另找志愿者代替你。",
+      wd_send: "确定，无法前往", wd_cancel: "继续前往", wd_sending: "正在告知调度中心…",
+      wd_noreply: "调度中心没有回应。如果确实无法前往，请打电话告知调度中心。",
+      withdrawn_title: "已告知调度中心", reason_withdrawn: "调度中心正在另找志愿者。谢谢你及时告知！",
       expired_toast: "呼叫已过期。",
       kinds: { cardiac_arrest: "心脏骤停", medical: "急症", fall: "跌倒", fire: "火情",
         dispute: "纠纷", security: "治安", lost_person: "走失", other: "其他" },
@@ -164,6 +168,10 @@
       reason_resolved: "The incident has been dealt with. Thank you!",
       reason_cancelled: "The incident was cancelled; no need to go.",
       reason_other: "From dispatch: {r}",
+      withdraw: "I can't go after all", wd_title: "Can't go after all?", wd_text: "The control room will find someone else at once.",
+      wd_send: "Yes, I can't go", wd_cancel: "Keep going", wd_sending: "Telling the control room…",
+      wd_noreply: "No answer from the control room. If you really cannot go, call the control room.",
+      withdrawn_title: "The control room knows", reason_withdrawn: "Someone else is being found. Thank you for saying so in time!",
       expired_toast: "The call expired.",
       kinds: { cardiac_arrest: "Cardiac arrest", medical: "Medical", fall: "Fall", fire: "Fire",
         dispute: "Dispute", security: "Security", lost_person: "Lost person", other: "Other" },
@@ -736,6 +744,9 @@
       };
       followState(iid);
       $("here").disabled = false;
+      $("withdraw").hidden = !a.alert_id; // a withdraw names the alert
+      $("withdraw").disabled = false;
+      $("withdraw").textContent = t("withdraw");
       $("arrived-box").hidden = true;
       $("far").hidden = true;
       $("s-guide").classList.remove("arrived-now");
@@ -756,6 +767,7 @@
         if (S.client) S.client.unsubscribe(stateTopic(iid));
         S.job = null;
         $("far").hidden = true;
+        $("wd").hidden = true;
         if (S.duty === "on") scheduleLocations();
       }
       const reason = String(msg.reason || "");
@@ -793,6 +805,7 @@
   // Reasons as the engine words them (dispatch/dispatcher.py), told in friendly words.
   function reasonText(reason) {
     const r = reason.toLowerCase();
+    if (r === "withdrawn") return t("reason_withdrawn"); // the answer to our own withdraw
     if (r.includes("faster")) return t("reason_faster");
     if (r.includes("filled")) return t("reason_filled");
     if (r.includes("on scene") || r.includes("on_scene")) return t("reason_on_scene");
@@ -809,7 +822,8 @@
   function renderStood() {
     const st = S.stood;
     $("s-stood").dataset.thanks = String(st.thanks);
-    $("stood-title").textContent = st.thanks ? t("thanks_title") : t("stood_title");
+    $("stood-title").textContent = st.thanks ? t("thanks_title")
+      : st.reason === "withdrawn" ? t("withdrawn_title") : t("stood_title");
     let text = reasonText(st.reason);
     if (st.onScene) {
       text = /resolved/i.test(st.reason) ? t("thanks_resolved")
@@ -846,7 +860,30 @@
     $("here").disabled = true;
     $("here").textContent = t("here_sent");
     $("far").hidden = true;
+    $("withdraw").hidden = true; // on scene: a withdraw is for the way there
+    $("wd").hidden = true;
     renderCheck();
+  }
+
+  // "I can't go after all" (this project's addition to the protocol, docs/protocol.md):
+  // the engine releases us at once and finds someone else; its stand-down ("withdrawn")
+  // brings the calm screen. An engine that does not know it rejects it: then say so.
+  let withdrawTimer = null;
+  function sendWithdraw() {
+    $("wd").hidden = true;
+    const j = S.job;
+    if (!j || !j.alert_id || j.arrived) return;
+    publish("reply", { alert_id: j.alert_id, answer: "withdraw" }, 1);
+    const btn = $("withdraw");
+    btn.disabled = true;
+    btn.textContent = t("wd_sending");
+    clearTimeout(withdrawTimer);
+    withdrawTimer = setTimeout(() => {
+      if (!S.job || S.job.incident_id !== j.incident_id) return; // answered
+      btn.disabled = false;
+      btn.textContent = t("withdraw");
+      toast(t("wd_noreply"), 8000);
+    }, 10000);
   }
 
   // Whether dispatch believes the arrival: only the incident's state can say (a broker
@@ -1141,6 +1178,9 @@
     $("here").addEventListener("click", imHere);
     $("far-send").addEventListener("click", sendArrived);
     $("far-cancel").addEventListener("click", () => { $("far").hidden = true; });
+    $("withdraw").addEventListener("click", () => { $("wd").hidden = false; $("wd-cancel").focus(); });
+    $("wd-cancel").addEventListener("click", () => { $("wd").hidden = true; });
+    $("wd-send").addEventListener("click", sendWithdraw);
     $("stood-ok").addEventListener("click", () => { S.stood = null; show("home"); });
     $("signout").addEventListener("click", () => signOut());
     window.addEventListener("online", () => { if (S.client && S.conn !== "online") S.client.reconnect(); });

@@ -611,3 +611,109 @@ def test_a_day_in_the_control_room_zh_and_en(
         assert errors == [], errors
     finally:
         context.close()
+
+
+def test_amend_an_incident_and_a_withdraw_on_the_page_zh_and_en(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    """Protocol 1.1 amendment from the detail's edit form (the place moved by a click on
+    the map), and a responder's withdraw, in the timeline in both languages."""
+    p = page.page
+    field.status("v300", lat=30.2597, lon=120.1698, skills=["first_aid"], mode="walk")
+    field.status("v301", lat=30.2570, lon=120.1698, skills=["first_aid"], mode="walk")
+    field.sync()
+    field.report({"id": "am-fall", "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+                  "address": "小营巷 12 号", "description": "老人跌倒"})  # fmt: skip
+    page.row("am-fall").wait_for(timeout=3_000)
+    inc = engine.get("/api/incidents/am-fall")
+    first = next(a for a in inc["alerts"] if a["volunteer_id"] == "v300")
+    field.reply("v300", first["alert_id"], "accept")
+    field.wait_assignment("v300", "am-fall", "go")
+
+    page.row("am-fall").click()
+    p.locator("#detail-body button[data-act=edit]").click()
+    p.locator("#edit-form").wait_for(state="visible")
+    assert p.locator("#e-address").input_value() == "小营巷 12 号"
+    p.fill("#e-address", "小营巷 40 号")
+    p.select_option("#e-kind", "cardiac_arrest")
+    p.fill("#e-responders", "2")
+    # Move it by a click on the map, 300 m south (the form shows the new place).
+    point = p.evaluate("window.dispatchPage.screenPoint(30.2564, 120.1698)")
+    hit = p.evaluate(
+        f"document.elementFromPoint({point['x']}, {point['y']}).closest('#map') !== null"
+    )
+    assert hit, point
+    p.mouse.click(point["x"], point["y"])
+    assert "新位置" in p.locator("#e-place").inner_text()
+    assert p.locator(".tabs button[data-tab=report]").get_attribute("class") != "active"
+    page.screenshot("control-room-amend-zh.png")
+    p.click("#edit-save")
+    p.locator("#auth-dialog").wait_for(state="visible")  # the first action asks who
+    p.fill("#auth-name", "值班员 陈")
+    p.fill("#auth-token", TOKEN)
+    p.click("#auth-ok")
+    p.locator("#edit-form").wait_for(state="hidden", timeout=3_000)
+    p.locator("#detail-body tr.ev-amended").wait_for(timeout=3_000)
+    amended = engine.get("/api/incidents/am-fall")
+    assert amended["kind"] == "cardiac_arrest"
+    assert amended["responders_needed"] == 2
+    assert amended["address"] == "小营巷 40 号"
+    assert abs(amended["lat"] - 30.2564) < 0.0003, amended["lat"]
+    (ev,) = [e for e in amended["events"] if e["type"] == "amended"]
+    assert ev["by"] == "值班员 陈"
+    # the responder was sent to the new place
+    update = field.wait_assignment("v300", "am-fall", "go")
+    updates = [a for a in field.assignments("v300", "am-fall") if a["reason"] == "location updated"]
+    assert updates, update
+    row = p.locator("#detail-body tr.ev-amended").inner_text()
+    for words in (
+        "已修改",
+        "操作人 值班员 陈",
+        "地址：小营巷 40 号",
+        "类型：心脏骤停",
+        "位置已移动",
+    ):
+        assert words in row, (words, row)
+    assert "心脏骤停" in page.row("am-fall").inner_text()
+
+    # The responder cannot go after all: in the timeline, translated.
+    field.reply("v300", first["alert_id"], "withdraw")
+    field.wait_assignment("v300", "am-fall", "stand_down")
+    p.locator("#detail-body tr.ev-withdrawn").wait_for(timeout=3_000)
+    assert "志愿者退出" in p.locator("#detail-body tr.ev-withdrawn").inner_text()
+    page.row("am-fall").locator("li[data-vid=v300]", has_text="已撤回").wait_for(timeout=3_000)
+    assert _latin_words(_ui_text(p)) == [], _latin_words(_ui_text(p))
+    page.screenshot("control-room-amended-zh.png")
+
+    # English: the same, nothing Chinese but the data.
+    p.click("#lang")
+    p.locator("#detail-body tr.ev-amended", has_text="amended").wait_for(timeout=3_000)
+    row = p.locator("#detail-body tr.ev-amended").inner_text()
+    for words in (
+        "amended",
+        "by 值班员 陈",
+        "Address: 小营巷 40 号",
+        "Kind: Cardiac arrest",
+        "moved",
+    ):
+        assert words in row, (words, row)
+    assert "volunteer withdrew" in p.locator("#detail-body tr.ev-withdrawn").inner_text()
+    text = _ui_text(p)
+    for data in ("小营巷 40 号", "老人跌倒", "值班员 陈"):
+        text = text.replace(data, "")
+    assert not _CJK.search(text), text
+    # The edit form speaks English too; an ended incident has no edit button.
+    p.locator("#detail-body button[data-act=edit]").click()
+    assert p.locator("#edit-save").inner_text() == "Save changes"
+    assert "Place:" in p.locator("#e-place").inner_text()
+    p.fill("#e-description", "")
+    p.click("#edit-save")
+    p.locator("#edit-form").wait_for(state="hidden", timeout=3_000)
+    page.screenshot("control-room-amended-en.png")
+    engine.post("/api/incidents/am-fall/resolve", {"by": "cleanup"})
+    p.locator("#detail-body h3", has_text="Resolved").wait_for(timeout=3_000)
+    assert p.locator("#detail-body button[data-act=edit]").count() == 0
+    assert page.errors == [], page.errors
+    if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":  # the pictures in docs/api.md
+        for name in ("control-room-amend-zh.png", "control-room-amended-en.png"):
+            (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 import servers
-from e2e_harness import Engine, Field, haversine_m, offset, running, uid
+from e2e_harness import Engine, Field, haversine_m, http, offset, running, uid
 from servers import free_port, next_redis_db, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -725,3 +725,73 @@ def test_sign_in_says_when_the_broker_cannot_be_reached(
     finally:
         phone.close()
         engine.stop()
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_i_cannot_go_after_all(
+    ws_engine: Engine, field: Field, phones: Callable[..., Phone], locale: str
+) -> None:
+    """The withdraw (this project's addition to the protocol): asked once more, sent with
+    the alert id, answered with a stand-down ("withdrawn"), and someone else is sought;
+    a moved incident (amended in the control room) shows its new place first."""
+    vid, other = uid("wd"), uid("wd-other")
+    zh = locale == "zh-CN"
+    phone = phones(offset(*INCIDENT, 300, 0), locale=locale)
+    phone.sign_in(vid)
+    phone.on_duty()
+    _wait(lambda: _volunteer(ws_engine, vid) is not None, 5, "the volunteer")
+    iid = uid("inc")
+    field.report({"id": iid, "kind": "medical", "lat": INCIDENT[0], "lon": INCIDENT[1],
+                  "address": "小营巷 12 号"})  # fmt: skip
+    phone.page.wait_for_selector("#alert:not([hidden])", timeout=3_000)
+    alert = field.wait_alert(vid, iid)
+    phone.page.click("#accept")
+    phone.screen("guide")
+    # The control room moves the incident: the page follows the new place.
+    moved = offset(*INCIDENT, -200, 0)
+    result = ws_engine_patch(ws_engine, iid, {"lat": moved[0], "lon": moved[1],
+                                              "address": "小营巷 40 号"})  # fmt: skip
+    assert result == 200
+    phone.page.wait_for_function(
+        "document.getElementById('g-address').textContent.includes('小营巷 40 号')", timeout=3_000
+    )
+    assert phone.page.locator("#withdraw").inner_text() == (
+        "我无法前往了" if zh else "I can't go after all"
+    )
+    # A volunteer who is free for the replacement.
+    field.status(other, lat=INCIDENT[0], lon=INCIDENT[1] + 0.001, skills=["first_aid"],
+                 mode="walk")  # fmt: skip
+    field.sync()
+    # Asked once more; "keep going" sends nothing.
+    reply_topic = field.t("volunteers", vid, "reply")
+    phone.page.click("#withdraw")
+    phone.page.wait_for_selector("#wd:not([hidden])")
+    assert ("确定无法前往" if zh else "Can't go after all") in phone.page.locator(
+        "#wd"
+    ).inner_text()
+    phone.shot(f"withdraw-{'zh' if zh else 'en'}")
+    phone.page.click("#wd-cancel")
+    phone.page.wait_for_timeout(300)
+    assert [m.json["answer"] for m in field.all.all(lambda m: m.topic == reply_topic)] == [
+        "received", "accept"]  # fmt: skip
+    phone.page.click("#withdraw")
+    phone.page.click("#wd-send")
+    sent = field.all.wait_for(lambda m: m.topic == reply_topic and m.json["answer"] == "withdraw")
+    assert sent.json == {"alert_id": alert["alert_id"], "answer": "withdraw"}
+    phone.screen("stood")
+    assert phone.page.locator("#stood-title").inner_text() == (
+        "已告知调度中心" if zh else "The control room knows"
+    )
+    assert ("另找志愿者" if zh else "Someone else") in phone.page.locator(
+        "#stood-reason"
+    ).inner_text()
+    # The engine released us and alerted the other volunteer in our place.
+    field.wait_alert(other, iid)
+    state = ws_engine.incident(iid)
+    assert state["responders"][0]["released"] is True
+    assert phone.errors == [], phone.errors
+    ws_engine.post(f"/api/incidents/{iid}/cancel", {}, token=ws_engine.token)
+
+
+def ws_engine_patch(engine: Engine, iid: str, body: dict[str, Any]) -> int:
+    return http("PATCH", f"{engine.base}/api/incidents/{iid}", body, token=engine.token).status

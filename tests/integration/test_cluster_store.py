@@ -145,6 +145,39 @@ async def test_an_action_at_another_instance_is_carried_out_by_the_owner(
         await asyncio.gather(serving, return_exceptions=True)
 
 
+async def test_an_amendment_at_another_instance_is_carried_out_by_the_owner(
+    pair: tuple[Service, Service],
+) -> None:
+    a, b = pair
+    ca, cb = _cluster(a), _cluster(b)
+    await _reported(a, "f3")
+    serving = asyncio.create_task(ca.serve_commands())
+    try:
+        changes, _ = b.codec.decode_amendment_body(
+            orjson.dumps({"lat": 30.27, "lon": 120.19, "kind": "medical", "address": "新地址"})
+        )
+        state = await cb.operator("amend", "f3", by="desk", changes=changes)
+        assert (state["lat"], state["lon"], state["kind"]) == (30.27, 120.19, "medical")
+        assert state["skills"] == ["first_aid"]  # the new kind's defaults
+        incident = a.core.incidents["f3"]  # done by a, the owner
+        assert (incident.address, incident.moved_at is not None) == ("新地址", True)
+        assert "f3" not in b.core.incidents
+        record = await b.store.incident("f3")
+        assert record is not None
+        assert record["address"] == "新地址"
+        await cb.operator("resolve", "f3", by="desk")
+        with pytest.raises(InvalidTransition):
+            await cb.operator("amend", "f3", by="desk", changes=changes)
+        assert a.core.incidents["f3"].address == "新地址"
+    finally:
+        # Now and then the command loop loses a cancellation that lands while its Redis
+        # read is being closed (it logs "command list not readable" and reads again):
+        # cancel until it is done.
+        while not serving.done():
+            serving.cancel()
+            await asyncio.wait([serving], timeout=1)
+
+
 async def test_an_action_the_owner_does_not_take_is_withdrawn(
     pair: tuple[Service, Service], redis_url: str
 ) -> None:

@@ -414,6 +414,7 @@ def test_rejections(codec: Codec, topic: str, payload: bytes, code: Reason, says
 def test_every_codec_reason_is_covered() -> None:
     # The codes the core raises (unknown_alert, ...) are tested with the core.
     core = {Reason.UNKNOWN_ALERT, Reason.NOT_ALERTED, Reason.CONFLICT, Reason.UNKNOWN_INCIDENT}
+    core.add(Reason.NOT_ACCEPTED)  # a withdraw of an alert not accepted (the core)
     core.add(Reason.RETAINED)  # raised by the bus (see tests/integration/test_retained.py)
     assert {code for *_, code, _ in REJECTED} == set(Reason) - core
 

@@ -60,7 +60,8 @@ def test_enums_are_the_protocols_strings() -> None:
     ]
     assert [m.value for m in Mode] == ["walk", "bike", "ebike"]
     assert [d.value for d in Duty] == ["available", "off_duty", "offline"]  # 1.1: offline
-    assert [a.value for a in Answer] == ["accept", "decline", "received"]  # 1.1: received
+    # 1.1: received; withdraw is this project's addition (docs/protocol.md)
+    assert [a.value for a in Answer] == ["accept", "decline", "received", "withdraw"]
     assert str(Kind.FIRE) == "fire"
 
 
@@ -225,7 +226,8 @@ def test_other_errors_say_what_happened() -> None:
 
 def test_reason_codes_are_snake_case_and_closed() -> None:
     assert all(r.value == r.name.lower() for r in Reason)
-    assert len(Reason) == 19  # with "retained" (a retained inbound message)
+    # with "retained" (a retained inbound message) and "not_accepted" (a withdraw)
+    assert len(Reason) == 20
 
 
 def test_huge_integers_are_refused_not_crashed_on() -> None:

@@ -267,3 +267,27 @@ def test_the_budget_and_quiet_hours_flags_are_checked() -> None:
     assert "HH:MM-HH:MM" in check("--quiet-hours", "22-7")
     assert "HH:MM-HH:MM" in check("--quiet-hours", "24:00-07:00")
     assert "differ" in check("--quiet-hours", "07:00-07:00")
+
+
+def test_withdraw_after_a_go_asks_first_then_names_the_alert() -> None:
+    v = _volunteer()
+    assert v.command("w!", NOW)[0] == []  # nothing to withdraw from
+    v.alert(_alert("a9", "i9"), NOW)
+    v.command("a", NOW)
+    said = v.on_assignment(
+        {"incident_id": "i9", "action": "go", "reason": "confirmed", "alert_id": "a9",
+         "role": "primary"},
+        NOW,
+    )  # fmt: skip
+    assert any("w! = I can't go after all" in line for line in said)
+    outs, said = v.command("w", NOW + 1)  # asked once more: nothing sent
+    assert outs == []
+    assert "w! to say you cannot go" in said[1]
+    outs, _ = v.command("w!", NOW + 2)
+    assert outs == [Out("reply", {"alert_id": "a9", "answer": "withdraw"})]
+    said = v.on_assignment(
+        {"incident_id": "i9", "action": "stand_down", "reason": "withdrawn", "alert_id": "a9"},
+        NOW + 3,
+    )
+    assert "finding someone else" in said[0]
+    assert v.job is None
