@@ -40,10 +40,17 @@ class PageEngine:
     """``python -m dispatch run`` on one port for its whole life, restartable."""
 
     def __init__(
-        self, mqtt_url: str, redis_url: str, topic_root: str, log_path: Path, token: str = TOKEN
+        self,
+        mqtt_url: str,
+        redis_url: str,
+        topic_root: str,
+        log_path: Path,
+        token: str = TOKEN,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.mqtt_url, self.redis_url, self.topic_root = mqtt_url, redis_url, topic_root
         self.log_path, self.token = log_path, token
+        self.env = env or {}  # more DISPATCH_* settings (the report page: a read token...)
         self.port = servers.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -56,6 +63,7 @@ class PageEngine:
         env["DISPATCH_LOG_LEVEL"] = "info"
         if self.token:
             env["DISPATCH_HTTP_OPERATOR_TOKEN"] = self.token
+        env.update(self.env)
         argv = [
             sys.executable, "-m", "dispatch", "run",
             "--mqtt", self.mqtt_url, "--redis", self.redis_url,

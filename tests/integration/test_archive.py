@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -90,6 +92,52 @@ async def test_report_sql_equals_the_headline_in_python(postgres_url: str) -> No
         target_s=TARGET, now=NOW,
     )  # fmt: skip
     assert whole.incidents == 10
+    await archive.close()
+
+
+async def test_misses_sql_equals_python_with_every_reason(postgres_url: str) -> None:
+    incidents = some_incidents(300, seed=16)
+    # No-shows: someone accepted, nobody arrived (the generator has none of its own).
+    for incident in incidents[::9]:
+        if incident.first_accept_at is not None:
+            incident.first_arrival_at = incident.first_verified_at = None
+            incident.responders = [
+                dataclasses.replace(r, arrived_at=None, verified_at=None)
+                for r in incident.responders
+            ]
+    archive = Archive(postgres_url)
+    await migrate(postgres_url)
+    for incident in incidents:
+        await archive.save(incident.to_record(), [])
+    start, end = BASE - 86_400, BASE + 400 * 1800
+    expected = report.misses_from_incidents(incidents, target_s=TARGET, now=NOW)
+    reasons = collections.Counter(m["reason"] for m in expected)
+    assert set(reasons) == set(report.MISS_REASONS), reasons
+    got: list[dict[str, Any]] = []
+    while True:  # paged, 37 at a time
+        page, counts = await archive.misses(
+            start=start, end=end, target_s=TARGET, now=NOW, limit=37, offset=len(got)
+        )
+        assert counts == dict(reasons)
+        got += page
+        if len(page) < 37:
+            break
+    assert got == expected
+    # The reason follows the definitions: a miss is needed, decided and not within.
+    by_id = {i.id: i for i in incidents}
+    for m in got:
+        i = by_id[m["id"]]
+        assert i.state.value != "cancelled"
+        assert i.time_to_arrival_s() is None or i.time_to_arrival_s() > TARGET  # type: ignore[operator]
+    # "Now" decides: within the target's time, an unreached incident is not a miss yet.
+    last = incidents[-1]
+    soon = last.reported_at + 100
+    page, _ = await archive.misses(
+        start=last.reported_at, end=end, target_s=TARGET, now=soon, limit=10, offset=0
+    )
+    assert page == report.misses_from_incidents([last], target_s=TARGET, now=soon)
+    if last.first_verified_at is None and last.state.value != "cancelled":
+        assert page == []
     await archive.close()
 
 

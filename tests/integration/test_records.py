@@ -131,3 +131,83 @@ async def test_report_from_the_archive(
         status, _ctype, text = await c.get("/api/report?by=day&format=csv")
         assert status == 200
         assert text.splitlines()[-1].startswith("total,3,2,")
+
+
+async def _missed(client: Client, iid: str, kind: str, ago_s: float) -> None:
+    """An incident reported ``ago_s`` ago and resolved with nobody there: a miss once the
+    target has passed since its report (no volunteer is on duty: nobody in reach)."""
+    reported = time.time() - ago_s
+    body = {"id": iid, "kind": kind, "reported_at": rfc3339(reported), **XIAOYING}
+    status, answer = await client.post("/api/incidents", body)
+    assert status in (200, 201, 202), answer
+    status, answer = await client.post(f"/api/incidents/{iid}/resolve", {"by": "王五"})
+    assert status == 200, answer
+
+
+def rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+async def _misses_route(c: Client, source: str) -> None:
+    # Three misses (600 s, 500 s, 400 s ago), one not decided yet (just reported).
+    for n, ago in enumerate((600, 500, 400)):
+        await _missed(c, f"miss-{n}", "fall", ago)
+    await _missed(c, "miss-new", "medical", 5)
+    deadline = time.monotonic() + 20
+    while True:
+        status, _, body = await c.get("/api/report/misses?limit=2")
+        if status == 200 and body["total"] == 3:
+            break
+        assert time.monotonic() < deadline, f"never all there: {status} {body}"
+        await asyncio.sleep(0.2)
+    assert (body["source"], body["limited"]) == (source, source == "redis")
+    if source == "redis":
+        assert "history is limited" in body["note"]
+    assert [m["id"] for m in body["misses"]] == ["miss-0", "miss-1"]  # oldest first
+    assert body["by_reason"]["nobody_in_reach"] == 3
+    assert sum(body["by_reason"].values()) == 3
+    assert body["next_offset"] == 2
+    first = body["misses"][0]
+    assert first["reason"] == "nobody_in_reach"
+    assert (first["kind"], first["address"]) == ("fall", "小营巷 12 号")
+    assert first["cell"].startswith("r")
+    assert first["time_to_arrival_s"] is None
+    status, _, body = await c.get("/api/report/misses?limit=2&offset=2")
+    assert status == 200
+    assert [m["id"] for m in body["misses"]] == ["miss-2"]
+    assert body["next_offset"] is None
+    # Bounds and bad input: 400 saying what to fix.
+    for query, words in [
+        ("limit=0", "'limit' must be a whole number from 1 to 500"),
+        ("limit=501", "'limit' must be a whole number from 1 to 500"),
+        ("offset=-1", "'offset' must be a whole number"),
+        ("limit=1e3", "'limit' must be a whole number"),
+        ("by=cell", "unknown parameter 'by'"),
+        ("from=2020-01-01T00:00:00Z", "at most 3 years"),
+        ("from=yesterday", "'from' must be an RFC 3339 time"),
+    ]:
+        status, _, body = await c.get(f"/api/report/misses?{query}")
+        assert status == 400, (query, body)
+        assert words in body["error"], (query, body)
+    # The read token, as every read; ?access_token= too (the page's links).
+    assert (await c.get("/api/report/misses", token=None))[0] == 401
+    assert (await c.get("/api/report/misses", token="wrong"))[0] == 403
+    status, _, body = await c.get(f"/api/report/misses?access_token={READ}", token=None)
+    assert (status, body["total"]) == (200, 3)
+    # The page itself is public (it holds no data) and served by the engine.
+    status, ctype, html = await c.get("/report", token=None)
+    assert status == 200
+    assert ctype.startswith("text/html")
+    assert "/static/report.js" in html
+
+
+async def test_misses_without_an_archive(mqtt_url: str, redis_url: str, topic_root: str) -> None:
+    async with _engine(mqtt_url, redis_url, topic_root) as c:
+        await _misses_route(c, "redis")
+
+
+async def test_misses_from_the_archive(
+    mqtt_url: str, redis_url: str, topic_root: str, postgres_url: str
+) -> None:
+    async with _engine(mqtt_url, redis_url, topic_root, **{"postgres.url": postgres_url}) as c:
+        await _misses_route(c, "postgres")
