@@ -225,16 +225,17 @@ class Archive:
         iid = r["id"]
         await conn.execute(
             """
-            INSERT INTO incidents (id, kind, priority, state, lat, lon, cell_id, address,
-                description, responders_needed, skills, reported_at, received_at,
+            INSERT INTO incidents (id, kind, priority, state, lat, lon, cell_id, subdistrict,
+                address, description, responders_needed, skills, reported_at, received_at,
                 first_alert_at, first_accept_at, first_arrival_at, first_verified_at,
                 escalated_at, escalation_reason, ended_at, end_reason, waves, version,
                 record, archived_at)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                %s, %s, %s, %s, %s, %s, %s, now())
+                %s, %s, %s, %s, %s, %s, %s, %s, now())
             ON CONFLICT (id) DO UPDATE SET
                 kind = EXCLUDED.kind, priority = EXCLUDED.priority, state = EXCLUDED.state,
                 lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell_id = EXCLUDED.cell_id,
+                subdistrict = EXCLUDED.subdistrict,
                 address = EXCLUDED.address, description = EXCLUDED.description,
                 responders_needed = EXCLUDED.responders_needed, skills = EXCLUDED.skills,
                 reported_at = EXCLUDED.reported_at, received_at = EXCLUDED.received_at,
@@ -256,6 +257,7 @@ class Archive:
                 r["lat"],
                 r["lon"],
                 r.get("cell_id", ""),
+                r.get("subdistrict") or None,  # none configured: NULL, the group null
                 r.get("address", ""),
                 r.get("description", ""),
                 r["responders_needed"],

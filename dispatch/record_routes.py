@@ -102,7 +102,7 @@ class Records:
                 )
                 body.update(source="redis", limited=True, truncated=truncated)
                 body["note"] = _LIMITED_NOTE
-        if q.by == "subdistrict":
+        if q.by == "subdistrict" and self.service.area.subdistricts is None:
             body["note"] = " ".join(filter(None, [body.get("note"), report.SUBDISTRICT_NOTE]))
         body["groups"] = rows
         body["total"] = total

@@ -134,6 +134,7 @@ class Incident:
     reported_at: float
     received_at: float
     cell_id: str = ""
+    subdistrict: str = ""  # the deployment's subdistrict (geo.subdistricts); "": none
     address: str = ""
     description: str = ""
     fingerprint: str = ""
@@ -208,6 +209,8 @@ class Incident:
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
             "version": self.version,
+            # Only with configured subdistricts: records stay as they were without.
+            **({"subdistrict": self.subdistrict} if self.subdistrict else {}),
         }
 
     @classmethod

@@ -18,9 +18,10 @@ The figures are the headline's (dispatch/headline.py), per group:
 
 Groups: ``cell`` (the generated grid), ``kind``, ``day`` (the operators' calendar day,
 China Standard Time, as the live figures' "today") and ``subdistrict``. No public
-subdistrict (街道) boundaries exist for the district (config/PROVENANCE.md), so until a
-deployment loads its own every incident falls in the group ``null`` and the answer says
-so in ``note``.
+subdistrict (街道) boundaries exist for the district (config/PROVENANCE.md): a deployment
+configures its own (``[area] subdistricts``, geo.subdistricts) and each incident gets its
+subdistrict when reported; until then every incident falls in the group ``null`` and the
+answer says so in ``note`` (so do incidents outside every configured area).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def group_key(by: str, incident: Incident) -> str | None:
         return incident.kind.value
     if by == "day":
         return datetime.fromtimestamp(incident.reported_at, LOCAL_TZ).date().isoformat()
-    return None  # subdistrict: see SUBDISTRICT_NOTE
+    return incident.subdistrict or None  # none configured: see SUBDISTRICT_NOTE
 
 
 def from_incidents(
@@ -344,7 +345,7 @@ def misses_from_incidents(
                 priority=i.priority,
                 reported_at=i.reported_at,
                 cell=i.cell_id,
-                subdistrict=getattr(i, "subdistrict", None),
+                subdistrict=i.subdistrict,
                 address=i.address,
                 reason=reason,
                 time_s=i.time_to_arrival_s(),

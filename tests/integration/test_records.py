@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 from inprocess import engine_in_process
 from lxml import etree
 
@@ -211,3 +212,74 @@ async def test_misses_from_the_archive(
 ) -> None:
     async with _engine(mqtt_url, redis_url, topic_root, **{"postgres.url": postgres_url}) as c:
         await _misses_route(c, "postgres")
+
+
+def _halves(tmp_path: Path) -> str:
+    """Two test areas (not real subdistricts), west and east of 120.18° E."""
+
+    def box(name: str, west: float, east: float) -> dict[str, Any]:
+        ring = [[west, 30.0], [east, 30.0], [east, 30.5], [west, 30.5], [west, 30.0]]
+        geometry = {"type": "Polygon", "coordinates": [ring]}
+        return {"type": "Feature", "properties": {"name": name}, "geometry": geometry}
+
+    path = tmp_path / "areas.geojson"
+    collection = {
+        "type": "FeatureCollection",
+        "features": [box("测试西片", 120.0, 120.18), box("测试东片", 120.18, 120.4)],
+    }
+    path.write_bytes(orjson.dumps(collection))
+    return str(path)
+
+
+async def _by_subdistrict(c: Client, source: str) -> None:
+    east = {"lat": 30.27, "lon": 120.19, "address": "东片某处"}
+    for iid, place in (("sd-w1", XIAOYING), ("sd-w2", XIAOYING), ("sd-e1", east)):
+        body = {"id": iid, "kind": "fall", "reported_at": rfc3339(time.time() - 600), **place}
+        assert (await c.post("/api/incidents", body))[0] in (200, 201, 202)
+        assert (await c.post(f"/api/incidents/{iid}/resolve", {"by": "王五"}))[0] == 200
+    deadline = time.monotonic() + 20
+    while True:
+        status, _, body = await c.get("/api/report?by=subdistrict")
+        if status == 200 and body["total"]["incidents"] == 3:
+            break
+        assert time.monotonic() < deadline, f"never all there: {status} {body}"
+        await asyncio.sleep(0.2)
+    assert body["source"] == source
+    assert {g["group"]: g["incidents"] for g in body["groups"]} == {"测试东片": 1, "测试西片": 2}
+    assert "no subdistrict boundaries" not in body.get("note", "")
+    status, _, misses = await c.get("/api/report/misses")
+    assert {m["id"]: m["subdistrict"] for m in misses["misses"]} == {
+        "sd-w1": "测试西片",
+        "sd-w2": "测试西片",
+        "sd-e1": "测试东片",
+    }
+    # The map has them (the report page draws them over the cells).
+    status, _, area = await c.get("/api/area")
+    names = [
+        f["properties"]["name"]
+        for f in area["features"]
+        if f["properties"]["kind"] == "subdistrict"
+    ]
+    assert names == ["测试西片", "测试东片"]
+
+
+async def test_subdistricts_without_an_archive(
+    mqtt_url: str, redis_url: str, topic_root: str, tmp_path: Path
+) -> None:
+    areas = _halves(tmp_path)
+    async with _engine(mqtt_url, redis_url, topic_root, **{"area.subdistricts": areas}) as c:
+        await _by_subdistrict(c, "redis")
+
+
+async def test_subdistricts_in_the_archive(
+    mqtt_url: str, redis_url: str, topic_root: str, postgres_url: str, tmp_path: Path
+) -> None:
+    overrides = {"area.subdistricts": _halves(tmp_path), "postgres.url": postgres_url}
+    async with _engine(mqtt_url, redis_url, topic_root, **overrides) as c:
+        await _by_subdistrict(c, "postgres")
+    # In the archive's own column too.
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT id, subdistrict FROM incidents WHERE id LIKE 'sd-%%' ORDER BY id"
+        ).fetchall()
+    assert rows == [("sd-e1", "测试东片"), ("sd-w1", "测试西片"), ("sd-w2", "测试西片")]
