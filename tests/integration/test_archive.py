@@ -30,6 +30,7 @@ from dispatch import report
 from dispatch.archive import Archive, migrate
 from dispatch.archiver import GROUP, Archiver
 from dispatch.errors import BackendUnavailable
+from dispatch.metrics import Metrics
 from dispatch.store import Store
 
 NOW = BASE + 90 * 86_400
@@ -54,6 +55,11 @@ async def _until(check: Callable[[], Any], within: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: never; last {last!r}")
         await asyncio.sleep(0.1)
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 async def _pending(store: Store) -> int:
@@ -149,7 +155,10 @@ async def test_catch_up_after_postgres_is_killed(redis_url: str) -> None:
         async with _store(redis_url) as store, _store(redis_url) as writer:
             for incident in incidents[:40]:
                 await log_ended(writer, incident)
-            archiver = Archiver(store, Archive(url, timeout_s=2), batch=7, retry_s=0.2)
+            metrics = Metrics()
+            archiver = Archiver(
+                store, Archive(url, timeout_s=2), batch=7, retry_s=0.2, metrics=metrics
+            )
             stop = asyncio.Event()
             task = asyncio.create_task(archiver.run(stop))
             await _until(
@@ -161,11 +170,21 @@ async def test_catch_up_after_postgres_is_killed(redis_url: str) -> None:
                 await log_ended(writer, incident)  # dispatch goes on meanwhile
             await asyncio.sleep(1.0)  # the archiver fails and retries for a while
             assert not task.done()
+            # The metrics say so: failed rounds, and the lag of the events held.
+            assert _sample(metrics, "dispatch_archive_errors_total", backend="postgres") >= 1
+            lag = _sample(metrics, "dispatch_archive_lag_seconds")
+            assert lag > 0
+            await asyncio.sleep(0.3)
+            assert _sample(metrics, "dispatch_archive_lag_seconds") > lag  # it grows
             server = servers.start_postgres(port=port, workdir=workdir)
             await _until(lambda: _count(archiver.archive, "==", len(incidents)), 30, "all archived")
             await _until(lambda: _zero(_pending(store)), 10, "nothing left pending")
             stop.set()
             await asyncio.wait_for(task, 10)
+            # Each incident written once; caught up: no lag.
+            written = _sample(metrics, "dispatch_archive_incidents_total", outcome="written")
+            assert written == len(incidents)
+            assert _sample(metrics, "dispatch_archive_lag_seconds") == 0
             await _check_once_each(archiver.archive, store, incidents)
             await archiver.archive.close()
     finally:

@@ -132,6 +132,10 @@ async def test_report_from_the_archive(
         status, _ctype, text = await c.get("/api/report?by=day&format=csv")
         assert status == 200
         assert text.splitlines()[-1].startswith("total,3,2,")
+        # The archive writer's figures on the engine's /metrics.
+        status, _, metrics = await c.get("/metrics", token=None)
+        assert 'dispatch_archive_incidents_total{outcome="written"} 3.0' in metrics
+        assert "dispatch_archive_lag_seconds 0.0" in metrics
 
 
 async def _missed(client: Client, iid: str, kind: str, ago_s: float) -> None:
