@@ -619,3 +619,25 @@ def test_a_day_in_the_control_room_zh_and_en(
         assert errors == [], errors
     finally:
         context.close()
+
+
+def test_the_live_map_shows_todays_figures_per_cell(engine: PageEngine, page: Page) -> None:
+    """The live map's cells say, on hover, today's figures there (/api/figures by_cell)."""
+    p = page.page
+    engine.post("/api/incidents", {"id": "cell-fig-1", "kind": "fall", "lat": 30.2591,
+                                   "lon": 120.1698})  # fmt: skip
+    engine.post("/api/incidents/cell-fig-1/resolve", {"by": "t"})
+    cell = engine.get("/api/incidents/cell-fig-1")["cell"]
+    title = f"#g-cells path[data-cell='{cell}'] title"
+    p.wait_for_function(
+        f"document.querySelector({title!r}).textContent.includes('今日 1 起')", timeout=15_000
+    )
+    figures = engine.get("/api/figures")["by_cell"][cell]
+    text = p.locator(title).text_content() or ""
+    assert text.startswith(f"{cell} · ")
+    assert f"今日 {figures['incidents']} 起，按时到场 {figures['within_target']}/" in text
+    p.click("#lang")
+    p.wait_for_function(
+        f"document.querySelector({title!r}).textContent.includes('today 1:')", timeout=5_000
+    )
+    assert page.errors == [], page.errors
