@@ -11,8 +11,9 @@ with the same definitions (dispatch/report.py), and says so: ``"source": "redis"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ ReadCheck = Callable[[web.Request, bool], web.Response | None]
 # Without an archive: the most incident ids read from Redis for one report, and the page.
 _REDIS_IDS_MAX = 50_000
 _PAGE = 1_000
+# Reports waiting for their turn beyond the one being computed; more get 429.
+_QUEUE_MAX = 8
 _LIMITED_NOTE = (
     "no archive is configured (dispatch run --postgres URL): history is limited to the "
     "incidents Redis still holds, up to 30 days after they ended"
@@ -63,6 +66,34 @@ class Records:
         self.archive = archive
         self.check_read = check_read
         self._heavy = asyncio.Semaphore(1)  # one report at a time: they may be large
+        self._queued = 0  # requests waiting for their turn
+
+    def _busy(self) -> web.Response | None:
+        """429 when too many reports already wait for their turn: a flood of them must
+        not pile up tasks (and, without an archive, Redis reads) without end."""
+        if self._queued < _QUEUE_MAX:
+            return None
+        return web.json_response(
+            {
+                "error": f"{_QUEUE_MAX} reports are already waiting to be computed, one at "
+                "a time; try again shortly",
+                "code": "too_many_requests",
+            },
+            status=429,
+            headers={"Retry-After": "5"},
+        )
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        self._queued += 1
+        try:
+            await self._heavy.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            yield
+        finally:
+            self._heavy.release()
 
     # ------------------------------------------------------------------ the report
 
@@ -87,7 +118,9 @@ class Records:
             "target_s": target_s,
             "computed_at": format_time(now),
         }
-        async with self._heavy:
+        if (busy := self._busy()) is not None:
+            return busy
+        async with self._turn():
             if self.archive is not None:
                 groups, whole = await self.archive.report(
                     start=q.start, end=q.end, by=q.by, target_s=target_s, now=now
@@ -135,7 +168,9 @@ class Records:
             "target_s": target_s,
             "computed_at": format_time(now),
         }
-        async with self._heavy:
+        if (busy := self._busy()) is not None:
+            return busy
+        async with self._turn():
             if self.archive is not None:
                 page, counts = await self.archive.misses(
                     start=q.start,

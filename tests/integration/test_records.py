@@ -287,3 +287,25 @@ async def test_subdistricts_in_the_archive(
             "SELECT id, subdistrict FROM incidents WHERE id LIKE 'sd-%%' ORDER BY id"
         ).fetchall()
     assert rows == [("sd-e1", "测试东片"), ("sd-w1", "测试西片"), ("sd-w2", "测试西片")]
+
+
+async def test_a_flood_of_reports_is_refused_beyond_the_queue(
+    mqtt_url: str, redis_url: str, topic_root: str, postgres_url: str
+) -> None:
+    """Reports are computed one at a time; beyond 8 waiting, more get 429 at once."""
+    async with _engine(mqtt_url, redis_url, topic_root, **{"postgres.url": postgres_url}) as c:
+        deadline = time.monotonic() + 20
+        while (await c.get("/api/report/misses"))[0] != 200:  # the tables exist
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        # The archive is busy: every report waits behind a lock held here.
+        async with await psycopg.AsyncConnection.connect(postgres_url) as lock:
+            await lock.execute("LOCK TABLE incidents IN ACCESS EXCLUSIVE MODE")
+            asks = [asyncio.create_task(c.get("/api/report/misses")) for _ in range(12)]
+            done, _ = await asyncio.wait(asks, timeout=2)
+            refused = [t.result() for t in done]
+            assert [r[0] for r in refused] == [429] * 3, refused
+            assert "already waiting" in refused[0][2]["error"]
+            await lock.rollback()  # the lock goes: the nine are answered
+        answered = await asyncio.gather(*[t for t in asks if t not in done])
+        assert [r[0] for r in answered] == [200] * 9
