@@ -153,7 +153,12 @@
   }
   function askToken(message) {
     if (!authWaiting) {
-      authWaiting = new Promise((resolve) => {
+      authWaiting = new Promise((resolve, reject) => {
+        // Escape closes the dialog: this query stops; the next one asks again.
+        $("auth-dialog").oncancel = () => {
+          authWaiting = null;
+          reject(new ApiError(401, t("auth_title")));
+        };
         $("auth-error").textContent = message;
         $("auth-error").hidden = !message;
         $("auth-token").value = "";
@@ -174,6 +179,7 @@
 
   function errorText(err) {
     if (!(err instanceof ApiError) || err.status === -1) return t("err_network");
+    if (err.status === 401 || err.status === 403) return t("auth_title");
     if (err.status === 400) return t("err_400", { msg: err.message });
     if (err.status === 503) return t("err_503");
     return lang === "en" && err.message ? err.message : t("err_other", { status: err.status });
