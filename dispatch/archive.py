@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from dispatch import report
 from dispatch.errors import BackendUnavailable
 from dispatch.report import LOCAL_TZ, Counts
 from dispatch.store import StoredEvent
@@ -70,6 +71,31 @@ SELECT {select_group},
        coalesce(sum(alerts), 0)
 FROM base
 {group_by}
+"""
+
+
+# The misses (dispatch/report.py, miss_reason, says the same): needed, decided, and no
+# verified arrival within the target; the first reason that applies.
+_MISSES_SQL = """
+WITH base AS (
+    SELECT i.id, i.kind, i.priority, i.reported_at, i.cell_id, i.subdistrict, i.address,
+           i.escalated_at IS NOT NULL AS escalated,
+           i.first_arrival_at, i.first_accept_at, i.first_alert_at,
+           extract(epoch FROM i.first_verified_at - i.reported_at)::float8 AS time_s,
+           extract(epoch FROM %(now)s::timestamptz - i.reported_at)::float8 AS age_s
+    FROM incidents i
+    WHERE i.reported_at >= %(start)s AND i.reported_at < %(end)s AND i.state <> 'cancelled'
+), missed AS (
+    SELECT *,
+           CASE WHEN time_s IS NOT NULL THEN 'late_arrival'
+                WHEN first_arrival_at IS NOT NULL THEN 'unverified_arrival'
+                WHEN first_accept_at IS NOT NULL THEN 'no_show'
+                WHEN first_alert_at IS NOT NULL THEN 'nobody_accepted'
+                ELSE 'nobody_in_reach' END AS reason
+    FROM base
+    WHERE (time_s IS NOT NULL OR age_s > %(target)s)
+      AND (time_s IS NULL OR time_s > %(target)s)
+)
 """
 
 
@@ -134,6 +160,11 @@ class Archive:
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
+        except psycopg.errors.UndefinedTable as exc:
+            # Asked before the engine's migrations at start have created the tables.
+            raise BackendUnavailable(
+                "postgres", "the archive's tables are not created yet"
+            ) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             await self._drop()
             raise BackendUnavailable("postgres", str(exc).splitlines()[0]) from exc
@@ -194,16 +225,17 @@ class Archive:
         iid = r["id"]
         await conn.execute(
             """
-            INSERT INTO incidents (id, kind, priority, state, lat, lon, cell_id, address,
-                description, responders_needed, skills, reported_at, received_at,
+            INSERT INTO incidents (id, kind, priority, state, lat, lon, cell_id, subdistrict,
+                address, description, responders_needed, skills, reported_at, received_at,
                 first_alert_at, first_accept_at, first_arrival_at, first_verified_at,
                 escalated_at, escalation_reason, ended_at, end_reason, waves, version,
                 record, archived_at)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                %s, %s, %s, %s, %s, %s, %s, now())
+                %s, %s, %s, %s, %s, %s, %s, %s, now())
             ON CONFLICT (id) DO UPDATE SET
                 kind = EXCLUDED.kind, priority = EXCLUDED.priority, state = EXCLUDED.state,
                 lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell_id = EXCLUDED.cell_id,
+                subdistrict = EXCLUDED.subdistrict,
                 address = EXCLUDED.address, description = EXCLUDED.description,
                 responders_needed = EXCLUDED.responders_needed, skills = EXCLUDED.skills,
                 reported_at = EXCLUDED.reported_at, received_at = EXCLUDED.received_at,
@@ -225,6 +257,7 @@ class Archive:
                 r["lat"],
                 r["lon"],
                 r.get("cell_id", ""),
+                r.get("subdistrict") or None,  # none configured: NULL, the group null
                 r.get("address", ""),
                 r.get("description", ""),
                 r["responders_needed"],
@@ -326,6 +359,46 @@ class Archive:
             total = await cur.fetchone()
         assert total is not None
         return [(r[0], _counts(r[1:])) for r in rows], _counts(total[1:])
+
+    async def misses(
+        self, *, start: float, end: float, target_s: float, now: float, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """(one page of the misses, oldest report first; the count of each reason)."""
+        params = {
+            "start": _ts(start),
+            "end": _ts(end),
+            "now": _ts(now),
+            "target": target_s,
+            "limit": limit,
+            "offset": offset,
+        }
+        page_sql = _MISSES_SQL + (
+            "SELECT id, kind, priority, extract(epoch FROM reported_at)::float8, cell_id, "
+            "subdistrict, address, reason, time_s, escalated FROM missed "
+            "ORDER BY reported_at, id LIMIT %(limit)s OFFSET %(offset)s"
+        )
+        count_sql = _MISSES_SQL + "SELECT reason, count(*) FROM missed GROUP BY reason"
+        async with self._reader() as conn:
+            cur = await conn.execute(page_sql.encode(), params)
+            rows = await cur.fetchall()
+            cur = await conn.execute(count_sql.encode(), params)
+            counts = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+        page = [
+            report.miss(
+                iid=r[0],
+                kind=r[1],
+                priority=int(r[2]),
+                reported_at=float(r[3]),
+                cell=r[4],
+                subdistrict=r[5],
+                address=r[6],
+                reason=r[7],
+                time_s=None if r[8] is None else float(r[8]),
+                escalated=bool(r[9]),
+            )
+            for r in rows
+        ]
+        return page, counts
 
     async def record(self, incident_id: str) -> dict[str, Any] | None:
         """An archived incident's record as Redis held it; None if not archived."""

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 from dispatch.archive import Archive, events_of, migrate
 from dispatch.errors import BackendUnavailable
+from dispatch.metrics import Metrics
 from dispatch.store import INCIDENT_EVENTS_MAX, Store, StoredEvent
 
 __all__ = ["ENDING_EVENTS", "GROUP", "Archiver"]
@@ -54,6 +55,8 @@ class Archiver:
         retry_s: float = 2.0,
         reclaim_idle_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.archive = archive
@@ -65,6 +68,18 @@ class Archiver:
         self.archived = 0  # incidents written (or found written) since the start
         self.ready = asyncio.Event()  # the schema is up to date and the group exists
         self._next_reclaim = 0.0
+        self.wall = wall
+        self.metrics = metrics
+        # When the oldest event read but not yet committed was logged (None: none).
+        self._holding_since: float | None = None
+        if metrics is not None:
+            metrics.archive_lag.set_function(self.lag_s)
+
+    def lag_s(self) -> float:
+        """How long ago the oldest event read and not yet committed was logged; 0 when
+        caught up. It grows while PostgreSQL is down (the same events wait)."""
+        since = self._holding_since
+        return 0.0 if since is None else max(0.0, self.wall() - since)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Archive until ``stop`` is set; PostgreSQL or Redis down: wait and retry."""
@@ -77,6 +92,8 @@ class Archiver:
                     log.info("archive: writing ended incidents to PostgreSQL")
                 await self.step()
             except BackendUnavailable as exc:
+                if self.metrics is not None:
+                    self.metrics.archive_errors.labels(backend=exc.backend).inc()
                 log.warning("archive: %s; trying again in %.1f s", exc, self.retry_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.retry_s)
@@ -104,6 +121,9 @@ class Archiver:
         return len(entries)
 
     async def _handle(self, entries: Sequence[StoredEvent | str]) -> None:
+        times = [e.at for e in entries if isinstance(e, StoredEvent)]
+        if times:
+            self._holding_since = min(times)
         ended: dict[str, None] = {}  # in order, once each
         for entry in entries:
             if isinstance(entry, StoredEvent) and entry.type in ENDING_EVENTS:
@@ -114,6 +134,7 @@ class Archiver:
         await self.store.ack_events(
             GROUP, [e if isinstance(e, str) else e.event_id for e in entries]
         )
+        self._holding_since = None
 
     async def _archive(self, incident_id: str) -> None:
         record = await self.store.incident(incident_id)
@@ -124,4 +145,6 @@ class Archiver:
         events = await self.store.incident_events(incident_id, limit=INCIDENT_EVENTS_MAX)
         written = await self.archive.save(record, events_of(events))
         self.archived += 1
+        if self.metrics is not None:
+            self.metrics.archive_incidents.labels(outcome="written" if written else "already").inc()
         log.debug("archive: incident %s %s", incident_id, "written" if written else "already there")

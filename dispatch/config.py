@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from dispatch.errors import ConfigError
 from dispatch.model import Kind, Mode
 from dispatch.policy import FIELD_RULES, Policy, Strategy, check_field
+from geo.subdistricts import Subdistricts
 from geo.travel import TravelModel
 
 __all__ = [
@@ -101,12 +102,37 @@ class Config:
     volunteer_ws_port: int = 9001
     volunteer_open_broker: bool = False
     kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
+    # [area] subdistricts: the deployment's own subdistrict areas (geo.subdistricts); None:
+    # none, and reports by subdistrict say so. subdistrict_name: their name property.
+    area_subdistricts: Path | None = None
+    subdistrict_name: str = "name"
 
     def kind_defaults(self, kind: Kind) -> KindDefaults:
         return self.kinds[kind]
 
 
 # ---- checks: each returns the cleaned value or raises ValueError("allowed: ...")
+
+
+def _subdistricts(area: Mapping[str, Any], base_dir: Path) -> Path | None:
+    """The subdistricts file, checked now: a bad one stops start-up saying what is wrong."""
+    if not area["subdistricts"]:
+        return None
+    path = Path(area["subdistricts"])
+    if not path.is_absolute():
+        path = base_dir / path
+        if not path.exists():
+            path = CONFIG_DIR / area["subdistricts"]
+    try:
+        Subdistricts.from_geojson(path, name_property=area["subdistrict_name"])
+    except ValueError as exc:
+        raise ConfigError(
+            "area.subdistricts",
+            area["subdistricts"],
+            f"a GeoJSON FeatureCollection of Polygon/MultiPolygon features, each with a "
+            f"'{area['subdistrict_name']}' property (area.subdistrict_name): {exc}",
+        ) from None
+    return path
 
 
 def _positive(value: Any) -> float:
@@ -233,6 +259,8 @@ KEYS: tuple[Key, ...] = (
     Key("area", "geojson", "shangcheng_boundary_wgs84.geojson", _text),
     Key("area", "name", "上城区 Shangcheng district", _text, "area_name"),
     Key("area", "cell_size_m", 500.0, _positive, "cell_size_m"),
+    Key("area", "subdistricts", "", _text),
+    Key("area", "subdistrict_name", "name", _text, "subdistrict_name"),
     *(_policy(name) for name in FIELD_RULES),
     Key("travel", "circuity", 1.3, lambda v: _at_least_one(v)),
     Key("travel", "walk_mps", 1.8, _positive),
@@ -507,8 +535,10 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         geojson = base_dir / geojson
         if not geojson.exists():  # a file config may still name the bundled outline
             geojson = CONFIG_DIR / clean["area"]["geojson"]
+    subdistricts = _subdistricts(clean["area"], base_dir)
     return Config(
         **{k.field: clean[k.section][k.name] for k in KEYS if k.field is not None},
+        area_subdistricts=subdistricts,
         http_host=host.strip("[]"),
         http_port=int(port),
         area_geojson=geojson,

@@ -219,6 +219,7 @@ class Dispatcher:
             reported_at=report.reported_at if report.reported_at is not None else now,
             received_at=now,
             cell_id=self.area.cell_at(report.lat, report.lon).id,
+            subdistrict=self.area.subdistrict_at(report.lat, report.lon),
             address=report.address,
             description=report.description,
             fingerprint=report.fingerprint,

@@ -94,6 +94,25 @@ class Metrics:
         self.backend_errors = Counter(
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )
+        # The archive writer beside the engine (dispatch/archiver.py, --postgres).
+        self.archive_incidents = Counter(
+            "dispatch_archive_incidents_total",
+            "Ended incidents the archive writer committed: written, or already archived",
+            ["outcome"],
+            registry=r,
+        )
+        self.archive_errors = Counter(
+            "dispatch_archive_errors_total",
+            "Archive writer rounds that failed and will be retried, by backend",
+            ["backend"],
+            registry=r,
+        )
+        self.archive_lag = Gauge(
+            "dispatch_archive_lag_seconds",
+            "Age of the oldest logged event the archive writer has read but not yet "
+            "committed (0: caught up)",
+            registry=r,
+        )
 
     def observe_event(self, kind: EventType, data: Mapping[str, Any]) -> None:
         if kind is EventType.ALERTED:

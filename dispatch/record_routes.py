@@ -1,4 +1,5 @@
-"""The HTTP routes of the record: ``GET /api/report`` and ``GET /api/incidents/{iid}/cap``.
+"""The HTTP routes of the record: ``GET /api/report``, ``GET /api/report/misses``, the report
+page (``GET /report``) and ``GET /api/incidents/{iid}/cap``.
 
 Mounted by dispatch/web.py, with its read check (the same token rules as every read).
 The report comes from the PostgreSQL archive when the engine has one (``--postgres``);
@@ -10,8 +11,10 @@ with the same definitions (dispatch/report.py), and says so: ``"source": "redis"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,10 +37,13 @@ ReadCheck = Callable[[web.Request, bool], web.Response | None]
 # Without an archive: the most incident ids read from Redis for one report, and the page.
 _REDIS_IDS_MAX = 50_000
 _PAGE = 1_000
+# Reports waiting for their turn beyond the one being computed; more get 429.
+_QUEUE_MAX = 8
 _LIMITED_NOTE = (
     "no archive is configured (dispatch run --postgres URL): history is limited to the "
     "incidents Redis still holds, up to 30 days after they ended"
 )
+_STATIC = Path(__file__).resolve().parent / "static"
 _NOT_SENDER = re.compile(r"[\s,<&]")
 
 
@@ -60,8 +66,40 @@ class Records:
         self.archive = archive
         self.check_read = check_read
         self._heavy = asyncio.Semaphore(1)  # one report at a time: they may be large
+        self._queued = 0  # requests waiting for their turn
+
+    def _busy(self) -> web.Response | None:
+        """429 when too many reports already wait for their turn: a flood of them must
+        not pile up tasks (and, without an archive, Redis reads) without end."""
+        if self._queued < _QUEUE_MAX:
+            return None
+        return web.json_response(
+            {
+                "error": f"{_QUEUE_MAX} reports are already waiting to be computed, one at "
+                "a time; try again shortly",
+                "code": "too_many_requests",
+            },
+            status=429,
+            headers={"Retry-After": "5"},
+        )
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        self._queued += 1
+        try:
+            await self._heavy.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            yield
+        finally:
+            self._heavy.release()
 
     # ------------------------------------------------------------------ the report
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        # Public like "/": the page holds no data and asks for the read token when needed.
+        return web.FileResponse(_STATIC / "report.html", headers={"Cache-Control": "no-cache"})
 
     async def report(self, request: web.Request) -> web.Response:
         # ?access_token= too: a CSV is downloaded by a link, which cannot send headers.
@@ -80,7 +118,9 @@ class Records:
             "target_s": target_s,
             "computed_at": format_time(now),
         }
-        async with self._heavy:
+        if (busy := self._busy()) is not None:
+            return busy
+        async with self._turn():
             if self.archive is not None:
                 groups, whole = await self.archive.report(
                     start=q.start, end=q.end, by=q.by, target_s=target_s, now=now
@@ -95,7 +135,7 @@ class Records:
                 )
                 body.update(source="redis", limited=True, truncated=truncated)
                 body["note"] = _LIMITED_NOTE
-        if q.by == "subdistrict":
+        if q.by == "subdistrict" and self.service.area.subdistricts is None:
             body["note"] = " ".join(filter(None, [body.get("note"), report.SUBDISTRICT_NOTE]))
         body["groups"] = rows
         body["total"] = total
@@ -110,6 +150,54 @@ class Records:
                     "X-Report-Source": body["source"],
                 },
             )
+        return _json(body)
+
+    async def misses(self, request: web.Request) -> web.Response:
+        """``GET /api/report/misses``: the incidents that missed the target, and why."""
+        if (denied := self.check_read(request, True)) is not None:
+            return denied
+        now = self.service.clock()
+        try:
+            q = report.parse_misses_query(request.query, now)
+        except report.BadQuery as exc:
+            return _error(400, str(exc))
+        target_s = self.service.config.policy.target_s
+        body: dict[str, Any] = {
+            "from": format_time(q.start),
+            "to": format_time(q.end),
+            "target_s": target_s,
+            "computed_at": format_time(now),
+        }
+        if (busy := self._busy()) is not None:
+            return busy
+        async with self._turn():
+            if self.archive is not None:
+                page, counts = await self.archive.misses(
+                    start=q.start,
+                    end=q.end,
+                    target_s=target_s,
+                    now=now,
+                    limit=q.limit,
+                    offset=q.offset,
+                )
+                body.update(source="postgres", limited=False)
+            else:
+                incidents, truncated = await self._from_redis(q.start, q.end)
+                every = await asyncio.to_thread(
+                    report.misses_from_incidents, incidents, target_s=target_s, now=now
+                )
+                page = every[q.offset : q.offset + q.limit]
+                counts = {}
+                for m in every:
+                    counts[m["reason"]] = counts.get(m["reason"], 0) + 1
+                body.update(source="redis", limited=True, truncated=truncated, note=_LIMITED_NOTE)
+        total = sum(counts.values())
+        body["total"] = total
+        body["by_reason"] = {r: counts.get(r, 0) for r in report.MISS_REASONS}
+        body["offset"] = q.offset
+        body["limit"] = q.limit
+        body["next_offset"] = q.offset + len(page) if q.offset + len(page) < total else None
+        body["misses"] = page
         return _json(body)
 
     async def _from_redis(self, start: float, end: float) -> tuple[list[Incident], bool]:

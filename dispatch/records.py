@@ -140,6 +140,7 @@ class Incident:
     reported_at: float
     received_at: float
     cell_id: str = ""
+    subdistrict: str = ""  # the deployment's subdistrict (geo.subdistricts); "": none
     address: str = ""
     description: str = ""
     fingerprint: str = ""
@@ -218,6 +219,8 @@ class Incident:
             "end_reason": self.end_reason,
             "version": self.version,
             "moved_at": self.moved_at,
+            # Only with configured subdistricts: records stay as they were without.
+            **({"subdistrict": self.subdistrict} if self.subdistrict else {}),
         }
 
     @classmethod

@@ -18,9 +18,10 @@ The figures are the headline's (dispatch/headline.py), per group:
 
 Groups: ``cell`` (the generated grid), ``kind``, ``day`` (the operators' calendar day,
 China Standard Time, as the live figures' "today") and ``subdistrict``. No public
-subdistrict (街道) boundaries exist for the district (config/PROVENANCE.md), so until a
-deployment loads its own every incident falls in the group ``null`` and the answer says
-so in ``note``.
+subdistrict (街道) boundaries exist for the district (config/PROVENANCE.md): a deployment
+configures its own (``[area] subdistricts``, geo.subdistricts) and each incident gets its
+subdistrict when reported; until then every incident falls in the group ``null`` and the
+answer says so in ``note`` (so do incidents outside every configured area).
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ __all__ = [
     "DEFAULT_PERIOD_S",
     "LOCAL_TZ",
     "MAX_PERIOD_S",
+    "MISSES_MAX",
+    "MISS_REASONS",
     "SUBDISTRICT_NOTE",
     "BadQuery",
     "Counts",
+    "MissesQuery",
     "ReportQuery",
     "from_incidents",
     "group_key",
+    "miss",
+    "miss_reason",
+    "misses_from_incidents",
+    "parse_misses_query",
     "parse_query",
     "row",
     "to_csv",
@@ -99,12 +107,7 @@ def parse_query(query: Mapping[str, str], now: float) -> ReportQuery:
             f"unknown parameter '{unknown[0]}'; use from, to (RFC 3339), by "
             f"({'|'.join(BY)}) and format (json|csv)"
         )
-    end = _time(query, "to", now)
-    start = _time(query, "from", end - DEFAULT_PERIOD_S)
-    if not start < end:
-        raise BadQuery(f"'from' ({format_time(start)}) must be before 'to' ({format_time(end)})")
-    if end - start > MAX_PERIOD_S:
-        raise BadQuery("the period from 'from' to 'to' may be at most 3 years; ask in parts")
+    start, end = _period(query, now)
     by = query.get("by", "day")
     if by not in BY:
         raise BadQuery(f"'by' must be one of {', '.join(BY)}; got '{by}'")
@@ -112,6 +115,16 @@ def parse_query(query: Mapping[str, str], now: float) -> ReportQuery:
     if fmt not in FORMATS:
         raise BadQuery(f"'format' must be json or csv; got '{fmt}'")
     return ReportQuery(start, end, by, fmt)
+
+
+def _period(query: Mapping[str, str], now: float) -> tuple[float, float]:
+    end = _time(query, "to", now)
+    start = _time(query, "from", end - DEFAULT_PERIOD_S)
+    if not start < end:
+        raise BadQuery(f"'from' ({format_time(start)}) must be before 'to' ({format_time(end)})")
+    if end - start > MAX_PERIOD_S:
+        raise BadQuery("the period from 'from' to 'to' may be at most 3 years; ask in parts")
+    return start, end
 
 
 def _time(query: Mapping[str, str], name: str, default: float) -> float:
@@ -170,7 +183,7 @@ def group_key(by: str, incident: Incident) -> str | None:
         return incident.kind.value
     if by == "day":
         return datetime.fromtimestamp(incident.reported_at, LOCAL_TZ).date().isoformat()
-    return None  # subdistrict: see SUBDISTRICT_NOTE
+    return incident.subdistrict or None  # none configured: see SUBDISTRICT_NOTE
 
 
 def from_incidents(
@@ -223,3 +236,120 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     for r in rows:
         writer.writerow(["" if r.get(c) is None else r[c] for c in COLUMNS])
     return out.getvalue()
+
+
+# ---------------------------------------------------------------------- the misses
+
+# Why an incident missed the target, first that applies (docs/reports.md). A miss is the
+# headline's: needed, decided, and no verified arrival within the target.
+MISS_REASONS = (
+    "late_arrival",  # a verified arrival, after the target
+    "unverified_arrival",  # someone said "I'm here", never confirmed by a position
+    "no_show",  # someone accepted; nobody was (verified) on scene
+    "nobody_accepted",  # alerts went out; nobody accepted
+    "nobody_in_reach",  # no alert could be sent: nobody available within reach
+)
+MISSES_DEFAULT = 100
+MISSES_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class MissesQuery:
+    start: float
+    end: float
+    limit: int
+    offset: int
+
+
+def parse_misses_query(query: Mapping[str, str], now: float) -> MissesQuery:
+    """``from``, ``to`` as for the report; ``limit`` (1..500, default 100), ``offset``."""
+    unknown = sorted(set(query) - {"from", "to", "limit", "offset", "access_token"})
+    if unknown:
+        raise BadQuery(
+            f"unknown parameter '{unknown[0]}'; use from, to (RFC 3339), limit "
+            f"(1..{MISSES_MAX}) and offset"
+        )
+    start, end = _period(query, now)
+    limit = _int(query, "limit", MISSES_DEFAULT, 1, MISSES_MAX)
+    offset = _int(query, "offset", 0, 0, 10_000_000)
+    return MissesQuery(start, end, limit, offset)
+
+
+def _int(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not lo <= int(raw) <= hi:
+        raise BadQuery(f"'{name}' must be a whole number from {lo} to {hi}; got '{raw[:20]}'")
+    return int(raw)
+
+
+def miss_reason(incident: Incident, *, target_s: float, now: float) -> str | None:
+    """Why ``incident`` missed the target (one of MISS_REASONS); None if it did not (it
+    was cancelled, made it, or is not decided yet). The archive's SQL says the same."""
+    o = incident_outcome(incident, now=now, target_s=target_s)
+    if not o.decided or o.within:
+        return None
+    if o.time_s is not None:
+        return "late_arrival"
+    if incident.first_arrival_at is not None:
+        return "unverified_arrival"
+    if incident.first_accept_at is not None:
+        return "no_show"
+    if incident.first_alert_at is not None:
+        return "nobody_accepted"
+    return "nobody_in_reach"
+
+
+def miss(
+    *,
+    iid: str,
+    kind: str,
+    priority: int,
+    reported_at: float,
+    cell: str,
+    subdistrict: str | None,
+    address: str,
+    reason: str,
+    time_s: float | None,
+    escalated: bool,
+) -> dict[str, Any]:
+    """One line of ``GET /api/report/misses``, from either source."""
+    return {
+        "id": iid,
+        "kind": kind,
+        "priority": priority,
+        "reported_at": format_time(reported_at),
+        "cell": cell,
+        "subdistrict": subdistrict or None,
+        "address": address,
+        "reason": reason,
+        "time_to_arrival_s": None if time_s is None else round(time_s, 1),
+        "escalated": escalated,
+    }
+
+
+def misses_from_incidents(
+    incidents: Iterable[Incident], *, target_s: float, now: float
+) -> list[dict[str, Any]]:
+    """Every miss among ``incidents``, oldest report first (then by id), as the SQL."""
+    out = []
+    for i in sorted(incidents, key=lambda i: (i.reported_at, i.id)):
+        reason = miss_reason(i, target_s=target_s, now=now)
+        if reason is None:
+            continue
+        out.append(
+            miss(
+                iid=i.id,
+                kind=i.kind.value,
+                priority=i.priority,
+                reported_at=i.reported_at,
+                cell=i.cell_id,
+                subdistrict=i.subdistrict,
+                address=i.address,
+                reason=reason,
+                time_s=i.time_to_arrival_s(),
+                escalated=i.escalated_at is not None,
+            )
+        )
+    return out

@@ -39,6 +39,7 @@ from dispatch.model import LocationUpdate, Report, StatusUpdate, is_valid_id
 from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
 from dispatch.store import Store
 from geo.area import ServiceArea
+from geo.subdistricts import Subdistricts
 
 __all__ = ["ReportOutcome", "Service"]
 
@@ -66,6 +67,12 @@ class Service:
         self.area = area or ServiceArea.from_geojson(
             config.area_geojson, cell_size_m=config.cell_size_m, name=config.area_name
         )
+        if config.area_subdistricts is not None and self.area.subdistricts is None:
+            self.area.set_subdistricts(
+                Subdistricts.from_geojson(
+                    config.area_subdistricts, name_property=config.subdistrict_name
+                )
+            )
         self.codec = Codec(
             root=config.topic_root,
             max_payload_bytes=config.max_payload_bytes,

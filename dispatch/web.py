@@ -119,6 +119,8 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     # The record (dispatch/record_routes.py): reports over ended incidents, CAP export.
     records = Records(service, reader, archive, api.check_read)
     app.router.add_get("/api/report", records.report)
+    app.router.add_get("/api/report/misses", records.misses)
+    app.router.add_get("/report", records.page)
     app.router.add_get("/api/incidents/{iid}/cap", records.cap)
     app.router.add_get("/", api.index)
     app.router.add_get("/volunteer", api.volunteer_page)

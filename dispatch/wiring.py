@@ -23,6 +23,7 @@ from dispatch.archive import Archive
 from dispatch.archiver import Archiver
 from dispatch.cluster import Cluster, FencedStore
 from dispatch.config import Config
+from dispatch.metrics import Metrics
 from dispatch.service import Service
 from dispatch.store import Store
 from dispatch.web import listen, make_app
@@ -54,9 +55,10 @@ def build(
     return service
 
 
-def build_archiver(config: Config) -> Archiver:
+def build_archiver(config: Config, metrics: Metrics | None = None) -> Archiver:
     """The archiver ``config`` describes (``[postgres] url`` set), on Redis connections
-    of its own: it never waits for, or takes, the connections dispatch uses."""
+    of its own: it never waits for, or takes, the connections dispatch uses. ``metrics``:
+    the engine's, when it runs beside the engine (its figures on ``/metrics``)."""
     return Archiver(
         Store.from_config(config),
         Archive(config.postgres_url, timeout_s=config.postgres_timeout_s),
@@ -64,6 +66,7 @@ def build_archiver(config: Config) -> Archiver:
         batch=config.postgres_batch,
         retry_s=config.postgres_retry_s,
         reclaim_idle_s=max(30.0, 10 * config.postgres_timeout_s),
+        metrics=metrics,
     )
 
 
@@ -80,7 +83,7 @@ async def archive(config: Config, stop: asyncio.Event) -> None:
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """The engine and its HTTP port (and the archiver), until ``stop`` is set."""
     service = build(config)
-    archiver = build_archiver(config) if config.postgres_url else None
+    archiver = build_archiver(config, service.metrics) if config.postgres_url else None
     runner = web.AppRunner(
         make_app(service, archiver.archive if archiver is not None else None),
         access_log=None,

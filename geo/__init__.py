@@ -8,6 +8,7 @@ from geo.distance import (
     haversine_m,
 )
 from geo.index import Neighbour, VolunteerIndex, rtree_properties
+from geo.subdistricts import Subdistricts
 from geo.travel import DEFAULT_SPEEDS_MPS, TravelModel
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Neighbour",
     "OutsideArea",
     "ServiceArea",
+    "Subdistricts",
     "TravelModel",
     "VolunteerIndex",
     "haversine_m",

@@ -22,6 +22,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 
 from geo.distance import LocalProjection
+from geo.subdistricts import Subdistricts
 
 __all__ = ["GRID_NOTE", "Cell", "OutsideArea", "ServiceArea"]
 
@@ -85,6 +86,7 @@ class ServiceArea:
         "_outline",
         "_projection",
         "_slots",
+        "_subdistricts",
     )
 
     def __init__(
@@ -113,6 +115,7 @@ class ServiceArea:
             math.ceil((self._grid_y1 - y0) / cell_size_m),
         )
         self._cells_by_id = {c.id: c for c in self._cells}
+        self._subdistricts: Subdistricts | None = None
 
     # -- construction --------------------------------------------------------
 
@@ -261,8 +264,22 @@ class ServiceArea:
         except KeyError:
             raise KeyError(f"no cell {cell_id!r} in service area {self._name!r}") from None
 
+    @property
+    def subdistricts(self) -> Subdistricts | None:
+        """The deployment's subdistrict areas (geo.subdistricts), if it configured any."""
+        return self._subdistricts
+
+    def set_subdistricts(self, subdistricts: Subdistricts | None) -> None:
+        """Use these subdistrict areas from now on (set once, at start)."""
+        self._subdistricts = subdistricts
+
+    def subdistrict_at(self, lat: float, lon: float) -> str:
+        """The name of the configured subdistrict the place lies in; "" for none."""
+        return "" if self._subdistricts is None else self._subdistricts.at(lat, lon)
+
     def to_geojson(self) -> dict[str, Any]:
-        """A FeatureCollection of the outline and every cell, for maps and for the record."""
+        """A FeatureCollection of the outline, every cell and the configured subdistricts
+        (``kind``: ``outline``, ``cell``, ``subdistrict``), for maps and for the record."""
         features: list[dict[str, Any]] = [
             {
                 "type": "Feature",
@@ -285,6 +302,8 @@ class ServiceArea:
                     "geometry": mapping(c.polygon),
                 }
             )
+        if self._subdistricts is not None:
+            features += self._subdistricts.to_features()
         return {"type": "FeatureCollection", "features": features}
 
     def __repr__(self) -> str:

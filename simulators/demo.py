@@ -42,8 +42,10 @@ from dispatch.headline import headline, outcome
 from dispatch.localservers import (
     LocalServerError,
     ManagedServer,
+    ServerUnavailable,
     free_port,
     start_broker,
+    start_postgres,
     start_redis,
 )
 from dispatch.wiring import serve
@@ -81,6 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis", help="use this running Redis (redis://host:port/db) instead of a throwaway one"
+    )
+    parser.add_argument(
+        "--postgres",
+        help="archive to this running PostgreSQL (postgresql://...) instead of a throwaway one",
+    )
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="no archive: the report page's history is what Redis keeps",
     )
     parser.add_argument(
         "--http",
@@ -244,6 +255,7 @@ def _setup(
         started.servers.append(redis)
         redis_url = f"{base}/0"
         say(f"redis    {redis_url} ({redis.name}, throwaway)")
+    postgres = _postgres(args, say, started)
     http = _http_address(args.http, say)
     token = secrets.token_urlsafe(18)
     config = load_config(
@@ -256,10 +268,31 @@ def _setup(
             "engine.instance": "demo",
             "engine.log_level": args.log_level,
             "http.operator_token": token,
+            **({"postgres.url": postgres} if postgres else {}),
             **volunteer_app,
         }
     )
     return config, protocol
+
+
+def _postgres(args: argparse.Namespace, say: Callable[[str], None], started: _Started) -> str:
+    """The archive's URL (the report page's history), or "" for none."""
+    if args.no_postgres:
+        say("postgres none (--no-postgres): the report page's history is what Redis keeps")
+        return ""
+    if args.postgres:
+        say(f"postgres {args.postgres} (given; the archive of ended incidents)")
+        return str(args.postgres)
+    try:
+        server = start_postgres()
+    except LocalServerError as exc:
+        # The demo goes on without: the engine runs as with no --postgres.
+        why = str(exc) if isinstance(exc, ServerUnavailable) else f"did not start: {exc}"
+        say(f"postgres none ({why.splitlines()[0]}); the report page's history is what Redis keeps")
+        return ""
+    started.servers.append(server)
+    say(f"postgres {server.url} (throwaway; the archive of ended incidents)")
+    return server.url
 
 
 def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
@@ -321,6 +354,7 @@ async def _demo(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             if await _until_ready(http, base_url, stop):
                 say(f"control room  {base_url}/   (API {base_url}/api/incidents)")
+                say(f"report page   {base_url}/report")
                 say(f"operator token  {config.operator_token}")
                 ws = config.volunteer_ws_url or f"ws://{host}:{config.volunteer_ws_port}"
                 say(f"volunteer app  {base_url}/volunteer   (MQTT over websockets {ws})")

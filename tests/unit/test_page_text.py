@@ -1,4 +1,4 @@
-"""Both pages speak one language at a time: every string in both tables, and the engine's
+"""The pages speak one language at a time: every string in both tables, and the engine's
 texts translated on the control-room page (issue 17).
 
 The tables are read from the JavaScript itself (``key: "value"`` pairs, one object per
@@ -25,7 +25,8 @@ _NEUTRAL = {"shown_of"}
 
 
 def _tables(page: str) -> dict[str, dict[str, str]]:
-    js = (STATIC_DIR / ("app.js" if page == "control-room" else "volunteer.js")).read_text("utf-8")
+    name = {"control-room": "app.js", "volunteer": "volunteer.js", "report": "report.js"}[page]
+    js = (STATIC_DIR / name).read_text("utf-8")
     js = re.sub(r"^\s*//.*$", "", js, flags=re.MULTILINE)
     start = js.index("zh: {")
     middle = js.index("\n    en: {", start)
@@ -39,7 +40,7 @@ def _tables(page: str) -> dict[str, dict[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("page", ["control-room", "volunteer"])
+@pytest.mark.parametrize("page", ["control-room", "volunteer", "report"])
 def test_both_languages_have_the_same_strings(page: str) -> None:
     tables = _tables(page)
     zh, en = tables["zh"], tables["en"]
@@ -49,7 +50,7 @@ def test_both_languages_have_the_same_strings(page: str) -> None:
         assert set(_PLACEHOLDER.findall(zh[key])) == set(_PLACEHOLDER.findall(en[key])), key
 
 
-@pytest.mark.parametrize("page", ["control-room", "volunteer"])
+@pytest.mark.parametrize("page", ["control-room", "volunteer", "report"])
 def test_no_string_is_left_in_the_other_language(page: str) -> None:
     tables = _tables(page)
     zh, en = tables["zh"], tables["en"]
