@@ -37,6 +37,7 @@ from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
+from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
@@ -119,6 +120,8 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     records = Records(service, reader, archive, api.check_read)
     app.router.add_get("/api/report", records.report)
     app.router.add_get("/api/incidents/{iid}/cap", records.cap)
+    # Web Push and the installable volunteer app (dispatch/push_routes.py).
+    PushRoutes(service).add_to(app)
     app.router.add_get("/", api.index)
     app.router.add_get("/volunteer", api.volunteer_page)
     app.router.add_get("/api/volunteer-app", api.volunteer_app)
