@@ -197,6 +197,53 @@ def test_a_pushed_alert_is_a_notification_whose_accept_answers_it(
         go = field.wait_assignment(vid, iid, action="go")
         assert go["alert_id"] == alert["alert_id"]
         assert worker.evaluate("self.registration.getNotifications().then((ns) => ns.length)") == 0
+
+        # The shell works offline: the page comes from the worker's cache.
+        context.set_offline(True)
+        page.goto(engine.base + "/volunteer")
+        page.wait_for_selector("body[data-screen=signin]", timeout=5_000)
+        assert page.locator("#signin-form").count() == 1
+        context.set_offline(False)
+
+        # With the page open and visible, the worker hands it the alert instead: the page
+        # shows it, and (not signed in) answers it over HTTP with the token.
+        page.goto(engine.base + "/volunteer")
+        page.wait_for_selector("body[data-screen=signin]", timeout=5_000)
+        page.evaluate("navigator.serviceWorker.ready.then(() => null)")
+        vid2 = uid("v-sw2")
+        field.phone.publish(
+            field.t("volunteers", vid2, "push"),
+            {
+                "endpoint": f"http://127.0.0.1:{push_service.server_port}/push/{vid2}",
+                "keys": {"p256dh": _b64(public), "auth": _b64(auth)},
+            },
+        )
+        field.status(vid2, lat=at[0], lon=at[1])
+        time.sleep(0.5)
+        iid2 = uid("inc-sw2")
+        field.report({"id": iid2, "kind": "fire", "lat": INCIDENT[0], "lon": INCIDENT[1]})
+        alert2 = field.wait_alert(vid2, iid2)
+        _, body2 = _wait(
+            lambda: next((r for r in received if r[0] == f"/push/{vid2}"), None), 10, "push 2"
+        )
+        plaintext2 = http_ece.decrypt(body2, private_key=key, auth_secret=auth, version="aes128gcm")
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {
+                "origin": engine.base,
+                "registrationId": registration["registrationId"],
+                "data": plaintext2.decode(),
+            },
+        )
+        page.wait_for_selector("#alert:not([hidden])", timeout=5_000)
+        assert (
+            "Fire" in page.locator("#a-kind").inner_text()
+            or "火" in page.locator("#a-kind").inner_text()
+        )
+        assert worker.evaluate("self.registration.getNotifications().then((ns) => ns.length)") == 0
+        page.click("#accept")
+        go2 = field.wait_assignment(vid2, iid2, action="go")
+        assert go2["alert_id"] == alert2["alert_id"]
     finally:
         context.close()
         field.close()

@@ -302,3 +302,80 @@ async def test_a_volunteer_keeps_only_the_newest_subscriptions(redis_url: str) -
     finally:
         await store.redis.delete("push-bound:push:v1", "push-bound:pushat:v1")
         await store.close()
+
+
+async def test_a_hung_push_service_never_holds_up_dispatch(
+    mqtt_url: str, redis_url: str, topic_root: str
+) -> None:
+    """The push service never answers (until the push's 6 s timeout): alerts still go out
+    over MQTT at once, for a second incident too, while the one push worker is stuck."""
+    hung = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        await hung.wait()
+        return web.Response(status=201)
+
+    port = free_port()
+    app = web.Application()
+    app.router.add_post("/push/{name}", never)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    overrides = {"push.allow_loopback": True, "push.timeout_s": 6.0, "push.workers": 1}
+    try:
+        async with (
+            engine_in_process(mqtt_url, redis_url, topic_root, **overrides) as c,
+            servers.mqtt_client(mqtt_url) as phone,
+        ):
+            await phone.subscribe(f"{topic_root}/volunteers/+/alert", qos=1)
+
+            async def volunteer(vid: str) -> None:
+                browser = Browser(f"http://127.0.0.1:{port}/push/{vid}")
+                await phone.publish(
+                    f"{topic_root}/volunteers/{vid}/push",
+                    orjson.dumps(browser.subscription()),
+                    qos=1,
+                )
+                await phone.publish(
+                    f"{topic_root}/volunteers/{vid}/status",
+                    orjson.dumps({"status": "available", "lat": NEARBY[0], "lon": NEARBY[1]}),
+                    qos=1,
+                )
+
+            async def report(iid: str) -> str:
+                await phone.publish(
+                    f"{topic_root}/incidents/report",
+                    orjson.dumps(
+                        {"id": iid, "kind": "fire", "lat": XIAOYING[0], "lon": XIAOYING[1]}
+                    ),
+                    qos=1,
+                )
+                # Well within the push's timeout: a dispatch that waited would miss it.
+                async with asyncio.timeout(4):
+                    async for message in phone.messages:
+                        return str(message.topic).split("/")[-2]
+                raise AssertionError("no alert")  # pragma: no cover
+
+            await volunteer("v-a")
+            await asyncio.sleep(0.3)
+            assert await report("hung-0") == "v-a"  # its push now hangs the only worker
+            await volunteer("v-b")
+            await asyncio.sleep(0.3)
+            assert await report("hung-1") == "v-b"
+            api = f"http://127.0.0.1:{c.http_port}/metrics"
+
+            async def metrics() -> str:
+                async with aiohttp.ClientSession() as http, http.get(api) as r:
+                    return await r.text()
+
+            text = await metrics()
+            assert 'dispatch_push_total{outcome="sent"}' not in text
+            for _ in range(150):  # both pushes time out, one after the other
+                if 'dispatch_push_total{outcome="failed"} 2.0' in text:
+                    break
+                await asyncio.sleep(0.1)
+                text = await metrics()
+            assert 'dispatch_push_total{outcome="failed"} 2.0' in text
+    finally:
+        hung.set()
+        await runner.cleanup()
