@@ -105,6 +105,7 @@ class Config:
     push_contact: str = "mailto:dispatch@example.org"
     push_vapid_key_file: str = ""
     push_allow_loopback: bool = False
+    push_services: tuple[str, ...] = ()
     push_max_per_volunteer: int = 5
     push_queue: int = 1000
     push_workers: int = 4
@@ -235,6 +236,15 @@ def _policy(name: str) -> Key:
     return Key("policy", name, default, lambda v: check_field(name, v))
 
 
+# The browsers' push services (host names; their subdomains too): a subscription may
+# only make the engine post there, never to a host of the operator's own network.
+PUSH_SERVICES = (
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Samsung Internet, Opera
+    "push.services.mozilla.com",  # Firefox
+    "push.apple.com",  # Safari, iOS home-screen apps
+    "notify.windows.com",  # Edge on Windows
+)
+
 # Every key. config/default.toml documents each one, and a test keeps the two equal.
 KEYS: tuple[Key, ...] = (
     Key("engine", "mqtt", "mqtt://127.0.0.1:1883", _url("mqtt", "tcp"), "mqtt_url"),
@@ -280,6 +290,7 @@ KEYS: tuple[Key, ...] = (
     Key("push", "contact", "mailto:dispatch@example.org", lambda v: _contact(v), "push_contact"),
     Key("push", "vapid_key_file", "", _text, "push_vapid_key_file"),
     Key("push", "allow_loopback", False, lambda v: _flag(v), "push_allow_loopback"),
+    Key("push", "services", list(PUSH_SERVICES), lambda v: _host_names(v), "push_services"),
     Key("push", "max_per_volunteer", 5, _int_range(1, 20), "push_max_per_volunteer"),
     Key("push", "queue", 1000, _int_range(1, 100_000), "push_queue"),
     Key("push", "workers", 4, _int_range(1, 64), "push_workers"),

@@ -152,16 +152,27 @@ class Pusher:
 
     def _check_endpoint(self, topic: str, endpoint: str) -> None:
         parts = urlsplit(endpoint)
-        if parts.scheme == "https":
-            return
-        if self.config.push_allow_loopback and _is_loopback(parts.hostname or ""):
-            return
-        raise BadMessage(
-            topic,
-            "field 'endpoint' must be an https:// URL (a browser's push service); http:// "
-            "is taken only on the loopback with [push] allow_loopback, for tests",
-            Reason.OUT_OF_RANGE,
-        )
+        host = (parts.hostname or "").rstrip(".")
+        if self.config.push_allow_loopback and _is_loopback(host):
+            return  # the tests' stand-in push service, http:// or https://
+        if parts.scheme != "https":
+            raise BadMessage(
+                topic,
+                "field 'endpoint' must be an https:// URL (a browser's push service); "
+                "http:// is taken only on the loopback with [push] allow_loopback, for tests",
+                Reason.OUT_OF_RANGE,
+            )
+        services = self.config.push_services
+        if _is_address(host) or (
+            services and not any(host == s or host.endswith("." + s) for s in services)
+        ):
+            raise BadMessage(
+                topic,
+                f"field 'endpoint' must be on a browser's push service "
+                f"({', '.join(services) or 'a host name, not an address'}), got host "
+                f"{host[:80]!r}; another service must be added to [push] services",
+                Reason.OUT_OF_RANGE,
+            )
 
     # ---------------------------------------------------------------- alerts
 
@@ -347,6 +358,14 @@ class Pusher:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

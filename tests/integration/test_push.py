@@ -379,3 +379,42 @@ async def test_a_hung_push_service_never_holds_up_dispatch(
     finally:
         hung.set()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kept"),
+    [
+        ("https://fcm.googleapis.com/fcm/send/abc:def", True),
+        ("https://updates.push.services.mozilla.com/wpush/v2/gAAA", True),
+        ("https://web.push.apple.com/QGx", True),
+        ("https://push.example.com/x", False),  # not a push service
+        ("https://fcm.googleapis.com.evil.example/x", False),
+        ("https://10.0.0.5/x", False),  # the operator's own network
+        ("https://[::1]:8080/x", False),
+        ("https://127.0.0.1/x", False),  # loopback only with allow_loopback
+    ],
+)
+async def test_only_push_services_are_taken_as_endpoints(
+    mqtt_url: str, redis_url: str, topic_root: str, endpoint: str, kept: bool
+) -> None:
+    vid = "v-where"
+    async with (
+        engine_in_process(mqtt_url, redis_url, topic_root) as _,
+        servers.mqtt_client(mqtt_url) as phone,
+    ):
+        await phone.subscribe(f"{topic_root}/rejected", qos=1)
+        await phone.publish(
+            f"{topic_root}/volunteers/{vid}/push",
+            orjson.dumps(Browser(endpoint).subscription()),
+            qos=1,
+        )
+        stored = aioredis.from_url(redis_url)
+        try:
+            if kept:
+                await _until(lambda: stored.hlen(f"{topic_root}:push:{vid}"), bool, "kept")
+            else:
+                rejected = await _wait_json(phone, f"{topic_root}/rejected")
+                assert "endpoint" in rejected["reason"]
+                assert await stored.hlen(f"{topic_root}:push:{vid}") == 0
+        finally:
+            await stored.aclose()
