@@ -467,7 +467,7 @@ class _Api:
             {
                 "coarse_m": coverage.COARSE_M,
                 "available": core.available,
-                "volunteers": coverage.volunteer_view(core),
+                "volunteers": coverage.volunteer_view(core, now=self.service.clock()),
             }
         )
 
