@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 # description is cut to fit.
 _PAYLOAD_MAX = 3000
 _DESCRIPTION_CUT = 600
+# A VAPID token is valid 12 h (RFC 8292 allows at most 24 h) and signed anew when less
+# than 11 h are left; only a few push services exist, the cache is bounded anyway.
+_VAPID_VALID_S = 12 * 3600
+_VAPID_RENEW_S = 11 * 3600
+_VAPID_CACHE_MAX = 64
 _GONE = (404, 410)  # the subscription has expired or was withdrawn: forget it
 
 
@@ -124,6 +129,8 @@ class Pusher:
         self.keys: PushKeys | None = None  # loaded by `run`
         self.queue: asyncio.Queue[SendAlert] = asyncio.Queue(maxsize=config.push_queue)
         self._vapid_file = config.push_vapid_key_file
+        # audience (push service origin) -> (expiry, VAPID headers); see _vapid_headers
+        self._signed: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ---------------------------------------------------------------- subscriptions
 
@@ -291,6 +298,20 @@ class Pusher:
         for raw in records:
             await self._send(session, keys, alert, orjson.loads(raw), data)
 
+    def _vapid_headers(self, keys: PushKeys, audience: str) -> dict[str, str]:
+        """The VAPID header for one push service, signed once and reused for an hour: a
+        signature is a third of a push's work on the loop (benchmarks/bench_push.py)."""
+        now = self.clock()
+        cached = self._signed.get(audience)
+        if cached is None or cached[0] - now < _VAPID_RENEW_S:
+            exp = int(now) + _VAPID_VALID_S
+            claims = {"aud": audience, "exp": exp, "sub": self.config.push_contact}
+            cached = (float(exp), dict(keys.vapid.sign(claims)))
+            if len(self._signed) >= _VAPID_CACHE_MAX:
+                self._signed.clear()
+            self._signed[audience] = cached
+        return dict(cached[1])
+
     async def _send(
         self,
         session: aiohttp.ClientSession,
@@ -301,13 +322,7 @@ class Pusher:
     ) -> None:
         endpoint = sub["endpoint"]
         parts = urlsplit(endpoint)
-        headers = keys.vapid.sign(
-            {
-                "aud": f"{parts.scheme}://{parts.netloc}",
-                "exp": int(self.clock()) + 12 * 3600,
-                "sub": self.config.push_contact,
-            }
-        )
+        headers = self._vapid_headers(keys, f"{parts.scheme}://{parts.netloc}")
         # The push service keeps it only as long as the alert stands; "high" wakes a
         # sleeping phone (RFC 8030 5.3).
         headers["Urgency"] = "high"
