@@ -74,7 +74,7 @@ def main() -> None:
              "sub": "mailto:dispatch@example.org"}
         )  # fmt: skip
         t3 = time.perf_counter()
-        pusher._vapid_headers(keys, "https://fcm.googleapis.com")  # what a push does: cached
+        pusher.vapid_headers(keys, "https://fcm.googleapis.com")  # what a push does: cached
         t4 = time.perf_counter()
         for name, dt in (("payload", t1 - t0), ("encrypt", t2 - t1), ("sign", t3 - t2),
                          ("vapid", t4 - t3), ("total", t2 - t0 + t4 - t3)):  # fmt: skip

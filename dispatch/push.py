@@ -129,7 +129,7 @@ class Pusher:
         self.keys: PushKeys | None = None  # loaded by `run`
         self.queue: asyncio.Queue[SendAlert] = asyncio.Queue(maxsize=config.push_queue)
         self._vapid_file = config.push_vapid_key_file
-        # audience (push service origin) -> (expiry, VAPID headers); see _vapid_headers
+        # audience (push service origin) -> (expiry, VAPID headers); see vapid_headers
         self._signed: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ---------------------------------------------------------------- subscriptions
@@ -298,7 +298,7 @@ class Pusher:
         for raw in records:
             await self._send(session, keys, alert, orjson.loads(raw), data)
 
-    def _vapid_headers(self, keys: PushKeys, audience: str) -> dict[str, str]:
+    def vapid_headers(self, keys: PushKeys, audience: str) -> dict[str, str]:
         """The VAPID header for one push service, signed once and reused for an hour: a
         signature is a third of a push's work on the loop (benchmarks/bench_push.py)."""
         now = self.clock()
@@ -322,7 +322,7 @@ class Pusher:
     ) -> None:
         endpoint = sub["endpoint"]
         parts = urlsplit(endpoint)
-        headers = self._vapid_headers(keys, f"{parts.scheme}://{parts.netloc}")
+        headers = self.vapid_headers(keys, f"{parts.scheme}://{parts.netloc}")
         # The push service keeps it only as long as the alert stands; "high" wakes a
         # sleeping phone (RFC 8030 5.3).
         headers["Urgency"] = "high"
