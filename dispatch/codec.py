@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import re
@@ -9,6 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -21,6 +24,7 @@ from dispatch.model import (
     MAX_TIME,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    PUSH_ENDPOINT_MAX_CHARS,
     RESPONDERS_MAX,
     RESPONDERS_MIN,
     Amendment,
@@ -31,6 +35,7 @@ from dispatch.model import (
     Kind,
     LocationUpdate,
     Mode,
+    PushSubscription,
     Reply,
     Report,
     StatusUpdate,
@@ -601,6 +606,86 @@ class Codec:
             }
             return orjson.dumps(clean)
 
+    # ----------------------------------------------------------------- Web Push (addition)
+
+    def push_filter(self) -> tuple[str, int]:
+        """The topic filter of push subscriptions (``volunteers/+/push``), QoS 1."""
+        return self.topic("volunteers", "+", "push"), 1
+
+    def push_volunteer(self, topic: str) -> str | None:
+        """The volunteer id of a ``volunteers/{vid}/push`` topic; None for any other topic."""
+        if not topic.startswith(self._prefix) or not topic.endswith("/push"):
+            return None
+        parts = topic[len(self._prefix) :].split("/")
+        if len(parts) == 3 and parts[0] == "volunteers" and parts[2] == "push":
+            return parts[1]
+        return None
+
+    def decode_push(self, topic: str, payload: bytes) -> PushSubscription:
+        """A push subscription (or its removal) from ``volunteers/{vid}/push``; raises
+        BadMessage. The endpoint's scheme is checked by the caller (dispatch/push.py)."""
+        try:
+            vid = self.push_volunteer(topic)
+            if vid is None or not is_valid_id(vid):
+                raise _Reject(
+                    Reason.BAD_ID, f"volunteer id in the topic must be {_ID_RULE}, got {_show(vid)}"
+                )
+            if len(payload) > _PUSH_PAYLOAD_MAX:
+                raise _Reject(
+                    Reason.TOO_LARGE,
+                    f"payload is {len(payload)} bytes; at most {_PUSH_PAYLOAD_MAX} allowed",
+                )
+            obj = _parse(payload)
+            if not isinstance(obj, dict):
+                raise _not_object(obj)
+            endpoint = _endpoint(obj.get("endpoint", _MISSING))
+            remove = obj.get("remove", False)
+            if not isinstance(remove, bool):
+                _fail(Reason.WRONG_TYPE, "remove", "true or false", remove)
+            if remove:
+                return PushSubscription(vid, endpoint, remove=True)
+            keys = obj.get("keys", _MISSING)
+            if keys is _MISSING:
+                _missing("keys", _KEYS_RULE)
+            if not isinstance(keys, dict):
+                _fail(Reason.WRONG_TYPE, "keys", _KEYS_RULE, keys)
+            p256dh = _b64url("keys.p256dh", keys.get("p256dh", _MISSING), 65, _P256DH_RULE)
+            if p256dh[0] != 4:
+                raise _Reject(Reason.OUT_OF_RANGE, f"field 'keys.p256dh' must be {_P256DH_RULE}")
+            auth = _b64url("keys.auth", keys.get("auth", _MISSING), 16, _AUTH_RULE)
+            return PushSubscription(vid, endpoint, p256dh, auth)
+        except _Reject as r:
+            raise BadMessage(topic, r.reason, r.code) from None
+
+    def decode_push_reply(self, body: bytes, topic: str) -> tuple[str, Answer, str]:
+        """The body of ``POST /api/alerts/{alert_id}/reply`` (a service worker answering
+        from a notification): volunteer id, answer and the alert's reply token."""
+        try:
+            if len(body) > _PUSH_PAYLOAD_MAX:
+                raise _Reject(
+                    Reason.TOO_LARGE,
+                    f"body is {len(body)} bytes; at most {_PUSH_PAYLOAD_MAX} allowed",
+                )
+            obj = _parse(body)
+            if not isinstance(obj, dict):
+                raise _not_object(obj)
+            raw = obj.get("volunteer_id", _MISSING)
+            if raw is _MISSING:
+                _missing("volunteer_id", "the id of the volunteer answering")
+            vid = _ident("volunteer_id", raw)
+            raw = obj.get("answer", _MISSING)
+            if raw is _MISSING:
+                _missing("answer", _ANSWER_RULE)
+            answer: Answer = _choice("answer", raw, _ANSWERS, _ANSWER_RULE, Reason.UNKNOWN_VALUE)
+            raw = obj.get("token", _MISSING)
+            if raw is _MISSING:
+                _missing("token", "the reply_token the alert's push carried")
+            if not isinstance(raw, str) or not 0 < len(raw) <= 128:
+                _fail(Reason.WRONG_TYPE, "token", "the reply_token the alert's push carried", raw)
+            return vid, answer, raw
+        except _Reject as r:
+            raise BadMessage(topic, r.reason, r.code) from None
+
     def _route(self, topic: str) -> tuple[str, str]:
         if isinstance(topic, str) and topic.startswith(self._prefix):
             rest = topic[len(self._prefix) :]
@@ -772,6 +857,44 @@ class Codec:
                 f"{self.future_tolerance_s:g} s allowed; check the sender's clock",
             )
         return ts
+
+
+_PUSH_PAYLOAD_MAX = 4096  # a browser's subscription is about 400 bytes
+_ENDPOINT_RULE = f"an https:// URL of at most {PUSH_ENDPOINT_MAX_CHARS} characters"
+_KEYS_RULE = 'an object {"p256dh": ..., "auth": ...} (PushSubscription.toJSON())'
+_P256DH_RULE = "base64url of an uncompressed P-256 public key (65 bytes, starting 0x04)"
+_AUTH_RULE = "base64url of the 16-byte authentication secret"
+
+
+def _endpoint(value: object) -> str:
+    if value is _MISSING:
+        _missing("endpoint", _ENDPOINT_RULE)
+    if not isinstance(value, str):
+        _fail(Reason.WRONG_TYPE, "endpoint", _ENDPOINT_RULE, value)
+    if not 0 < len(value) <= PUSH_ENDPOINT_MAX_CHARS or not value.isprintable() or " " in value:
+        _fail(Reason.OUT_OF_RANGE, "endpoint", _ENDPOINT_RULE, value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        _fail(Reason.OUT_OF_RANGE, "endpoint", _ENDPOINT_RULE, value)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username:
+        _fail(Reason.OUT_OF_RANGE, "endpoint", _ENDPOINT_RULE, value)
+    return value
+
+
+def _b64url(name: str, value: object, size: int, rule: str) -> bytes:
+    if value is _MISSING:
+        _missing(name, rule)
+    if not isinstance(value, str) or len(value) > 2 * size:
+        _fail(Reason.WRONG_TYPE, name, rule, value)
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        _fail(Reason.OUT_OF_RANGE, name, rule, value)
+    if len(raw) != size:
+        raise _Reject(Reason.OUT_OF_RANGE, f"field '{name}' must be {rule}, got {len(raw)} bytes")
+    return raw
 
 
 def _parse(payload: bytes) -> Any:

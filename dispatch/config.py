@@ -101,6 +101,16 @@ class Config:
     volunteer_ws_url: str = ""
     volunteer_ws_port: int = 9001
     volunteer_open_broker: bool = False
+    # [push]: Web Push of alerts to the volunteer page (dispatch/push.py, docs/volunteer.md).
+    push_enabled: bool = True
+    push_contact: str = "mailto:dispatch@example.org"
+    push_vapid_key_file: str = ""
+    push_allow_loopback: bool = False
+    push_services: tuple[str, ...] = ()
+    push_max_per_volunteer: int = 5
+    push_queue: int = 1000
+    push_workers: int = 4
+    push_timeout_s: float = 5.0
     kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
     # [area] subdistricts: the deployment's own subdistrict areas (geo.subdistricts); None:
     # none, and reports by subdistrict say so. subdistrict_name: their name property.
@@ -218,6 +228,13 @@ def _topic_root(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _contact(value: Any) -> str:
+    # The VAPID "sub" claim: push services contact the sender there (RFC 8292, 2.1).
+    if not isinstance(value, str) or not re.fullmatch(r"mailto:[^\s@]+@[^\s@]+|https://\S+", value):
+        raise ValueError("a 'mailto:' address or an 'https://' URL, e.g. mailto:ops@example.org")
+    return value
+
+
 def _skills(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
         raise ValueError("a list of non-empty strings")
@@ -244,6 +261,15 @@ def _policy(name: str) -> Key:
         default = default.value
     return Key("policy", name, default, lambda v: check_field(name, v))
 
+
+# The browsers' push services (host names; their subdomains too): a subscription may
+# only make the engine post there, never to a host of the operator's own network.
+PUSH_SERVICES = (
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Samsung Internet, Opera
+    "push.services.mozilla.com",  # Firefox
+    "push.apple.com",  # Safari, iOS home-screen apps
+    "notify.windows.com",  # Edge on Windows
+)
 
 # Every key. config/default.toml documents each one, and a test keeps the two equal.
 KEYS: tuple[Key, ...] = (
@@ -288,6 +314,15 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("volunteer_app", "mqtt_ws_port", 9001, _int_range(1, 65535), "volunteer_ws_port"),
     Key("volunteer_app", "open_broker", False, lambda v: _flag(v), "volunteer_open_broker"),
+    Key("push", "enabled", True, lambda v: _flag(v), "push_enabled"),
+    Key("push", "contact", "mailto:dispatch@example.org", lambda v: _contact(v), "push_contact"),
+    Key("push", "vapid_key_file", "", _text, "push_vapid_key_file"),
+    Key("push", "allow_loopback", False, lambda v: _flag(v), "push_allow_loopback"),
+    Key("push", "services", list(PUSH_SERVICES), lambda v: _host_names(v), "push_services"),
+    Key("push", "max_per_volunteer", 5, _int_range(1, 20), "push_max_per_volunteer"),
+    Key("push", "queue", 1000, _int_range(1, 100_000), "push_queue"),
+    Key("push", "workers", 4, _int_range(1, 64), "push_workers"),
+    Key("push", "timeout_s", 5.0, _positive, "push_timeout_s"),
     Key("backends", "mqtt_keepalive_s", 15, _int_range(1, 3600), "mqtt_keepalive_s"),
     Key("backends", "redis_timeout_s", 5.0, _positive, "redis_timeout_s"),
     Key("backends", "redis_health_check_s", 10, _int_range(0, 3600), "redis_health_check_s"),

@@ -69,6 +69,9 @@ class CellCoverage:
         }
 
 
+_DAY_S = 86_400.0  # the alert budget's window
+
+
 def coverage(
     core: Dispatcher,
     cells: Sequence[Cell],
@@ -133,12 +136,14 @@ def coarsen(
     return round(clat, 6), round(clon, 6)
 
 
-def volunteer_view(core: Dispatcher) -> list[dict[str, Any]]:
+def volunteer_view(core: Dispatcher, now: float | None = None) -> list[dict[str, Any]]:
     """Volunteers on duty with a known position, for the map, sorted by id.
 
     ``status``: ``assigned`` (committed to ``incident_id``; exact position), ``alerted``
     (holding an unanswered alert for ``incident_id``) or ``available`` (could be
-    alerted now); the last two at a coarse position only.
+    alerted now); the last two at a coarse position only. With ``now``, a volunteer
+    who set an alert budget also has ``max_alerts_per_day`` and ``alerts_24h`` (alerts
+    sent in the 24 h before ``now``: what the budget counts).
     """
     projection = core.area.projection
     out: list[dict[str, Any]] = []
@@ -169,6 +174,9 @@ def volunteer_view(core: Dispatcher) -> list[dict[str, Any]]:
                 "skills": sorted(v.skills),
             }
         )
+        if now is not None and v.max_alerts_per_day is not None:
+            out[-1]["max_alerts_per_day"] = v.max_alerts_per_day
+            out[-1]["alerts_24h"] = sum(1 for at in v.alerted_at if at > now - _DAY_S)
     return out
 
 

@@ -87,6 +87,9 @@ class Engine:
         # Called after every flush of positions with (how many, seconds taken): a hook for
         # diagnostics (benchmarks/loopmon.py).
         self.on_positions_flushed: Callable[[int, float], None] | None = None
+        # Called with every alert right after it was handed to the broker: Web Push
+        # (dispatch/push.py) queues it there, without waiting; None: MQTT only.
+        self.on_alert: Callable[[SendAlert], None] | None = None
         self._lock = asyncio.Lock()
         self._positions: dict[str, SavePosition | ForgetPosition] = {}
 
@@ -327,6 +330,10 @@ class Engine:
                     self.metrics.decision_latency.observe(self.clock() - decision_started)
                 decision_started = None
                 await self.publish([self.wire.message(e) for e in _last_states(outbound)])
+                if self.on_alert is not None:
+                    for e in outbound:
+                        if isinstance(e, SendAlert):
+                            self.on_alert(e)
             effects = []
             for claim in claims:
                 ok = await self.retrying(

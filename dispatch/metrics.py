@@ -91,6 +91,24 @@ class Metrics:
             "Alerts with no delivery receipt within the delivery timeout",
             registry=r,
         )
+        # Web Push (dispatch/push.py): each push to one browser, by outcome (sent, failed,
+        # gone: the browser withdrew it, dropped: the queue was full, expired: the alert
+        # expired while queued), and how long push services took to answer.
+        self.push_sent = Counter(
+            "dispatch_push_total", "Web Pushes of alerts, by outcome", ["outcome"], registry=r
+        )
+        self.push_latency = Histogram(
+            "dispatch_push_latency_seconds",
+            "From a push's request to the push service's answer (or failure)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
+        self.push_subscriptions = Counter(
+            "dispatch_push_subscriptions_total",
+            "Push subscriptions received from volunteer pages, by outcome (kept, rejected)",
+            ["outcome"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_TIME",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
+    "PUSH_ENDPOINT_MAX_CHARS",
     "RESPONDERS_MAX",
     "RESPONDERS_MIN",
     "Amendment",
@@ -28,6 +29,7 @@ __all__ = [
     "Kind",
     "LocationUpdate",
     "Mode",
+    "PushSubscription",
     "Reply",
     "Report",
     "StatusUpdate",
@@ -321,6 +323,32 @@ class Amendment:
             if value is not None:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+# A push service's endpoint URL: browsers' are 100-500 characters.
+PUSH_ENDPOINT_MAX_CHARS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A browser's Web Push subscription for a volunteer (``volunteers/{vid}/push``, this
+    project's addition): where to push and the keys to encrypt for (RFC 8291), raw bytes.
+    With ``remove``, the endpoint is to be forgotten and the keys are empty."""
+
+    volunteer_id: str
+    endpoint: str
+    p256dh: bytes = b""  # the browser's P-256 public key, uncompressed (65 bytes)
+    auth: bytes = b""  # the browser's authentication secret (16 bytes)
+    remove: bool = False
+
+    def __post_init__(self) -> None:
+        _check_id("volunteer_id", self.volunteer_id)
+        if not 0 < len(self.endpoint) <= PUSH_ENDPOINT_MAX_CHARS:
+            raise ValueError(f"endpoint must be 1-{PUSH_ENDPOINT_MAX_CHARS} characters")
+        if not self.remove and (
+            len(self.p256dh) != 65 or self.p256dh[0] != 4 or len(self.auth) != 16
+        ):
+            raise ValueError("p256dh must be 65 bytes (an uncompressed P-256 key), auth 16")
 
 
 Inbound: TypeAlias = Report | StatusUpdate | LocationUpdate | Reply | Arrived

@@ -37,6 +37,7 @@ from dispatch.errors import BackendUnavailable, BadMessage, Reason
 from dispatch.metrics import Metrics
 from dispatch.model import LocationUpdate, Report, StatusUpdate, is_valid_id
 from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
+from dispatch.push import Pusher
 from dispatch.store import Store
 from geo.area import ServiceArea
 from geo.subdistricts import Subdistricts
@@ -91,6 +92,11 @@ class Service:
         # (about 20 µs: half the engine's time at 5,000 locations/s), and MQTT 5 is needed
         # only for what the engine publishes (message expiry), on the main connection.
         subscriptions = self.codec.subscriptions()
+        # Web Push (dispatch/push.py): subscriptions come in on volunteers/+/push.
+        self.pusher: Pusher | None = None
+        if config.push_enabled:
+            self.pusher = Pusher(config, self.store, self.codec, self.metrics, clock)
+            subscriptions.append(self.codec.push_filter())
         self.inbound_bus: Bus | None = None
         if config.mqtt_protocol == 5:
             self.inbound_bus = Bus(
@@ -113,6 +119,8 @@ class Service:
         )
         self.instance = instance
         self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
+        if self.pusher is not None:
+            self.engine.on_alert = self.pusher.alert
         # The ports (dispatch/ports.py): a single engine's until `share` is called.
         alone = Alone(self.engine)
         self.intake: Intake = alone
@@ -173,6 +181,8 @@ class Service:
                     tg.create_task(self._flush_positions_forever(), name="positions"),
                     tg.create_task(self.ownership.run(), name="cluster"),
                 ]
+                if self.pusher is not None:
+                    tasks.append(tg.create_task(self.pusher.run(), name="push"))
                 if self.inbound_bus is not None:
                     tasks.append(
                         tg.create_task(
@@ -308,6 +318,9 @@ class Service:
         """One MQTT message, start to finish. Never raises for bad input."""
         now = self.clock()
         self.ownership.begin(topic, payload)  # what "only one instance answers" keys on
+        if self.pusher is not None and self.codec.push_volunteer(topic) is not None:
+            await self._on_push(topic, payload, now)
+            return
         try:
             msg = self.codec.decode(topic, payload, now)
         except BadMessage as err:
@@ -320,6 +333,17 @@ class Service:
         await self.engine.handle([msg], now)
         if not isinstance(msg, LocationUpdate):
             self.engine.gauges_stale = True
+
+    async def _on_push(self, topic: str, payload: bytes, now: float) -> None:
+        """A page's push subscription (dispatch/push.py); never raises for bad input."""
+        assert self.pusher is not None
+        try:
+            await self.pusher.subscribe(topic, payload)
+        except BadMessage as err:
+            self.metrics.push_subscriptions.labels(outcome="rejected").inc()
+            await self.engine.reject(err, now)
+        except BackendUnavailable as exc:  # the page sends it again at its next sign-in
+            log.warning("push subscription on %s not stored: %s", topic, exc)
 
     async def on_retained(self, topic: str, payload: bytes) -> None:
         """A message with the retain flag: refused with a reason, never acted on.

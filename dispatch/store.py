@@ -15,6 +15,10 @@ Keys, all under one prefix (default ``dispatch:``, the topic root):
   the consumer group ``archive`` reads it into PostgreSQL (dispatch/archiver.py)
 - ``evi:{id}``: the ids of one incident's events in ``events`` (a list, capped), so that
   an incident's history is read without scanning the log; written with each event
+- ``push:keys``: the Web Push keys (VAPID private key, reply-token secret), made once by
+  whichever instance starts first; ``push:{vid}`` (hash endpoint -> subscription JSON)
+  and ``pushat:{vid}`` (zset endpoint -> when given): a volunteer's browsers, bounded,
+  forgotten after ``PUSH_KEEP_S`` without a renewal (dispatch/push.py)
 
 Several instances (``[cluster] enabled``, dispatch/cluster.py) add, through
 `ClusterStore`:
@@ -59,6 +63,7 @@ from dispatch.errors import BackendUnavailable
 
 __all__ = [
     "INCIDENT_EVENTS_MAX",
+    "PUSH_KEEP_S",
     "Admission",
     "ClusterStore",
     "Fence",
@@ -69,6 +74,10 @@ __all__ = [
 ]
 
 Admission = Literal["new", "same", "conflict", "pending"]
+
+# A browser's push subscription not renewed (the page sends it at every sign-in) for
+# this long is forgotten: a phone given away must stop receiving alerts some day.
+PUSH_KEEP_S = 90 * 86_400
 
 # Idempotent admission of a report that carries an id. The admitter holds a short lease
 # until the incident is stored: a copy arriving meanwhile (at another engine) is
@@ -131,6 +140,24 @@ for i, key in ipairs(KEYS) do
   if value == '' then redis.call('DEL', key) else redis.call('SET', key, value, 'PX', ttl) end
 end
 return #KEYS
+"""
+
+# Keep a push subscription, and only the newest ARGV[4] of the volunteer's. KEYS: the
+# hash (endpoint -> JSON), the zset (endpoint -> time); ARGV: endpoint, JSON, time, most,
+# time-to-live (s).
+_PUSH_ADD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+    redis.call('HDEL', KEYS[1], old)
+    redis.call('ZREM', KEYS[2], old)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return over
 """
 
 # Renew an owner's lease, only while it is still ours.
@@ -250,6 +277,7 @@ class Store:
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
         self._log_event = client.register_script(_LOG_EVENT)
+        self._push_add = client.register_script(_PUSH_ADD)
 
     @classmethod
     def from_url(
@@ -686,6 +714,45 @@ class Store:
         if len(entries) <= count:
             return "0"
         return str(entries[-1][0].decode())
+
+    # ---------------------------------------------------------------- Web Push
+
+    @_redis_errors
+    async def push_keys(self, new: bytes) -> bytes:
+        """The stored Web Push keys; ``new`` is stored first if there are none yet (the
+        first instance to start makes them; every other one reads the same)."""
+        key = self._k("push", "keys")
+        await self.redis.set(key, new, nx=True)
+        stored = await self.redis.get(key)
+        assert stored is not None, "push keys vanished right after SET NX"
+        return bytes(stored)
+
+    @_redis_errors
+    async def add_push_subscription(
+        self, volunteer_id: str, endpoint: str, record: bytes, at: float, most: int
+    ) -> int:
+        """Keep a subscription, replacing the volunteer's oldest beyond ``most``; how many
+        were replaced."""
+        return int(
+            await self._push_add(
+                keys=[self._k("push", volunteer_id), self._k("pushat", volunteer_id)],
+                args=[endpoint, record, at, most, PUSH_KEEP_S],
+            )
+        )
+
+    @_redis_errors
+    async def drop_push_subscription(self, volunteer_id: str, endpoint: str) -> bool:
+        """Forget one subscription; True if it was there."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k("push", volunteer_id), endpoint)
+            pipe.zrem(self._k("pushat", volunteer_id), endpoint)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    @_redis_errors
+    async def push_subscriptions(self, volunteer_id: str) -> list[bytes]:
+        """The volunteer's subscriptions, as stored (JSON)."""
+        return [bytes(v) for v in await self.redis.hvals(self._k("push", volunteer_id))]
 
 
 def _skills(raw: str) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
+from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
@@ -122,6 +123,8 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_get("/api/report/misses", records.misses)
     app.router.add_get("/report", records.page)
     app.router.add_get("/api/incidents/{iid}/cap", records.cap)
+    # Web Push and the installable volunteer app (dispatch/push_routes.py).
+    PushRoutes(service).add_to(app)
     app.router.add_get("/", api.index)
     app.router.add_get("/volunteer", api.volunteer_page)
     app.router.add_get("/api/volunteer-app", api.volunteer_app)
@@ -467,7 +470,7 @@ class _Api:
             {
                 "coarse_m": coverage.COARSE_M,
                 "available": core.available,
-                "volunteers": coverage.volunteer_view(core),
+                "volunteers": coverage.volunteer_view(core, now=self.service.clock()),
             }
         )
 

@@ -11,8 +11,12 @@
  * In:   <root>/volunteers/<id>/alert, .../assignment (QoS 1, never retained)
  *       <root>/incidents/<iid>/state while assigned (retained: our role, and whether the
  *       engine believes our arrival: "verified", protocol 1.1)
+ *       <root>/volunteers/<id>/push     QoS 1  this browser's Web Push subscription, after
+ *                                              sign-in (this project's addition)
  * Nothing is ever published retained. The broker checks the id and password; the page
- * learns the broker's address from GET /api/volunteer-app.
+ * learns the broker's address from GET /api/volunteer-app, the push key from GET /api/push.
+ * The service worker (volunteer-sw.js) keeps the shell offline and shows pushed alerts
+ * as notifications; an alert it hands over is answered over HTTP when MQTT is not up.
  */
 "use strict";
 
@@ -55,6 +59,14 @@
       resting_quiet: "休息中：免打扰时段，{t} 前不会收到呼叫。",
       resting_budget: "休息中：24 小时内已收到 {n} 次呼叫，{t} 前不会再呼叫你。",
       signout: "退出登录",
+      push: "锁屏通知", push_on: "开启通知",
+      push_ok: "已开启：锁屏或切到后台时，呼叫也会以通知的形式到达。",
+      push_ask: "开启后，锁屏或切到后台时也能收到呼叫通知。",
+      push_denied: "通知已被拒绝。请在浏览器设置中允许本网站的通知。",
+      push_unsupported: "此浏览器不支持推送通知（iOS 需先“添加到主屏幕”）。",
+      push_off: "调度中心未开启推送通知。",
+      push_failed: "推送注册失败：",
+      pushed_accepted: "已接受。请登录以接收调度确认和导航。",
       alert_label: "紧急呼叫", distance: "直线距离", eta: "预计到达",
       answer_within: "内请回复（之后呼叫失效）", accept: "接受", decline: "拒绝",
       waiting_title: "已接受，正在确认…", waiting_text: "调度中心正在确认由你前往。请稍候，不要离开本页面。",
@@ -131,6 +143,14 @@
       resting_quiet: "Resting: quiet hours, no calls before {t}.",
       resting_budget: "Resting: {n} alerts in the last 24 hours, no calls before {t}.",
       signout: "Sign out",
+      push: "Lock-screen notifications", push_on: "Turn on notifications",
+      push_ok: "On: alerts also come as notifications while the screen is locked or the page is in the background.",
+      push_ask: "Turn them on to get alerts while the screen is locked or the page is in the background.",
+      push_denied: "Notifications are blocked. Allow them for this site in the browser's settings.",
+      push_unsupported: "This browser has no push notifications (on iOS, add the page to the home screen first).",
+      push_off: "Dispatch has push notifications turned off.",
+      push_failed: "Push registration failed: ",
+      pushed_accepted: "Accepted. Sign in to get dispatch's go and directions.",
       alert_label: "EMERGENCY CALL", distance: "Distance", eta: "Estimated arrival",
       answer_within: "left to answer", accept: "Accept", decline: "Decline",
       waiting_title: "Accepted, confirming…", waiting_text: "Dispatch is confirming that you go. Please wait and keep this page open.",
@@ -209,6 +229,9 @@
     audio: null,
     beepTimer: null,
     wakeLock: null,
+    push: "", // "" (not known yet) | off | ask | ok | denied | unsupported | failed (setupPush)
+    pushKey: null, // the engine's VAPID public key (GET /api/push)
+    pushError: "",
   };
 
   function readBudget(raw) {
@@ -254,6 +277,7 @@
     if (S.alert) renderAlert();
     if (S.job) renderGuide();
     if (S.stood) renderStood();
+    renderPush();
   }
 
   function show(screen) {
@@ -579,6 +603,7 @@
   function goOnDuty() {
     showGeoError("");
     unlockAudio();
+    if (S.push === "ask") setupPush(true); // a tap: the moment to ask for notifications
     if (!window.isSecureContext) return showGeoError(t("geo_insecure"));
     if (!("geolocation" in navigator)) return showGeoError(t("geo_missing"));
     S.duty = "locating";
@@ -672,12 +697,103 @@
   function answer(kind) {
     const a = S.alert;
     if (!a) return;
-    publish("reply", { alert_id: a.alert_id, answer: kind }, 1);
+    if (S.client && S.conn === "online") publish("reply", { alert_id: a.alert_id, answer: kind }, 1);
+    else if (a.reply_token) replyOverHttp(a, kind); // a pushed alert on a page not signed in
+    else publish("reply", { alert_id: a.alert_id, answer: kind }, 1); // queued until online
     closeAlert();
+    if (kind === "accept" && !S.client) {
+      toast(t("pushed_accepted"), 6000);
+      return;
+    }
     if (kind === "accept") {
       S.pending = { ...a };
       show("waiting");
     }
+  }
+
+  // ------------------------------------------------------------------ Web Push
+
+  function replyOverHttp(a, kind) {
+    return fetch(a.reply_url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ volunteer_id: a.volunteer_id, answer: kind, token: a.reply_token }),
+    }).catch(() => null);
+  }
+
+  // An alert the service worker handed over (a push while the page was visible, or a
+  // tap on its notification): shown like one from MQTT, unless already answered there.
+  function onPushedAlert(msg) {
+    const a = msg && msg.alert;
+    if (!a || typeof a.alert_id !== "string") return;
+    if (S.vid && a.volunteer_id !== S.vid) return; // someone else signed in on this phone
+    const expires = Date.parse(a.expires_at);
+    if (isFinite(expires) && expires <= Date.now()) return toast(t("expired_toast"));
+    if (msg.answered === "accept") {
+      if (S.client) { S.pending = { ...a }; show("waiting"); } else toast(t("pushed_accepted"), 6000);
+      return;
+    }
+    if (msg.answered === "decline" || (S.alert && S.alert.alert_id === a.alert_id)) return;
+    countAlert(a.alert_id);
+    S.alert = { ...a, expiresMs: isFinite(expires) ? expires : Date.now() + 90000 };
+    renderAlert();
+    $("alert").hidden = false;
+    ring(true);
+    clearInterval(S.countTimer);
+    S.countTimer = setInterval(tickAlert, 250);
+    tickAlert();
+  }
+
+  function renderPush() {
+    const state = S.push;
+    $("push-row").dataset.push = state;
+    const text = { ok: "push_ok", ask: "push_ask", denied: "push_denied",
+      unsupported: "push_unsupported", off: "push_off", failed: "push_failed" }[state];
+    $("push-state").textContent = text ? t(text) + (state === "failed" ? S.pushError : "") : "";
+    $("push-on").hidden = state !== "ask" && state !== "failed";
+  }
+
+  function b64urlBytes(text) {
+    const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+    return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  }
+
+  // After sign-in: learn whether the engine pushes; subscribe at once where permission
+  // was given before, else offer the button (asking needs a tap). `ask`: from a tap.
+  async function setupPush(ask = false) {
+    if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+      S.push = "unsupported";
+      return renderPush();
+    }
+    try {
+      if (!S.pushKey) {
+        const r = await fetch("/api/push", { cache: "no-store" });
+        const info = r.ok ? await r.json() : {};
+        if (!info.enabled || !info.public_key) { S.push = "off"; return renderPush(); }
+        S.pushKey = info.public_key;
+      }
+      let permission = Notification.permission;
+      if (permission === "default" && ask) permission = await Notification.requestPermission();
+      if (permission !== "granted") {
+        S.push = permission === "denied" ? "denied" : "ask";
+        return renderPush();
+      }
+      const reg = await navigator.serviceWorker.ready;
+      let sub = await reg.pushManager.getSubscription();
+      const key = b64urlBytes(S.pushKey);
+      const same = sub && sub.options && sub.options.applicationServerKey
+        && new Uint8Array(sub.options.applicationServerKey).every((b, i) => b === key[i]);
+      if (sub && !same) { await sub.unsubscribe(); sub = null; } // the engine's key changed
+      if (!sub) sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+      // Sent at every sign-in: the engine keeps it (a few per volunteer) and renews it.
+      const json = sub.toJSON();
+      publish("push", { endpoint: json.endpoint, keys: json.keys }, 1);
+      S.push = "ok";
+    } catch (e) {
+      S.push = "failed";
+      S.pushError = e && e.message ? e.message : String(e);
+    }
+    renderPush();
   }
 
   // A two-tone call that repeats until answered; vibration where the phone allows.
@@ -1113,6 +1229,7 @@
     $("who").textContent = vid;
     show("home");
     renderConn();
+    setupPush();
   }
 
   function signOut(message) {
@@ -1183,6 +1300,12 @@
     $("wd-send").addEventListener("click", sendWithdraw);
     $("stood-ok").addEventListener("click", () => { S.stood = null; show("home"); });
     $("signout").addEventListener("click", () => signOut());
+    $("push-on").addEventListener("click", () => setupPush(true));
+    if ("serviceWorker" in navigator) {
+      navigator.serviceWorker.addEventListener("message", (e) => {
+        if (e.data && e.data.type === "alert") onPushedAlert(e.data);
+      });
+    }
     window.addEventListener("online", () => { if (S.client && S.conn !== "online") S.client.reconnect(); });
     window.addEventListener("offline", () => setConn("offline"));
     window.addEventListener("deviceorientationabsolute", onOrientation);
@@ -1202,6 +1325,18 @@
   async function start() {
     bind();
     applyLang();
+    // The service worker: the shell offline, and pushed alerts (volunteer-sw.js). Only in
+    // a secure context (https, or localhost): elsewhere the page works without it.
+    if ("serviceWorker" in navigator && window.isSecureContext) {
+      navigator.serviceWorker.register("/volunteer-sw.js", { scope: "/volunteer" })
+        .catch((e) => console.info("no service worker:", e.message));
+    }
+    // Opened from a notification: the alert rides in the URL's fragment (never sent).
+    let pushed = null;
+    if (location.hash.startsWith("#push=")) {
+      try { pushed = JSON.parse(decodeURIComponent(location.hash.slice(6))); } catch { pushed = null; }
+      history.replaceState(null, "", location.pathname);
+    }
     const saved = store.getItem("vol.id");
     if (saved) $("vid").value = saved;
     try {
@@ -1219,6 +1354,7 @@
     renderSkills();
     show("signin");
     applyLang();
+    if (pushed) onPushedAlert(pushed);
     // A reload in the same tab signs in again by itself (the password lives in this tab).
     const password = session.getItem("vol.password");
     if (saved && password !== null) {

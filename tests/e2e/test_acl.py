@@ -365,13 +365,15 @@ def test_volunteer_b_neither_hears_nor_moves_volunteer_a(broker: SecureBroker) -
             assert leaked == [], f"B received A's messages: {leaked}"
 
         # B tries to move A, answer for A and arrive for A: refused (MQTT 5 says so).
-        for kind in ("location", "status", "reply", "arrived"):
+        for kind in ("location", "status", "reply", "arrived", "push"):
             topic = f"{ROOT}/volunteers/acl-a/{kind}"
             assert publish_code(b, topic, b'{"lat": 30.25, "lon": 120.16}') == "Not authorized"
             b311.publish(topic, b'{"lat": 30.25, "lon": 120.16}')  # 3.1.1: silently dropped
         # B may not report incidents nor write anything the engine publishes.
         for topic in (f"{ROOT}/incidents/report", f"{ROOT}/incidents/x/state", f"{ROOT}/rejected"):
             assert publish_code(b, topic, b"{}") == "Not authorized"
+        # B's own push subscription (this project's addition) is allowed.
+        assert publish_code(b, f"{ROOT}/volunteers/acl-b/push", b"{}") == "Success"
         # What B may do goes through, and lets us know the rest has been handled.
         sync(b, everything, f"{ROOT}/volunteers/acl-b/location")
         forged = [m for m in everything.all() if m.topic.startswith(f"{ROOT}/volunteers/acl-a/")]

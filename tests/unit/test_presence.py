@@ -8,6 +8,7 @@ import pytest
 from test_dispatcher import CONFIG, LAT, LON, T0, accept, alerts, make, on_duty, report
 
 from dispatch.codec import Codec
+from dispatch.coverage import volunteer_view
 from dispatch.dispatcher import Dispatcher
 from dispatch.effects import Effect, LogEvent, SaveVolunteer
 from dispatch.errors import BadMessage
@@ -198,3 +199,18 @@ def test_a_budget_and_quiet_hours_sent_as_null_are_cleared(area: ServiceArea) ->
     assert d.volunteers["v0"].quiet_hours is None
     assert d.volunteers["v0"].max_alerts_per_day is None
     assert "v0" in d.index
+
+
+def test_the_volunteer_view_counts_alerts_against_the_budget(area: ServiceArea) -> None:
+    d = make(area, max_wave_size=1)
+    on_duty(d, "v0", 100)
+    on_duty(d, "v1", 300)
+    status(d, "v0", Duty.AVAILABLE, max_alerts_per_day=3)
+    assert set(alerts(report(d))) == {"v0"}
+    view = {v["id"]: v for v in volunteer_view(d, now=T0 + 60)}
+    assert view["v0"]["max_alerts_per_day"] == 3
+    assert view["v0"]["alerts_24h"] == 1
+    assert "alerts_24h" not in view["v1"]  # no budget: not counted
+    later = {v["id"]: v for v in volunteer_view(d, now=T0 + 86_400 + 1)}
+    assert later["v0"]["alerts_24h"] == 0  # out of the window
+    assert "alerts_24h" not in volunteer_view(d)[0]  # without a time, no count

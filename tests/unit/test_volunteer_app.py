@@ -8,7 +8,9 @@ exercised in a real browser by tests/e2e/test_volunteer_page.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -48,8 +50,8 @@ async def test_the_page_and_its_files_are_served(client: TestClient) -> None:  #
     html = await page.text()
     for src in re.findall(r'(?:src|href)="([^"]+)"', html):
         # Everything the page loads comes from the engine: there is no internet.
-        assert src.startswith(("/static/", "data:")), src
-        if src.startswith("/static/"):
+        assert src.startswith(("/static/", "data:")) or src == "/volunteer.webmanifest", src
+        if not src.startswith("data:"):
             r = await client.get(src)
             assert r.status == 200, src
     lib = await client.get("/static/vendor/mqtt.min.js")
@@ -147,3 +149,48 @@ def test_the_page_sets_its_will_and_sends_receipts() -> None:
     assert "retain: false" in body
     assert "body.receipts = true" in js
     assert 'publish("reply", { alert_id: a.alert_id, answer: "received" }, 1)' in js
+
+
+async def test_the_app_is_installable_manifest_icons_and_service_worker(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    r = await client.get("/volunteer.webmanifest")
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("application/manifest+json")
+    manifest = json.loads(await r.read())
+    assert manifest["start_url"] == "/volunteer"
+    assert manifest["display"] == "standalone"
+    sizes = {i["sizes"] for i in manifest["icons"]}
+    assert {"192x192", "512x512"} <= sizes
+    assert any(i["purpose"] == "maskable" for i in manifest["icons"])
+    for icon in manifest["icons"]:
+        got = await client.get(icon["src"])
+        assert got.status == 200, icon
+        body = await got.read()
+        assert body.startswith(b"\x89PNG"), icon
+        width, height = struct.unpack(">II", body[16:24])
+        assert f"{width}x{height}" == icon["sizes"], icon
+    sw = await client.get("/volunteer-sw.js")
+    assert sw.status == 200
+    assert sw.headers["Content-Type"].startswith("text/javascript")
+    assert sw.headers["Cache-Control"] == "no-cache"
+    text = await sw.text()
+    # Every file of the shell it keeps offline is served; no API route is among them.
+    shell = re.search(r"const SHELL = \[(.*?)\];", text, re.S)
+    assert shell is not None
+    for path in re.findall(r'"([^"]+)"', shell.group(1)):
+        assert not path.startswith("/api/"), path
+        assert (await client.get(path)).status == 200, path
+
+
+async def test_push_answers_before_its_keys_are_loaded(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.get("/api/push")
+    assert r.status == 200
+    assert await r.json() == {"enabled": True, "public_key": None}
+    reply = await client.post(
+        "/api/alerts/a1/reply", json={"volunteer_id": "v1", "answer": "accept", "token": "x"}
+    )
+    assert reply.status == 503
+    assert (await reply.json())["code"] == "push_unavailable"
+    bad = await client.post("/api/alerts/a%2F1/reply", json={})
+    assert bad.status in (400, 404)
