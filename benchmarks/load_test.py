@@ -441,7 +441,7 @@ class EngineProcess:
         if config:
             argv += ["--config", config]
         env = dict(os.environ)
-        if not config and engine_dir == REPO:
+        if not config:  # the same policy for a baseline checkout (--engine-dir)
             env.update(LOAD_POLICY)
         self.proc = subprocess.Popen(
             # ``-m dispatch`` imports from the working directory first: --engine-dir runs

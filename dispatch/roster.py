@@ -11,6 +11,8 @@ phone). `refresh` restores it after any of those changes.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dispatch.model import Duty, Mode
@@ -73,6 +75,13 @@ class Roster:
         if volunteer is None:
             volunteer = self.volunteers[volunteer_id] = Volunteer(volunteer_id)
         return volunteer
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Restore the volunteers inside this block: the index is bulk loaded at its end
+        (`PartitionedIndex.loading`), in a tenth of the time of one put at a time."""
+        with self.index.loading():
+            yield
 
     # ------------------------------------------------------------------ positions
 
