@@ -27,6 +27,9 @@ __all__ = ["Roster", "Volunteer"]
 # the design load's 600 holds/s when alerts go unanswered.
 _COMPACT_PER_TICK = 64
 _COMPACT_MAX_PER_TICK = 512
+# A move shorter than the position's accuracy leaves the index as it is (see refresh),
+# up to this: a position as coarse as a cell tower's (hundreds of metres) still moves.
+_MAX_STILL_M = 25.0
 
 
 @dataclass(slots=True)
@@ -128,8 +131,17 @@ class Roster:
             and volunteer.alert_id is None
             and volunteer.resting_until is None
         ):
+            # A move within the position's accuracy is noise: the index keeps the volunteer
+            # where it has them (a move costs 30-60 µs, most of a location's handling),
+            # while the volunteer's own position and time are refreshed (set_position).
+            accuracy = volunteer.accuracy_m
             self.index.put(
-                volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills, volunteer.mode.value
+                volunteer.id,
+                volunteer.lat,
+                volunteer.lon,
+                volunteer.skills,
+                volunteer.mode.value,
+                within_m=None if accuracy is None else min(accuracy, _MAX_STILL_M),
             )
         else:
             self.index.remove(volunteer.id)

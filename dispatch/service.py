@@ -88,7 +88,7 @@ class Service:
         instance = config.instance or f"{random.getrandbits(32):08x}"
         # Everything comes in on one connection, so that each volunteer's messages are
         # handled in the order sent (a location, then the status that relies on it);
-        # reports go ahead of whatever else is waiting (see urgent). A connection of their
+        # reports go ahead of a backlog of anything else (see urgent). A connection of their
         # own for reports was tried in an earlier attempt: the location ingest at the
         # design load fell from 3,400-3,800/s to 2,400/s (two receive loops on one core).
         # With MQTT 5, that connection is a second one, in
@@ -340,9 +340,10 @@ class Service:
         """Handled ahead of everything else waiting (`Bus.run`): incident reports.
 
         What a client can rely on: a volunteer's own messages (status, location, reply,
-        arrived) are handled in the order sent, and so are reports among themselves; a
-        report can overtake volunteers' messages that arrived before it (a herd of
-        statuses must not delay dispatch, issue 16).
+        arrived) are handled in the order sent, and so are reports among themselves.
+        Reports keep their place among the others too while the engine keeps up; behind
+        a backlog of more than a hundred or so (a herd of statuses after a broker
+        restart), a report overtakes it (a herd must not delay dispatch, issue 16).
         """
         return topic == self._report_topic
 

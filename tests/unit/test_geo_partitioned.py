@@ -119,3 +119,27 @@ def test_loading_refuses_a_filled_index_and_a_bad_position() -> None:
     fresh = PartitionedIndex(LocalProjection(LAT, LON), ("walk",))
     with pytest.raises(ValueError, match="invalid position"), fresh.loading():
         fresh.put("x", 91.0, LON, (), "walk")
+
+
+def test_a_move_within_the_accuracy_leaves_the_index_as_it_is() -> None:
+    index = make()
+    metre = 1 / 111_195
+    index.put("w0", LAT + 8 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT, LON)  # 8 m within 10 m: not moved
+    index.put("w0", LAT + 12 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 12 * metre, LON)  # 12 m: moved
+    # Measured from where the index has them, so small steps cannot drift away unseen.
+    index.put("w0", LAT + 20 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    index.put("w0", LAT + 21 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 12 * metre, LON)
+    index.put("w0", LAT + 23 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 23 * metre, LON)
+    index.put("w0", LAT + 24.5 * metre, LON, (), "walk", within_m=10.0)  # skills changed
+    assert index.position("w0") == (LAT + 24.5 * metre, LON)
+    assert [n.volunteer_id for n in index.nearest("walk", LAT, LON, 5, skills=("first_aid",))][
+        -1
+    ] != "w0"
+    index.hold("w1")
+    index.put("w1", LAT + 0.001 + metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert "w1" in index  # released, though not moved
+    assert index.position("w1") == (LAT + 0.001, LON)
