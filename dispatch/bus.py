@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -53,6 +55,11 @@ _MAX_BACKLOG = 100_000
 _IN_ORDER = 128
 # Packets read from the socket per wake of the event loop (see _read_more).
 _READS_PER_WAKE = 256
+# Past this many messages waiting, sheddable ones (locations: QoS 0, replaced by the
+# next in seconds) are dropped as they arrive instead of queued: some 0.5 s of work.
+# When the engine falls behind, the broker used to drop them (and reports with them);
+# now the engine reads everything, finds the reports, and sheds stale locations itself.
+_SHED_AT = 5000
 
 
 class Bus:
@@ -84,6 +91,8 @@ class Bus:
         self._client: aiomqtt.Client | None = None
         self._expiry_properties: dict[int, Properties] = {}
         self._arrived = 0  # inbound messages numbered in arrival order (urgent first)
+        self.shed = 0  # sheddable messages dropped while the engine was behind
+        self._shed_logged = 0.0  # time.monotonic() of the last warning about it
 
     def _make_client(self) -> aiomqtt.Client:
         v5 = self.protocol == 5
@@ -112,6 +121,7 @@ class Bus:
         *,
         handle_batch: BatchHandler | None = None,
         urgent: Callable[[str], bool] | None = None,
+        sheddable: Callable[[str], bool] | None = None,
     ) -> None:
         """Stay connected and feed every inbound message to ``handle``, until cancelled.
 
@@ -123,10 +133,12 @@ class Bus:
         ``_IN_ORDER`` others: past that they are handed over ahead of the backlog, in
         their own arrival order. An incident report then never waits behind a herd of
         statuses (100,000 phones re-sending theirs after a broker restart take the
-        engine 10-20 s). The others keep their arrival order among themselves.
+        engine 10-20 s). The others keep their arrival order among themselves. Messages
+        ``sheddable`` picks are dropped (and counted in ``shed``) while more than
+        ``_SHED_AT`` wait.
         """
         if urgent is not None and handle_batch is not None:
-            await self._run_prioritised(handle_batch, urgent)
+            await self._run_prioritised(handle_batch, urgent, sheddable or _never)
             return
         backoff = 0.2
         while True:
@@ -173,7 +185,10 @@ class Bus:
                 backoff = min(backoff * 2, 1.0)
 
     async def _run_prioritised(
-        self, handle_batch: BatchHandler, urgent: Callable[[str], bool]
+        self,
+        handle_batch: BatchHandler,
+        urgent: Callable[[str], bool],
+        sheddable: Callable[[str], bool],
     ) -> None:
         """`run` with urgent messages first: everything waiting in the client's queue is
         moved (up to ``_TAKE_PER_TURN`` a turn) into two queues of the bus's own, each
@@ -195,7 +210,9 @@ class Bus:
                     while True:
                         if not first and not backlog:
                             # Nothing waiting: wait for a message, or for the link to drop.
-                            await self._sort(await anext(messages), first, backlog, urgent)
+                            await self._sort(
+                                await anext(messages), first, backlog, urgent, sheddable
+                            )
                         else:
                             # See run: one yield to the loop instead of a task per message.
                             # A dropped connection is noticed once everything is handled.
@@ -206,7 +223,7 @@ class Bus:
                             and len(backlog) < _MAX_BACKLOG
                             and not queue.empty()
                         ):
-                            await self._sort(queue.get_nowait(), first, backlog, urgent)
+                            await self._sort(queue.get_nowait(), first, backlog, urgent, sheddable)
                             taken += 1
                         jump = len(backlog) > _IN_ORDER
                         batch: list[tuple[str, bytes]] = []
@@ -230,10 +247,22 @@ class Bus:
         first: deque[_Numbered],
         backlog: deque[_Numbered],
         urgent: Callable[[str], bool],
+        sheddable: Callable[[str], bool],
     ) -> None:
         topic = message.topic.value
         if message.retain and self.on_retained is not None:
             await self.on_retained(topic, _payload(message))
+            return
+        if len(backlog) > _SHED_AT and sheddable(topic):
+            self.shed += 1
+            now = time.monotonic()
+            if now - self._shed_logged >= 10.0:
+                self._shed_logged = now
+                log.warning(
+                    "behind by %d messages: dropping locations as they arrive (%d so far)",
+                    len(backlog),
+                    self.shed,
+                )
             return
         self._arrived += 1
         (first if urgent(topic) else backlog).append((self._arrived, topic, _payload(message)))
@@ -258,6 +287,10 @@ class Bus:
         if sock is None:  # pragma: no cover - connected clients have one
             return
         loop = asyncio.get_running_loop()
+        buffered: _BufferedSocket | None = None
+        if type(sock) is socket.socket:  # plain TCP (not TLS, not websockets)
+            buffered = _BufferedSocket(sock)
+            paho._sock = buffered
 
         def read() -> None:
             try:
@@ -266,6 +299,9 @@ class Bus:
                     paho.loop_read()
                     if queue.qsize() == before or queue.full():
                         break  # nothing more waiting (or not a message: next wake)
+                if buffered is not None and buffered.buffered and not queue.full():
+                    # Bytes read ahead are not seen by the loop's readiness test.
+                    loop.call_soon(read)
             except Exception as exc:  # as aiomqtt's own reader: the link is broken
                 if not client._disconnected.done():
                     client._disconnected.set_exception(exc)
@@ -326,6 +362,48 @@ class Bus:
             )
         except aiomqtt.MqttError as exc:
             raise BackendUnavailable("mqtt", f"publish to {message.topic} failed: {exc}") from exc
+
+
+class _BufferedSocket:
+    """A socket whose small reads are served from one large one.
+
+    paho reads each packet with three or four ``recv`` calls (its type, each byte of its
+    length, its body): a system call each, 12 % of the engine's time under a herd. This
+    takes up to 64 KiB at a time and hands paho the pieces; everything else is the
+    socket's own.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read ahead and not yet handed over."""
+        return len(self._buf) - self._pos
+
+    def recv(self, size: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            buf = self._sock.recv(max(size, 65536))  # BlockingIOError when none waits
+            pos = 0
+            self._buf = buf
+            if not buf:  # closed by the peer
+                self._pos = 0
+                return b""
+        end = min(pos + size, len(buf))
+        self._pos = end
+        return buf[pos:end]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _never(_topic: str) -> bool:
+    return False
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

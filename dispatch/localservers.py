@@ -375,6 +375,7 @@ def _mosquitto_config(port: int, ws_port: int | None) -> str:
         # (the default 1000 drops messages to a subscriber that falls behind).
         "max_inflight_messages 1000",
         "max_queued_messages 200000",
+        "max_queued_bytes 134217728",
         # As the shipped configuration: the engine refuses payloads over 16 KiB itself
         # (and says so on <root>/rejected); the broker drops anything over 64 KiB.
         "max_packet_size 65536",

@@ -180,7 +180,10 @@ class Service:
                 tasks += [
                     tg.create_task(
                         self.bus.run(
-                            self.on_message, handle_batch=self.on_messages, urgent=self.urgent
+                            self.on_message,
+                            handle_batch=self.on_messages,
+                            urgent=self.urgent,
+                            sheddable=_is_location,
                         ),
                         name="mqtt",
                     ),
@@ -194,7 +197,10 @@ class Service:
                     tasks.append(
                         tg.create_task(
                             self.inbound_bus.run(
-                                self.on_message, handle_batch=self.on_messages, urgent=self.urgent
+                                self.on_message,
+                                handle_batch=self.on_messages,
+                                urgent=self.urgent,
+                                sheddable=_is_location,
                             ),
                             name="mqtt-inbound",
                         )
@@ -460,6 +466,11 @@ class Service:
         self.engine.gauges_stale = False
         self.metrics.open_incidents.set(sum(1 for i in self.core.incidents.values() if not i.ended))
         self.metrics.available_volunteers.set(self.core.available)
+
+
+def _is_location(topic: str) -> bool:
+    """Locations: QoS 0, replaced by the next in seconds; shed when far behind (Bus.run)."""
+    return topic.endswith("/location")
 
 
 def retained_error(topic: str, payload: bytes) -> BadMessage:
