@@ -60,6 +60,9 @@ _READS_PER_WAKE = 256
 # When the engine falls behind, the broker used to drop them (and reports with them);
 # now the engine reads everything, finds the reports, and sheds stale locations itself.
 _SHED_AT = 5000
+# The most messages read ahead into the client's queue (bounded at 100,000 by
+# max_queued_incoming_messages, over which aiomqtt drops them): reading pauses there.
+_READ_AHEAD = 20_000
 
 
 class Bus:
@@ -92,6 +95,7 @@ class Bus:
         self._expiry_properties: dict[int, Properties] = {}
         self._arrived = 0  # inbound messages numbered in arrival order (urgent first)
         self.shed = 0  # sheddable messages dropped while the engine was behind
+        self._resume_reading: Callable[[], None] = _nothing  # see _read_more
         self._shed_logged = 0.0  # time.monotonic() of the last warning about it
 
     def _make_client(self) -> aiomqtt.Client:
@@ -225,6 +229,7 @@ class Bus:
                         ):
                             await self._sort(queue.get_nowait(), first, backlog, urgent, sheddable)
                             taken += 1
+                        self._resume_reading()
                         jump = len(backlog) > _IN_ORDER
                         batch: list[tuple[str, bytes]] = []
                         while len(batch) < _MAX_BATCH and (first or backlog):
@@ -267,8 +272,7 @@ class Bus:
         self._arrived += 1
         (first if urgent(topic) else backlog).append((self._arrived, topic, _payload(message)))
 
-    @staticmethod
-    def _read_more(client: aiomqtt.Client) -> None:
+    def _read_more(self, client: aiomqtt.Client) -> None:
         """Read up to ``_READS_PER_WAKE`` packets each time the socket is readable.
 
         aiomqtt's reader reads one packet per wake of the event loop (paho's
@@ -278,8 +282,9 @@ class Bus:
         ``max_queued_messages``, incident reports included: a herd of 100,000 statuses
         lost two thirds of them, and 40 % of the reports sent meanwhile (measured,
         benchmarks/RESULTS.md). Read on while each read brings a message, so that a
-        backlog waits here, bounded (``max_queued_incoming_messages``), where reports are
-        taken first (`_run_prioritised`).
+        backlog waits here, where reports are taken first (`_run_prioritised`). Reading
+        pauses while ``_READ_AHEAD`` messages wait in the client's queue (over its bound
+        aiomqtt drops them) and resumes once the bus has taken half of them.
         """
         paho = client._client
         queue = client._queue
@@ -292,22 +297,39 @@ class Bus:
             buffered = _BufferedSocket(sock)
             paho._sock = buffered
 
+        fd = sock.fileno()
+        paused = False
+
         def read() -> None:
+            nonlocal paused
             try:
                 for _ in range(_READS_PER_WAKE):
                     before = queue.qsize()
                     paho.loop_read()
-                    if queue.qsize() == before or queue.full():
+                    if queue.qsize() == before or queue.qsize() >= _READ_AHEAD:
                         break  # nothing more waiting (or not a message: next wake)
-                if buffered is not None and buffered.buffered and not queue.full():
+                if queue.qsize() >= _READ_AHEAD:
+                    # Far enough ahead: the rest waits in the socket and the broker
+                    # (aiomqtt would drop what is over its queue's bound) until `resume`.
+                    loop.remove_reader(fd)
+                    paused = True
+                elif buffered is not None and buffered.buffered:
                     # Bytes read ahead are not seen by the loop's readiness test.
                     loop.call_soon(read)
             except Exception as exc:  # as aiomqtt's own reader: the link is broken
                 if not client._disconnected.done():
                     client._disconnected.set_exception(exc)
 
-        loop.remove_reader(sock.fileno())
-        loop.add_reader(sock.fileno(), read)
+        def resume() -> None:
+            nonlocal paused
+            if paused and queue.qsize() < _READ_AHEAD // 2 and paho.socket() is not None:
+                paused = False
+                loop.add_reader(fd, read)
+                loop.call_soon(read)
+
+        loop.remove_reader(fd)
+        loop.add_reader(fd, read)
+        self._resume_reading = resume
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic, qos in self.subscriptions:
@@ -400,6 +422,10 @@ class _BufferedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _never(_topic: str) -> bool:
