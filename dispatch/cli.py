@@ -1,5 +1,6 @@
 """The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same);
-``dispatch archive`` runs the archive writer alone (docs/reports.md).
+``dispatch archive`` runs the archive writer alone (docs/reports.md); ``dispatch gateway`` runs
+a location gateway (docs/deployment.md).
 
 It parses arguments and loads the configuration; the objects are built by the
 composition root, dispatch/wiring.py.
@@ -63,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument("--config", help="a TOML file (see config/default.toml)")
     archive.add_argument("--instance", help="this writer's name among several (consumer name)")
     archive.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    gateway = sub.add_parser(
+        "gateway",
+        help="run a location gateway (with [gateway] enabled = true in the engine's config)",
+        description="Run one location gateway: it shares the volunteers' locations with the "
+        "other gateways (an MQTT shared subscription), validates them as the engine does, "
+        "stores them in Redis and hands the engine batches of moves. Run one or more beside "
+        "an engine whose config has [gateway] enabled = true; use the engine's config file. "
+        "See docs/deployment.md.",
+    )
+    gateway.add_argument("--mqtt", help="broker URL, e.g. mqtt://gateway:secret@127.0.0.1:1884")
+    gateway.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
+    gateway.add_argument("--topic-root", help="the engine's topic root (default: dispatch)")
+    gateway.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
+    gateway.add_argument("--instance", help="this gateway's name, unique among gateways")
+    gateway.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser(
         "demo",
         help="run the engine with simulated volunteers and incidents on throwaway servers",
@@ -153,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "run":
         return _run(config)
+    if args.command == "gateway":
+        return _run(config, gateway=True)
     if args.command == "archive":
         if not config.postgres_url:
             print(
@@ -165,15 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
-def _run(config: Config, *, archive_only: bool = False) -> int:
+def _run(config: Config, *, archive_only: bool = False, gateway: bool = False) -> int:
     async def start() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        from dispatch.wiring import archive, serve
+        from dispatch.wiring import archive, run_gateway, serve
 
-        await (archive if archive_only else serve)(config, stop)
+        if gateway:
+            await run_gateway(config, stop)
+        else:
+            await (archive if archive_only else serve)(config, stop)
 
     try:
         import uvloop

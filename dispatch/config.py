@@ -111,6 +111,12 @@ class Config:
     push_queue: int = 1000
     push_workers: int = 4
     push_timeout_s: float = 5.0
+    # [gateway]: location gateways (dispatch/gateway.py, docs/deployment.md). enabled: the
+    # engine takes locations as batches of moves from gateways instead of reading them.
+    gateway_enabled: bool = False
+    gateway_group: str = "gateways"
+    gateway_flush_s: float = 0.025
+    gateway_max_moves: int = 250
     kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
     # [area] subdistricts: the deployment's own subdistrict areas (geo.subdistricts); None:
     # none, and reports by subdistrict say so. subdistrict_name: their name property.
@@ -326,6 +332,10 @@ KEYS: tuple[Key, ...] = (
     Key("backends", "mqtt_keepalive_s", 15, _int_range(1, 3600), "mqtt_keepalive_s"),
     Key("backends", "redis_timeout_s", 5.0, _positive, "redis_timeout_s"),
     Key("backends", "redis_health_check_s", 10, _int_range(0, 3600), "redis_health_check_s"),
+    Key("gateway", "enabled", False, lambda v: _flag(v), "gateway_enabled"),
+    Key("gateway", "group", "gateways", lambda v: _share_group(v), "gateway_group"),
+    Key("gateway", "flush_s", 0.025, lambda v: _float_range(0.001, 1.0)(v), "gateway_flush_s"),
+    Key("gateway", "max_moves", 250, _int_range(1, 350), "gateway_max_moves"),
     Key("cluster", "enabled", False, lambda v: _flag(v), "cluster_enabled"),
     Key("cluster", "lease_s", 5.0, _positive, "cluster_lease_s"),
     Key("cluster", "reclaim_idle_s", 5.0, _positive, "cluster_reclaim_idle_s"),
@@ -402,6 +412,22 @@ NOT_CONFIG_VARIABLES = frozenset(
         "DISPATCH_UPDATE_SCREENSHOTS",  # tests/e2e/test_volunteer_page.py
     }
 )
+
+
+def _share_group(value: Any) -> str:
+    # An MQTT shared subscription's group name: no "/", "+" or "#" (MQTT 5, 4.8.2).
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise ValueError(f"a number from {lo} to {hi}")
+        return float(value)
+
+    return check
 
 
 def _flag(value: Any) -> bool:

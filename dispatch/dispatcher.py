@@ -23,7 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -674,13 +674,43 @@ class Dispatcher:
             self._rest(volunteer, now)
 
     def location(self, msg: LocationUpdate, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        self._locate(msg, now, now, effects, stored=False)
+        return effects
+
+    def moves(self, moves: Sequence[LocationUpdate], now: float) -> list[Effect]:
+        """A batch of locations a gateway validated and stored (dispatch/gateway.py).
+
+        Each is handled as `location` handles one (the roster, the index, geofence
+        arrivals, progress checks), with the position timed at its ``ts`` (when the
+        gateway received it, no later than ``now``), but without a SavePosition: the
+        gateway stored it. A move older than the position already held (a status that
+        carried a newer one travelled the other path) is skipped. A move of a volunteer
+        who is off duty forgets the position the gateway stored: positions are not kept
+        off duty.
+        """
+        effects: list[Effect] = []
+        for msg in moves:
+            at = now if msg.ts is None else min(msg.ts, now)
+            self._locate(msg, at, now, effects, stored=True)
+        return effects
+
+    def _locate(
+        self, msg: LocationUpdate, at: float, now: float, effects: list[Effect], *, stored: bool
+    ) -> None:
         volunteer = self.volunteers.get(msg.volunteer_id)
         if volunteer is None:  # kept, but makes nobody available
             volunteer = self.roster.ensure(msg.volunteer_id)
-        effects: list[Effect] = []
         if volunteer.duty is Duty.OFF_DUTY:
-            return effects  # positions are not kept off duty
-        self._set_position(volunteer, msg.lat, msg.lon, now, effects)
+            if stored:
+                effects.append(ForgetPosition(volunteer.id))
+            return  # positions are not kept off duty
+        if stored:
+            if volunteer.seen_at is not None and at < volunteer.seen_at:
+                return  # older than the position held
+            self.roster.set_position(volunteer, msg.lat, msg.lon, at)
+        else:
+            self._set_position(volunteer, msg.lat, msg.lon, now, effects)
         volunteer.accuracy_m = msg.accuracy_m
         if volunteer.engaged is not None:
             incident = self.incidents.get(volunteer.engaged)
@@ -700,7 +730,6 @@ class Dispatcher:
                     self._check_progress(incident, volunteer, distance, now, effects)
         else:
             self.roster.refresh(volunteer)
-        return effects
 
     def _check_progress(
         self,

@@ -48,7 +48,7 @@ from dispatch.ports import Ownership, ReportOutcome
 from dispatch.store import Store, StoredVolunteer
 from dispatch.wire import Wire
 
-__all__ = ["Alone", "Engine", "Message"]
+__all__ = ["Alone", "Engine", "Message", "mask_numbers"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,12 @@ class Engine:
                 else:  # pragma: no cover - the codec returns nothing else
                     raise TypeError(f"unexpected message {msg!r}")
             await self._execute(effects, now)
+
+    async def moves(self, moves: Sequence[LocationUpdate], now: float) -> None:
+        """A batch of moves from a location gateway (`Dispatcher.moves`), in one call
+        under the lock; the gateway stored the positions."""
+        async with self._lock:
+            await self._execute(self.core.moves(moves, now), now)
 
     async def act(self, action: str, incident_id: str, by: str, **kwargs: Any) -> dict[str, Any]:
         """cancel, resolve, escalate, assign or amend; returns the incident's public state.
@@ -377,7 +383,7 @@ class Engine:
             return  # another instance answers it, or already did
         self.metrics.rejected.labels(reason=err.code).inc()
         # Reasons echo what was sent: numbers are masked so no coordinate reaches a log.
-        reason = _NUMBER.sub("#", err.reason)
+        reason = mask_numbers(err.reason)
         log.info("rejected message on %s: %s (%s)", err.topic, err.code, reason)
         await self.publish(
             [Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), qos=1)]
@@ -447,6 +453,11 @@ class Alone:
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
         return await self.engine.act(action, incident_id, by, **kwargs)
+
+
+def mask_numbers(text: str) -> str:
+    """``text`` with every number that has a fraction or an exponent replaced by "#"."""
+    return _NUMBER.sub("#", text)
 
 
 def _last_states(outbound: list[Outbound]) -> list[Outbound]:

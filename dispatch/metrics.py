@@ -42,6 +42,12 @@ class Metrics:
         self.messages = Counter(
             "dispatch_messages_received_total", "Messages received, by type", ["type"], registry=r
         )
+        self.move_batches = Counter(
+            "dispatch_move_batches_total",
+            "Batches of moves from location gateways, by outcome (applied, malformed)",
+            ["outcome"],
+            registry=r,
+        )
         self.alerts = Counter(
             "dispatch_alerts_sent_total", "Alerts sent to volunteers, by wave", ["wave"], registry=r
         )

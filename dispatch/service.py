@@ -32,17 +32,18 @@ from dispatch.bus import Bus
 from dispatch.codec import Codec
 from dispatch.config import Config
 from dispatch.dispatcher import Dispatcher
-from dispatch.engine import Alone, Engine
+from dispatch.engine import Alone, Engine, mask_numbers
 from dispatch.errors import BackendUnavailable, BadMessage, Reason
 from dispatch.metrics import Metrics
 from dispatch.model import LocationUpdate, Report, StatusUpdate, is_valid_id
+from dispatch.moves import BadBatch, decode_moves
 from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
 from dispatch.push import Pusher
 from dispatch.store import Store
 from geo.area import ServiceArea
 from geo.subdistricts import Subdistricts
 
-__all__ = ["ReportOutcome", "Service"]
+__all__ = ["ReportOutcome", "Service", "moves_topic", "retained_error"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,13 @@ class Service:
         # (about 20 µs: half the engine's time at 5,000 locations/s), and MQTT 5 is needed
         # only for what the engine publishes (message expiry), on the main connection.
         subscriptions = self.codec.subscriptions()
+        # Location gateways (dispatch/gateway.py): locations come in batches of moves from
+        # them, on a topic only gateways may publish on (the broker's ACL).
+        self._moves_topic = moves_topic(self.codec)
+        if config.gateway_enabled:
+            location = self.codec.topic("volunteers", "+", "location")
+            subscriptions = [s for s in subscriptions if s[0] != location]
+            subscriptions.append((self._moves_topic, 1))
         # Web Push (dispatch/push.py): subscriptions come in on volunteers/+/push.
         self.pusher: Pusher | None = None
         if config.push_enabled:
@@ -356,6 +364,9 @@ class Service:
     async def on_message(self, topic: str, payload: bytes) -> None:
         """One MQTT message, start to finish. Never raises for bad input."""
         now = self.clock()
+        if topic == self._moves_topic and self.config.gateway_enabled:
+            await self._on_moves(payload, now)
+            return
         self.ownership.begin(topic, payload)  # what "only one instance answers" keys on
         if self.pusher is not None and self.codec.push_volunteer(topic) is not None:
             await self._on_push(topic, payload, now)
@@ -372,6 +383,24 @@ class Service:
         await self.engine.handle([msg], now)
         if not isinstance(msg, LocationUpdate):
             self.engine.gauges_stale = True
+
+    async def _on_moves(self, payload: bytes, now: float) -> None:
+        """A batch of moves from a location gateway: applied in one call, or, if it is
+        not what a gateway sends, dropped and counted (never answered on ``rejected``:
+        only gateways may publish there, so a malformed batch is a bug or a breach)."""
+        try:
+            moves = decode_moves(
+                payload, now=now, future_tolerance_s=self.config.future_tolerance_s
+            )
+        except BadBatch as exc:
+            self.metrics.move_batches.labels(outcome="malformed").inc()
+            # The reason may echo a coordinate: numbers masked, as for rejections.
+            log.warning("malformed batch of moves dropped: %s", mask_numbers(str(exc)))
+            return
+        self.metrics.move_batches.labels(outcome="applied").inc()
+        if moves:
+            self.metrics.messages.labels(type="LocationUpdate").inc(len(moves))
+            await self.engine.moves(moves, now)
 
     async def _on_push(self, topic: str, payload: bytes, now: float) -> None:
         """A page's push subscription (dispatch/push.py); never raises for bad input."""
@@ -469,8 +498,14 @@ class Service:
 
 
 def _is_location(topic: str) -> bool:
-    """Locations: QoS 0, replaced by the next in seconds; shed when far behind (Bus.run)."""
-    return topic.endswith("/location")
+    """Locations (and gateways' batches of them): replaced by the next in seconds; shed
+    when far behind (Bus.run)."""
+    return topic.endswith(("/location", "/internal/moves"))
+
+
+def moves_topic(codec: Codec) -> str:
+    """Where location gateways publish their batches of moves (dispatch/moves.py)."""
+    return codec.topic("internal", "moves")
 
 
 def retained_error(topic: str, payload: bytes) -> BadMessage:

@@ -23,13 +23,14 @@ from dispatch.archive import Archive
 from dispatch.archiver import Archiver
 from dispatch.cluster import Cluster, FencedStore
 from dispatch.config import Config
+from dispatch.gateway import Gateway
 from dispatch.metrics import Metrics
 from dispatch.service import Service
 from dispatch.store import Store
 from dispatch.web import listen, make_app
 from geo.area import ServiceArea
 
-__all__ = ["archive", "build", "build_archiver", "serve"]
+__all__ = ["archive", "build", "build_archiver", "run_gateway", "serve"]
 
 log = logging.getLogger("dispatch")
 
@@ -78,6 +79,24 @@ async def archive(config: Config, stop: asyncio.Event) -> None:
     finally:
         await archiver.archive.close()
         await archiver.store.close()
+
+
+async def run_gateway(config: Config, stop: asyncio.Event) -> None:
+    """One location gateway, until ``stop`` is set (``dispatch gateway``)."""
+    if not config.gateway_enabled:
+        log.warning(
+            "this config has [gateway] enabled = false: an engine started with it reads "
+            "locations itself and ignores this gateway's batches (positions are still "
+            "stored); set [gateway] enabled = true (DISPATCH_GATEWAY_ENABLED=true) for both"
+        )
+    gateway = Gateway(config)
+    log.info(
+        "location gateway on %s (MQTT %s, topic root '%s')",
+        gateway.filter,
+        config.mqtt_url.split("@")[-1],
+        config.topic_root,
+    )
+    await gateway.run(stop)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:

@@ -2,7 +2,7 @@
 
 The pure core is every module in geo/ and these in dispatch/: model, codec, errors,
 lifecycle, policy, dispatcher, records, roster, timers, effects, wire, coverage,
-config. This test reads their source with `ast`, follows their imports of project
+config, moves. This test reads their source with `ast`, follows their imports of project
 modules transitively (a module's parent packages included, since importing
 dispatch.model runs dispatch/__init__.py), and fails if any of them imports asyncio,
 redis, aiomqtt, aiohttp, time or socket, or touches os.environ / os.getenv. config.py
@@ -41,6 +41,7 @@ PURE_DISPATCH = (
     "roster",
     "timers",
     "wire",
+    "moves",
 )
 FORBIDDEN_MODULES = frozenset({"asyncio", "redis", "aiomqtt", "aiohttp", "time", "socket"})
 ENV_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"})

@@ -1,0 +1,218 @@
+"""A location gateway: takes the volunteers' locations off the engine's core.
+
+``dispatch gateway`` (docs/deployment.md, "Location gateways"). N of them share the
+location topic through a shared subscription (``$share/<group>/<root>/volunteers/+/
+location``: the broker hands each location to one of them). Each location is validated
+with the engine's own codec; a bad one is answered on ``<root>/rejected`` with the very
+payload the engine would send. The newest position of each volunteer is kept, and every
+``[gateway] flush_s`` (or as soon as ``max_moves`` volunteers moved) the gateway writes
+them to Redis (`Store.save_positions`: the keys and format the engine writes, so a
+restarted engine reads them) and then publishes them to the engine as one batch of
+moves on ``<root>/internal/moves`` (QoS 1; the format is in dispatch/moves.py).
+
+The gateway connects with MQTT 3.1.1, as the engine's inbound connection does: paho
+builds an MQTT 5 properties object for every message received under MQTT 5 (about
+20 µs, as much as the rest of a location's handling). Mosquitto accepts ``$share/``
+filters from 3.1.1 clients.
+
+While Redis is down, batches still reach the engine (its index stays current) and the
+positions are kept, newest first, and written once Redis answers. A gateway that dies
+loses what it held (at most one ``flush_s`` of QoS 0 locations); the broker gives its
+share to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from dispatch.bus import Bus
+from dispatch.codec import Codec
+from dispatch.config import Config
+from dispatch.effects import Publish, SavePosition
+from dispatch.engine import mask_numbers
+from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.model import LocationUpdate
+from dispatch.moves import Move, encode_moves, split
+from dispatch.service import moves_topic, retained_error
+from dispatch.store import Store
+from geo.area import ServiceArea
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+_STATS_S = 60.0  # how often a gateway logs what it did
+
+
+class Gateway:
+    """One location gateway: a shared subscription in, Redis and batches of moves out."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        area: ServiceArea | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        area = area or ServiceArea.from_geojson(
+            config.area_geojson, cell_size_m=config.cell_size_m, name=config.area_name
+        )
+        # The engine's codec, configured as the engine's: the same checks, the same
+        # rejections.
+        self.codec = Codec(
+            root=config.topic_root,
+            max_payload_bytes=config.max_payload_bytes,
+            in_area=area.contains,
+            area_name=area.name,
+            future_tolerance_s=config.future_tolerance_s,
+        )
+        self.store = store if store is not None else Store.from_config(config)
+        self.topic = moves_topic(self.codec)
+        self.filter = (
+            f"$share/{config.gateway_group}/{self.codec.topic('volunteers', '+', 'location')}"
+        )
+        instance = config.instance or f"{random.getrandbits(32):08x}"
+        self.bus = Bus(
+            config.mqtt_url,
+            client_id=f"dispatch-gateway-{config.topic_root}-{instance}"[:64],
+            subscriptions=[(self.filter, 0)],
+            protocol=4,
+            keepalive=config.mqtt_keepalive_s,
+            on_retained=self.on_retained,
+        )
+        self.max_moves = config.gateway_max_moves
+        self.flush_s = config.gateway_flush_s
+        self._pending: dict[str, Move] = {}  # newest move per volunteer, since the last batch
+        self._unsaved: dict[str, Move] = {}  # moves sent while Redis was down
+        self._full = asyncio.Event()  # max_moves volunteers waiting: send now
+        # What it did, for the log and the tests.
+        self.received = 0
+        self.rejected = 0
+        self.batches = 0
+        self.moves = 0
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then send what is held and stop."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(
+                    self.bus.run(self.on_location, handle_batch=self.on_locations), name="mqtt"
+                ),
+                tg.create_task(self._flush_forever(), name="batches"),
+                tg.create_task(self._stats_forever(), name="stats"),
+            ]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+            # As in Service.run: aiomqtt can swallow a cancellation; cancel until done.
+            while pending := [t for t in tasks if not t.done()]:
+                await asyncio.wait(pending, timeout=1.0)
+                for task in pending:
+                    task.cancel()
+        self._log_stats()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.store.close(), 2)
+        log.info("stopped")
+
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.flush_s)
+            self._full.clear()
+            await self.flush()
+
+    async def _stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_STATS_S)
+            self._log_stats()
+
+    def _log_stats(self) -> None:
+        log.info(
+            "received %d locations (%d rejected), sent %d moves in %d batches",
+            self.received,
+            self.rejected,
+            self.moves,
+            self.batches,
+        )
+
+    # ------------------------------------------------------------------ inbound
+
+    async def on_location(self, topic: str, payload: bytes) -> None:
+        """One location; never raises for bad input."""
+        self._take(topic, payload, self.clock())
+
+    async def on_locations(self, batch: list[tuple[str, bytes]]) -> None:
+        now = self.clock()
+        for topic, payload in batch:
+            self._take(topic, payload, now)
+
+    def _take(self, topic: str, payload: bytes, now: float) -> None:
+        self.received += 1
+        try:
+            msg = self.codec.decode(topic, payload, now)
+        except BadMessage as err:
+            self.reject(err, now)
+            return
+        if not isinstance(msg, LocationUpdate):  # pragma: no cover - only locations come
+            return
+        vid = msg.volunteer_id
+        # The newest per volunteer; re-inserted so that the batch is in arrival order.
+        self._pending.pop(vid, None)
+        self._pending[vid] = (vid, msg.lat, msg.lon, msg.accuracy_m, now)
+        if len(self._pending) >= self.max_moves:
+            self._full.set()
+
+    async def on_retained(self, topic: str, payload: bytes) -> None:
+        """A retained location: refused as the engine refuses one (`Service.on_retained`)."""
+        if payload:
+            self.reject(retained_error(topic, payload), self.clock())
+
+    def reject(self, err: BadMessage, now: float) -> None:
+        """Answer a bad location on ``rejected``, with the payload the engine would send."""
+        self.rejected += 1
+        log.info("rejected message on %s: %s (%s)", err.topic, err.code, mask_numbers(err.reason))
+        self._send(Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), 1))
+
+    # ------------------------------------------------------------------ outbound
+
+    async def flush(self) -> None:
+        """Store the moves held, then hand them to the engine, in batches of ``max_moves``.
+
+        Stored first, so that an engine restarted after it applied a batch finds its
+        positions in Redis. Redis down: the batch goes to the engine all the same, and
+        the positions wait (newer ones replacing them) for the next flush.
+        """
+        if not self._pending and not self._unsaved:
+            return
+        moves, self._pending = self._pending, {}
+        unsaved = {**self._unsaved, **moves}
+        try:
+            await self.store.save_positions(
+                SavePosition(vid, lat, lon, t) for vid, lat, lon, _, t in unsaved.values()
+            )
+            self._unsaved = {}
+        except BackendUnavailable as exc:
+            if not self._unsaved:
+                log.warning("positions not stored (%s); the engine still gets them", exc)
+            self._unsaved = unsaved
+        for chunk in split(list(moves.values()), self.max_moves):
+            self._send(Publish(self.topic, encode_moves(chunk), 1))
+            self.batches += 1
+            self.moves += len(chunk)
+
+    def _send(self, message: Publish) -> None:
+        try:
+            self.bus.send(message)
+        except BackendUnavailable as exc:
+            # Not connected: the locations are replaced by the next ones in seconds.
+            log.warning("publish to %s failed: %s", message.topic, exc)
