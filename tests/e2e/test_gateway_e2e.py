@@ -72,7 +72,8 @@ class GatewayProcess:
     def wait_connected(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while "connected to MQTT broker" not in self.log():
-            assert self.proc is not None and self.proc.poll() is None, self.log()
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, (
                 f"gateway {self.name} never connected:\n{self.log()}"
             )
