@@ -15,6 +15,11 @@ It speaks only the public protocol (MQTT + HTTP), like any outside load tester:
    ``dispatch_messages_received_total{type="LocationUpdate"}`` before and after), and
    the engine's CPU and memory (psutil, when the engine's pid is known).
 
+``--gateways N`` (with --start-engine or --start-servers) starts the engine with
+``[gateway] enabled = true`` and N ``dispatch gateway`` processes beside it
+(docs/deployment.md, "Location gateways"); the gateways' CPU (their sum, % of one
+core) is reported apart from the engine's.
+
 The pool must not drain: by default the first alerted volunteer of each incident
 accepts (the incident is then filled and the other alerted volunteers are stood down,
 back in the pool: an engine this script starts runs without backups, and alerts
@@ -440,6 +445,7 @@ class EngineProcess:
         config: str | None,
         log_level: str,
         engine_dir: Path = REPO,
+        gateways: int = 0,
     ) -> None:
         self.http = f"127.0.0.1:{free_port()}"
         # Kept open for the child's lifetime; closed (and deleted) in stop().
@@ -465,6 +471,34 @@ class EngineProcess:
         env = dict(os.environ)
         if not config:  # the same policy for a baseline checkout (--engine-dir)
             env.update(LOAD_POLICY)
+        if gateways:
+            env["DISPATCH_GATEWAY_ENABLED"] = "true"
+        # The location gateways (--gateways), each with a log of its own.
+        self.gateways: list[subprocess.Popen[bytes]] = []
+        self.gateway_logs: list[Any] = []
+        for i in range(gateways):
+            log = tempfile.NamedTemporaryFile(prefix=f"loadtest-gateway{i}-", suffix=".log")  # noqa: SIM115
+            self.gateway_logs.append(log)
+            gw_argv = [
+                sys.executable, "-m", "dispatch", "gateway",
+                "--mqtt", mqtt_url,
+                "--redis", redis_url,
+                "--topic-root", root,
+                "--log-level", log_level,
+                "--instance", f"gw{i}",
+            ]  # fmt: skip
+            if config:
+                gw_argv += ["--config", config]
+            self.gateways.append(
+                subprocess.Popen(
+                    gw_argv,
+                    cwd=engine_dir,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         self.proc = subprocess.Popen(
             # ``-m dispatch`` imports from the working directory first: --engine-dir runs
             # another checkout (a baseline) against the same harness.
@@ -484,14 +518,18 @@ class EngineProcess:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in [*self.gateways, self.proc]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.gateways, self.proc]:
             try:
-                self.proc.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                proc.kill()
+                proc.wait(5)
         self.log.close()
+        for log in self.gateway_logs:
+            log.close()
 
 
 def wait_ready(base: str, timeout: float, engine: EngineProcess | None) -> None:
@@ -510,8 +548,9 @@ def wait_ready(base: str, timeout: float, engine: EngineProcess | None) -> None:
 class CpuMeter:
     """The engine's CPU seconds and resident memory, by pid (psutil, else /proc)."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, gateway_pids: Sequence[int] = ()) -> None:
         self.proc: Any = None
+        self.gateways: list[Any] = []
         if pid is None:
             return
         try:
@@ -520,6 +559,13 @@ class CpuMeter:
             print("load_test: psutil not installed: no engine CPU/RSS figures", file=sys.stderr)
             return
         self.proc = psutil.Process(pid)
+        self.gateways = [psutil.Process(p) for p in gateway_pids]
+
+    def gateways_cpu_s(self) -> float | None:
+        """The location gateways' CPU seconds, summed; None without gateways."""
+        if not self.gateways:
+            return None
+        return float(sum(t.user + t.system for t in (g.cpu_times() for g in self.gateways)))
 
     def cpu_s(self) -> float | None:
         if self.proc is None:
@@ -554,6 +600,8 @@ class StepResult:
     engine_decision_p99_le_ms: float | None  # the engine's own view: receipt to first alert
     engine_cpu_percent: float | None
     engine_rss_mb: float | None
+    gateways: int = 0  # location gateways beside the engine (--gateways)
+    gateways_cpu_percent: float | None = None  # their CPU, summed, % of one core
     slowest: list[tuple[float, float]] = field(default_factory=list)  # (ms, sent at s)
     herd_sent: int = 0  # statuses re-sent by the herd (--herd) during the step
     herd_sent_s: float | None = None  # how long sending them took
@@ -728,6 +776,7 @@ def run_step(
     rng = random.Random(args.seed * 1000 + step)
     before = scrape(base)
     cpu0, t0 = meter.cpu_s(), time.time()
+    gw_cpu0 = meter.gateways_cpu_s()
     statuses0 = metric_sum(before, "dispatch_messages_received_total", type="StatusUpdate")
     ids: list[str] = []
     n = round(incident_rate * args.duration)
@@ -741,6 +790,7 @@ def run_step(
     time.sleep(max(0.0, t0 + args.duration - time.time()))
     t1 = time.time()
     cpu1 = meter.cpu_s()
+    gw_cpu1 = meter.gateways_cpu_s()
     after = scrape(base)
     rss = meter.rss_mb()
     # Late alerts still count (up to the timeout), the locations keep flowing meanwhile.
@@ -832,6 +882,12 @@ def run_step(
             None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) / elapsed * 100, 1)
         ),
         engine_rss_mb=None if rss is None else round(rss, 1),
+        gateways=len(meter.gateways),
+        gateways_cpu_percent=(
+            None
+            if gw_cpu0 is None or gw_cpu1 is None
+            else round((gw_cpu1 - gw_cpu0) / elapsed * 100, 1)
+        ),
         slowest=[(round(ms, 2), round(at, 3)) for ms, at in reversed(slowest)],
         herd_sent=herd_sent,
         herd_sent_s=None if herd_s is None else round(herd_s, 2),
@@ -903,8 +959,9 @@ def table(steps: Sequence[StepResult]) -> str:
 
     lines = [
         "| locations/s offered | sent | ingested | incidents/s | incidents | lost | rejected "
-        "| p50 ms | p99 ms | p99.9 ms | max ms | engine p99 ≤ ms | engine CPU % | RSS MB | ok |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| p50 ms | p99 ms | p99.9 ms | max ms | engine p99 ≤ ms | engine CPU % | RSS MB "
+        "| gateways | gateways CPU % | ok |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in steps:
         lat = s.latency_ms
@@ -915,6 +972,7 @@ def table(steps: Sequence[StepResult]) -> str:
             f"| {f(lat['p99'], '{:.2f}')} | {f(lat['p99.9'], '{:.2f}')} "
             f"| {f(lat['max'], '{:.2f}')} | {f(s.engine_decision_p99_le_ms, '{:g}')} "
             f"| {f(s.engine_cpu_percent)} | {f(s.engine_rss_mb)} "
+            f"| {s.gateways} | {f(s.gateways_cpu_percent)} "
             f"| {'yes' if s.ok else 'NO'} |"
         )
     return "\n".join(lines)
@@ -1030,6 +1088,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the checkout whose engine --start-engine runs (e.g. a baseline to compare)",
     )
     where.add_argument(
+        "--gateways",
+        type=int,
+        default=0,
+        help="start this many location gateways beside the engine (needs --start-engine or "
+        "--start-servers) and run the engine with [gateway] enabled; their CPU is reported "
+        "apart from the engine's",
+    )
+    where.add_argument(
         "--engine-log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -1120,6 +1186,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--volunteers, --incident-rate and --duration must be positive")
     if args.location_rate < 0:
         p.error("--location-rate must not be negative")
+    if not 0 <= args.gateways <= 16:
+        p.error(f"--gateways must be between 0 and 16, not {args.gateways}")
+    if args.gateways and not args.start_engine:
+        p.error("--gateways needs --start-engine or --start-servers (it starts them)")
     if not 0 <= args.herd <= args.volunteers:
         p.error(f"--herd must be between 0 and --volunteers ({args.volunteers}), not {args.herd}")
     if args.herd and not args.herd_within > 0:
@@ -1152,9 +1222,11 @@ def environment(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
                 args.config,
                 args.engine_log_level,
                 Path(args.engine_dir),
+                args.gateways,
             )
             args.http = engine.url
             args.engine_pid = engine.proc.pid
+            args.gateway_pids = [g.pid for g in engine.gateways]
             print(f"engine pid {engine.proc.pid} at {engine.url}", file=sys.stderr)
         wait_ready(args.http, 60, engine)
         yield args.http, args.engine_pid
@@ -1180,7 +1252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = uuid.uuid4().hex[:6]
     steps: list[StepResult] = []
     with environment(args) as (base, pid):
-        meter = CpuMeter(pid)
+        meter = CpuMeter(pid, getattr(args, "gateway_pids", ()))
         points = homes(area, args.volunteers, args.seed)
         vids = [f"lt{run_id}-{i}" for i in range(args.volunteers)]
         baseline = metric_sum(scrape(base), "dispatch_available_volunteers")
