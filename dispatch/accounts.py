@@ -61,7 +61,7 @@ __all__ = [
 
 DEFAULT_PASSWORD_FILE = Path("/etc/mosquitto/dispatch/passwords")
 DEFAULT_ACL_FILE = Path("/etc/mosquitto/dispatch/acl")
-ROLES = ("volunteer", "reporter", "operator", "engine")
+ROLES = ("volunteer", "reporter", "operator", "engine", "gateway")
 # mosquitto_passwd 2.0 uses 101; more costs an attacker with a stolen file more. The
 # broker reads the count from each line and verifies at every connect (~1 ms here).
 ITERATIONS = 1000
@@ -129,6 +129,15 @@ def acl_block(account_id: str, role: str, root: str = "dispatch") -> list[str]:
             f"topic write {root}/incidents/report",
             f"topic read {root}/incidents/+/state",
             f"topic read {root}/rejected",
+        ]
+    elif role == "gateway":
+        # A location gateway (dispatch/gateway.py): reads every location (through a shared
+        # subscription), answers bad ones on rejected, and is the only role besides the
+        # engine that may publish batches of moves, which the engine takes as validated.
+        topics = [
+            f"topic read {root}/volunteers/+/location",
+            f"topic write {root}/internal/moves",
+            f"topic write {root}/rejected",
         ]
     else:
         raise AccountError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

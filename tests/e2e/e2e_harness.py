@@ -651,6 +651,81 @@ class Engine:
         return body
 
 
+class GatewayProcess:
+    """``python -m dispatch gateway`` beside ``engine`` (its Redis and topic root) as a
+    child process, its output in a log file."""
+
+    def __init__(
+        self, engine: Engine, name: str, log_path: Path, mqtt_url: str | None = None
+    ) -> None:
+        self.engine = engine
+        self.mqtt_url = mqtt_url or engine.mqtt_url  # its own account's, if given
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+        env["DISPATCH_GATEWAY_ENABLED"] = "true"
+        env["DISPATCH_LOG_LEVEL"] = "info"
+        argv = [
+            sys.executable, "-m", "dispatch", "gateway",
+            "--mqtt", self.mqtt_url,
+            "--redis", self.engine.redis_url,
+            "--topic-root", self.engine.topic_root,
+            "--instance", self.name,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ENGINE_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        return self
+
+    def wait_connected(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "connected to MQTT broker" not in self.log():
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, (
+                f"gateway {self.name} never connected:\n{self.log()}"
+            )
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def received(self) -> int:
+        """Locations received, from the line the gateway logs when it stops."""
+        found = re.findall(r"received (\d+) locations", self.log())
+        assert found, f"gateway {self.name} logged no totals:\n{self.log()}"
+        return int(found[-1])
+
+
 @contextlib.contextmanager
 def running(engine: Engine) -> Iterator[Engine]:
     """Start, yield, and SIGTERM the engine (asserting exit 0); kill it whatever happens."""

@@ -26,7 +26,17 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import servers
-from e2e_harness import REPO, TOKEN, XIAOYING, Engine, MqttClient, Subscription, running, uid
+from e2e_harness import (
+    REPO,
+    TOKEN,
+    XIAOYING,
+    Engine,
+    GatewayProcess,
+    MqttClient,
+    Subscription,
+    running,
+    uid,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dispatch import localservers
@@ -487,6 +497,85 @@ def test_the_engine_works_end_to_end_through_its_own_account(
             for client in (reporter, b, a):
                 client.close()
             engine.post(f"/api/incidents/{iid}/cancel", token=TOKEN)
+
+
+def test_only_gateways_publish_moves_and_a_gateway_works_through_its_account(
+    broker: SecureBroker, redis_url: str, tmp_path: Path
+) -> None:
+    """Location gateways (docs/security.md): batches of moves on dispatch/internal/moves
+    come from gateway accounts only; the engine applies them, and drops (and counts) a
+    malformed one without answering it."""
+    broker.add("engine-gw", "engine")
+    broker.add("gw-acct", "gateway")
+    broker.add("vol-gw", "volunteer")
+    broker.add("rep-gw", "reporter")
+    broker.add("ops-gw", "operator")
+    engine = Engine(
+        mqtt_url=broker.url("engine-gw", engine=True),
+        redis_url=redis_url,
+        topic_root=ROOT,
+        log_path=tmp_path / "engine.log",
+        env={"DISPATCH_GATEWAY_ENABLED": "true"},
+        token=TOKEN,
+    )
+    gateway = GatewayProcess(
+        engine, "acl", tmp_path / "gateway.log", mqtt_url=broker.url("gw-acct", engine=True)
+    )
+    moves = f"{ROOT}/internal/moves"
+    iid = uid("aclgw")
+    with running(engine):
+        gateway.start()
+        vol = MqttClient(broker.url("vol-gw"), name="vol-gw")
+        rep = MqttClient(broker.url("rep-gw"), name="rep-gw")
+        ops = MqttClient(broker.url("ops-gw"), name="ops-gw")
+        gw = MqttClient(broker.url("gw-acct", engine=True), name="gw-acct")
+        watcher = MqttClient(broker.url("engine-gw", engine=True), name="watcher")
+        try:
+            gateway.wait_connected()
+            batches = watcher.subscribe(moves)
+            rejected = watcher.subscribe(f"{ROOT}/rejected")
+            inbox = vol.subscribe(f"{ROOT}/volunteers/vol-gw/#")
+            lat, lon = XIAOYING
+            vol.publish(
+                f"{ROOT}/volunteers/vol-gw/status",
+                {"status": "available", "skills": ["first_aid"], "lat": lat + 0.01, "lon": lon},
+            )
+            # The location reaches the engine through the gateway's account.
+            vol.publish(
+                f"{ROOT}/volunteers/vol-gw/location", {"lat": lat + 0.0005, "lon": lon}, qos=0
+            )
+            batches.wait_for(lambda m: b"vol-gw" in m.payload, what="(the gateway's batch)")
+            rep.publish(
+                f"{ROOT}/incidents/report", {"id": iid, "kind": "medical", "lat": lat, "lon": lon}
+            )
+            alert = inbox.wait_for(lambda m: m.topic.endswith("/alert")).json
+            assert alert["distance_m"] < 100, alert  # the gateway's position, not the status's
+
+            # Nobody else may hand the engine moves: a forged batch would place anyone.
+            forged = b'[["vol-gw", 30.2591, 120.1698, null, 1.0]]'
+            for client in (vol, rep, ops):
+                assert publish_code(client, moves, forged) == "Not authorized"
+            # A gateway account may not act as a volunteer either.
+            assert publish_code(gw, f"{ROOT}/volunteers/gw-acct/status", b"{}") == (
+                "Not authorized"
+            )
+            # What a gateway account sends is decoded all the same: malformed is dropped,
+            # counted, never answered.
+            before = engine.metric("dispatch_move_batches_total", outcome="malformed")
+            assert publish_code(gw, moves, b'[["vol-gw", 91.5, 120.0, null, 1.0]]') == "Success"
+            assert eventually(
+                lambda: (
+                    engine.metric("dispatch_move_batches_total", outcome="malformed") == before + 1
+                )
+            )
+            time.sleep(QUIET)
+            assert [m for m in rejected.all() if b"internal" in m.payload] == []
+        finally:
+            for client in (watcher, gw, ops, rep, vol):
+                client.close()
+            engine.post(f"/api/incidents/{iid}/cancel", token=TOKEN)
+            assert gateway.stop() == 0
+            gateway.ensure_dead()
 
 
 # --------------------------------------------------------------------------- client ids

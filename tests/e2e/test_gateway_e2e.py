@@ -10,101 +10,17 @@ gateways stored, and when one gateway is killed the other carries the locations 
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from e2e_harness import (
-    ENGINE_DIR,
-    Engine,
-    Field,
-    Message,
-    _die_with_parent,
-    offset,
-    uid,
-)
+from e2e_harness import Engine, Field, GatewayProcess, Message, offset, uid
 
 GATEWAY_ENV = {"DISPATCH_GATEWAY_ENABLED": "true"}
 # 清河坊, in the district, away from the other e2e modules' places.
 CENTER = (30.2420, 120.1690)
-
-
-class GatewayProcess:
-    """``python -m dispatch gateway`` as a child process, its output in a log file."""
-
-    def __init__(self, engine: Engine, name: str, log_path: Path) -> None:
-        self.engine = engine
-        self.name = name
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> GatewayProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-        env.update(GATEWAY_ENV)
-        env["DISPATCH_LOG_LEVEL"] = "info"
-        argv = [
-            sys.executable, "-m", "dispatch", "gateway",
-            "--mqtt", self.engine.mqtt_url,
-            "--redis", self.engine.redis_url,
-            "--topic-root", self.engine.topic_root,
-            "--instance", self.name,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ENGINE_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-        return self
-
-    def wait_connected(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "connected to MQTT broker" not in self.log():
-            assert self.proc is not None
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, (
-                f"gateway {self.name} never connected:\n{self.log()}"
-            )
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def received(self) -> int:
-        """Locations received, from the line the gateway logs when it stops."""
-        found = re.findall(r"received (\d+) locations", self.log())
-        assert found, f"gateway {self.name} logged no totals:\n{self.log()}"
-        return int(found[-1])
 
 
 @pytest.fixture
