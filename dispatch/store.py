@@ -135,11 +135,25 @@ return 0
 # ARGV[1] the time-to-live in ms, ARGV[i + 1] KEYS[i]'s "lat,lon,at" ("" forgets it).
 # One command instead of a pipeline of SETs: redis-py builds and parses each command in
 # Python, which held the event loop for several ms per flush of 500 (see save_positions).
+# A position older than the one stored is not written: with location gateways
+# (dispatch/gateway.py) the engine (statuses) and the gateways (locations) write the same
+# keys, and a write may land after a newer one.
 _POSITIONS = """
 local ttl = ARGV[1]
 for i, key in ipairs(KEYS) do
   local value = ARGV[i + 1]
-  if value == '' then redis.call('DEL', key) else redis.call('SET', key, value, 'PX', ttl) end
+  if value == '' then
+    redis.call('DEL', key)
+  else
+    local old = redis.call('GET', key)
+    local older = false
+    if old then
+      local was = tonumber(string.match(old, ',([^,]*)$'))
+      local now = tonumber(string.match(value, ',([^,]*)$'))
+      older = was ~= nil and now ~= nil and now < was
+    end
+    if not older then redis.call('SET', key, value, 'PX', ttl) end
+  end
 end
 return #KEYS
 """
@@ -526,7 +540,8 @@ class Store:
     async def save_positions(
         self, positions: Iterable[SavePosition | ForgetPosition], chunk: int = 1000
     ) -> None:
-        """Write (or forget) the last position of each volunteer, one script call per chunk.
+        """Write (or forget) the last position of each volunteer, one script call per chunk;
+        a position older than the one stored is left out (see _POSITIONS).
 
         At most one effect per volunteer (the service coalesces them), so their order does
         not matter. Each chunk is atomic; a failure leaves earlier chunks written, which

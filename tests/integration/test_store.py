@@ -161,6 +161,13 @@ async def test_positions_are_saved_and_forgotten_in_chunks(redis_url: str) -> No
             "v4": None,
         }
         assert 0 < await store.redis.pttl("t:pos:v0") <= 300
+        # An older position never replaces a newer one (a gateway's write landing after
+        # the engine stored a status's newer position); a newer one does.
+        await store.save_positions([SavePosition("v0", 30.3, 120.3, 1000.4)])
+        await store.save_positions([SavePosition("v1", 30.3, 120.3, 1001.5)])
+        got = {v.volunteer_id: v.position for v in await store.volunteers()}
+        assert got["v0"] == (30.25, 120.17, 1000.5)
+        assert got["v1"] == (30.3, 120.3, 1001.5)
         await store.save_positions([])  # nothing to write: no command
         await asyncio.sleep(0.5)
         assert all(v.position is None for v in await store.volunteers())
