@@ -23,6 +23,8 @@ Invariants:
 from __future__ import annotations
 
 import random
+from bisect import insort
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -78,8 +80,11 @@ from geo.distance import haversine_m
 from geo.travel import TravelModel
 
 __all__ = [
+    "DUPLICATE_RADIUS_M",
+    "DUPLICATE_WINDOW_S",
     "Alert",
     "AlertStatus",
+    "BadMerge",
     "Dispatcher",
     "Incident",
     "Responder",
@@ -96,6 +101,26 @@ class UnknownIncident(LookupError):
 class UnknownVolunteer(LookupError):
     """An operator named a volunteer the engine does not know."""
 
+
+class BadMerge(ValueError):
+    """An operator's merge that cannot be carried out: ``code`` names the rule, the message
+    says what to do instead (duplicate reports, docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Duplicate reports: a report of the same kind as an open incident reported at most this
+# far away and this much later is probably the same event (issue 15). A guess for the
+# operator: the second is dispatched as any other until a person merges it.
+DUPLICATE_RADIUS_M = 100.0
+DUPLICATE_WINDOW_S = 180.0
+# At most this many recent reports are kept to compare with (per kind): a flood of
+# reports costs bounded time per report, and at worst misses a duplicate.
+_RECENT_MAX = 512
+# At most this many ids in an incident's ``merged_from`` (each one an operator's action).
+_MERGED_FROM_MAX = 100
 
 # A later acceptor takes a place only when expected on scene at least this much sooner.
 _FASTER_BY_S = 15.0
@@ -135,6 +160,9 @@ class Dispatcher:
         self.incidents: dict[str, Incident] = {}
         self.alerts: dict[str, Alert] = {}
         self.timers = Timers()
+        # The reports of the last DUPLICATE_WINDOW_S, per kind, oldest first:
+        # (reported_at, incident id). Bounded by _RECENT_MAX each.
+        self._recent: dict[Kind, deque[tuple[float, str]]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -227,10 +255,53 @@ class Dispatcher:
         self.incidents[incident.id] = incident
         effects: list[Effect] = []
         self._event(incident, EventType.REPORTED, now, effects, kind=incident.kind.value)
+        self._suspect_duplicate(incident, now, effects)
         self.timers.at(incident.reported_at + self.policy.target_s, TimerKind.TARGET, incident.id)
         self._send_wave(incident, now, effects)
         self._changed(incident, effects)
         return effects
+
+    def _suspect_duplicate(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Link a new incident to the open one of the same kind reported at most
+        DUPLICATE_RADIUS_M away and DUPLICATE_WINDOW_S apart, if any (the nearest; the
+        earlier on a tie). Only a guess for the operator: the new incident is dispatched
+        as usual (help is never held back on a guess). O(reports of that kind in the last
+        window), at most _RECENT_MAX."""
+        recent = self._recent.setdefault(incident.kind, deque())
+        while recent and (
+            len(recent) >= _RECENT_MAX or recent[0][0] < now - 2 * DUPLICATE_WINDOW_S
+        ):
+            recent.popleft()  # reported_at may lag arrival: keep twice the window
+        best: tuple[float, float, str] | None = None
+        for reported_at, other_id in recent:
+            other = self.incidents.get(other_id)
+            if (
+                other is None
+                or other.ended
+                or other.kind is not incident.kind
+                or other.likely_duplicate_of  # link to the first report, not to a copy
+                or abs(incident.reported_at - reported_at) > DUPLICATE_WINDOW_S
+            ):
+                continue
+            distance = haversine_m(incident.lat, incident.lon, other.lat, other.lon)
+            if distance <= DUPLICATE_RADIUS_M:
+                key = (distance, reported_at, other_id)
+                if best is None or key < best:
+                    best = key
+        recent.append((incident.reported_at, incident.id))
+        if best is None:
+            return
+        distance, reported_at, other_id = best
+        incident.likely_duplicate_of = other_id
+        self._event(
+            incident,
+            EventType.DUPLICATE_SUSPECTED,
+            now,
+            effects,
+            of=other_id,
+            distance_m=round(distance, 1),
+            apart_s=round(incident.reported_at - reported_at, 1),
+        )
 
     def _send_wave(self, incident: Incident, now: float, effects: list[Effect]) -> list[Candidate]:
         """Alert the next wave; escalate when nobody can be found or nobody can be in time."""
@@ -1407,6 +1478,80 @@ class Dispatcher:
         self._changed(incident, effects)
         return effects
 
+    def merge(
+        self,
+        incident_id: str,
+        into: str,
+        now: float,
+        by: str = "operator",
+        *,
+        other_kind: bool = False,
+    ) -> list[Effect]:
+        """An operator merges a duplicate report into the incident it reports too.
+
+        The duplicate ends cancelled, with ``merged_into`` set (a 1.0 client sees it
+        cancelled; a reporter following its state learns where to look instead). Its
+        alerted volunteers and responders are stood down (``incident merged ...``); if
+        the incident merged into still needs responders, a search runs at once, in
+        which they, free and near, are first in line: alerted like anyone, they accept
+        the other incident themselves. Nobody is sent anywhere without saying yes.
+
+        Raises UnknownIncident (``incident_id`` or ``into``) and BadMerge: a merge into
+        itself, of an ended (or already merged) incident, into an ended one (so no cycle
+        can form: a merged incident is ended), or of another kind unless ``other_kind``
+        (the operator's say-so).
+        """
+        incident = self._get(incident_id)
+        if into == incident_id:
+            raise BadMerge("merge_into_itself", f"incident '{into}' cannot be merged into itself")
+        if incident.ended:
+            if incident.merged_into:
+                raise BadMerge(
+                    "already_merged",
+                    f"incident '{incident_id}' was already merged into '{incident.merged_into}'",
+                )
+            raise BadMerge(
+                "incident_ended",
+                f"incident '{incident_id}' is {incident.state.value} already: only an open "
+                "incident can be merged",
+            )
+        target = self._get(into)
+        if target.ended:
+            where = f" (merged into '{target.merged_into}')" if target.merged_into else ""
+            raise BadMerge(
+                "target_ended",
+                f"incident '{into}' is {target.state.value}{where}: merge into an open "
+                "incident, or cancel this one",
+            )
+        if target.kind is not incident.kind and not other_kind:
+            raise BadMerge(
+                "other_kind",
+                f"incident '{incident_id}' is a {incident.kind.value} and '{into}' a "
+                f'{target.kind.value}: send "other_kind": true to merge them anyway',
+            )
+        effects = self._end(
+            incident,
+            State.CANCELLED,
+            now,
+            by,
+            reason=AssignmentReason.MERGED,
+            end_reason=f"merged into {into} by {by}",
+            merged_into=into,
+        )
+        if len(target.merged_from) < _MERGED_FROM_MAX:
+            target.merged_from.append(incident_id)
+        if target.likely_duplicate_of == incident_id:  # the first merged into its copy
+            target.likely_duplicate_of = ""
+        self._event(target, EventType.MERGED, now, effects, by=by, merged=incident_id)
+        # The duplicate's volunteers are free now, and the nearest: a search at once.
+        searching = target.still_needed and not (
+            self.policy.playbook.next_wave_only_if_unaccepted and target.responders
+        )
+        if searching and self._alert_best(target, now, effects):
+            self._move(target, State.ALERTING, now, effects, only_from=(State.OPEN,))
+        self._changed(target, effects)
+        return effects
+
     def _moved(self, incident: Incident, now: float, effects: list[Effect]) -> None:
         """The incident is somewhere else now: new ETAs, new directions, a new search."""
         incident.moved_at = now
@@ -1460,19 +1605,34 @@ class Dispatcher:
             address=incident.address,
         )
 
-    def _end(self, incident: Incident, state: State, now: float, by: str) -> list[Effect]:
+    def _end(
+        self,
+        incident: Incident,
+        state: State,
+        now: float,
+        by: str,
+        *,
+        reason: AssignmentReason | None = None,
+        end_reason: str = "",
+        merged_into: str = "",
+    ) -> list[Effect]:
         advance(incident.id, incident.state, state)
         effects: list[Effect] = []
         if incident.ended:
             return effects
         self._move(incident, state, now, effects)
-        incident.ended_at, incident.end_reason = now, f"{state.value} by {by}"
+        incident.ended_at, incident.end_reason = now, end_reason or f"{state.value} by {by}"
         incident.next_wave_at = None
-        reason = AssignmentReason.ended(state.value)
+        if reason is None:
+            reason = AssignmentReason.ended(state.value)
         self._call_off(incident.open_alerts(), reason, now, effects)
         for responder in incident.responders:
             if responder.released_at is None:  # else stood down already
                 self._let_go(incident, responder, reason, effects)
+        if merged_into:
+            incident.merged_into = merged_into
+            incident.likely_duplicate_of = ""  # decided: no longer a guess
+            self._event(incident, EventType.MERGED, now, effects, by=by, into=merged_into)
         self._event(incident, EventType(state.value), now, effects, by=by)
         self.timers.at(now + self.state_retention_s, TimerKind.CLEAR, incident.id)
         self._changed(incident, effects)
@@ -1527,6 +1687,11 @@ class Dispatcher:
         """
         incident = Incident.from_record(record)
         self.incidents[incident.id] = incident
+        if not incident.ended:  # to compare new reports with (pruned by the next report)
+            recent = self._recent.setdefault(incident.kind, deque())
+            insort(recent, (incident.reported_at, incident.id))
+            while len(recent) > _RECENT_MAX:
+                recent.popleft()
         effects: list[Effect] = []
         for alert in incident.alerts.values():
             self.alerts[alert.alert_id] = alert

@@ -71,6 +71,9 @@ class EventType(StrEnum):
     # Protocol 1.1 amendments, and this project's "I can't go after all".
     AMENDED = "amended"  # an operator changed the incident (PATCH)
     WITHDRAWN = "withdrawn"  # a confirmed responder said they cannot go after all
+    # This project's duplicate reports (docs/protocol.md).
+    DUPLICATE_SUSPECTED = "duplicate_suspected"  # a report like an open one, near and soon
+    MERGED = "merged"  # an operator merged a duplicate into this incident (or this into one)
 
 
 class Action(StrEnum):
@@ -109,6 +112,9 @@ class AssignmentReason(StrEnum):
     INCIDENT_RESOLVED = "incident resolved"
     INCIDENT_MOVED = "incident moved"  # protocol 1.1: the search starts again elsewhere
     WITHDRAWN = "withdrawn"  # the answer to the volunteer's own withdraw
+    # This project's duplicate reports: the report was merged into another of the same
+    # event (a 1.0 client sees it cancelled; its volunteers may be alerted for the other).
+    MERGED = "incident merged into another report of the same event"
 
     @classmethod
     def ended(cls, state: str) -> AssignmentReason:

@@ -175,9 +175,11 @@ class Engine:
             await self._execute(effects, now)
 
     async def act(self, action: str, incident_id: str, by: str, **kwargs: Any) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend; returns the incident's public state.
+        """cancel, resolve, escalate, assign, amend or merge; returns the incident's public
+        state.
 
-        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
+        Raises UnknownIncident, UnknownVolunteer, InvalidTransition or BadMerge for the
+        caller to map.
         """
         now = self.clock()
         async with self._lock:
@@ -193,6 +195,14 @@ class Engine:
                 effects = self.core.resolve(incident_id, now, by=by)
             elif action == "amend":  # protocol 1.1; kwargs["changes"]: an Amendment
                 effects = self.core.amend(incident_id, kwargs["changes"], now, by=by)
+            elif action == "merge":  # duplicate reports: kwargs["into"], ["other_kind"]
+                effects = self.core.merge(
+                    incident_id,
+                    kwargs["into"],
+                    now,
+                    by=by,
+                    other_kind=bool(kwargs.get("other_kind", False)),
+                )
             else:
                 raise ValueError(f"unknown operator action {action!r}")
             await self._execute(effects, now)

@@ -85,11 +85,11 @@ class Operators(Protocol):
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend (``changes``: an Amendment); the
-        incident's public state.
+        """cancel, resolve, escalate, assign, amend (``changes``: an Amendment) or merge
+        (``into``, ``other_kind``); the incident's public state.
 
-        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to
-        map (and, with several instances, OwnerUnavailable).
+        Raises UnknownIncident, UnknownVolunteer, InvalidTransition or BadMerge for the
+        caller to map (and, with several instances, OwnerUnavailable).
         """
 
 

@@ -161,6 +161,12 @@ class Incident:
     # Protocol 1.1: when an operator last moved it; the search started again from there
     # (alerts sent before are of the old place).
     moved_at: float | None = None
+    # This project's duplicate reports (docs/protocol.md): the open incident of the same
+    # kind this one was reported close to, in place and time (a guess for the operator);
+    # the incident it was merged into (then it is cancelled); those merged into it.
+    likely_duplicate_of: str = ""
+    merged_into: str = ""
+    merged_from: list[str] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:
@@ -221,6 +227,14 @@ class Incident:
             "moved_at": self.moved_at,
             # Only with configured subdistricts: records stay as they were without.
             **({"subdistrict": self.subdistrict} if self.subdistrict else {}),
+            # Only for duplicates and merges, likewise.
+            **(
+                {"likely_duplicate_of": self.likely_duplicate_of}
+                if self.likely_duplicate_of
+                else {}
+            ),
+            **({"merged_into": self.merged_into} if self.merged_into else {}),
+            **({"merged_from": list(self.merged_from)} if self.merged_from else {}),
         }
 
     @classmethod
@@ -240,6 +254,7 @@ class Incident:
             )
             for x in r["responders"]
         ]
+        fields["merged_from"] = list(r.get("merged_from", ()))
         if "first_verified_at" not in fields:  # stored before verified arrivals
             fields["first_verified_at"] = fields["first_arrival_at"]
         return cls(**fields)
@@ -283,6 +298,11 @@ def public_state(incident: Incident, target_s: float) -> dict[str, Any]:
         ),
         "escalation_reason": incident.escalation_reason or None,
         "end_reason": incident.end_reason or None,
+        # This project's duplicate reports (docs/protocol.md): a reporter whose incident
+        # was merged follows the one in ``merged_into`` from then on.
+        "likely_duplicate_of": incident.likely_duplicate_of or None,
+        "merged_into": incident.merged_into or None,
+        "merged_from": list(incident.merged_from),
         "version": incident.version,
     }
 

@@ -411,7 +411,8 @@ class Service:
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend on this instance's core (`Engine.act`)."""
+        """cancel, resolve, escalate, assign, amend or merge on this instance's core
+        (`Engine.act`)."""
         return await self.engine.act(action, incident_id, by, **kwargs)
 
     # ------------------------------------------------------------------ gauges

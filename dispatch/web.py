@@ -33,7 +33,7 @@ from dispatch import coverage
 from dispatch.archive import Archive
 from dispatch.cluster import OwnerUnavailable
 from dispatch.codec import format_time, parse_time
-from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
+from dispatch.dispatcher import BadMerge, Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
 from dispatch.lifecycle import State
 from dispatch.model import is_valid_id
@@ -80,6 +80,25 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _merge_args(body: dict[str, Any], kwargs: dict[str, Any]) -> str | None:
+    """A merge's body, ``{"into": id, "other_kind": bool}``, into ``kwargs``; or what is
+    wrong with it."""
+    unknown = sorted(set(body) - {"into", "other_kind", "by"})
+    if unknown:
+        return f"field '{unknown[0][:40]}' is not known; a merge takes 'into', 'other_kind', 'by'"
+    into = body.get("into")
+    if not is_valid_id(into):
+        return (
+            "'into' is required: the id of the incident to merge into "
+            "(1-64 characters of A-Z a-z 0-9 _ -)"
+        )
+    other_kind = body.get("other_kind", False)
+    if not isinstance(other_kind, bool):
+        return "'other_kind' must be true or false (true: merge incidents of different kinds)"
+    kwargs["into"], kwargs["other_kind"] = into, other_kind
+    return None
+
+
 def _error(status: int, message: str, code: str | None = None) -> web.Response:
     """``{"error": message}``; ``code``, where given, is a stable name for a page to
     translate (the message is English for people reading the API)."""
@@ -110,7 +129,7 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_post("/api/incidents", api.report)
     app.router.add_get("/api/incidents/{iid}", api.get_incident)
     app.router.add_patch("/api/incidents/{iid}", api.amend)
-    for action in ("cancel", "resolve", "escalate", "assign"):
+    for action in ("cancel", "resolve", "escalate", "assign", "merge"):
         app.router.add_post(f"/api/incidents/{{iid}}/{action}", api.action(action))
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/area", api.area)
@@ -765,6 +784,9 @@ class _Api:
                         400, "'volunteer_id' is required: 1-64 characters of A-Z a-z 0-9 _ -"
                     )
                 kwargs["volunteer_id"] = vid
+            # duplicate reports (docs/protocol.md)
+            if name == "merge" and (problem := _merge_args(body, kwargs)) is not None:
+                return _error(400, problem)
             if name == "escalate" and isinstance(body.get("reason"), str):
                 kwargs["reason"] = body["reason"][:500]  # free text: escaped when logged
             by = body.get("by") if isinstance(body.get("by"), str) else "operator"
@@ -778,10 +800,15 @@ class _Api:
                     state = await self.service.operator(name, iid, by=by[:64], **kwargs)
                 else:  # carried out by the incident's owner, wherever it runs
                     state = await cluster.operator(name, iid, by=by[:64], **kwargs)
-            except UnknownIncident:
+            except UnknownIncident as exc:
+                if name == "merge" and exc.args and exc.args[0] == kwargs["into"] != iid:
+                    return _error(404, f"no incident with id '{kwargs['into']}' to merge into")
                 return _error(404, f"no open incident with id '{iid}'")
             except UnknownVolunteer:
                 return _error(404, f"no volunteer with id '{kwargs.get('volunteer_id')}' is known")
+            except BadMerge as exc:
+                status = 400 if exc.code == "merge_into_itself" else 409
+                return _error(status, str(exc), exc.code)
             except InvalidTransition as exc:
                 return _error(409, f"cannot {name} incident '{iid}': {exc}")
             except OwnerUnavailable as exc:
