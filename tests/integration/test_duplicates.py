@@ -1,0 +1,202 @@
+"""Duplicate reports with the engine in-process against a real Mosquitto and Redis: two
+reporters call in the same event over MQTT, the second is linked to the first, an
+operator merges it over HTTP; what the volunteers, the reporters and the API see."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import orjson
+import pytest_asyncio
+
+from tests.integration.test_amend_withdraw import on_duty, watching
+from tests.integration.test_web import XIAOYING, Engine, _start, report
+
+NORTH_50M = (XIAOYING[0] + 50 / 111_195, XIAOYING[1])
+
+
+@pytest_asyncio.fixture
+async def engine(mqtt_url: str, redis_url: str, topic_root: str) -> AsyncIterator[Engine]:
+    async for e in _start(mqtt_url, redis_url, topic_root):
+        yield e
+
+
+class Inbox:
+    """Messages of one client, kept in order: taking one leaves the others to be taken
+    (an alert and a state message may come in either order)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.kept: list[tuple[str, dict[str, Any]]] = []
+
+    async def take(
+        self, suffix: str, within: float = 5.0, where: Any = lambda body: True
+    ) -> dict[str, Any]:
+        """The first message on a topic ending in ``suffix`` (that ``where`` accepts);
+        those before it on that topic are dropped."""
+        async with asyncio.timeout(within):
+            while True:
+                self.kept = [
+                    (topic, body)
+                    for topic, body in self.kept
+                    if not topic.endswith(suffix) or where(body)
+                ]
+                for i, (topic, body) in enumerate(self.kept):
+                    if topic.endswith(suffix):
+                        del self.kept[i]
+                        return body
+                message = await anext(self.client.messages)
+                if isinstance(message.payload, bytes) and message.payload:
+                    self.kept.append((str(message.topic), orjson.loads(message.payload)))
+
+
+async def merge(engine: Engine, iid: str, body: Any, token: str | None = "default") -> Any:
+    if token == "default":
+        return await engine.post(f"/api/incidents/{iid}/merge", body)
+    return await engine.post(f"/api/incidents/{iid}/merge", body, token=token)
+
+
+async def test_a_duplicate_is_linked_merged_and_its_reporter_kept_informed(
+    engine: Engine,
+) -> None:
+    await on_duty(engine, "dup-a", XIAOYING[0] + 0.0009, XIAOYING[1])  # 100 m north
+    await engine.until("/api/volunteers", lambda b: b["available"] == 1)
+    first = report("dup-1", responders=1)
+    second = report("dup-2", responders=1, lat=NORTH_50M[0], lon=NORTH_50M[1])
+    async with watching(
+        engine,
+        "volunteers/+/alert",
+        "volunteers/+/assignment",
+        "incidents/dup-1/state",
+        "incidents/dup-2/state",
+    ) as client:
+        inbox = Inbox(client)
+        next_on = inbox.take
+        # two reporters over MQTT, as the protocol has them; each gets its receipt
+        await engine.publish("incidents/report", first)
+        assert (await next_on("dup-1/state"))["likely_duplicate_of"] is None
+        alert_a = await next_on("/alert")
+        assert alert_a["incident_id"] == "dup-1"
+        # another volunteer comes on duty, between the two reports
+        await on_duty(engine, "dup-b", XIAOYING[0] + 0.0018, XIAOYING[1])  # 200 m north
+        await engine.until("/api/volunteers", lambda b: b["available"] == 1)
+        await engine.publish("incidents/report", second)
+        receipt = await next_on("dup-2/state")
+        assert receipt["likely_duplicate_of"] == "dup-1"
+        assert receipt["state"] not in ("cancelled", "resolved")
+        # dispatched as usual: the other volunteer is alerted for the second report
+        b_alert = await next_on("dup-b/alert")
+        assert b_alert["incident_id"] == "dup-2"
+        b_vid = "dup-b"
+        await engine.publish(
+            f"volunteers/{b_vid}/reply", {"alert_id": b_alert["alert_id"], "answer": "accept"}
+        )
+        assert (await next_on(f"{b_vid}/assignment"))["action"] == "go"
+        # the first's volunteer declines: the first needs someone
+        a_alert = alert_a
+        await engine.publish(
+            "volunteers/dup-a/reply", {"alert_id": a_alert["alert_id"], "answer": "decline"}
+        )
+        await engine.until(
+            "/api/incidents/dup-1?events=0",
+            lambda b: not [a for a in b["alerts"] if a["status"] == "pending"],
+        )
+
+        # the API shows the link
+        status, b_body = await engine.get("/api/incidents/dup-2")
+        assert status == 200
+        assert b_body["likely_duplicate_of"] == "dup-1"
+        suspected = [e for e in b_body["events"] if e["type"] == "duplicate_suspected"]
+        assert suspected[0]["of"] == "dup-1"
+        assert 45 <= suspected[0]["distance_m"] <= 55
+        status, listing = await engine.get("/api/incidents")
+        assert status == 200
+        linked = {s["id"]: s["likely_duplicate_of"] for s in listing["incidents"]}
+        assert linked == {"dup-1": None, "dup-2": "dup-1"}
+
+        # bad merges: each says what is wrong, and changes nothing
+        assert (await merge(engine, "dup-2", {"into": "dup-1"}, token=None))[0] == 401
+        status, err = await merge(engine, "dup-2", {})
+        assert status == 400
+        assert "'into' is required" in err["error"]
+        status, err = await merge(engine, "dup-2", {"into": "dup-1", "force": True})
+        assert status == 400
+        assert "'force' is not known" in err["error"]
+        status, err = await merge(engine, "dup-2", {"into": "dup-1", "other_kind": "yes"})
+        assert status == 400
+        assert "'other_kind' must be true or false" in err["error"]
+        status, err = await merge(engine, "dup-2", {"into": "dup-2"})
+        assert status == 400
+        assert err["code"] == "merge_into_itself"
+        status, err = await merge(engine, "dup-2", {"into": "nobody"})
+        assert status == 404
+        assert "no incident with id 'nobody' to merge into" in err["error"]
+        status, err = await merge(engine, "nobody", {"into": "dup-1"})
+        assert status == 404
+        assert "'nobody'" in err["error"]
+
+        # the merge
+        status, merged = await merge(engine, "dup-2", {"into": "dup-1", "by": "王五"})
+        assert status == 200, merged
+        assert merged["state"] == "cancelled"
+        assert merged["merged_into"] == "dup-1"
+        assert merged["end_reason"] == "merged into dup-1 by 王五"
+        # its responder is stood down, then asked to go to the first (free, and nearest)
+        down = await next_on(f"{b_vid}/assignment")
+        assert down["action"] == "stand_down"
+        assert down["incident_id"] == "dup-2"
+        assert down["reason"] == "incident merged into another report of the same event"
+        offer = await next_on(f"{b_vid}/alert")
+        assert offer["incident_id"] == "dup-1"
+        # the second reporter's receipt: its incident is cancelled (all a 1.0 client
+        # needs) and names the one to follow from now on
+        b_state = await next_on("dup-2/state", where=lambda b: b["state"] == "cancelled")
+        assert b_state["state"] == "cancelled"
+        assert b_state["merged_into"] == "dup-1"
+        a_state = await next_on("dup-1/state", where=lambda b: b["merged_from"])
+        assert a_state["merged_from"] == ["dup-2"]
+        assert a_state["state"] not in ("cancelled", "resolved")
+
+        # a retry of the second report gets its receipt again: the merged state
+        await engine.publish("incidents/report", second)
+        again = await next_on("dup-2/state", where=lambda b: b["version"] >= b_state["version"])
+        assert again["merged_into"] == "dup-1"
+
+    # a second merge is refused, and so is one into the merged incident
+    status, err = await merge(engine, "dup-2", {"into": "dup-1"})
+    assert status == 409
+    assert err["code"] == "already_merged"
+    assert "already merged into 'dup-1'" in err["error"]
+    status, err = await merge(engine, "dup-1", {"into": "dup-2"})
+    assert status == 409
+    assert err["code"] == "target_ended"
+
+    # the timelines keep it, and the retained state is there for a late subscriber
+    status, a_body = await engine.get("/api/incidents/dup-1")
+    assert [e["merged"] for e in a_body["events"] if e["type"] == "merged"] == ["dup-2"]
+    status, b_body = await engine.get("/api/incidents/dup-2")
+    assert [e["into"] for e in b_body["events"] if e["type"] == "merged"] == ["dup-1"]
+    async with watching(engine, "incidents/dup-2/state") as late:
+        retained = await Inbox(late).take("dup-2/state")
+        assert retained["merged_into"] == "dup-1"
+
+
+async def test_other_kinds_merge_only_when_the_operator_says_so(engine: Engine) -> None:
+    status, _ = await engine.post("/api/incidents", report("kind-1"))
+    assert status == 201
+    status, fire = await engine.post(
+        "/api/incidents", report("kind-2", kind="fire", lat=NORTH_50M[0], lon=NORTH_50M[1])
+    )
+    assert status == 201
+    assert fire["likely_duplicate_of"] is None  # another kind: no guess
+    status, err = await merge(engine, "kind-2", {"into": "kind-1"})
+    assert status == 409
+    assert err["code"] == "other_kind"
+    assert '"other_kind": true' in err["error"]
+    status, merged = await merge(engine, "kind-2", {"into": "kind-1", "other_kind": True})
+    assert status == 200
+    assert merged["merged_into"] == "kind-1"
+    assert orjson.loads(orjson.dumps(merged))["state"] == "cancelled"
