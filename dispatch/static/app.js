@@ -79,6 +79,15 @@
       err_operator_disabled: "操作功能未启用：引擎没有配置操作令牌。请设置环境变量 DISPATCH_HTTP_OPERATOR_TOKEN 或配置项 [http] operator_token，然后重启引擎。",
       err_400: "请求内容有误，请检查后重试", err_404: "找不到该事件或志愿者（可能已结束）",
       err_409: "事件当前的状态不允许此操作（可能已结束或已有变化）", err_413: "内容过长",
+      // duplicate reports
+      act_merge: "合并", dup_of: "疑似重复：#{id}", dup_title: "同类报警，相距不到 100 米、3 分钟以内：可能是同一事件",
+      dup_merge: "并入 #{id}", merged_into: "已并入 #{id}", merged_from: "已并入本事件：{ids}",
+      ev_duplicate_suspected: "疑似重复", ev_merged: "合并", ev_dup_of: "可能与 #{id} 相同（相距 {m} 米、{s}）",
+      ev_merged_into: "并入 #{id}", ev_merged_from: "#{id} 已并入本事件",
+      r_merged_by: "由 {by} 并入 #{id}", r_merged: "同一事件的重复报告已合并",
+      err_merge_into_itself: "不能并入自身", err_already_merged: "该事件已并入其他事件",
+      err_target_ended: "目标事件已结束：只能并入进行中的事件", err_other_kind: "两起事件类型不同，不能直接合并",
+      err_incident_ended: "该事件已结束，无法合并",
       err_422: "位置在服务区域之外", err_503: "引擎暂时连不上后台服务，请稍后再试",
       err_network: "连不上调度引擎，请检查网络", err_other: "请求失败（HTTP {status}）",
       operator_off: "操作未启用",
@@ -163,6 +172,15 @@
       err_operator_disabled: "Operator actions are off: the engine has no operator token. Set DISPATCH_HTTP_OPERATOR_TOKEN or [http] operator_token, then restart the engine.",
       err_400: "The request was refused: check what you entered", err_404: "No such incident or volunteer (it may have ended)",
       err_409: "Not possible in the incident's current state (it may have ended or changed)", err_413: "Too long",
+      // duplicate reports
+      act_merge: "Merge", dup_of: "Likely duplicate of #{id}", dup_title: "Same kind, under 100 m and 3 minutes apart: probably the same event",
+      dup_merge: "Merge into #{id}", merged_into: "Merged into #{id}", merged_from: "Merged into this: {ids}",
+      ev_duplicate_suspected: "likely duplicate", ev_merged: "merged", ev_dup_of: "probably the same as #{id} ({m} m, {s} apart)",
+      ev_merged_into: "into #{id}", ev_merged_from: "#{id} merged into this",
+      r_merged_by: "Merged into #{id} by {by}", r_merged: "merged with another report of the same event",
+      err_merge_into_itself: "An incident cannot be merged into itself", err_already_merged: "Already merged into another incident",
+      err_target_ended: "That incident has ended: merge into an open one", err_other_kind: "The two incidents are of different kinds",
+      err_incident_ended: "This incident has ended: it cannot be merged",
       err_422: "The place is outside the service area", err_503: "The engine cannot reach its back end; try again shortly",
       err_network: "Cannot reach the dispatch engine: check the network", err_other: "The request failed (HTTP {status})",
       operator_off: "Operator actions off",
@@ -191,6 +209,8 @@
     [/^escalated by (.+)$/, "r_escalated_by", ["by"]],
     [/^resolved by (.+)$/, "r_resolved_by", ["by"]],
     [/^cancelled by (.+)$/, "r_cancelled_by", ["by"]],
+    [/^merged into (\S+) by (.+)$/, "r_merged_by", ["id", "by"]],
+    [/^incident merged into another report of the same event$/, "r_merged", []],
     [/^alert expired$/, "r_alert_expired", []],
     [/^you declined this alert$/, "r_you_declined", []],
     [/^filled by others$/, "r_filled", []],
@@ -317,6 +337,7 @@
     if (err.code === "token_invalid" || err.code === "token_missing") return t("token_wrong");
     if (err.status === NETWORK) return t("err_network");
     if (lang === "en" && err.message) return err.message;
+    if (err.code && has(`err_${err.code}`)) return t(`err_${err.code}`);
     return has(`err_${err.status}`) ? t(`err_${err.status}`) : t("err_other", { status: err.status });
   }
 
@@ -774,6 +795,7 @@
           el("span", { class: "cell" }, s.cell || ""),
           el("span", { class: "iid" }, s.id)),
         el("div", { class: "addr" }, s.address || `${s.lat.toFixed(5)}, ${s.lon.toFixed(5)}`),
+        duplicateInfo(s),
         s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, engineText(s.escalation_reason)) : null,
         responders.length ? el("ul", { class: "responders" }, responders) : null,
         el("div", { class: "meta" }, `${t("alerts_sent", { n: s.alerts_sent })} · ${t("needed", { n: s.responders_needed })}`)),
@@ -783,6 +805,45 @@
         plain(t("act_assign"), "assign", () => openAssign(s)),
         confirmable(t("act_cancel"), "cancel")));
     return node;
+  }
+
+  // Duplicate reports (docs/protocol.md): a likely duplicate's badge, linking to the first
+  // report, with "merge into" (a second click confirms, as for cancel); where a merged
+  // report went; what was merged into this one. null when none of these.
+  function duplicateInfo(s) {
+    const link = (key, id) => el("a", {
+      href: "#", class: "dup-link", "data-id": id,
+      onclick: (ev) => { ev.preventDefault(); ev.stopPropagation(); select(id); },
+    }, t(key, { id }));
+    if (s.merged_into) return el("div", { class: "dup merged" }, link("merged_into", s.merged_into));
+    const parts = [];
+    const into = s.likely_duplicate_of;
+    if (into && !ENDED.has(s.state)) {
+      parts.push(el("span", { class: "dup-badge", title: t("dup_title") }, link("dup_of", into)));
+      const label = t("dup_merge", { id: into });
+      const b = el("button", { type: "button", class: "confirm", "data-act": "merge" }, label);
+      b.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (!b.classList.contains("confirming")) {
+          b.classList.add("confirming");
+          b.textContent = t("confirm");
+          setTimeout(() => { b.classList.remove("confirming"); b.textContent = label; }, 4000);
+          return;
+        }
+        act(s.id, "merge", { into });
+      });
+      if (!operatorOff) parts.push(b);
+    }
+    if (s.merged_from && s.merged_from.length) {
+      parts.push(el("span", { class: "hint" }, t("merged_from", { ids: s.merged_from.map((x) => `#${x}`).join(", ") })));
+    }
+    return parts.length ? el("div", { class: "dup" }, parts) : null;
+  }
+  // A timeline line's words for the duplicate events; null for the others.
+  function duplicateEvent(e) {
+    if (e.type === "duplicate_suspected") return t("ev_dup_of", { id: e.of, m: Math.round(e.distance_m), s: mmss(Math.abs(e.apart_s)) });
+    if (e.type === "merged") return e.into ? t("ev_merged_into", { id: e.into }) : t("ev_merged_from", { id: e.merged });
+    return null;
   }
 
   // One responder: role (protocol 1.1), then where they are; an arrival the engine has not
@@ -858,6 +919,7 @@
     if (e.why && has(`why_${e.why.replace(/ /g, "_")}`)) parts.push(t(`why_${e.why.replace(/ /g, "_")}`));
     if (e.type === "overdue" && typeof e.waited_s === "number") parts.push(t("waited", { s: mmss(e.waited_s) }));
     if (e.type === "amended" && e.changes) parts.push(changesText(e.changes));
+    parts.push(duplicateEvent(e));
     // "escalated by X" already names who: the reason says it in the page's words
     const reason = e.reason ? engineText(e.reason) : null;
     if (e.by && !(e.reason && /^escalated by /.test(e.reason))) parts.push(`${t("by")} ${byName(e.by)}`);
@@ -907,6 +969,7 @@
       el("div", {}, d.address || ""), d.description ? el("div", { class: "hint" }, d.description) : null,
       d.escalation_reason ? el("div", { class: "reason" }, engineText(d.escalation_reason)) : null,
       d.end_reason ? el("div", { class: "hint" }, engineText(d.end_reason)) : null,
+      duplicateInfo(d),
       ENDED.has(d.state) || operatorOff ? null : el("div", { class: "detail-actions" },
         el("button", { type: "button", "data-act": "edit", onclick: () => openEdit(d) }, t("act_edit"))),
       el("h4", {}, t("detail_times")), el("table", { class: "times" }, times),

@@ -103,6 +103,7 @@
       reason_elsewhere: "调度中心已另行安排人员。",
       reason_resolved: "事件已处理完毕，谢谢你！",
       reason_cancelled: "事件已取消，无需前往。",
+      reason_merged: "这是同一事件的重复报告，已与另一报告合并。如那里仍需要你，你会收到新的呼叫。",
       reason_other: "调度中心的说明：{r}",
       withdraw: "我无法前往了", wd_title: "确定无法前往？", wd_text: "调度中心会立即另找志愿者代替你。",
       wd_send: "确定，无法前往", wd_cancel: "继续前往", wd_sending: "正在告知调度中心…",
@@ -187,6 +188,7 @@
       reason_elsewhere: "The control room has sent someone else.",
       reason_resolved: "The incident has been dealt with. Thank you!",
       reason_cancelled: "The incident was cancelled; no need to go.",
+      reason_merged: "This was another report of the same event and has been merged. If you are needed there, a new call will come.",
       reason_other: "From dispatch: {r}",
       withdraw: "I can't go after all", wd_title: "Can't go after all?", wd_text: "The control room will find someone else at once.",
       wd_send: "Yes, I can't go", wd_cancel: "Keep going", wd_sending: "Telling the control room…",
@@ -925,6 +927,7 @@
     if (r.includes("faster")) return t("reason_faster");
     if (r.includes("filled")) return t("reason_filled");
     if (r.includes("on scene") || r.includes("on_scene")) return t("reason_on_scene");
+    if (r.includes("merged")) return t("reason_merged");
     if (r.includes("moved")) return t("reason_moved");
     if (r.includes("expired")) return t("reason_expired");
     if (r.includes("declined")) return t("reason_declined");

@@ -747,3 +747,83 @@ def test_the_live_map_shows_todays_figures_per_cell(engine: PageEngine, page: Pa
         f"document.querySelector({title!r}).textContent.includes('today 1:')", timeout=5_000
     )
     assert page.errors == [], page.errors
+
+
+def test_a_likely_duplicate_is_shown_and_merged_on_the_page_zh_and_en(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    """Duplicate reports: the second report of one event carries a "likely duplicate of"
+    badge with a "merge into" button (a second click confirms), in the queue and the
+    detail, zh and en; the merge takes it off the queue, and both timelines say so."""
+    p = page.page
+    field.report({"id": "dup-first", "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+                  "address": "小营巷 12 号", "description": "老人跌倒"})  # fmt: skip
+    page.row("dup-first").wait_for(timeout=3_000)
+    field.report({"id": "dup-second", "kind": "fall", "lat": 30.2594, "lon": 120.1699,
+                  "address": "小营巷 14 号门口", "description": "有人摔倒了"})  # fmt: skip
+    row = page.row("dup-second")
+    row.wait_for(timeout=3_000)
+    assert page.row("dup-first").locator(".dup-badge").count() == 0  # the first is the first
+    badge = row.locator(".dup-badge")
+    assert badge.inner_text() == "疑似重复：#dup-first"
+    assert "可能是同一事件" in (badge.get_attribute("title") or "")
+    merge = row.locator("button[data-act=merge]")
+    assert merge.inner_text() == "并入 #dup-first"
+    # the badge leads to the first report's detail
+    badge.locator("a").click()
+    p.locator("#detail-body .hint", has_text="dup-first").first.wait_for(timeout=3_000)
+    # the second's detail carries the badge and the button too, and its timeline the guess
+    row.locator(".addr").click()  # not on the badge nor the button
+    p.locator("#detail-body .dup-badge", has_text="#dup-first").wait_for(timeout=3_000)
+    assert p.locator("#detail-body button[data-act=merge]").count() == 1
+    suspected = p.locator("#detail-body tr.ev-duplicate_suspected").inner_text()
+    assert "疑似重复" in suspected
+    assert "可能与 #dup-first 相同" in suspected
+    assert _latin_words(_ui_text(p)) == [], _latin_words(_ui_text(p))
+    page.screenshot("control-room-duplicate-zh.png")
+
+    # English: the same words, nothing Chinese but the data.
+    p.click("#lang")
+    badge.locator("a", has_text="Likely duplicate of #dup-first").wait_for(timeout=3_000)
+    assert merge.inner_text() == "Merge into #dup-first"
+    assert "probably the same as #dup-first" in (
+        p.locator("#detail-body tr.ev-duplicate_suspected").inner_text()
+    )
+    text = _ui_text(p)
+    for data in ("小营巷 12 号", "小营巷 14 号门口", "老人跌倒", "有人摔倒了"):
+        text = text.replace(data, "")
+    assert not _CJK.search(text), text
+    page.screenshot("control-room-duplicate-en.png")
+
+    # The merge: one click asks to confirm, the second merges (the token asked once).
+    merge.click()
+    assert merge.inner_text() == "Confirm?"
+    merge.click()
+    p.locator("#auth-dialog").wait_for(state="visible")
+    p.fill("#auth-name", "值班员 陈")
+    p.fill("#auth-token", TOKEN)
+    p.click("#auth-ok")
+    row.wait_for(state="detached", timeout=3_000)
+    assert "Merge" in p.locator("#toast").inner_text()
+    merged = engine.get("/api/incidents/dup-second")
+    assert merged["state"] == "cancelled"
+    assert merged["merged_into"] == "dup-first"
+    assert merged["end_reason"] == "merged into dup-first by 值班员 陈"
+    # the merged one's detail says where it went, and links there
+    p.locator("#detail-body .dup.merged", has_text="Merged into #dup-first").wait_for(timeout=3_000)
+    assert p.locator("#detail-body button[data-act=merge]").count() == 0
+    assert "Merged into #dup-first by 值班员 陈" in p.locator("#detail-body").inner_text()
+    p.locator("#detail-body .dup.merged a").click()
+    p.locator("#detail-body .dup", has_text="Merged into this: #dup-second").wait_for(timeout=3_000)
+    assert "#dup-second merged into this" in p.locator("#detail-body tr.ev-merged").inner_text()
+    assert page.row("dup-first").locator(".dup", has_text="#dup-second").count() == 1
+    # and in Chinese
+    p.click("#lang")
+    p.locator("#detail-body .dup", has_text="已并入本事件：#dup-second").wait_for(timeout=3_000)
+    assert "#dup-second 已并入本事件" in p.locator("#detail-body tr.ev-merged").inner_text()
+    assert _latin_words(_ui_text(p)) == [], _latin_words(_ui_text(p))
+    page.screenshot("control-room-merged-zh.png")
+    assert page.errors == [], page.errors
+    if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":  # the pictures in docs/api.md
+        for name in ("control-room-duplicate-zh.png", "control-room-duplicate-en.png"):
+            (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())

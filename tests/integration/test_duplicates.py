@@ -10,12 +10,22 @@ from typing import Any
 
 import aiomqtt
 import orjson
+import psycopg
 import pytest_asyncio
 
+from dispatch.archive import Archive, migrate
+from dispatch.config import load_config
+from dispatch.model import Kind, Report
+from dispatch.report import from_incidents
+from dispatch.report import row as report_row
+from geo.area import ServiceArea
+from tests.archive_data import BASE
 from tests.integration.test_amend_withdraw import on_duty, watching
+from tests.unit.test_dispatcher import make
 from tests.integration.test_web import XIAOYING, Engine, _start, report
 
 NORTH_50M = (XIAOYING[0] + 50 / 111_195, XIAOYING[1])
+AREA = ServiceArea.from_geojson(load_config(env={}).area_geojson)
 
 
 @pytest_asyncio.fixture
@@ -200,3 +210,50 @@ async def test_other_kinds_merge_only_when_the_operator_says_so(engine: Engine) 
     assert status == 200
     assert merged["merged_into"] == "kind-1"
     assert orjson.loads(orjson.dumps(merged))["state"] == "cancelled"
+
+
+async def test_the_archive_keeps_the_link_and_counts_no_miss(postgres_url: str) -> None:
+    """A merged report is archived with ``merged_into`` (column and record); cancelled,
+    it is in no figure's denominator and never a miss. A schema archived before the
+    column is filled from the records on upgrade."""
+    archive = Archive(postgres_url)
+    await migrate(postgres_url)
+    d = make(AREA)
+    t0 = BASE
+    d.report(Report(kind=Kind.FALL, lat=XIAOYING[0], lon=XIAOYING[1], id="arch-a"), t0)
+    d.report(Report(kind=Kind.FALL, lat=NORTH_50M[0], lon=NORTH_50M[1], id="arch-b"), t0 + 20)
+    assert d.incidents["arch-b"].likely_duplicate_of == "arch-a"
+    d.merge("arch-b", "arch-a", t0 + 30, by="王五")
+    d.resolve("arch-a", t0 + 900)
+    for iid in ("arch-a", "arch-b"):
+        assert await archive.save(d.incidents[iid].to_record(), [])
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        cur = await conn.execute("SELECT id, state, merged_into FROM incidents ORDER BY id")
+        assert await cur.fetchall() == [
+            ("arch-a", "resolved", None),
+            ("arch-b", "cancelled", "arch-a"),
+        ]
+    record = await archive.record("arch-b")
+    assert record is not None
+    assert record["merged_into"] == "arch-a"
+    assert record["end_reason"] == "merged into arch-a by 王五"
+    a_record = await archive.record("arch-a")
+    assert a_record is not None
+    assert a_record["merged_from"] == ["arch-b"]
+    # neither reached: only the first is a miss; the merged report needed nobody
+    now = t0 + 3600
+    misses, counts = await archive.misses(
+        start=t0 - 60, end=t0 + 60, target_s=180.0, now=now, limit=10, offset=0
+    )
+    assert [m["id"] for m in misses] == ["arch-a"]
+    groups, whole = await archive.report(
+        start=t0 - 60, end=t0 + 60, by="kind", target_s=180.0, now=now
+    )
+    row = report_row(None, whole)
+    assert row["within_target_share"] == 0.0
+    python_rows, python_total = from_incidents(
+        [d.incidents["arch-a"], d.incidents["arch-b"]], "kind", target_s=180.0, now=now
+    )
+    assert [report_row(g, c) for g, c in groups] == python_rows
+    assert row == python_total
+    await archive.close()

@@ -108,6 +108,12 @@ ENGINE_SAMPLES = [
     ("incident resolved", 'f"incident {'),
     ("assigned by operator", '"assigned by operator"'),
     ("confirmed", '"confirmed"'),
+    # duplicate reports
+    ("merged into i20261204-1a2b by 值班员 陈", 'f"merged into {into} by {by}"'),
+    (
+        "incident merged into another report of the same event",
+        '"incident merged into another report of the same event"',
+    ),
 ]
 
 
