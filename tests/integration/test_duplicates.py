@@ -21,8 +21,8 @@ from dispatch.report import row as report_row
 from geo.area import ServiceArea
 from tests.archive_data import BASE
 from tests.integration.test_amend_withdraw import on_duty, watching
-from tests.unit.test_dispatcher import make
 from tests.integration.test_web import XIAOYING, Engine, _start, report
+from tests.unit.test_dispatcher import make
 
 NORTH_50M = (XIAOYING[0] + 50 / 111_195, XIAOYING[1])
 AREA = ServiceArea.from_geojson(load_config(env={}).area_geojson)
