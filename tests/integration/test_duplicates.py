@@ -246,6 +246,7 @@ async def test_the_archive_keeps_the_link_and_counts_no_miss(postgres_url: str) 
         start=t0 - 60, end=t0 + 60, target_s=180.0, now=now, limit=10, offset=0
     )
     assert [m["id"] for m in misses] == ["arch-a"]
+    assert sum(counts.values()) == 1
     groups, whole = await archive.report(
         start=t0 - 60, end=t0 + 60, by="kind", target_s=180.0, now=now
     )
