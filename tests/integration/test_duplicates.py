@@ -11,18 +11,24 @@ from typing import Any
 import aiomqtt
 import orjson
 import psycopg
+import pytest
 import pytest_asyncio
 
 from dispatch.archive import Archive, migrate
 from dispatch.config import load_config
+from dispatch.dispatcher import BadMerge, UnknownIncident
 from dispatch.model import Kind, Report
 from dispatch.report import from_incidents
 from dispatch.report import row as report_row
+from dispatch.service import Service
 from geo.area import ServiceArea
 from tests.archive_data import BASE
 from tests.integration.test_amend_withdraw import on_duty, watching
+from tests.integration.test_cluster_store import _cluster, _reported, pair
 from tests.integration.test_web import XIAOYING, Engine, _start, report
 from tests.unit.test_dispatcher import make
+
+__all__ = ["pair"]  # the fixture, shared
 
 NORTH_50M = (XIAOYING[0] + 50 / 111_195, XIAOYING[1])
 AREA = ServiceArea.from_geojson(load_config(env={}).area_geojson)
@@ -258,3 +264,35 @@ async def test_the_archive_keeps_the_link_and_counts_no_miss(postgres_url: str) 
     assert [report_row(g, c) for g, c in groups] == python_rows
     assert row == python_total
     await archive.close()
+
+
+async def test_a_merge_at_another_instance_is_carried_out_by_the_owner(
+    pair: tuple[Service, Service],
+) -> None:
+    """Two engine instances: a merge asked of the one that does not own the duplicate is
+    forwarded to its owner; a refused merge comes back with its code; a merge of an ended
+    incident nobody owns is refused as the owner would."""
+    a, b = pair
+    ca, cb = _cluster(a), _cluster(b)
+    await _reported(a, "m1")
+    await _reported(a, "m2")  # the same place and kind: a likely duplicate
+    assert a.core.incidents["m2"].likely_duplicate_of == "m1"
+    serving = asyncio.create_task(ca.serve_commands())
+    try:
+        with pytest.raises(BadMerge, match="into itself") as refused:
+            await cb.operator("merge", "m2", by="desk", into="m2")
+        assert refused.value.code == "merge_into_itself"
+        with pytest.raises(UnknownIncident, match="nobody"):
+            await cb.operator("merge", "m2", by="desk", into="nobody")
+        state = await cb.operator("merge", "m2", by="desk", into="m1", other_kind=False)
+        assert state["state"] == "cancelled"
+        assert state["merged_into"] == "m1"
+        assert a.core.incidents["m1"].merged_from == ["m2"]  # done by a, the owner
+        assert "m2" not in b.core.incidents
+        with pytest.raises(BadMerge, match="already merged") as refused:
+            await cb.operator("merge", "m2", by="desk", into="m1")
+        assert refused.value.code == "already_merged"
+    finally:
+        while not serving.done():  # as in test_cluster_store.py
+            serving.cancel()
+            await asyncio.wait([serving], timeout=1)
