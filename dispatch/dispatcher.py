@@ -23,14 +23,13 @@ Invariants:
 from __future__ import annotations
 
 import random
-from bisect import insort
-from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from dispatch.codec import Codec
 from dispatch.config import KindDefaults
+from dispatch.duplicates import RecentReports
 from dispatch.effects import (
     Action,
     AssignmentReason,
@@ -116,9 +115,6 @@ class BadMerge(ValueError):
 # operator: the second is dispatched as any other until a person merges it.
 DUPLICATE_RADIUS_M = 100.0
 DUPLICATE_WINDOW_S = 180.0
-# At most this many recent reports are kept to compare with (per kind): a flood of
-# reports costs bounded time per report, and at worst misses a duplicate.
-_RECENT_MAX = 512
 # At most this many ids in an incident's ``merged_from`` (each one an operator's action).
 _MERGED_FROM_MAX = 100
 
@@ -160,9 +156,14 @@ class Dispatcher:
         self.incidents: dict[str, Incident] = {}
         self.alerts: dict[str, Alert] = {}
         self.timers = Timers()
-        # The reports of the last DUPLICATE_WINDOW_S, per kind, oldest first:
-        # (reported_at, incident id). Bounded by _RECENT_MAX each.
-        self._recent: dict[Kind, deque[tuple[float, str]]] = {}
+        # The reports to compare a new one with (kept twice the window: a report's
+        # reported_at may lag its arrival).
+        _, min_lat, _, max_lat = area.bounds
+        self.recent = RecentReports(
+            radius_m=DUPLICATE_RADIUS_M,
+            max_abs_lat=max(abs(min_lat), abs(max_lat)),
+            keep_s=2 * DUPLICATE_WINDOW_S,
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -265,30 +266,26 @@ class Dispatcher:
         """Link a new incident to the open one of the same kind reported at most
         DUPLICATE_RADIUS_M away and DUPLICATE_WINDOW_S apart, if any (the nearest; the
         earlier on a tie). Only a guess for the operator: the new incident is dispatched
-        as usual (help is never held back on a guess). O(reports of that kind in the last
-        window), at most _RECENT_MAX."""
-        recent = self._recent.setdefault(incident.kind, deque())
-        while recent and (
-            len(recent) >= _RECENT_MAX or recent[0][0] < now - 2 * DUPLICATE_WINDOW_S
-        ):
-            recent.popleft()  # reported_at may lag arrival: keep twice the window
+        as usual (help is never held back on a guess). O(recent reports of that kind
+        within about 200 m), bounded (dispatch/duplicates.py)."""
+        self.recent.prune(now)
         best: tuple[float, float, str] | None = None
-        for reported_at, other_id in recent:
+        for other_id in self.recent.near(incident.kind, incident.lat, incident.lon):
             other = self.incidents.get(other_id)
             if (
                 other is None
                 or other.ended
-                or other.kind is not incident.kind
+                or other.kind is not incident.kind  # amended since
                 or other.likely_duplicate_of  # link to the first report, not to a copy
-                or abs(incident.reported_at - reported_at) > DUPLICATE_WINDOW_S
+                or abs(incident.reported_at - other.reported_at) > DUPLICATE_WINDOW_S
             ):
                 continue
             distance = haversine_m(incident.lat, incident.lon, other.lat, other.lon)
             if distance <= DUPLICATE_RADIUS_M:
-                key = (distance, reported_at, other_id)
+                key = (distance, other.reported_at, other_id)
                 if best is None or key < best:
                     best = key
-        recent.append((incident.reported_at, incident.id))
+        self.recent.add(incident.kind, incident.lat, incident.lon, incident.id, now)
         if best is None:
             return
         distance, reported_at, other_id = best
@@ -1688,10 +1685,9 @@ class Dispatcher:
         incident = Incident.from_record(record)
         self.incidents[incident.id] = incident
         if not incident.ended:  # to compare new reports with (pruned by the next report)
-            recent = self._recent.setdefault(incident.kind, deque())
-            insort(recent, (incident.reported_at, incident.id))
-            while len(recent) > _RECENT_MAX:
-                recent.popleft()
+            self.recent.add(
+                incident.kind, incident.lat, incident.lon, incident.id, incident.received_at
+            )
         effects: list[Effect] = []
         for alert in incident.alerts.values():
             self.alerts[alert.alert_id] = alert

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatch.dispatcher import DUPLICATE_WINDOW_S, BadMerge, Dispatcher, UnknownIncident
+from dispatch.duplicates import RecentReports
 from dispatch.effects import LogEvent, Release
 from dispatch.headline import outcome
 from dispatch.model import Answer, Kind, Reply, Report
 from geo.area import ServiceArea
+from geo.distance import haversine_m
 from tests.unit.test_dispatcher import (
     LAT,
     LON,
@@ -226,3 +232,80 @@ def test_the_first_merged_into_its_copy_loses_the_guess(area: ServiceArea) -> No
     effects = d.merge("a", "b", T0 + 20)  # the operator keeps the second: allowed
     assert states(effects)["b"]["likely_duplicate_of"] is None
     assert states(effects)["b"]["merged_from"] == ["a"]
+
+
+# ---------------------------------------------------------------- the recent reports
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-300, max_value=300), st.floats(min_value=-300, max_value=300)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.tuples(st.floats(min_value=-300, max_value=300), st.floats(min_value=-300, max_value=300)),
+)
+def test_near_finds_every_report_within_the_radius(
+    points: list[tuple[float, float]], probe: tuple[float, float]
+) -> None:
+    """Against brute force: nothing within 100 m is ever missed, wherever the cell lines
+    fall (points within a few hundred metres of 小营巷, in metres north and east)."""
+    recent = RecentReports(radius_m=100.0, max_abs_lat=30.6, keep_s=360.0)
+    east = 1 / (111_195 * math.cos(math.radians(LAT)))
+
+    def place(north: float, east_m: float) -> tuple[float, float]:
+        return LAT + north * NORTH_M, LON + east_m * east
+
+    for n, (north, east_m) in enumerate(points):
+        recent.add(Kind.FALL, *place(north, east_m), f"r{n}", T0)
+    lat, lon = place(*probe)
+    found = set(recent.near(Kind.FALL, lat, lon))
+    within = {
+        f"r{n}"
+        for n, (north, east_m) in enumerate(points)
+        if haversine_m(lat, lon, *place(north, east_m)) <= 100.0
+    }
+    assert within <= found
+    assert not set(recent.near(Kind.MEDICAL, lat, lon))  # another kind: none
+
+
+def test_recent_reports_are_bounded_and_forgotten_in_time() -> None:
+    recent = RecentReports(
+        radius_m=100.0, max_abs_lat=30.6, keep_s=360.0, max_kept=100, max_per_cell=8
+    )
+    for n in range(50):  # one place: the cell keeps its newest 8
+        recent.add(Kind.FALL, LAT, LON, f"same{n}", T0 + n)
+    assert list(recent.near(Kind.FALL, LAT, LON)) == [f"same{n}" for n in range(42, 50)]
+    for n in range(500):  # spread out: at most 100 kept, the newest
+        recent.add(Kind.FALL, LAT + n * 0.01, LON, f"far{n}", T0 + 100)
+    assert len(recent) == 100
+    assert list(recent.near(Kind.FALL, LAT + 499 * 0.01, LON)) == ["far499"]
+    assert not list(recent.near(Kind.FALL, LAT, LON))
+    recent.prune(T0 + 100 + 361)  # all arrived more than keep_s ago
+    assert len(recent) == 0
+    assert not list(recent.near(Kind.FALL, LAT + 499 * 0.01, LON))
+    # restored out of order: kept in arrival order all the same
+    recent.add(Kind.FALL, LAT, LON, "late", T0 + 1000)
+    recent.add(Kind.FALL, LAT, LON, "early", T0 + 900)
+    recent.prune(T0 + 900 + 361)
+    assert list(recent.near(Kind.FALL, LAT, LON)) == ["late"]
+
+
+def test_a_flood_of_reports_costs_the_neighbours_only(area: ServiceArea) -> None:
+    """3,000 reports at one instant across the district, as the benchmark sends them:
+    each is compared with the few near it, and at most max_kept are kept."""
+    d = make(area)
+    min_lon, min_lat, max_lon, max_lat = area.bounds
+    rng = random.Random(3)
+    n = 0
+    while n < 3000:
+        lat, lon = rng.uniform(min_lat, max_lat), rng.uniform(min_lon, max_lon)
+        if area.contains(lat, lon):
+            d.report(Report(kind=Kind.MEDICAL, lat=lat, lon=lon, id=f"f{n}"), T0)
+            n += 1
+    assert len(d.recent) <= d.recent.max_kept
+    probe = d.incidents["f2999"]
+    assert len(list(d.recent.near(probe.kind, probe.lat, probe.lon))) < 20

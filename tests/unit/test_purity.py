@@ -34,6 +34,7 @@ PURE_DISPATCH = (
     "lifecycle",
     "policy",
     "dispatcher",
+    "duplicates",
     "config",
     "effects",
     "coverage",
