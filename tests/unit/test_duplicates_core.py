@@ -18,6 +18,7 @@ from dispatch.headline import outcome
 from dispatch.model import Answer, Kind, Reply, Report
 from geo.area import ServiceArea
 from geo.distance import haversine_m
+from simulators.terminal_volunteer import Volunteer as TerminalVolunteer
 from tests.unit.test_dispatcher import (
     LAT,
     LON,
@@ -309,3 +310,19 @@ def test_a_flood_of_reports_costs_the_neighbours_only(area: ServiceArea) -> None
     assert len(d.recent) <= d.recent.max_kept
     probe = d.incidents["f2999"]
     assert len(list(d.recent.near(probe.kind, probe.lat, probe.lon))) < 20
+
+
+def test_the_terminal_volunteer_says_what_a_merge_means() -> None:
+    """The merge's stand-down reason, in the terminal volunteer's plain words."""
+    v = TerminalVolunteer("tv-merge", LAT, LON)
+    v.start()
+    [line] = v.on_assignment(
+        {
+            "incident_id": "inc-2",
+            "action": "stand_down",
+            "reason": "incident merged into another report of the same event",
+        },
+        T0,
+    )
+    assert "another report of the same event is being handled" in line
+    assert "cancelled" not in line.split("(")[0]
