@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections import deque
-from collections.abc import Iterator
 from contextlib import suppress
 
 from dispatch.model import Kind
@@ -24,7 +23,7 @@ __all__ = ["RecentReports"]
 
 _DEG_LAT_M = 111_195.0  # metres per degree of latitude (the mean Earth radius)
 
-Cell = tuple[Kind, int, int]
+Cell = tuple[str, int, int]  # the kind's value (an Enum member hashes in Python: slow)
 
 
 class RecentReports:
@@ -51,15 +50,20 @@ class RecentReports:
         return len(self._order)
 
     def _cell(self, kind: Kind, lat: float, lon: float) -> Cell:
-        return kind, math.floor(lat / self._step_lat), math.floor(lon / self._step_lon)
+        return kind.value, math.floor(lat / self._step_lat), math.floor(lon / self._step_lon)
 
-    def near(self, kind: Kind, lat: float, lon: float) -> Iterator[str]:
+    def near(self, kind: Kind, lat: float, lon: float) -> list[str]:
         """The ids of recent reports of ``kind`` in the point's cell and its neighbours: a
         superset of those within ``radius_m`` (the caller measures)."""
-        _, i, j = self._cell(kind, lat, lon)
+        k, i, j = self._cell(kind, lat, lon)
+        cells = self._cells
+        out: list[str] = []
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
-                yield from self._cells.get((kind, i + di, j + dj), ())
+                ids = cells.get((k, i + di, j + dj))
+                if ids:
+                    out.extend(ids)
+        return out
 
     def add(self, kind: Kind, lat: float, lon: float, incident_id: str, at: float) -> None:
         """Keep a report that arrived at ``at`` (restored ones may come in any order)."""
