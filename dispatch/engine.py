@@ -429,6 +429,9 @@ class Alone:
         return
 
     # IncidentReads
+    def held(self) -> Mapping[str, Incident]:
+        return self.engine.core.incidents
+
     async def open_incidents(self) -> list[Incident]:
         return self.engine.core.open_incidents()
 
