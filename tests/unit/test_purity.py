@@ -354,7 +354,8 @@ def test_only_the_composition_root_imports_the_cluster() -> None:
 
 
 # Effects are domain values; only the shell turns them into topics and JSON (STYLE.md 12).
-WIRE_IMPORTERS = frozenset({"dispatch/engine.py"})
+# The bus and the service worker's replies send `Publish` messages; only the engine renders.
+WIRE_IMPORTERS = frozenset({"dispatch/engine.py", "dispatch/bus.py", "dispatch/push_routes.py"})
 
 
 def test_only_the_shell_knows_the_wire() -> None:
