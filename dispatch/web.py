@@ -31,10 +31,12 @@ from aiohttp import web
 
 from dispatch import coverage
 from dispatch.archive import Archive
+from dispatch.archiver import Archiver
 from dispatch.codec import format_time, parse_time
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import State
+from dispatch.metrics import Metrics
 from dispatch.model import is_valid_id
 from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
@@ -938,3 +940,25 @@ class _ClientBudgets:
             return (1.0 - tokens) / self.rate
         self._buckets[client] = (tokens - 1.0, now)
         return None
+
+
+def archiver_app(archiver: Archiver, metrics: Metrics) -> web.Application:
+    """What ``dispatch archive`` serves when it runs alone: ``/metrics`` (its counters and
+    lag, as on the engine's /metrics) and ``/healthz`` (503 until its tables are up to
+    date and its consumer group exists)."""
+
+    async def metrics_route(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def health(request: web.Request) -> web.Response:
+        ready = archiver.ready.is_set()
+        body = {"ready": ready, "archived": archiver.archived, "lag_s": archiver.lag_s()}
+        return _json(body, 200 if ready else 503)
+
+    app = web.Application(client_max_size=1024)
+    app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/healthz", health)
+    return app
