@@ -293,7 +293,8 @@ async def test_dispatch_archive_process_killed_with_sigkill(
                     assert resp.status == 200, health
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                     text = await resp.text()
-            assert health["ready"] is True and health["lag_s"] == 0.0
+            assert health["ready"] is True, health
+            assert health["lag_s"] == 0.0, health
             # The second process wrote at least what the first had not committed.
             assert health["archived"] >= len(incidents) - done, health
             written = [
