@@ -832,7 +832,7 @@
         }
         act(s.id, "merge", { into });
       });
-      if (!operatorOff) parts.push(b);
+      if (!operatorOff && open.has(into)) parts.push(b); // the first ended: nothing to merge into
     }
     if (s.merged_from && s.merged_from.length) {
       parts.push(el("span", { class: "hint" }, t("merged_from", { ids: s.merged_from.map((x) => `#${x}`).join(", ") })));
