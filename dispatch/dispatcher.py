@@ -35,6 +35,7 @@ from dispatch.effects import (
     AssignmentReason,
     Claim,
     Effect,
+    Escalation,
     EventType,
     ForgetPosition,
     LogEvent,
@@ -320,26 +321,29 @@ class Dispatcher:
                 # A late responder is better than none, but a person must know now.
                 self._escalate(
                     incident,
-                    f"the fastest volunteer needs about {best:.0f} s and {used:.0f} s are "
-                    f"gone or needed to set off: more than the {self.policy.target_s:.0f} s "
-                    "target",
+                    Escalation.TOO_SLOW,
+                    {"best": round(best), "used": round(used), "target": self._target()},
                     now,
                     effects,
                 )
         elif not incident.open_alerts() and not incident.confirmed:
-            self._escalate(incident, self._nobody_reason(incident), now, effects)
+            self._escalate(incident, *self._nobody_reason(incident), now, effects)
         return chosen
 
-    def _nobody_reason(self, incident: Incident) -> str:
+    def _nobody_reason(self, incident: Incident) -> tuple[Escalation, dict[str, Any]]:
         if self._alert_budget_left(incident) == 0:
-            return f"the alert budget ({self.policy.max_alerts}) is spent and nobody accepted"
-        skills = ", ".join(incident.skills) or "no particular skills"
+            return Escalation.ALERT_BUDGET_SPENT, {"n": self.policy.max_alerts}
+        skills = list(incident.skills)
         if self.policy.strategy is Strategy.WAVES:
-            return (
-                f"no available volunteer with {skills} who could be there within "
-                f"{self.policy.useful_eta_s:.0f} s ({self.policy.max_radius_m:.0f} m at most)"
-            )
-        return f"no available volunteer with {skills} within {self.policy.radius_m:.0f} m"
+            return Escalation.NOBODY_IN_TIME, {
+                "skills": skills,
+                "eta": round(self.policy.useful_eta_s),
+                "radius": round(self.policy.max_radius_m),
+            }
+        return Escalation.NOBODY_IN_REACH, {"skills": skills, "radius": round(self.policy.radius_m)}
+
+    def _target(self) -> int:
+        return round(self.policy.target_s)
 
     def _alert_budget_left(self, incident: Incident) -> int | None:
         if not self.policy.max_alerts:
@@ -492,12 +496,12 @@ class Dispatcher:
             return  # someone accepted: this playbook sends no more waves
         if incident.wave >= self.policy.waves:
             if not incident.confirmed:
-                reason = f"nobody accepted after {incident.wave} waves"
-                if incident.responders:
-                    reason = (
-                        f"responders overdue, and nobody else accepted after {incident.wave} waves"
-                    )
-                self._escalate(incident, reason, now, effects)
+                why = (
+                    Escalation.RESPONDERS_OVERDUE
+                    if incident.responders
+                    else (Escalation.NOBODY_ACCEPTED)
+                )
+                self._escalate(incident, why, {"n": incident.wave}, now, effects)
             self._changed(incident, effects)
             return
         self._send_wave(incident, now, effects)
@@ -1218,10 +1222,10 @@ class Dispatcher:
         else:
             chosen = self._alert_best(incident, now, effects, fixed=book.replace)
         if not chosen and not incident.open_alerts() and not incident.confirmed:
-            reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
+            why: tuple[Escalation, dict[str, Any]] = (Escalation.ALL_DECLINED, {})
             if self._alert_budget_left(incident) == 0:
-                reason = self._nobody_reason(incident)
-            self._escalate(incident, reason, now, effects)
+                why = self._nobody_reason(incident)
+            self._escalate(incident, *why, now, effects)
 
     # ------------------------------------------------------------------ arrival
 
@@ -1345,7 +1349,7 @@ class Dispatcher:
         incident = self._get(incident_id)
         advance(incident.id, incident.state, State.ESCALATED)
         effects: list[Effect] = []
-        self._escalate(incident, reason or f"escalated by {by}", now, effects, by=by)
+        self._escalate(incident, Escalation.OPERATOR, {"by": by}, now, effects, by=by, words=reason)
         self._changed(incident, effects)
         return effects
 
@@ -1768,14 +1772,34 @@ class Dispatcher:
         )
 
     def _escalate(
-        self, incident: Incident, reason: str, now: float, effects: list[Effect], by: str = "engine"
+        self,
+        incident: Incident,
+        why: Escalation,
+        params: dict[str, Any],
+        now: float,
+        effects: list[Effect],
+        by: str = "engine",
+        words: str = "",
     ) -> None:
+        """To a person, with why as a code and its figures (``words``: an operator's own)."""
         if incident.state is State.ESCALATED:
             return
+        reason = words or why.words(params)
         incident.escalated_at = now
         incident.escalation_reason = reason
+        incident.escalation_code = why.value
+        incident.escalation_params = params
         self._move(incident, State.ESCALATED, now, effects)
-        self._event(incident, EventType.ESCALATED, now, effects, reason=reason, by=by)
+        self._event(
+            incident,
+            EventType.ESCALATED,
+            now,
+            effects,
+            reason=reason,
+            by=by,
+            code=why.value,
+            params=params,
+        )
 
     def _event(
         self,

@@ -27,6 +27,7 @@ __all__ = [
     "AssignmentReason",
     "Claim",
     "Effect",
+    "Escalation",
     "EventType",
     "ForgetPosition",
     "LogEvent",
@@ -87,6 +88,48 @@ class Role(StrEnum):
 
     PRIMARY = "primary"
     BACKUP = "backup"
+
+
+class Escalation(StrEnum):
+    """Why an incident went to a person: the code the record, the event and the state
+    carry (``escalation_code``, with ``escalation_params``), which the page words in its
+    own language; `words` is the engine's English (``escalation_reason``, and the log)."""
+
+    TOO_SLOW = "too_slow"  # best, used, target: seconds
+    NOBODY_IN_TIME = "nobody_in_time"  # skills, eta: seconds, radius: metres
+    NOBODY_IN_REACH = "nobody_in_reach"  # skills, radius: metres
+    ALERT_BUDGET_SPENT = "alert_budget_spent"  # n: alerts
+    NOBODY_ACCEPTED = "nobody_accepted"  # n: waves
+    RESPONDERS_OVERDUE = "responders_overdue"  # n: waves
+    ALL_DECLINED = "all_declined"
+    OPERATOR = "operator"  # by (an operator's own words replace these)
+
+    def words(self, p: Mapping[str, Any]) -> str:
+        skills = ", ".join(p.get("skills") or ()) or "no particular skills"
+        match self:
+            case Escalation.TOO_SLOW:
+                return (
+                    f"the fastest volunteer needs about {p['best']} s and {p['used']} s are "
+                    f"gone or needed to set off: more than the {p['target']} s target"
+                )
+            case Escalation.NOBODY_IN_TIME:
+                return (
+                    f"no available volunteer with {skills} who could be there within "
+                    f"{p['eta']} s ({p['radius']} m at most)"
+                )
+            case Escalation.NOBODY_IN_REACH:
+                return f"no available volunteer with {skills} within {p['radius']} m"
+            case Escalation.ALERT_BUDGET_SPENT:
+                return f"the alert budget ({p['n']}) is spent and nobody accepted"
+            case Escalation.NOBODY_ACCEPTED:
+                return f"nobody accepted after {p['n']} waves"
+            case Escalation.RESPONDERS_OVERDUE:
+                return f"responders overdue, and nobody else accepted after {p['n']} waves"
+            case Escalation.ALL_DECLINED:
+                return "every alerted volunteer declined or timed out, and nobody else is in reach"
+            case Escalation.OPERATOR:
+                return f"escalated by {p['by']}"
+        raise AssertionError(self)  # pragma: no cover - every member is matched above
 
 
 class AssignmentReason(StrEnum):

@@ -154,7 +154,9 @@ class Incident:
     first_arrival_at: float | None = None  # claimed: the geofence or "I'm here"
     first_verified_at: float | None = None  # confirmed by a position near the scene
     escalated_at: float | None = None
-    escalation_reason: str = ""
+    escalation_reason: str = ""  # the engine's English (or an operator's own words)
+    escalation_code: str = ""  # an effects.Escalation; "" in records older than codes
+    escalation_params: dict[str, Any] = field(default_factory=dict)  # its figures
     ended_at: float | None = None
     end_reason: str = ""
     version: int = 0
@@ -221,6 +223,14 @@ class Incident:
             "first_verified_at": self.first_verified_at,
             "escalated_at": self.escalated_at,
             "escalation_reason": self.escalation_reason,
+            **(
+                {
+                    "escalation_code": self.escalation_code,
+                    "escalation_params": self.escalation_params,
+                }
+                if self.escalation_code
+                else {}
+            ),
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
             "version": self.version,
@@ -255,6 +265,8 @@ class Incident:
             for x in r["responders"]
         ]
         fields["merged_from"] = list(r.get("merged_from", ()))
+        if "escalation_params" in fields:  # its own copy, never the caller's
+            fields["escalation_params"] = dict(fields["escalation_params"])
         if "first_verified_at" not in fields:  # stored before verified arrivals
             fields["first_verified_at"] = fields["first_arrival_at"]
         return cls(**fields)
@@ -297,6 +309,9 @@ def public_state(incident: Incident, target_s: float) -> dict[str, Any]:
             None if incident.first_arrival_at is None else incident.first_verified_at is not None
         ),
         "escalation_reason": incident.escalation_reason or None,
+        # what the page words in its own language (effects.Escalation), with its figures
+        "escalation_code": incident.escalation_code or None,
+        "escalation_params": incident.escalation_params if incident.escalation_code else None,
         "end_reason": incident.end_reason or None,
         # This project's duplicate reports (docs/protocol.md): a reporter whose incident
         # was merged follows the one in ``merged_into`` from then on.

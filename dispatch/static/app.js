@@ -263,6 +263,22 @@
     return text;
   }
 
+  // Why the engine escalated, from its code and figures (escalation_code and
+  // escalation_params, dispatch/effects.py Escalation) in the page's words; an operator's
+  // own words, and records from before the codes, by their text.
+  const ESCALATIONS = {
+    too_slow: "r_too_slow", nobody_in_time: "r_none_useful", nobody_in_reach: "r_none_radius",
+    alert_budget_spent: "r_budget", nobody_accepted: "r_no_accept",
+    responders_overdue: "r_overdue_no_accept", all_declined: "r_all_declined", operator: "r_escalated_by",
+  };
+  function escalationText(code, params, text) {
+    const key = ESCALATIONS[code];
+    if (!key || (code === "operator" && !/^escalated by /.test(text || ""))) return engineText(text);
+    const p = params || {};
+    const skills = Array.isArray(p.skills) && p.skills.length ? p.skills.join(", ") : "no particular skills";
+    return t(key, { ...p, skills: skillsText(skills), by: byName(String(p.by || "")) });
+  }
+
   // ------------------------------------------------------------------ state
 
   const open = new Map(); // id -> public state (with address) of every open incident
@@ -547,7 +563,7 @@
     if ("Notification" in window && Notification.permission === "granted") {
       try {
         const n = new Notification(t(kind === "escalated" ? "notify_escalated" : "notify_p1", { kind: t(`kind_${s.kind}`) }), {
-          body: [s.address || s.id, kind === "escalated" ? engineText(s.escalation_reason) : ""].filter(Boolean).join("\n"),
+          body: [s.address || s.id, kind === "escalated" ? escalationText(s.escalation_code, s.escalation_params, s.escalation_reason) : ""].filter(Boolean).join("\n"),
           tag: `${kind}-${s.id}`,
         });
         n.onclick = () => { window.focus(); select(s.id); n.close(); };
@@ -796,7 +812,7 @@
           el("span", { class: "iid" }, s.id)),
         el("div", { class: "addr" }, s.address || `${s.lat.toFixed(5)}, ${s.lon.toFixed(5)}`),
         duplicateInfo(s),
-        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, engineText(s.escalation_reason)) : null,
+        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, escalationText(s.escalation_code, s.escalation_params, s.escalation_reason)) : null,
         responders.length ? el("ul", { class: "responders" }, responders) : null,
         el("div", { class: "meta" }, `${t("alerts_sent", { n: s.alerts_sent })} · ${t("needed", { n: s.responders_needed })}`)),
       el("div", { class: "actions" },
@@ -921,7 +937,8 @@
     if (e.type === "amended" && e.changes) parts.push(changesText(e.changes));
     parts.push(duplicateEvent(e));
     // "escalated by X" already names who: the reason says it in the page's words
-    const reason = e.reason ? engineText(e.reason) : null;
+    const reason = !e.reason ? null
+      : e.type === "escalated" ? escalationText(e.code, e.params, e.reason) : engineText(e.reason);
     if (e.by && !(e.reason && /^escalated by /.test(e.reason))) parts.push(`${t("by")} ${byName(e.by)}`);
     parts.push(reason);
     if (e.type === "arrived" && e.verified === false) parts.push(t("unverified"));
@@ -967,7 +984,7 @@
       el("h3", {}, `${t(`kind_${d.kind}`)} · ${t(`state_${d.state}`)}`),
       el("div", { class: "hint" }, `${d.id} · ${d.cell || ""} · P${d.priority}`),
       el("div", {}, d.address || ""), d.description ? el("div", { class: "hint" }, d.description) : null,
-      d.escalation_reason ? el("div", { class: "reason" }, engineText(d.escalation_reason)) : null,
+      d.escalation_reason ? el("div", { class: "reason" }, escalationText(d.escalation_code, d.escalation_params, d.escalation_reason)) : null,
       d.end_reason ? el("div", { class: "hint" }, engineText(d.end_reason)) : null,
       duplicateInfo(d),
       ENDED.has(d.state) || operatorOff ? null : el("div", { class: "detail-actions" },
@@ -1441,6 +1458,6 @@
     const p = pt.matrixTransform($("map").getScreenCTM());
     return { x: p.x, y: p.y };
   }
-  window.dispatchPage = { open, history, attention, engineText, screenPoint, get lastEventId() { return lastEventId; } };
+  window.dispatchPage = { open, history, attention, engineText, escalationText, screenPoint, get lastEventId() { return lastEventId; } };
   start();
 })();
