@@ -331,10 +331,15 @@ class Archive:
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection of its own for one read: reports never wait behind the writer."""
+        """A connection of its own for one read: reports never wait behind the writer.
+
+        One snapshot for all its statements (repeatable read): a report's groups and its
+        total count the same incidents, even while the writer commits between them."""
         async with self._errors():
             conn = await self._connect(self.report_timeout_s)
             try:
+                await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                await conn.set_read_only(True)
                 yield conn
             finally:
                 await conn.close()
