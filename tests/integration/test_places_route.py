@@ -143,5 +143,6 @@ async def test_without_a_gazetteer_only_earlier_addresses_are_found(
         assert (await engine.get("/api/places"))[1] == {"places": []}
         await engine.post("/api/incidents", report("pl-n", address="望江门外 钱塘江边步道"))
         status, body = await _places(engine, "望江门")
+        assert status == 200
         assert [p["source"] for p in body["places"]] == ["incident"]
         assert (await engine.get("/api/volunteer-app"))[1]["control_room_phone"] is None

@@ -84,9 +84,7 @@ def test_too_many_places_or_bytes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="larger than 2048 KiB"):
         Gazetteer.from_csv(big)
     bad = tmp_path / "latin1.csv"
-    bad.write_bytes(
-        "name,lat,lon\nok,30.2,120.1\n".encode() + "caf\xe9,30.2,120.1\n".encode("latin-1")
-    )
+    bad.write_bytes(b"name,lat,lon\nok,30.2,120.1\n" + "caf\xe9,30.2,120.1\n".encode("latin-1"))
     with pytest.raises(ValueError, match="line 3: not UTF-8 text"):
         Gazetteer.from_csv(bad)
 
