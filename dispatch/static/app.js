@@ -1353,42 +1353,46 @@
 
   // Labels never overlap: they are laid out greedily, most important first (incidents
   // by urgency, then the gazetteer's names by rank), each tried right of its point, then
-  // left, above and below, and left out where all of those are taken. Incident markers
-  // are kept free of names. Boxes are measured (getBBox), never guessed.
+  // left, above and below, and left out where all of those are taken. Names keep off the
+  // incident markers; an incident's label does too where it can, else it may lie over
+  // another marker (never over a label). Boxes are measured (getBBox), never guessed.
   function renderLabels() {
     const g = $("g-labels");
     g.replaceChildren();
     if (!projection) return;
     const u = upp();
-    const taken = [];
-    const overlaps = (b) => taken.some((o) => b.x < o.x + o.width && o.x < b.x + b.width
+    const taken = []; // labels placed
+    const marks = []; // incident markers
+    const hits = (list, b) => list.some((o) => b.x < o.x + o.width && o.x < b.x + b.width
       && b.y < o.y + o.height && o.y < b.y + b.height);
     const markR = 9 * u;
     const incidents = [...open.values()].sort(urgency);
     for (const s of incidents) {
       const x = projection.x(s.lon), y = projection.y(s.lat);
-      taken.push({ x: x - markR, y: y - markR, width: 2 * markR, height: 2 * markR });
+      marks.push({ x: x - markR, y: y - markR, width: 2 * markR, height: 2 * markR });
     }
     const pad = 2 * u;
-    const place = (text, x, y, gap, cls, size, attrs) => {
+    const place = (text, x, y, gap, cls, size, attrs, overMarks) => {
       const node = svg("text", { class: cls, "font-size": (size * u).toFixed(1), "stroke-width": (3 * u).toFixed(1), ...attrs });
       node.textContent = text;
       g.append(node);
       const spots = [["start", x + gap, y + size * u * 0.35], ["end", x - gap, y + size * u * 0.35],
         ["middle", x, y - gap - size * u * 0.2], ["middle", x, y + gap + size * u * 0.9]];
-      for (const [anchor, lx, ly] of spots) {
-        node.setAttribute("x", lx.toFixed(1)); node.setAttribute("y", ly.toFixed(1));
-        node.setAttribute("text-anchor", anchor);
-        const b = node.getBBox();
-        const box = { x: b.x - pad, y: b.y - pad, width: b.width + 2 * pad, height: b.height + 2 * pad };
-        if (!overlaps(box)) { taken.push(box); return true; }
+      for (const free of overMarks ? [true, false] : [true]) {
+        for (const [anchor, lx, ly] of spots) {
+          node.setAttribute("x", lx.toFixed(1)); node.setAttribute("y", ly.toFixed(1));
+          node.setAttribute("text-anchor", anchor);
+          const b = node.getBBox();
+          const box = { x: b.x - pad, y: b.y - pad, width: b.width + 2 * pad, height: b.height + 2 * pad };
+          if (!hits(taken, box) && !(free && hits(marks, box))) { taken.push(box); return true; }
+        }
       }
       node.remove();
       return false;
     };
     // The marker's own box is taken: its label goes beside it, never on another marker.
     for (const s of incidents) {
-      place(t(`kind_${s.kind}`), projection.x(s.lon), projection.y(s.lat), markR * 1.3, "mark-label", 14, { "data-id": s.id });
+      place(t(`kind_${s.kind}`), projection.x(s.lon), projection.y(s.lat), markR * 1.3, "mark-label", 14, { "data-id": s.id }, true);
     }
     const byRank = [...places].sort((a, b) => a.rank - b.rank);
     for (const p of byRank) {
