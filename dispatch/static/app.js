@@ -1599,6 +1599,7 @@
     $("lang").textContent = lang === "zh" ? "EN" : "中文";
     setConn($("conn").dataset.state);
     $("toast").hidden = true; // said in the other language
+    $("report-result").textContent = ""; // the same
     $("assign-list").replaceChildren(); // filled again, in this language, when next opened
     renderMute();
     fillFilters();

@@ -972,6 +972,7 @@ def test_places_names_on_the_map_tiles_and_subdistricts_zh_and_en(
             s for s in engine.get("/api/incidents")["incidents"] if s["address"] == "河坊街"
         )
         assert (reported["lat"], reported["lon"]) == (30.243, 120.169)
+        p.click("#detail-close")
 
         # English: the names on the map and in the search are the English ones.
         p.click("#lang")
@@ -989,6 +990,7 @@ def test_places_names_on_the_map_tiles_and_subdistricts_zh_and_en(
         assert "place" in text
         assert not _CJK.search(text), text
         assert p.locator("#q-sub option").first.inner_text() == "All subdistricts"
+        assert p.locator("#report-result").inner_text() == ""  # said in Chinese: gone
         page.screenshot("control-room-places-en.png")
         p.locator("#r-address").press("Escape")
         assert p.locator("#r-places").is_hidden()
