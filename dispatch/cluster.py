@@ -68,9 +68,7 @@ from dispatch.model import Amendment, Report, is_valid_id
 from dispatch.ports import ReportOutcome
 from dispatch.store import Admission, ClusterStore, Fence, WorkEntry
 
-# OwnerUnavailable lives in dispatch/errors.py; named here too for those who import it
-# from here (dispatch/web.py).
-__all__ = ["Cluster", "FencedStore", "OwnerUnavailable", "current_message"]
+__all__ = ["Cluster", "FencedStore", "current_message"]
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +291,10 @@ class Cluster:
     # there, stored before it is announced), a report goes through the work stream like
     # one from MQTT, and an operator action is carried out by the incident's owner, which
     # takes it from its command list and answers on a reply key.
+
+    def held(self) -> Mapping[str, Incident]:
+        """None: every instance reads every incident from Redis, so that all show the same."""
+        return {}
 
     async def open_records(self) -> list[dict[str, Any]]:
         """Every open incident's record, whoever owns it."""

@@ -99,6 +99,7 @@ class Config:
     postgres_timeout_s: float = 5.0
     postgres_retry_s: float = 2.0
     postgres_batch: int = 200
+    postgres_metrics_http: str = ""  # `dispatch archive` alone: where its /metrics is
     # [volunteer_app]: how the volunteer page (/volunteer) reaches the broker's websockets.
     volunteer_ws_url: str = ""
     volunteer_ws_port: int = 9001
@@ -431,6 +432,13 @@ KEYS: tuple[Key, ...] = (
     Key("postgres", "timeout_s", 5.0, _positive, "postgres_timeout_s"),
     Key("postgres", "retry_s", 2.0, _positive, "postgres_retry_s"),
     Key("postgres", "batch", 200, _int_range(1, 10_000), "postgres_batch"),
+    Key(
+        "postgres",
+        "metrics_http",
+        "",
+        lambda v: v if v == "" else _host_port(v),
+        "postgres_metrics_http",
+    ),
 )
 
 _KINDS = _kind_table(

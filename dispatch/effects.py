@@ -7,8 +7,8 @@ effect of the batch (one Redis pipeline), then every message (`SendAlert`,
 back as ``Dispatcher.claim_result``.
 
 The core says *what* to tell whom; only the shell knows the wire: dispatch/wire.py turns
-the messages into topics, JSON, QoS, retain flags and expiries (`Publish`, the form the
-bus sends). Every effect about an incident carries its incident id, so nobody has to
+the messages into topics, JSON, QoS, retain flags and expiries (`Publish`, the
+form the bus sends). Every effect about an incident carries its incident id, so nobody has to
 read a topic or a payload to find it.
 """
 
@@ -31,7 +31,6 @@ __all__ = [
     "ForgetPosition",
     "LogEvent",
     "Outbound",
-    "Publish",
     "Reject",
     "Release",
     "Role",
@@ -170,18 +169,6 @@ class StateChanged:
 
 # What the shell sends out, each about one incident (see dispatch/wire.py).
 Outbound = SendAlert | SendAssignment | StateChanged
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """A message as the bus sends it: the shell's form of an `Outbound` (dispatch/wire.py),
-    and of what the shell sends on its own (rejections)."""
-
-    topic: str  # the full topic, root included
-    payload: bytes  # b"" with retain clears a retained message
-    qos: int = 1
-    retain: bool = False
-    expiry_s: int | None = None  # MQTT 5 message expiry; stale calls must not reach a phone
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ from dispatch.effects import (
     ForgetPosition,
     LogEvent,
     Outbound,
-    Publish,
     Reject,
     SavePosition,
     SendAlert,
@@ -46,7 +45,7 @@ from dispatch.metrics import Metrics
 from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
 from dispatch.ports import Ownership, ReportOutcome
 from dispatch.store import Store, StoredVolunteer
-from dispatch.wire import Wire
+from dispatch.wire import Publish, Wire
 
 __all__ = ["Alone", "Engine", "Message"]
 
@@ -429,6 +428,9 @@ class Alone:
         return
 
     # IncidentReads
+    def held(self) -> Mapping[str, Incident]:
+        return self.engine.core.incidents
+
     async def open_incidents(self) -> list[Incident]:
         return self.engine.core.open_incidents()
 

@@ -74,6 +74,10 @@ class Ownership(Protocol):
 
 
 class IncidentReads(Protocol):
+    def held(self) -> Mapping[str, Incident]:
+        """Incidents the HTTP API reads from this process instead of Redis (fresher, no
+        decoding); empty when every instance must show the same, as read from Redis."""
+
     async def open_incidents(self) -> list[Incident]:
         """Every open incident the HTTP API shows."""
 

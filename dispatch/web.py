@@ -31,11 +31,12 @@ from aiohttp import web
 
 from dispatch import coverage
 from dispatch.archive import Archive
-from dispatch.cluster import OwnerUnavailable
+from dispatch.archiver import Archiver
 from dispatch.codec import format_time, parse_time
 from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
-from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
+from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import State
+from dispatch.metrics import Metrics
 from dispatch.model import is_valid_id
 from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
@@ -640,18 +641,13 @@ class _Api:
     async def _figures_now(self, since: float, now: float) -> web.Response:
         core = self.service.core
         ids = await self.reader.reported_since(since, limit=_FIGURES_LIMIT)
-        cluster = self.service.cluster
-        # Several instances: each holds only its own incidents; Redis holds them all.
-        live = core.incidents if cluster is None else {}
+        live = self.service.reads.held()
         stored = await self.reader.incidents([i for i in ids if i not in live])
         # Up to 20,000 records: read in a thread, off the loop dispatch runs on.
         incidents = [live[i] for i in ids if i in live] + await asyncio.to_thread(
             lambda: [Incident.from_record(r) for r in stored]
         )
-        if cluster is None:
-            open_now = core.open_incidents()
-        else:
-            open_now = [Incident.from_record(r) for r in await cluster.open_records()]
+        open_now = await self.service.reads.open_incidents()
         body = {
             "since": format_time(since),
             "computed_at": format_time(now),
@@ -701,10 +697,8 @@ class _Api:
             more = len(ids) > limit
             records = await self.reader.incidents(ids[:limit])
             incidents = [Incident.from_record(r) for r in records]
-        elif self.service.cluster is not None:  # every instance's, not only ours
-            incidents = [Incident.from_record(r) for r in await self.service.cluster.open_records()]
-        else:
-            incidents = core.open_incidents()
+        else:  # every instance's, not only ours
+            incidents = await self.service.reads.open_incidents()
         if state_filter is not None:
             incidents = [i for i in incidents if i.state.value == state_filter]
         incidents.sort(key=lambda i: (i.priority, i.reported_at, i.id))
@@ -738,10 +732,7 @@ class _Api:
 
     async def _incident_body(self, iid: str, with_events: bool) -> dict[str, Any] | None:
         """One incident as ``GET /api/incidents/{iid}`` shows it; None if unknown."""
-        # Several instances: from Redis, so that every instance shows the same.
-        incident = (
-            None if self.service.cluster is not None else self.service.core.incidents.get(iid)
-        )
+        incident = self.service.reads.held().get(iid)
         if incident is None:
             record = await self.reader.incident(iid) if is_valid_id(iid) else None
             if record is None:
@@ -799,12 +790,8 @@ class _Api:
             return _error(
                 400, "'by' must be the operator's name: non-empty, without control characters"
             )
-        cluster = self.service.cluster
-        try:
-            if cluster is None:
-                await self.service.operator("amend", iid, by=by[:64], changes=changes)
-            else:  # carried out by the incident's owner, wherever it runs
-                await cluster.operator("amend", iid, by=by[:64], changes=changes)
+        try:  # carried out by the incident's owner, wherever it runs
+            await self.service.operators.operator("amend", iid, by=by[:64], changes=changes)
         except UnknownIncident:
             return _error(404, f"no open incident with id '{iid}'")
         except InvalidTransition as exc:
@@ -833,13 +820,9 @@ class _Api:
             self.service.metrics.rejected.labels(reason=err.code).inc()
             status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
             return _error(status, err.reason)
-        incident_id = report.id
-        if self.service.cluster is not None:  # through the work stream, as from MQTT
-            outcome, incident_id = await self.service.cluster.submit(
-                report, await request.read(), now
-            )
-        else:
-            outcome = await self.service.report(report, now, via_mqtt=False)
+        # Several instances: through the work stream, as from MQTT.
+        outcome, known_id = await self.service.intake.submit(report, await request.read(), now)
+        incident_id = known_id or report.id
         if outcome.status == "conflict":
             return _error(
                 409,
@@ -879,12 +862,8 @@ class _Api:
                 return _error(
                     400, "'by' must be the operator's name: non-empty, without control characters"
                 )
-            cluster = self.service.cluster
-            try:
-                if cluster is None:
-                    state = await self.service.operator(name, iid, by=by[:64], **kwargs)
-                else:  # carried out by the incident's owner, wherever it runs
-                    state = await cluster.operator(name, iid, by=by[:64], **kwargs)
+            try:  # carried out by the incident's owner, wherever it runs
+                state = await self.service.operators.operator(name, iid, by=by[:64], **kwargs)
             except UnknownIncident:
                 return _error(404, f"no open incident with id '{iid}'")
             except UnknownVolunteer:
@@ -1092,3 +1071,25 @@ class _ClientBudgets:
             return (1.0 - tokens) / self.rate
         self._buckets[client] = (tokens - 1.0, now)
         return None
+
+
+def archiver_app(archiver: Archiver, metrics: Metrics) -> web.Application:
+    """What ``dispatch archive`` serves when it runs alone: ``/metrics`` (its counters and
+    lag, as on the engine's /metrics) and ``/healthz`` (503 until its tables are up to
+    date and its consumer group exists)."""
+
+    async def metrics_route(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def health(request: web.Request) -> web.Response:
+        ready = archiver.ready.is_set()
+        body = {"ready": ready, "archived": archiver.archived, "lag_s": archiver.lag_s()}
+        return _json(body, 200 if ready else 503)
+
+    app = web.Application(client_max_size=1024)
+    app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/healthz", health)
+    return app
