@@ -561,10 +561,12 @@ class _Api:
                 )
                 self._recent_at = now
             recent = self._recent
-        if self.service.cluster is not None:
-            return recent
+        # What this process holds is fresher (a report of a moment ago); with several
+        # instances it holds nothing, and the addresses come from Redis alone.
         live = _addresses(
-            (i.reported_at, i.address, i.lat, i.lon) for i in self.service.core.open_incidents()
+            (i.reported_at, i.address, i.lat, i.lon)
+            for i in self.service.reads.held().values()
+            if i.ended_at is None
         )
         return live + recent
 
