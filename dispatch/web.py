@@ -42,6 +42,7 @@ from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
+from geo.gazetteer import Gazetteer
 
 __all__ = ["EventHub", "HeaderDeadline", "listen", "make_app"]
 
@@ -75,6 +76,18 @@ _REPLAY_MAX = 500
 # Lists are paged: ?limit= (default, most) and ?offset=.
 _PAGE_DEFAULT = 200
 _PAGE_MAX = 1_000
+# The address search (GET /api/places?q=): a query of at most this many characters, at
+# most this many answers, each client this many searches a second (bursts of twice
+# that; typing sends one every ~150 ms), over the gazetteer and the addresses of the
+# incidents reported in the last _RECENT_S, at most _RECENT_MAX of them, read from
+# Redis at most every _RECENT_REFRESH_S.
+_PLACES_QUERY_MAX = 64
+_PLACES_DEFAULT = 8
+_PLACES_MAX = 20
+_PLACES_PER_S = 10.0
+_RECENT_S = 7 * 86_400
+_RECENT_MAX = 500
+_RECENT_REFRESH_S = 30.0
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -137,6 +150,8 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_get("/api/volunteers", api.volunteers)
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
+    app.router.add_get("/api/places", api.places)
+    app.router.add_get("/api/map", api.map_settings)
     # The record (dispatch/record_routes.py): reports over ended incidents, CAP export.
     records = Records(service, reader, archive, api.check_read)
     app.router.add_get("/api/report", records.report)
@@ -360,6 +375,15 @@ class _Api:
         # (computed at, answer) by query; see _CACHE_S
         self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
+        # The address search: the gazetteer (checked when the config was loaded), the
+        # addresses of recent reports (newest first: address, lat, lon) and when they
+        # were read, and its own per-client budget.
+        c = service.config
+        self.gazetteer = Gazetteer.from_csv(c.area_gazetteer) if c.area_gazetteer else Gazetteer(())
+        self._recent: list[tuple[str, float, float]] = []
+        self._recent_at = -math.inf
+        self._recent_lock = asyncio.Lock()
+        self._search_budgets = _ClientBudgets(_PLACES_PER_S, service.clock)
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         yield
@@ -477,8 +501,93 @@ class _Api:
                 "open_broker": c.volunteer_open_broker,
                 "arrival_radius_m": c.policy.arrival_radius_m,
                 "skills": sorted({s for k in c.kinds.values() for s in k.skills}),
+                # [control_room] phone: the page's call button (none when not configured)
+                "control_room_phone": c.control_room_phone or None,
             }
         )
+
+    # ---------------------------------------------------------------- places and the base map
+
+    async def map_settings(self, request: web.Request) -> web.Response:
+        """The control room's base map ([map]): no tiles unless the deployment has some."""
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        c = self.config
+        return _json(
+            {
+                "tile_url": c.map_tile_url or None,
+                "tile_attribution": c.map_tile_attribution or None,
+                "tile_max_zoom": c.map_tile_max_zoom,
+            }
+        )
+
+    async def places(self, request: web.Request) -> web.Response:
+        """``GET /api/places``: every gazetteer place (the map's names); ``?q=`` searches
+        the gazetteer and the addresses of recent reports, best first (the report form)."""
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        wait_s = self._search_budgets.take(request.remote or "")
+        if wait_s is not None:
+            return web.json_response(
+                {
+                    "error": f"too many place searches from this client (at most "
+                    f"{_PLACES_PER_S:g} a second); try again in {wait_s:.1f} s",
+                    "code": "too_many_requests",
+                },
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
+        query = request.query.get("q")
+        if query is None:
+            return _json({"places": [p.to_json() for p in self.gazetteer.places]})
+        if len(query) > _PLACES_QUERY_MAX or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in query):
+            return _error(
+                400,
+                f"'q' must be at most {_PLACES_QUERY_MAX} characters, without control characters",
+            )
+        try:
+            limit = _int_param(request, "limit", _PLACES_DEFAULT, 1, _PLACES_MAX)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        found: list[dict[str, Any]] = [
+            {**p.to_json(), "source": "gazetteer"} for p in self.gazetteer.search(query, limit)
+        ]
+        words = query.casefold().split()
+        if words and len(found) < limit:
+            names = {f["name"].casefold() for f in found}
+            for address, lat, lon in await self._recent_addresses():
+                folded = address.casefold()
+                if folded in names or not all(w in folded for w in words):
+                    continue
+                names.add(folded)
+                found.append({"name": address, "lat": lat, "lon": lon, "source": "incident"})
+                if len(found) >= limit:
+                    break
+        return _json({"places": found})
+
+    async def _recent_addresses(self) -> list[tuple[str, float, float]]:
+        """Addresses of the open incidents and of those reported lately, newest first,
+        each once; read from Redis at most every _RECENT_REFRESH_S."""
+        now = self.service.clock()
+        async with self._recent_lock:
+            if now - self._recent_at >= _RECENT_REFRESH_S:
+                async with self._heavy:
+                    ids = await self.reader.reported_since(now - _RECENT_S, limit=20_000)
+                    records = await self.reader.incidents(ids[-_RECENT_MAX:])
+                self._recent = _addresses(
+                    (r.get("reported_at", 0.0), r.get("address"), r.get("lat"), r.get("lon"))
+                    for r in records
+                )
+                self._recent_at = now
+            recent = self._recent
+        # What this process holds is fresher (a report of a moment ago); with several
+        # instances it holds nothing, and the addresses come from Redis alone.
+        live = _addresses(
+            (i.reported_at, i.address, i.lat, i.lon)
+            for i in self.service.reads.held().values()
+            if i.ended_at is None
+        )
+        return live + recent
 
     # ---------------------------------------------------------------- the map and figures
 
@@ -619,7 +728,7 @@ class _Api:
             incidents = incidents[offset : offset + limit]
         return _json(
             {
-                "incidents": [core.public_state(i) for i in incidents],
+                "incidents": [_with_subdistrict(core.public_state(i), i) for i in incidents],
                 "last_event_id": last_event_id,
                 "server_time": format_time(self.service.clock()),
                 "next_offset": offset + limit if more else None,
@@ -650,7 +759,7 @@ class _Api:
             if record is None:
                 return None
             incident = Incident.from_record(record)
-        body = self.service.core.public_state(incident)
+        body = _with_subdistrict(self.service.core.public_state(incident), incident)
         body["address"] = incident.address
         body["description"] = incident.description
         body["times"] = {
@@ -902,6 +1011,30 @@ class _Api:
         async with asyncio.timeout(_WRITE_TIMEOUT_S):
             await response.write(_sse(e))
         return key
+
+
+def _with_subdistrict(state: dict[str, Any], incident: Incident) -> dict[str, Any]:
+    """The page's filter by subdistrict ([area] subdistricts) needs each incident's."""
+    if incident.subdistrict:
+        state["subdistrict"] = incident.subdistrict
+    return state
+
+
+def _addresses(rows: Any) -> list[tuple[str, float, float]]:
+    """(reported_at, address, lat, lon) rows as (address, lat, lon), newest first, each
+    address once; rows without an address or a place are left out."""
+    out: list[tuple[str, float, float]] = []
+    seen: set[str] = set()
+    for _, address, lat, lon in sorted(rows, key=lambda r: -float(r[0] or 0)):
+        if not isinstance(address, str) or not address.strip():
+            continue
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+            continue
+        key = address.strip().casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append((address.strip(), float(lat), float(lon)))
+    return out
 
 
 def _sse(e: StoredEvent) -> bytes:

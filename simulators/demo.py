@@ -313,6 +313,8 @@ def _setup(
             "engine.instance": "demo",
             "engine.log_level": args.log_level,
             "http.operator_token": token,
+            # the demo gazetteer: the report form's address search, names on the map
+            "area.gazetteer": "shangcheng_places_demo.csv",
             **({"postgres.url": postgres} if postgres else {}),
             **volunteer_app,
         }
