@@ -984,19 +984,10 @@ class Dispatcher:
     def claim_result(
         self, volunteer_id: str, incident_id: str, ok: bool, now: float
     ) -> list[Effect]:
-        """The store's answer to a Claim effect."""
+        """The store's answer to a Claim effect: take the acceptor on, or say no."""
         incident = self.incidents.get(incident_id)
+        alert = None if incident is None else _accepting(incident, volunteer_id)
         effects: list[Effect] = []
-        alert = None
-        if incident is not None:
-            alert = next(
-                (
-                    a
-                    for a in incident.alerts.values()
-                    if a.volunteer_id == volunteer_id and a.status is AlertStatus.ACCEPTING
-                ),
-                None,
-            )
         if incident is None or alert is None:
             if ok:  # nothing waits for this claim any more
                 effects.append(Release(volunteer_id, incident_id))
@@ -1009,33 +1000,13 @@ class Dispatcher:
         if not ok or incident.ended or (full and displaced is None):
             self._claim_refused(incident, alert, volunteer, ok, now, effects)
             return effects
-        alert.status = AlertStatus.ACCEPTED
-        volunteer.engaged = incident.id
-        volunteer.alert_id = None
-        self.roster.withdraw(volunteer_id)
-        responder = Responder(
-            volunteer_id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
-        )
-        incident.responders.append(responder)
+        responder = self._take_on(incident, alert, volunteer, now)
         if displaced is not None:  # the fastest acceptor wins
             self._release(incident, displaced, AssignmentReason.FASTER_RESPONDER, now, effects)
         self._rank_roles(incident, effects, new=volunteer_id)
-        if eta_known(alert):
-            due = now + self.policy.overdue_after_s(alert.eta_s)
-            self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
-        if incident.first_accept_at is None:
-            incident.first_accept_at = now
         if incident.state is not State.ON_SCENE:
             self._move(incident, State.ASSIGNED, now, effects)
-        reason = (
-            AssignmentReason.ASSIGNED_BY_OPERATOR
-            if alert.assigned_by
-            else AssignmentReason.CONFIRMED
-        )
-        if alert.sent_at < (incident.moved_at or 0.0):  # accepted for the old place
-            effects.append(self._go_to(incident, alert, reason, responder.role))
-        else:
-            effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
+        self._send_go(incident, alert, responder, effects)
         self._event(
             incident,
             EventType.ASSIGNED,
@@ -1050,18 +1021,51 @@ class Dispatcher:
         if incident.still_needed == 0:
             incident.next_wave_at = None  # no more waves; spare accepts are welcome as backups
         if incident.goers_open(self._goers(incident)) == 0:
-            # Filled: only alerts that could still bring someone sooner stay open.
-            useless = [
-                other
-                for other in _pending(incident)
-                if self._would_displace(
-                    incident, other, max(now, other.sent_at + self.policy.reply_s)
-                )
-                is None
-            ]
-            self._call_off(useless, AssignmentReason.FILLED, now, effects)
+            self._call_off_useless(incident, now, effects)
         self._changed(incident, effects)
         return effects
+
+    def _take_on(
+        self, incident: Incident, alert: Alert, volunteer: Volunteer, now: float
+    ) -> Responder:
+        """The claimed acceptor becomes a responder: off the index, watched for arrival."""
+        alert.status = AlertStatus.ACCEPTED
+        volunteer.engaged = incident.id
+        volunteer.alert_id = None
+        self.roster.withdraw(volunteer.id)
+        responder = Responder(
+            volunteer.id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
+        )
+        incident.responders.append(responder)
+        if eta_known(alert):
+            due = now + self.policy.overdue_after_s(alert.eta_s)
+            self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
+        if incident.first_accept_at is None:
+            incident.first_accept_at = now
+        return responder
+
+    def _send_go(
+        self, incident: Incident, alert: Alert, responder: Responder, effects: list[Effect]
+    ) -> None:
+        reason = (
+            AssignmentReason.ASSIGNED_BY_OPERATOR
+            if alert.assigned_by
+            else AssignmentReason.CONFIRMED
+        )
+        if alert.sent_at < (incident.moved_at or 0.0):  # accepted for the old place
+            effects.append(self._go_to(incident, alert, reason, responder.role))
+        else:
+            effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
+
+    def _call_off_useless(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Filled: only alerts that could still bring someone sooner stay open."""
+        useless = [
+            other
+            for other in _pending(incident)
+            if self._would_displace(incident, other, max(now, other.sent_at + self.policy.reply_s))
+            is None
+        ]
+        self._call_off(useless, AssignmentReason.FILLED, now, effects)
 
     def _claim_refused(
         self,
@@ -1841,6 +1845,18 @@ def _pending(incident: Incident) -> list[Alert]:
 # The district's local time, for quiet hours: China Standard Time (UTC+8, no DST).
 _LOCAL_OFFSET_S = 8 * 3600
 _DAY_S = 86_400.0
+
+
+def _accepting(incident: Incident, volunteer_id: str) -> Alert | None:
+    """The volunteer's alert of ``incident`` whose accept waits for its claim, if any."""
+    return next(
+        (
+            a
+            for a in incident.alerts.values()
+            if a.volunteer_id == volunteer_id and a.status is AlertStatus.ACCEPTING
+        ),
+        None,
+    )
 
 
 def _resting_until(volunteer: Volunteer, now: float) -> tuple[float | None, float | None]:
