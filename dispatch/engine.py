@@ -227,16 +227,19 @@ class Engine:
     ) -> None:
         """Rebuild the core from what was stored: volunteers first, then incidents."""
         effects: list[Effect] = []
-        for v in volunteers:
-            self.core.restore_volunteer(
-                v.volunteer_id,
-                duty=v.duty,
-                skills=v.skills,
-                mode=v.mode,
-                position=v.position,
-                settings=v.settings,
-                now=self.clock(),
-            )
+        now = self.clock()
+        # The index is bulk loaded once every volunteer is back (Roster.loading).
+        with self.core.roster.loading():
+            for v in volunteers:
+                self.core.restore_volunteer(
+                    v.volunteer_id,
+                    duty=v.duty,
+                    skills=v.skills,
+                    mode=v.mode,
+                    position=v.position,
+                    settings=v.settings,
+                    now=now,
+                )
         for record in records:
             effects += self.core.restore_incident(record)
         async with self._lock:

@@ -371,8 +371,13 @@ def _mosquitto_config(port: int, ws_port: int | None) -> str:
         # Small QoS 1 messages both ways: don't let Nagle's algorithm delay them.
         "set_tcp_nodelay true",
         "persistence false",
-        # The default (1000) can drop messages to a slow subscriber under load tests.
-        "max_queued_messages 10000",
+        # As the shipped configuration (docs/deployment.md): QoS 1 messages in flight to
+        # one client (the default 20 held a herd of statuses, and the reports and
+        # locations behind it, in the broker), and queued for one client beyond those
+        # (the default 1000 drops messages to a subscriber that falls behind).
+        "max_inflight_messages 1000",
+        "max_queued_messages 200000",
+        "max_queued_bytes 134217728",
         # As the shipped configuration: the engine refuses payloads over 16 KiB itself
         # (and says so on <root>/rejected); the broker drops anything over 64 KiB.
         "max_packet_size 65536",

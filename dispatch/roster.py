@@ -11,6 +11,8 @@ phone). `refresh` restores it after any of those changes.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dispatch.model import Duty, Mode
@@ -25,6 +27,9 @@ __all__ = ["Roster", "Volunteer"]
 # the design load's 600 holds/s when alerts go unanswered.
 _COMPACT_PER_TICK = 64
 _COMPACT_MAX_PER_TICK = 512
+# A move shorter than the position's accuracy leaves the index as it is (see refresh),
+# up to this: a position as coarse as a cell tower's (hundreds of metres) still moves.
+_MAX_STILL_M = 25.0
 
 
 @dataclass(slots=True)
@@ -74,6 +79,13 @@ class Roster:
             volunteer = self.volunteers[volunteer_id] = Volunteer(volunteer_id)
         return volunteer
 
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Restore the volunteers inside this block: the index is bulk loaded at its end
+        (`PartitionedIndex.loading`), in a tenth of the time of one put at a time."""
+        with self.index.loading():
+            yield
+
     # ------------------------------------------------------------------ positions
 
     def set_position(self, volunteer: Volunteer, lat: float, lon: float, now: float) -> None:
@@ -119,8 +131,17 @@ class Roster:
             and volunteer.alert_id is None
             and volunteer.resting_until is None
         ):
+            # A move within the position's accuracy is noise: the index keeps the volunteer
+            # where it has them (a move costs 30-60 µs, most of a location's handling),
+            # while the volunteer's own position and time are refreshed (set_position).
+            accuracy = volunteer.accuracy_m
             self.index.put(
-                volunteer.id, volunteer.lat, volunteer.lon, volunteer.skills, volunteer.mode.value
+                volunteer.id,
+                volunteer.lat,
+                volunteer.lon,
+                volunteer.skills,
+                volunteer.mode.value,
+                within_m=None if accuracy is None else min(accuracy, _MAX_STILL_M),
             )
         else:
             self.index.remove(volunteer.id)

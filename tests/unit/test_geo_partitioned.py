@@ -69,3 +69,77 @@ def test_held_counts_what_compact_has_still_to_remove() -> None:
     assert index.compact(10) == 1
     assert index.held == 0
     assert len(index) == 8
+
+
+def test_loading_in_bulk_answers_as_one_put_at_a_time() -> None:
+    import random
+
+    rng = random.Random(7)
+    grown = PartitionedIndex(LocalProjection(LAT, LON), ("walk", "bike"))
+    loaded = PartitionedIndex(LocalProjection(LAT, LON), ("walk", "bike"))
+    calls = []
+    for i in range(600):
+        skills = tuple(s for s in ("aed", "first_aid") if rng.random() < 0.4)
+        part = rng.choice(("walk", "bike"))
+        calls.append(
+            (f"v{i}", LAT + rng.uniform(-0.02, 0.02), LON + rng.uniform(-0.02, 0.02), skills, part)
+        )
+    for call in calls:
+        grown.put(*call)
+    grown.put("v1", LAT, LON, ("aed",), "walk")  # a volunteer put twice keeps the last
+    assert grown.remove("v2")
+    grown.hold("v3")
+    with loaded.loading():
+        for call in calls:
+            loaded.put(*call)
+        assert loaded.nearest("walk", LAT, LON, 3) == []  # nothing in the trees yet
+        loaded.put("v1", LAT, LON, ("aed",), "walk")
+        assert loaded.remove("v2")
+        loaded.hold("v3")
+    assert len(loaded) == len(grown) == 598
+    for _ in range(50):
+        lat, lon = LAT + rng.uniform(-0.02, 0.02), LON + rng.uniform(-0.02, 0.02)
+        for part in ("walk", "bike"):
+            for skills in ((), ("aed",), ("aed", "first_aid")):
+                assert loaded.nearest(part, lat, lon, 5, skills=skills) == grown.nearest(
+                    part, lat, lon, 5, skills=skills
+                )
+    # The trees work as usual afterwards: moves, removals and compaction.
+    for index in (grown, loaded):
+        index.put("v10", LAT, LON, ("aed",), "bike")
+        index.remove("v11")
+        assert index.compact(10) == 1
+    assert loaded.nearest("bike", LAT, LON, 5) == grown.nearest("bike", LAT, LON, 5)
+
+
+def test_loading_refuses_a_filled_index_and_a_bad_position() -> None:
+    index = make()
+    with pytest.raises(ValueError, match="empty index"), index.loading():
+        pass
+    fresh = PartitionedIndex(LocalProjection(LAT, LON), ("walk",))
+    with pytest.raises(ValueError, match="invalid position"), fresh.loading():
+        fresh.put("x", 91.0, LON, (), "walk")
+
+
+def test_a_move_within_the_accuracy_leaves_the_index_as_it_is() -> None:
+    index = make()
+    metre = 1 / 111_195
+    index.put("w0", LAT + 8 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT, LON)  # 8 m within 10 m: not moved
+    index.put("w0", LAT + 12 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 12 * metre, LON)  # 12 m: moved
+    # Measured from where the index has them, so small steps cannot drift away unseen.
+    index.put("w0", LAT + 20 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    index.put("w0", LAT + 21 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 12 * metre, LON)
+    index.put("w0", LAT + 23 * metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert index.position("w0") == (LAT + 23 * metre, LON)
+    index.put("w0", LAT + 24.5 * metre, LON, (), "walk", within_m=10.0)  # skills changed
+    assert index.position("w0") == (LAT + 24.5 * metre, LON)
+    assert [n.volunteer_id for n in index.nearest("walk", LAT, LON, 5, skills=("first_aid",))][
+        -1
+    ] != "w0"
+    index.hold("w1")
+    index.put("w1", LAT + 0.001 + metre, LON, ("first_aid",), "walk", within_m=10.0)
+    assert "w1" in index  # released, though not moved
+    assert index.position("w1") == (LAT + 0.001, LON)
