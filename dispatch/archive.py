@@ -1,7 +1,8 @@
 """The archive of ended incidents in PostgreSQL: the only module that speaks PostgreSQL.
 
 Tables (created and upgraded by alembic, dispatch/migrations/): ``incidents`` (one row
-per ended incident, keyed by its id, with its whole record), ``responders``, ``alerts``
+per ended incident, keyed by its id, with its whole record, and ``merged_into`` for a
+duplicate report an operator merged), ``responders``, ``alerts``
 and ``events`` (its timeline, keyed by the Redis stream id). docs/reports.md shows them.
 
 The driver is psycopg 3: async for the archiver and the reports, and, through
@@ -229,9 +230,9 @@ class Archive:
                 address, description, responders_needed, skills, reported_at, received_at,
                 first_alert_at, first_accept_at, first_arrival_at, first_verified_at,
                 escalated_at, escalation_reason, ended_at, end_reason, waves, version,
-                record, archived_at)
+                record, merged_into, archived_at)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                %s, %s, %s, %s, %s, %s, %s, %s, now())
+                %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
             ON CONFLICT (id) DO UPDATE SET
                 kind = EXCLUDED.kind, priority = EXCLUDED.priority, state = EXCLUDED.state,
                 lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell_id = EXCLUDED.cell_id,
@@ -247,7 +248,8 @@ class Archive:
                 escalation_reason = EXCLUDED.escalation_reason,
                 ended_at = EXCLUDED.ended_at, end_reason = EXCLUDED.end_reason,
                 waves = EXCLUDED.waves, version = EXCLUDED.version,
-                record = EXCLUDED.record, archived_at = now()
+                record = EXCLUDED.record, merged_into = EXCLUDED.merged_into,
+                archived_at = now()
             """,
             (
                 iid,
@@ -276,6 +278,7 @@ class Archive:
                 r.get("wave", 0),
                 r.get("version", 0),
                 Jsonb(dict(r)),
+                r.get("merged_into") or None,  # duplicate reports: NULL unless merged
             ),
         )
         await conn.execute("DELETE FROM responders WHERE incident_id = %s", (iid,))
@@ -328,10 +331,15 @@ class Archive:
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection of its own for one read: reports never wait behind the writer."""
+        """A connection of its own for one read: reports never wait behind the writer.
+
+        One snapshot for all its statements (repeatable read): a report's groups and its
+        total count the same incidents, even while the writer commits between them."""
         async with self._errors():
             conn = await self._connect(self.report_timeout_s)
             try:
+                await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                await conn.set_read_only(True)
                 yield conn
             finally:
                 await conn.close()

@@ -28,10 +28,11 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from dispatch.effects import Publish
 from dispatch.errors import BackendUnavailable
+from dispatch.wire import Publish
 
 __all__ = ["Bus"]
+
 
 log = logging.getLogger(__name__)
 

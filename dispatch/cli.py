@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument("--config", help="a TOML file (see config/default.toml)")
     archive.add_argument("--instance", help="this writer's name among several (consumer name)")
     archive.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    archive.add_argument(
+        "--metrics-http",
+        help="HOST:PORT to serve this writer's /metrics and /healthz, e.g. 127.0.0.1:9108",
+    )
     gateway = sub.add_parser(
         "gateway",
         help="run a location gateway (with [gateway] enabled = true in the engine's config)",
@@ -132,6 +136,7 @@ def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
         ("instance", "engine.instance"),
         ("log_level", "engine.log_level"),
         ("postgres", "postgres.url"),
+        ("metrics_http", "postgres.metrics_http"),
     ):
         value = getattr(args, flag, None)
         if value is not None:

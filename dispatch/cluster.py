@@ -59,7 +59,7 @@ from typing import Any
 import orjson
 
 from dispatch.config import Config
-from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
+from dispatch.dispatcher import BadMerge, Incident, UnknownIncident, UnknownVolunteer
 from dispatch.effects import Effect, EventType, LogEvent, Outbound
 from dispatch.engine import Engine
 from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
@@ -68,9 +68,7 @@ from dispatch.model import Amendment, Report, is_valid_id
 from dispatch.ports import ReportOutcome
 from dispatch.store import Admission, ClusterStore, Fence, WorkEntry
 
-# OwnerUnavailable lives in dispatch/errors.py; named here too for those who import it
-# from here (dispatch/web.py).
-__all__ = ["Cluster", "FencedStore", "OwnerUnavailable", "current_message"]
+__all__ = ["Cluster", "FencedStore", "current_message"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +94,7 @@ _ACTION_TARGET = {
     "escalate": State.ESCALATED,
     "assign": State.ASSIGNED,
     "amend": State.OPEN,  # not a move: an ended incident cannot be amended (409)
+    "merge": State.CANCELLED,  # duplicate reports: of an open incident only
 }
 
 
@@ -294,6 +293,10 @@ class Cluster:
     # one from MQTT, and an operator action is carried out by the incident's owner, which
     # takes it from its command list and answers on a reply key.
 
+    def held(self) -> Mapping[str, Incident]:
+        """None: every instance reads every incident from Redis, so that all show the same."""
+        return {}
+
     async def open_records(self) -> list[dict[str, Any]]:
         """Every open incident's record, whoever owns it."""
         ids = await self.store.open_incident_ids()
@@ -384,6 +387,15 @@ class Cluster:
                 if state in ENDED:  # nobody owns an ended incident; answer as its owner
                     if action == "amend":
                         raise InvalidTransition(incident_id, state, state)
+                    if action == "merge":
+                        into = record.get("merged_into")
+                        raise BadMerge(
+                            "already_merged" if into else "incident_ended",
+                            f"incident '{incident_id}' was already merged into '{into}'"
+                            if into
+                            else f"incident '{incident_id}' is {state.value} already: only "
+                            "an open incident can be merged",
+                        )
                     if action == "assign":
                         raise InvalidTransition(incident_id, state, target)
                     advance(incident_id, state, target)  # only "again" is allowed
@@ -470,7 +482,9 @@ class Cluster:
             action, iid, by = command["action"], command["incident_id"], command["by"]
             reply_to, expires = command["reply"], float(command["expires"])
             given = command["kwargs"]
-            kwargs = {k: given[k] for k in ("volunteer_id", "reason") if k in given}
+            kwargs = {
+                k: given[k] for k in ("volunteer_id", "reason", "into", "other_kind") if k in given
+            }
             if "changes" in given:  # an amendment: checked again, as from any sender
                 kwargs["changes"] = self.engine.core.codec.decode_amendment_object(given["changes"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BadMessage) as exc:
@@ -485,11 +499,15 @@ class Cluster:
         else:
             try:
                 answer = {"state": await self.engine.act(action, iid, by, **kwargs)}
-            except UnknownIncident:
+            except UnknownIncident as exc:
                 # Taken over by another instance while acting: the sender asks it instead.
                 answer = (
-                    {"moved": True} if not self._acts_here(iid) else {"error": "unknown_incident"}
+                    {"moved": True}
+                    if not self._acts_here(iid)
+                    else {"error": "unknown_incident", "id": str(exc.args[0]) if exc.args else iid}
                 )
+            except BadMerge as exc:
+                answer = {"error": "bad_merge", "code": exc.code, "message": str(exc)}
             except UnknownVolunteer:
                 answer = {"error": "unknown_volunteer"}
             except InvalidTransition as exc:
@@ -670,7 +688,9 @@ def _unpack(answer: dict[str, Any], incident_id: str, kwargs: dict[str, Any]) ->
     """The owner's answer to a forwarded action: its state, or its error raised again."""
     error = answer.get("error")
     if error == "unknown_incident":
-        raise UnknownIncident(incident_id)
+        raise UnknownIncident(str(answer.get("id", incident_id)))
+    if error == "bad_merge":
+        raise BadMerge(str(answer["code"]), str(answer["message"]))
     if error == "unknown_volunteer":
         raise UnknownVolunteer(kwargs.get("volunteer_id"))
     if error == "invalid_transition":

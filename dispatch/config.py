@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 from dispatch.errors import ConfigError
 from dispatch.model import Kind, Mode
 from dispatch.policy import FIELD_RULES, Policy, Strategy, check_field
+from geo.area import ServiceArea
+from geo.gazetteer import Gazetteer
 from geo.subdistricts import Subdistricts
 from geo.travel import TravelModel
 
@@ -97,6 +99,7 @@ class Config:
     postgres_timeout_s: float = 5.0
     postgres_retry_s: float = 2.0
     postgres_batch: int = 200
+    postgres_metrics_http: str = ""  # `dispatch archive` alone: where its /metrics is
     # [volunteer_app]: how the volunteer page (/volunteer) reaches the broker's websockets.
     volunteer_ws_url: str = ""
     volunteer_ws_port: int = 9001
@@ -122,6 +125,15 @@ class Config:
     # none, and reports by subdistrict say so. subdistrict_name: their name property.
     area_subdistricts: Path | None = None
     subdistrict_name: str = "name"
+    # [area] gazetteer: named places to report by and to show on the map (geo.gazetteer);
+    # None: none. Checked when the configuration is loaded.
+    area_gazetteer: Path | None = None
+    # [control_room] phone: the number the volunteer page's call button dials; "": no button.
+    control_room_phone: str = ""
+    # [map]: the deployment's own base map tiles for the control room (docs/control-room.md).
+    map_tile_url: str = ""
+    map_tile_attribution: str = ""
+    map_tile_max_zoom: int = 18
 
     def kind_defaults(self, kind: Kind) -> KindDefaults:
         return self.kinds[kind]
@@ -149,6 +161,82 @@ def _subdistricts(area: Mapping[str, Any], base_dir: Path) -> Path | None:
             f"'{area['subdistrict_name']}' property (area.subdistrict_name): {exc}",
         ) from None
     return path
+
+
+def _config_path(name: str, base_dir: Path) -> Path:
+    """A file named in the configuration: relative to the configuration file's folder,
+    then to the project's config/ folder."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = base_dir / path
+        if not path.exists():
+            path = CONFIG_DIR / name
+    return path
+
+
+def _gazetteer(area: Mapping[str, Any], geojson: Path, base_dir: Path) -> Path | None:
+    """The gazetteer file, checked now: a bad line stops start-up saying which and why."""
+    if not area["gazetteer"]:
+        return None
+    path = _config_path(area["gazetteer"], base_dir)
+    what = "a CSV file with the header name,lat,lon (optional columns name_en, rank)"
+    try:
+        gazetteer = Gazetteer.from_csv(path)
+    except ValueError as exc:
+        raise ConfigError("area.gazetteer", area["gazetteer"], f"{what}: {exc}") from None
+    try:
+        # Only the outline is wanted here: large cells keep the check cheap.
+        outline = ServiceArea.from_geojson(geojson, cell_size_m=10_000.0)
+    except ValueError:
+        return path  # a bad outline is reported where the area is loaded
+    try:
+        gazetteer.check(outline.contains, source=str(path), area=area["name"])
+    except ValueError as exc:
+        raise ConfigError("area.gazetteer", area["gazetteer"], f"{what}: {exc}") from None
+    return path
+
+
+def _phone(value: Any) -> str:
+    # Dialled from a tel: link: digits with an optional leading +, and the usual separators.
+    if not isinstance(value, str) or (
+        value and not re.fullmatch(r"\+?[0-9][0-9 ()\-]{1,30}", value.strip())
+    ):
+        raise ValueError(
+            'a telephone number: digits, optionally a leading + and spaces, "-" or '
+            '"()" between them (at most 32 characters), e.g. "0571-87000000"; "": none'
+        )
+    return value.strip()
+
+
+def _tile_url(value: Any) -> str:
+    if value == "":
+        return ""
+    # A path on the page's own server ("/tiles/{z}/{x}/{y}.png" behind the same proxy), or
+    # a URL of a tile server of the deployment's own.
+    local = isinstance(value, str) and value.startswith("/") and not value.startswith("//")
+    if not local and (
+        not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https")
+    ):
+        raise ValueError(
+            "an http:// or https:// URL template (or a path starting with /) with {z}, {x} "
+            'and {y}, e.g. "http://127.0.0.1:8081/tiles/{z}/{x}/{y}.png"; "": no base map'
+        )
+    if not all(f"{{{p}}}" in value for p in "zxy") or len(value) > 500:
+        raise ValueError("a URL template of at most 500 characters naming {z}, {x} and {y}")
+    if any(c in value for c in "\"'<> \t\n"):
+        raise ValueError("a URL without quotes, spaces or angle brackets")
+    return str(value)
+
+
+def _short_text(limit: int) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"a string of at most {limit} characters")
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+            raise ValueError("a string without control characters")
+        return value
+
+    return check
 
 
 def _positive(value: Any) -> float:
@@ -293,6 +381,11 @@ KEYS: tuple[Key, ...] = (
     Key("area", "cell_size_m", 500.0, _positive, "cell_size_m"),
     Key("area", "subdistricts", "", _text),
     Key("area", "subdistrict_name", "name", _text, "subdistrict_name"),
+    Key("area", "gazetteer", "", _text),
+    Key("control_room", "phone", "", _phone, "control_room_phone"),
+    Key("map", "tile_url", "", _tile_url, "map_tile_url"),
+    Key("map", "tile_attribution", "", _short_text(200), "map_tile_attribution"),
+    Key("map", "tile_max_zoom", 18, _int_range(1, 22), "map_tile_max_zoom"),
     *(_policy(name) for name in FIELD_RULES),
     Key("travel", "circuity", 1.3, lambda v: _at_least_one(v)),
     Key("travel", "walk_mps", 1.8, _positive),
@@ -349,6 +442,13 @@ KEYS: tuple[Key, ...] = (
     Key("postgres", "timeout_s", 5.0, _positive, "postgres_timeout_s"),
     Key("postgres", "retry_s", 2.0, _positive, "postgres_retry_s"),
     Key("postgres", "batch", 200, _int_range(1, 10_000), "postgres_batch"),
+    Key(
+        "postgres",
+        "metrics_http",
+        "",
+        lambda v: v if v == "" else _host_port(v),
+        "postgres_metrics_http",
+    ),
 )
 
 _KINDS = _kind_table(
@@ -597,9 +697,11 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
         if not geojson.exists():  # a file config may still name the bundled outline
             geojson = CONFIG_DIR / clean["area"]["geojson"]
     subdistricts = _subdistricts(clean["area"], base_dir)
+    gazetteer = _gazetteer(clean["area"], geojson, base_dir)
     return Config(
         **{k.field: clean[k.section][k.name] for k in KEYS if k.field is not None},
         area_subdistricts=subdistricts,
+        area_gazetteer=gazetteer,
         http_host=host.strip("[]"),
         http_port=int(port),
         area_geojson=geojson,

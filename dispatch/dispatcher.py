@@ -29,11 +29,13 @@ from typing import Any
 
 from dispatch.codec import Codec
 from dispatch.config import KindDefaults
+from dispatch.duplicates import RecentReports
 from dispatch.effects import (
     Action,
     AssignmentReason,
     Claim,
     Effect,
+    Escalation,
     EventType,
     ForgetPosition,
     LogEvent,
@@ -78,8 +80,11 @@ from geo.distance import haversine_m
 from geo.travel import TravelModel
 
 __all__ = [
+    "DUPLICATE_RADIUS_M",
+    "DUPLICATE_WINDOW_S",
     "Alert",
     "AlertStatus",
+    "BadMerge",
     "Dispatcher",
     "Incident",
     "Responder",
@@ -96,6 +101,23 @@ class UnknownIncident(LookupError):
 class UnknownVolunteer(LookupError):
     """An operator named a volunteer the engine does not know."""
 
+
+class BadMerge(ValueError):
+    """An operator's merge that cannot be carried out: ``code`` names the rule, the message
+    says what to do instead (duplicate reports, docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Duplicate reports: a report of the same kind as an open incident reported at most this
+# far away and this much later is probably the same event (issue 15). A guess for the
+# operator: the second is dispatched as any other until a person merges it.
+DUPLICATE_RADIUS_M = 100.0
+DUPLICATE_WINDOW_S = 180.0
+# At most this many ids in an incident's ``merged_from`` (each one an operator's action).
+_MERGED_FROM_MAX = 100
 
 # A later acceptor takes a place only when expected on scene at least this much sooner.
 _FASTER_BY_S = 15.0
@@ -135,6 +157,14 @@ class Dispatcher:
         self.incidents: dict[str, Incident] = {}
         self.alerts: dict[str, Alert] = {}
         self.timers = Timers()
+        # The reports to compare a new one with (kept twice the window: a report's
+        # reported_at may lag its arrival).
+        _, min_lat, _, max_lat = area.bounds
+        self.recent = RecentReports(
+            radius_m=DUPLICATE_RADIUS_M,
+            max_abs_lat=max(abs(min_lat), abs(max_lat)),
+            keep_s=2 * DUPLICATE_WINDOW_S,
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -227,10 +257,49 @@ class Dispatcher:
         self.incidents[incident.id] = incident
         effects: list[Effect] = []
         self._event(incident, EventType.REPORTED, now, effects, kind=incident.kind.value)
+        self._suspect_duplicate(incident, now, effects)
         self.timers.at(incident.reported_at + self.policy.target_s, TimerKind.TARGET, incident.id)
         self._send_wave(incident, now, effects)
         self._changed(incident, effects)
         return effects
+
+    def _suspect_duplicate(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Link a new incident to the open one of the same kind reported at most
+        DUPLICATE_RADIUS_M away and DUPLICATE_WINDOW_S apart, if any (the nearest; the
+        earlier on a tie). Only a guess for the operator: the new incident is dispatched
+        as usual (help is never held back on a guess). O(recent reports of that kind
+        within about 200 m), bounded (dispatch/duplicates.py)."""
+        self.recent.prune(now)
+        best: tuple[float, float, str] | None = None
+        for other_id in self.recent.near(incident.kind, incident.lat, incident.lon):
+            other = self.incidents.get(other_id)
+            if (
+                other is None
+                or other.ended
+                or other.kind is not incident.kind  # amended since
+                or other.likely_duplicate_of  # link to the first report, not to a copy
+                or abs(incident.reported_at - other.reported_at) > DUPLICATE_WINDOW_S
+            ):
+                continue
+            distance = haversine_m(incident.lat, incident.lon, other.lat, other.lon)
+            if distance <= DUPLICATE_RADIUS_M:
+                key = (distance, other.reported_at, other_id)
+                if best is None or key < best:
+                    best = key
+        self.recent.add(incident.kind, incident.lat, incident.lon, incident.id, now)
+        if best is None:
+            return
+        distance, reported_at, other_id = best
+        incident.likely_duplicate_of = other_id
+        self._event(
+            incident,
+            EventType.DUPLICATE_SUSPECTED,
+            now,
+            effects,
+            of=other_id,
+            distance_m=round(distance, 1),
+            apart_s=round(incident.reported_at - reported_at, 1),
+        )
 
     def _send_wave(self, incident: Incident, now: float, effects: list[Effect]) -> list[Candidate]:
         """Alert the next wave; escalate when nobody can be found or nobody can be in time."""
@@ -252,26 +321,29 @@ class Dispatcher:
                 # A late responder is better than none, but a person must know now.
                 self._escalate(
                     incident,
-                    f"the fastest volunteer needs about {best:.0f} s and {used:.0f} s are "
-                    f"gone or needed to set off: more than the {self.policy.target_s:.0f} s "
-                    "target",
+                    Escalation.TOO_SLOW,
+                    {"best": round(best), "used": round(used), "target": self._target()},
                     now,
                     effects,
                 )
         elif not incident.open_alerts() and not incident.confirmed:
-            self._escalate(incident, self._nobody_reason(incident), now, effects)
+            self._escalate(incident, *self._nobody_reason(incident), now, effects)
         return chosen
 
-    def _nobody_reason(self, incident: Incident) -> str:
+    def _nobody_reason(self, incident: Incident) -> tuple[Escalation, dict[str, Any]]:
         if self._alert_budget_left(incident) == 0:
-            return f"the alert budget ({self.policy.max_alerts}) is spent and nobody accepted"
-        skills = ", ".join(incident.skills) or "no particular skills"
+            return Escalation.ALERT_BUDGET_SPENT, {"n": self.policy.max_alerts}
+        skills = list(incident.skills)
         if self.policy.strategy is Strategy.WAVES:
-            return (
-                f"no available volunteer with {skills} who could be there within "
-                f"{self.policy.useful_eta_s:.0f} s ({self.policy.max_radius_m:.0f} m at most)"
-            )
-        return f"no available volunteer with {skills} within {self.policy.radius_m:.0f} m"
+            return Escalation.NOBODY_IN_TIME, {
+                "skills": skills,
+                "eta": round(self.policy.useful_eta_s),
+                "radius": round(self.policy.max_radius_m),
+            }
+        return Escalation.NOBODY_IN_REACH, {"skills": skills, "radius": round(self.policy.radius_m)}
+
+    def _target(self) -> int:
+        return round(self.policy.target_s)
 
     def _alert_budget_left(self, incident: Incident) -> int | None:
         if not self.policy.max_alerts:
@@ -424,12 +496,12 @@ class Dispatcher:
             return  # someone accepted: this playbook sends no more waves
         if incident.wave >= self.policy.waves:
             if not incident.confirmed:
-                reason = f"nobody accepted after {incident.wave} waves"
-                if incident.responders:
-                    reason = (
-                        f"responders overdue, and nobody else accepted after {incident.wave} waves"
-                    )
-                self._escalate(incident, reason, now, effects)
+                why = (
+                    Escalation.RESPONDERS_OVERDUE
+                    if incident.responders
+                    else (Escalation.NOBODY_ACCEPTED)
+                )
+                self._escalate(incident, why, {"n": incident.wave}, now, effects)
             self._changed(incident, effects)
             return
         self._send_wave(incident, now, effects)
@@ -941,19 +1013,10 @@ class Dispatcher:
     def claim_result(
         self, volunteer_id: str, incident_id: str, ok: bool, now: float
     ) -> list[Effect]:
-        """The store's answer to a Claim effect."""
+        """The store's answer to a Claim effect: take the acceptor on, or say no."""
         incident = self.incidents.get(incident_id)
+        alert = None if incident is None else _accepting(incident, volunteer_id)
         effects: list[Effect] = []
-        alert = None
-        if incident is not None:
-            alert = next(
-                (
-                    a
-                    for a in incident.alerts.values()
-                    if a.volunteer_id == volunteer_id and a.status is AlertStatus.ACCEPTING
-                ),
-                None,
-            )
         if incident is None or alert is None:
             if ok:  # nothing waits for this claim any more
                 effects.append(Release(volunteer_id, incident_id))
@@ -966,33 +1029,13 @@ class Dispatcher:
         if not ok or incident.ended or (full and displaced is None):
             self._claim_refused(incident, alert, volunteer, ok, now, effects)
             return effects
-        alert.status = AlertStatus.ACCEPTED
-        volunteer.engaged = incident.id
-        volunteer.alert_id = None
-        self.roster.withdraw(volunteer_id)
-        responder = Responder(
-            volunteer_id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
-        )
-        incident.responders.append(responder)
+        responder = self._take_on(incident, alert, volunteer, now)
         if displaced is not None:  # the fastest acceptor wins
             self._release(incident, displaced, AssignmentReason.FASTER_RESPONDER, now, effects)
         self._rank_roles(incident, effects, new=volunteer_id)
-        if eta_known(alert):
-            due = now + self.policy.overdue_after_s(alert.eta_s)
-            self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
-        if incident.first_accept_at is None:
-            incident.first_accept_at = now
         if incident.state is not State.ON_SCENE:
             self._move(incident, State.ASSIGNED, now, effects)
-        reason = (
-            AssignmentReason.ASSIGNED_BY_OPERATOR
-            if alert.assigned_by
-            else AssignmentReason.CONFIRMED
-        )
-        if alert.sent_at < (incident.moved_at or 0.0):  # accepted for the old place
-            effects.append(self._go_to(incident, alert, reason, responder.role))
-        else:
-            effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
+        self._send_go(incident, alert, responder, effects)
         self._event(
             incident,
             EventType.ASSIGNED,
@@ -1007,18 +1050,51 @@ class Dispatcher:
         if incident.still_needed == 0:
             incident.next_wave_at = None  # no more waves; spare accepts are welcome as backups
         if incident.goers_open(self._goers(incident)) == 0:
-            # Filled: only alerts that could still bring someone sooner stay open.
-            useless = [
-                other
-                for other in _pending(incident)
-                if self._would_displace(
-                    incident, other, max(now, other.sent_at + self.policy.reply_s)
-                )
-                is None
-            ]
-            self._call_off(useless, AssignmentReason.FILLED, now, effects)
+            self._call_off_useless(incident, now, effects)
         self._changed(incident, effects)
         return effects
+
+    def _take_on(
+        self, incident: Incident, alert: Alert, volunteer: Volunteer, now: float
+    ) -> Responder:
+        """The claimed acceptor becomes a responder: off the index, watched for arrival."""
+        alert.status = AlertStatus.ACCEPTED
+        volunteer.engaged = incident.id
+        volunteer.alert_id = None
+        self.roster.withdraw(volunteer.id)
+        responder = Responder(
+            volunteer.id, alert.eta_s, now, alert.alert_id, distance_m=alert.distance_m
+        )
+        incident.responders.append(responder)
+        if eta_known(alert):
+            due = now + self.policy.overdue_after_s(alert.eta_s)
+            self.timers.at(due, TimerKind.OVERDUE, incident.id, alert.alert_id)
+        if incident.first_accept_at is None:
+            incident.first_accept_at = now
+        return responder
+
+    def _send_go(
+        self, incident: Incident, alert: Alert, responder: Responder, effects: list[Effect]
+    ) -> None:
+        reason = (
+            AssignmentReason.ASSIGNED_BY_OPERATOR
+            if alert.assigned_by
+            else AssignmentReason.CONFIRMED
+        )
+        if alert.sent_at < (incident.moved_at or 0.0):  # accepted for the old place
+            effects.append(self._go_to(incident, alert, reason, responder.role))
+        else:
+            effects.append(self._assignment(alert, Action.GO, reason, role=responder.role))
+
+    def _call_off_useless(self, incident: Incident, now: float, effects: list[Effect]) -> None:
+        """Filled: only alerts that could still bring someone sooner stay open."""
+        useless = [
+            other
+            for other in _pending(incident)
+            if self._would_displace(incident, other, max(now, other.sent_at + self.policy.reply_s))
+            is None
+        ]
+        self._call_off(useless, AssignmentReason.FILLED, now, effects)
 
     def _claim_refused(
         self,
@@ -1179,10 +1255,10 @@ class Dispatcher:
         else:
             chosen = self._alert_best(incident, now, effects, fixed=book.replace)
         if not chosen and not incident.open_alerts() and not incident.confirmed:
-            reason = "every alerted volunteer declined or timed out, and nobody else is in reach"
+            why: tuple[Escalation, dict[str, Any]] = (Escalation.ALL_DECLINED, {})
             if self._alert_budget_left(incident) == 0:
-                reason = self._nobody_reason(incident)
-            self._escalate(incident, reason, now, effects)
+                why = self._nobody_reason(incident)
+            self._escalate(incident, *why, now, effects)
 
     # ------------------------------------------------------------------ arrival
 
@@ -1306,7 +1382,7 @@ class Dispatcher:
         incident = self._get(incident_id)
         advance(incident.id, incident.state, State.ESCALATED)
         effects: list[Effect] = []
-        self._escalate(incident, reason or f"escalated by {by}", now, effects, by=by)
+        self._escalate(incident, Escalation.OPERATOR, {"by": by}, now, effects, by=by, words=reason)
         self._changed(incident, effects)
         return effects
 
@@ -1436,6 +1512,80 @@ class Dispatcher:
         self._changed(incident, effects)
         return effects
 
+    def merge(
+        self,
+        incident_id: str,
+        into: str,
+        now: float,
+        by: str = "operator",
+        *,
+        other_kind: bool = False,
+    ) -> list[Effect]:
+        """An operator merges a duplicate report into the incident it reports too.
+
+        The duplicate ends cancelled, with ``merged_into`` set (a 1.0 client sees it
+        cancelled; a reporter following its state learns where to look instead). Its
+        alerted volunteers and responders are stood down (``incident merged ...``); if
+        the incident merged into still needs responders, a search runs at once, in
+        which they, free and near, are first in line: alerted like anyone, they accept
+        the other incident themselves. Nobody is sent anywhere without saying yes.
+
+        Raises UnknownIncident (``incident_id`` or ``into``) and BadMerge: a merge into
+        itself, of an ended (or already merged) incident, into an ended one (so no cycle
+        can form: a merged incident is ended), or of another kind unless ``other_kind``
+        (the operator's say-so).
+        """
+        incident = self._get(incident_id)
+        if into == incident_id:
+            raise BadMerge("merge_into_itself", f"incident '{into}' cannot be merged into itself")
+        if incident.ended:
+            if incident.merged_into:
+                raise BadMerge(
+                    "already_merged",
+                    f"incident '{incident_id}' was already merged into '{incident.merged_into}'",
+                )
+            raise BadMerge(
+                "incident_ended",
+                f"incident '{incident_id}' is {incident.state.value} already: only an open "
+                "incident can be merged",
+            )
+        target = self._get(into)
+        if target.ended:
+            where = f" (merged into '{target.merged_into}')" if target.merged_into else ""
+            raise BadMerge(
+                "target_ended",
+                f"incident '{into}' is {target.state.value}{where}: merge into an open "
+                "incident, or cancel this one",
+            )
+        if target.kind is not incident.kind and not other_kind:
+            raise BadMerge(
+                "other_kind",
+                f"incident '{incident_id}' is a {incident.kind.value} and '{into}' a "
+                f'{target.kind.value}: send "other_kind": true to merge them anyway',
+            )
+        effects = self._end(
+            incident,
+            State.CANCELLED,
+            now,
+            by,
+            reason=AssignmentReason.MERGED,
+            end_reason=f"merged into {into} by {by}",
+            merged_into=into,
+        )
+        if len(target.merged_from) < _MERGED_FROM_MAX:
+            target.merged_from.append(incident_id)
+        if target.likely_duplicate_of == incident_id:  # the first merged into its copy
+            target.likely_duplicate_of = ""
+        self._event(target, EventType.MERGED, now, effects, by=by, merged=incident_id)
+        # The duplicate's volunteers are free now, and the nearest: a search at once.
+        searching = target.still_needed and not (
+            self.policy.playbook.next_wave_only_if_unaccepted and target.responders
+        )
+        if searching and self._alert_best(target, now, effects):
+            self._move(target, State.ALERTING, now, effects, only_from=(State.OPEN,))
+        self._changed(target, effects)
+        return effects
+
     def _moved(self, incident: Incident, now: float, effects: list[Effect]) -> None:
         """The incident is somewhere else now: new ETAs, new directions, a new search."""
         incident.moved_at = now
@@ -1489,19 +1639,34 @@ class Dispatcher:
             address=incident.address,
         )
 
-    def _end(self, incident: Incident, state: State, now: float, by: str) -> list[Effect]:
+    def _end(
+        self,
+        incident: Incident,
+        state: State,
+        now: float,
+        by: str,
+        *,
+        reason: AssignmentReason | None = None,
+        end_reason: str = "",
+        merged_into: str = "",
+    ) -> list[Effect]:
         advance(incident.id, incident.state, state)
         effects: list[Effect] = []
         if incident.ended:
             return effects
         self._move(incident, state, now, effects)
-        incident.ended_at, incident.end_reason = now, f"{state.value} by {by}"
+        incident.ended_at, incident.end_reason = now, end_reason or f"{state.value} by {by}"
         incident.next_wave_at = None
-        reason = AssignmentReason.ended(state.value)
+        if reason is None:
+            reason = AssignmentReason.ended(state.value)
         self._call_off(incident.open_alerts(), reason, now, effects)
         for responder in incident.responders:
             if responder.released_at is None:  # else stood down already
                 self._let_go(incident, responder, reason, effects)
+        if merged_into:
+            incident.merged_into = merged_into
+            incident.likely_duplicate_of = ""  # decided: no longer a guess
+            self._event(incident, EventType.MERGED, now, effects, by=by, into=merged_into)
         self._event(incident, EventType(state.value), now, effects, by=by)
         self.timers.at(now + self.state_retention_s, TimerKind.CLEAR, incident.id)
         self._changed(incident, effects)
@@ -1556,6 +1721,10 @@ class Dispatcher:
         """
         incident = Incident.from_record(record)
         self.incidents[incident.id] = incident
+        if not incident.ended:  # to compare new reports with (pruned by the next report)
+            self.recent.add(
+                incident.kind, incident.lat, incident.lon, incident.id, incident.received_at
+            )
         effects: list[Effect] = []
         for alert in incident.alerts.values():
             self.alerts[alert.alert_id] = alert
@@ -1636,14 +1805,34 @@ class Dispatcher:
         )
 
     def _escalate(
-        self, incident: Incident, reason: str, now: float, effects: list[Effect], by: str = "engine"
+        self,
+        incident: Incident,
+        why: Escalation,
+        params: dict[str, Any],
+        now: float,
+        effects: list[Effect],
+        by: str = "engine",
+        words: str = "",
     ) -> None:
+        """To a person, with why as a code and its figures (``words``: an operator's own)."""
         if incident.state is State.ESCALATED:
             return
+        reason = words or why.words(params)
         incident.escalated_at = now
         incident.escalation_reason = reason
+        incident.escalation_code = why.value
+        incident.escalation_params = params
         self._move(incident, State.ESCALATED, now, effects)
-        self._event(incident, EventType.ESCALATED, now, effects, reason=reason, by=by)
+        self._event(
+            incident,
+            EventType.ESCALATED,
+            now,
+            effects,
+            reason=reason,
+            by=by,
+            code=why.value,
+            params=params,
+        )
 
     def _event(
         self,
@@ -1685,6 +1874,18 @@ def _pending(incident: Incident) -> list[Alert]:
 # The district's local time, for quiet hours: China Standard Time (UTC+8, no DST).
 _LOCAL_OFFSET_S = 8 * 3600
 _DAY_S = 86_400.0
+
+
+def _accepting(incident: Incident, volunteer_id: str) -> Alert | None:
+    """The volunteer's alert of ``incident`` whose accept waits for its claim, if any."""
+    return next(
+        (
+            a
+            for a in incident.alerts.values()
+            if a.volunteer_id == volunteer_id and a.status is AlertStatus.ACCEPTING
+        ),
+        None,
+    )
 
 
 def _resting_until(volunteer: Volunteer, now: float) -> tuple[float | None, float | None]:

@@ -7,8 +7,8 @@ effect of the batch (one Redis pipeline), then every message (`SendAlert`,
 back as ``Dispatcher.claim_result``.
 
 The core says *what* to tell whom; only the shell knows the wire: dispatch/wire.py turns
-the messages into topics, JSON, QoS, retain flags and expiries (`Publish`, the form the
-bus sends). Every effect about an incident carries its incident id, so nobody has to
+the messages into topics, JSON, QoS, retain flags and expiries (`Publish`, the
+form the bus sends). Every effect about an incident carries its incident id, so nobody has to
 read a topic or a payload to find it.
 """
 
@@ -27,11 +27,11 @@ __all__ = [
     "AssignmentReason",
     "Claim",
     "Effect",
+    "Escalation",
     "EventType",
     "ForgetPosition",
     "LogEvent",
     "Outbound",
-    "Publish",
     "Reject",
     "Release",
     "Role",
@@ -71,6 +71,9 @@ class EventType(StrEnum):
     # Protocol 1.1 amendments, and this project's "I can't go after all".
     AMENDED = "amended"  # an operator changed the incident (PATCH)
     WITHDRAWN = "withdrawn"  # a confirmed responder said they cannot go after all
+    # This project's duplicate reports (docs/protocol.md).
+    DUPLICATE_SUSPECTED = "duplicate_suspected"  # a report like an open one, near and soon
+    MERGED = "merged"  # an operator merged a duplicate into this incident (or this into one)
 
 
 class Action(StrEnum):
@@ -85,6 +88,48 @@ class Role(StrEnum):
 
     PRIMARY = "primary"
     BACKUP = "backup"
+
+
+class Escalation(StrEnum):
+    """Why an incident went to a person: the code the record, the event and the state
+    carry (``escalation_code``, with ``escalation_params``), which the page words in its
+    own language; `words` is the engine's English (``escalation_reason``, and the log)."""
+
+    TOO_SLOW = "too_slow"  # best, used, target: seconds
+    NOBODY_IN_TIME = "nobody_in_time"  # skills, eta: seconds, radius: metres
+    NOBODY_IN_REACH = "nobody_in_reach"  # skills, radius: metres
+    ALERT_BUDGET_SPENT = "alert_budget_spent"  # n: alerts
+    NOBODY_ACCEPTED = "nobody_accepted"  # n: waves
+    RESPONDERS_OVERDUE = "responders_overdue"  # n: waves
+    ALL_DECLINED = "all_declined"
+    OPERATOR = "operator"  # by (an operator's own words replace these)
+
+    def words(self, p: Mapping[str, Any]) -> str:
+        skills = ", ".join(p.get("skills") or ()) or "no particular skills"
+        match self:
+            case Escalation.TOO_SLOW:
+                return (
+                    f"the fastest volunteer needs about {p['best']} s and {p['used']} s are "
+                    f"gone or needed to set off: more than the {p['target']} s target"
+                )
+            case Escalation.NOBODY_IN_TIME:
+                return (
+                    f"no available volunteer with {skills} who could be there within "
+                    f"{p['eta']} s ({p['radius']} m at most)"
+                )
+            case Escalation.NOBODY_IN_REACH:
+                return f"no available volunteer with {skills} within {p['radius']} m"
+            case Escalation.ALERT_BUDGET_SPENT:
+                return f"the alert budget ({p['n']}) is spent and nobody accepted"
+            case Escalation.NOBODY_ACCEPTED:
+                return f"nobody accepted after {p['n']} waves"
+            case Escalation.RESPONDERS_OVERDUE:
+                return f"responders overdue, and nobody else accepted after {p['n']} waves"
+            case Escalation.ALL_DECLINED:
+                return "every alerted volunteer declined or timed out, and nobody else is in reach"
+            case Escalation.OPERATOR:
+                return f"escalated by {p['by']}"
+        raise AssertionError(self)  # pragma: no cover - every member is matched above
 
 
 class AssignmentReason(StrEnum):
@@ -109,6 +154,9 @@ class AssignmentReason(StrEnum):
     INCIDENT_RESOLVED = "incident resolved"
     INCIDENT_MOVED = "incident moved"  # protocol 1.1: the search starts again elsewhere
     WITHDRAWN = "withdrawn"  # the answer to the volunteer's own withdraw
+    # This project's duplicate reports: the report was merged into another of the same
+    # event (a 1.0 client sees it cancelled; its volunteers may be alerted for the other).
+    MERGED = "incident merged into another report of the same event"
 
     @classmethod
     def ended(cls, state: str) -> AssignmentReason:
@@ -170,18 +218,6 @@ class StateChanged:
 
 # What the shell sends out, each about one incident (see dispatch/wire.py).
 Outbound = SendAlert | SendAssignment | StateChanged
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """A message as the bus sends it: the shell's form of an `Outbound` (dispatch/wire.py),
-    and of what the shell sends on its own (rejections)."""
-
-    topic: str  # the full topic, root included
-    payload: bytes  # b"" with retain clears a retained message
-    qos: int = 1
-    retain: bool = False
-    expiry_s: int | None = None  # MQTT 5 message expiry; stale calls must not reach a phone
 
 
 @dataclass(frozen=True, slots=True)

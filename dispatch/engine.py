@@ -34,7 +34,6 @@ from dispatch.effects import (
     ForgetPosition,
     LogEvent,
     Outbound,
-    Publish,
     Reject,
     SavePosition,
     SendAlert,
@@ -46,7 +45,7 @@ from dispatch.metrics import Metrics
 from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
 from dispatch.ports import Ownership, ReportOutcome
 from dispatch.store import Store, StoredVolunteer
-from dispatch.wire import Wire
+from dispatch.wire import Publish, Wire
 
 __all__ = ["Alone", "Engine", "Message", "mask_numbers"]
 
@@ -181,9 +180,11 @@ class Engine:
             await self._execute(self.core.moves(moves, now), now)
 
     async def act(self, action: str, incident_id: str, by: str, **kwargs: Any) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend; returns the incident's public state.
+        """cancel, resolve, escalate, assign, amend or merge; returns the incident's public
+        state.
 
-        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to map.
+        Raises UnknownIncident, UnknownVolunteer, InvalidTransition or BadMerge for the
+        caller to map.
         """
         now = self.clock()
         async with self._lock:
@@ -199,6 +200,14 @@ class Engine:
                 effects = self.core.resolve(incident_id, now, by=by)
             elif action == "amend":  # protocol 1.1; kwargs["changes"]: an Amendment
                 effects = self.core.amend(incident_id, kwargs["changes"], now, by=by)
+            elif action == "merge":  # duplicate reports: kwargs["into"], ["other_kind"]
+                effects = self.core.merge(
+                    incident_id,
+                    kwargs["into"],
+                    now,
+                    by=by,
+                    other_kind=bool(kwargs.get("other_kind", False)),
+                )
             else:
                 raise ValueError(f"unknown operator action {action!r}")
             await self._execute(effects, now)
@@ -438,6 +447,9 @@ class Alone:
         return
 
     # IncidentReads
+    def held(self) -> Mapping[str, Incident]:
+        return self.engine.core.incidents
+
     async def open_incidents(self) -> list[Incident]:
         return self.engine.core.open_incidents()
 

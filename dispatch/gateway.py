@@ -33,13 +33,14 @@ from collections.abc import Callable
 from dispatch.bus import Bus
 from dispatch.codec import Codec
 from dispatch.config import Config
-from dispatch.effects import Publish, SavePosition
+from dispatch.effects import SavePosition
 from dispatch.engine import mask_numbers
 from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.model import LocationUpdate
 from dispatch.moves import Move, encode_moves, split
 from dispatch.service import moves_topic, retained_error
 from dispatch.store import Store
+from dispatch.wire import Publish
 from geo.area import ServiceArea
 
 __all__ = ["Gateway"]

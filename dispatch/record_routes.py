@@ -222,7 +222,7 @@ class Records:
         if not is_valid_id(iid):
             return _error(404, f"no incident with id '{iid}'")
         s = self.service
-        incident = s.core.incidents.get(iid) if s.cluster is None else None
+        incident = s.reads.held().get(iid)
         if incident is None:
             record = await self.reader.incident(iid)
             if record is None and self.archive is not None:

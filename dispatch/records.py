@@ -154,13 +154,21 @@ class Incident:
     first_arrival_at: float | None = None  # claimed: the geofence or "I'm here"
     first_verified_at: float | None = None  # confirmed by a position near the scene
     escalated_at: float | None = None
-    escalation_reason: str = ""
+    escalation_reason: str = ""  # the engine's English (or an operator's own words)
+    escalation_code: str = ""  # an effects.Escalation; "" in records older than codes
+    escalation_params: dict[str, Any] = field(default_factory=dict)  # its figures
     ended_at: float | None = None
     end_reason: str = ""
     version: int = 0
     # Protocol 1.1: when an operator last moved it; the search started again from there
     # (alerts sent before are of the old place).
     moved_at: float | None = None
+    # This project's duplicate reports (docs/protocol.md): the open incident of the same
+    # kind this one was reported close to, in place and time (a guess for the operator);
+    # the incident it was merged into (then it is cancelled); those merged into it.
+    likely_duplicate_of: str = ""
+    merged_into: str = ""
+    merged_from: list[str] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:
@@ -215,12 +223,28 @@ class Incident:
             "first_verified_at": self.first_verified_at,
             "escalated_at": self.escalated_at,
             "escalation_reason": self.escalation_reason,
+            **(
+                {
+                    "escalation_code": self.escalation_code,
+                    "escalation_params": self.escalation_params,
+                }
+                if self.escalation_code
+                else {}
+            ),
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
             "version": self.version,
             "moved_at": self.moved_at,
             # Only with configured subdistricts: records stay as they were without.
             **({"subdistrict": self.subdistrict} if self.subdistrict else {}),
+            # Only for duplicates and merges, likewise.
+            **(
+                {"likely_duplicate_of": self.likely_duplicate_of}
+                if self.likely_duplicate_of
+                else {}
+            ),
+            **({"merged_into": self.merged_into} if self.merged_into else {}),
+            **({"merged_from": list(self.merged_from)} if self.merged_from else {}),
         }
 
     @classmethod
@@ -240,6 +264,9 @@ class Incident:
             )
             for x in r["responders"]
         ]
+        fields["merged_from"] = list(r.get("merged_from", ()))
+        if "escalation_params" in fields:  # its own copy, never the caller's
+            fields["escalation_params"] = dict(fields["escalation_params"])
         if "first_verified_at" not in fields:  # stored before verified arrivals
             fields["first_verified_at"] = fields["first_arrival_at"]
         return cls(**fields)
@@ -282,7 +309,15 @@ def public_state(incident: Incident, target_s: float) -> dict[str, Any]:
             None if incident.first_arrival_at is None else incident.first_verified_at is not None
         ),
         "escalation_reason": incident.escalation_reason or None,
+        # what the page words in its own language (effects.Escalation), with its figures
+        "escalation_code": incident.escalation_code or None,
+        "escalation_params": incident.escalation_params if incident.escalation_code else None,
         "end_reason": incident.end_reason or None,
+        # This project's duplicate reports (docs/protocol.md): a reporter whose incident
+        # was merged follows the one in ``merged_into`` from then on.
+        "likely_duplicate_of": incident.likely_duplicate_of or None,
+        "merged_into": incident.merged_into or None,
+        "merged_from": list(incident.merged_from),
         "version": incident.version,
     }
 

@@ -139,9 +139,6 @@ class Service:
         self.ownership: Ownership = alone
         self.reads: IncidentReads = alone
         self.operators: Operators = alone
-        # Several instances: the `Cluster` (dispatch/cluster.py), None alone. Only while
-        # dispatch/web.py still branches on it; the ports above are the seam to use.
-        self.cluster: Any = None
         self.restored = asyncio.Event()
         self._frozen_at = 0.0  # time.monotonic() of the last gc.freeze (see _freeze_heap)
         self._thawed_at = time.monotonic()  # and of the last full collection
@@ -150,7 +147,6 @@ class Service:
         """Work with other instances: ``peers`` implements every port (dispatch/cluster.py)."""
         self.intake = self.ownership = self.reads = self.operators = peers
         self.engine.share(peers)
-        self.cluster = peers
 
     def _new_core(self) -> Dispatcher:
         c = self.config
@@ -479,7 +475,8 @@ class Service:
     async def operator(
         self, action: str, incident_id: str, by: str, **kwargs: Any
     ) -> dict[str, Any]:
-        """cancel, resolve, escalate, assign or amend on this instance's core (`Engine.act`)."""
+        """cancel, resolve, escalate, assign, amend or merge on this instance's core
+        (`Engine.act`)."""
         return await self.engine.act(action, incident_id, by, **kwargs)
 
     # ------------------------------------------------------------------ gauges

@@ -31,16 +31,18 @@ from aiohttp import web
 
 from dispatch import coverage
 from dispatch.archive import Archive
-from dispatch.cluster import OwnerUnavailable
+from dispatch.archiver import Archiver
 from dispatch.codec import format_time, parse_time
-from dispatch.dispatcher import Incident, UnknownIncident, UnknownVolunteer
-from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition
+from dispatch.dispatcher import BadMerge, Incident, UnknownIncident, UnknownVolunteer
+from dispatch.errors import BackendUnavailable, BadMessage, InvalidTransition, OwnerUnavailable
 from dispatch.lifecycle import State
+from dispatch.metrics import Metrics
 from dispatch.model import is_valid_id
 from dispatch.push_routes import PushRoutes
 from dispatch.record_routes import Records
 from dispatch.service import Service
 from dispatch.store import Store, StoredEvent
+from geo.gazetteer import Gazetteer
 
 __all__ = ["EventHub", "HeaderDeadline", "listen", "make_app"]
 
@@ -74,10 +76,41 @@ _REPLAY_MAX = 500
 # Lists are paged: ?limit= (default, most) and ?offset=.
 _PAGE_DEFAULT = 200
 _PAGE_MAX = 1_000
+# The address search (GET /api/places?q=): a query of at most this many characters, at
+# most this many answers, each client this many searches a second (bursts of twice
+# that; typing sends one every ~150 ms), over the gazetteer and the addresses of the
+# incidents reported in the last _RECENT_S, at most _RECENT_MAX of them, read from
+# Redis at most every _RECENT_REFRESH_S.
+_PLACES_QUERY_MAX = 64
+_PLACES_DEFAULT = 8
+_PLACES_MAX = 20
+_PLACES_PER_S = 10.0
+_RECENT_S = 7 * 86_400
+_RECENT_MAX = 500
+_RECENT_REFRESH_S = 30.0
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _merge_args(body: dict[str, Any], kwargs: dict[str, Any]) -> str | None:
+    """A merge's body, ``{"into": id, "other_kind": bool}``, into ``kwargs``; or what is
+    wrong with it."""
+    unknown = sorted(set(body) - {"into", "other_kind", "by"})
+    if unknown:
+        return f"field '{unknown[0][:40]}' is not known; a merge takes 'into', 'other_kind', 'by'"
+    into = body.get("into")
+    if not is_valid_id(into):
+        return (
+            "'into' is required: the id of the incident to merge into "
+            "(1-64 characters of A-Z a-z 0-9 _ -)"
+        )
+    other_kind = body.get("other_kind", False)
+    if not isinstance(other_kind, bool):
+        return "'other_kind' must be true or false (true: merge incidents of different kinds)"
+    kwargs["into"], kwargs["other_kind"] = into, other_kind
+    return None
 
 
 def _error(status: int, message: str, code: str | None = None) -> web.Response:
@@ -110,13 +143,15 @@ def make_app(service: Service, archive: Archive | None = None) -> web.Applicatio
     app.router.add_post("/api/incidents", api.report)
     app.router.add_get("/api/incidents/{iid}", api.get_incident)
     app.router.add_patch("/api/incidents/{iid}", api.amend)
-    for action in ("cancel", "resolve", "escalate", "assign"):
+    for action in ("cancel", "resolve", "escalate", "assign", "merge"):
         app.router.add_post(f"/api/incidents/{{iid}}/{action}", api.action(action))
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/area", api.area)
     app.router.add_get("/api/volunteers", api.volunteers)
     app.router.add_get("/api/coverage", api.coverage)
     app.router.add_get("/api/figures", api.figures)
+    app.router.add_get("/api/places", api.places)
+    app.router.add_get("/api/map", api.map_settings)
     # The record (dispatch/record_routes.py): reports over ended incidents, CAP export.
     records = Records(service, reader, archive, api.check_read)
     app.router.add_get("/api/report", records.report)
@@ -340,6 +375,15 @@ class _Api:
         # (computed at, answer) by query; see _CACHE_S
         self._coverage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._figures: dict[float, tuple[float, dict[str, Any]]] = {}
+        # The address search: the gazetteer (checked when the config was loaded), the
+        # addresses of recent reports (newest first: address, lat, lon) and when they
+        # were read, and its own per-client budget.
+        c = service.config
+        self.gazetteer = Gazetteer.from_csv(c.area_gazetteer) if c.area_gazetteer else Gazetteer(())
+        self._recent: list[tuple[str, float, float]] = []
+        self._recent_at = -math.inf
+        self._recent_lock = asyncio.Lock()
+        self._search_budgets = _ClientBudgets(_PLACES_PER_S, service.clock)
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         yield
@@ -457,8 +501,93 @@ class _Api:
                 "open_broker": c.volunteer_open_broker,
                 "arrival_radius_m": c.policy.arrival_radius_m,
                 "skills": sorted({s for k in c.kinds.values() for s in k.skills}),
+                # [control_room] phone: the page's call button (none when not configured)
+                "control_room_phone": c.control_room_phone or None,
             }
         )
+
+    # ---------------------------------------------------------------- places and the base map
+
+    async def map_settings(self, request: web.Request) -> web.Response:
+        """The control room's base map ([map]): no tiles unless the deployment has some."""
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        c = self.config
+        return _json(
+            {
+                "tile_url": c.map_tile_url or None,
+                "tile_attribution": c.map_tile_attribution or None,
+                "tile_max_zoom": c.map_tile_max_zoom,
+            }
+        )
+
+    async def places(self, request: web.Request) -> web.Response:
+        """``GET /api/places``: every gazetteer place (the map's names); ``?q=`` searches
+        the gazetteer and the addresses of recent reports, best first (the report form)."""
+        if (denied := self._check_read(request)) is not None:
+            return denied
+        wait_s = self._search_budgets.take(request.remote or "")
+        if wait_s is not None:
+            return web.json_response(
+                {
+                    "error": f"too many place searches from this client (at most "
+                    f"{_PLACES_PER_S:g} a second); try again in {wait_s:.1f} s",
+                    "code": "too_many_requests",
+                },
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
+        query = request.query.get("q")
+        if query is None:
+            return _json({"places": [p.to_json() for p in self.gazetteer.places]})
+        if len(query) > _PLACES_QUERY_MAX or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in query):
+            return _error(
+                400,
+                f"'q' must be at most {_PLACES_QUERY_MAX} characters, without control characters",
+            )
+        try:
+            limit = _int_param(request, "limit", _PLACES_DEFAULT, 1, _PLACES_MAX)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        found: list[dict[str, Any]] = [
+            {**p.to_json(), "source": "gazetteer"} for p in self.gazetteer.search(query, limit)
+        ]
+        words = query.casefold().split()
+        if words and len(found) < limit:
+            names = {f["name"].casefold() for f in found}
+            for address, lat, lon in await self._recent_addresses():
+                folded = address.casefold()
+                if folded in names or not all(w in folded for w in words):
+                    continue
+                names.add(folded)
+                found.append({"name": address, "lat": lat, "lon": lon, "source": "incident"})
+                if len(found) >= limit:
+                    break
+        return _json({"places": found})
+
+    async def _recent_addresses(self) -> list[tuple[str, float, float]]:
+        """Addresses of the open incidents and of those reported lately, newest first,
+        each once; read from Redis at most every _RECENT_REFRESH_S."""
+        now = self.service.clock()
+        async with self._recent_lock:
+            if now - self._recent_at >= _RECENT_REFRESH_S:
+                async with self._heavy:
+                    ids = await self.reader.reported_since(now - _RECENT_S, limit=20_000)
+                    records = await self.reader.incidents(ids[-_RECENT_MAX:])
+                self._recent = _addresses(
+                    (r.get("reported_at", 0.0), r.get("address"), r.get("lat"), r.get("lon"))
+                    for r in records
+                )
+                self._recent_at = now
+            recent = self._recent
+        # What this process holds is fresher (a report of a moment ago); with several
+        # instances it holds nothing, and the addresses come from Redis alone.
+        live = _addresses(
+            (i.reported_at, i.address, i.lat, i.lon)
+            for i in self.service.reads.held().values()
+            if i.ended_at is None
+        )
+        return live + recent
 
     # ---------------------------------------------------------------- the map and figures
 
@@ -533,18 +662,13 @@ class _Api:
     async def _figures_now(self, since: float, now: float) -> web.Response:
         core = self.service.core
         ids = await self.reader.reported_since(since, limit=_FIGURES_LIMIT)
-        cluster = self.service.cluster
-        # Several instances: each holds only its own incidents; Redis holds them all.
-        live = core.incidents if cluster is None else {}
+        live = self.service.reads.held()
         stored = await self.reader.incidents([i for i in ids if i not in live])
         # Up to 20,000 records: read in a thread, off the loop dispatch runs on.
         incidents = [live[i] for i in ids if i in live] + await asyncio.to_thread(
             lambda: [Incident.from_record(r) for r in stored]
         )
-        if cluster is None:
-            open_now = core.open_incidents()
-        else:
-            open_now = [Incident.from_record(r) for r in await cluster.open_records()]
+        open_now = await self.service.reads.open_incidents()
         body = {
             "since": format_time(since),
             "computed_at": format_time(now),
@@ -594,10 +718,8 @@ class _Api:
             more = len(ids) > limit
             records = await self.reader.incidents(ids[:limit])
             incidents = [Incident.from_record(r) for r in records]
-        elif self.service.cluster is not None:  # every instance's, not only ours
-            incidents = [Incident.from_record(r) for r in await self.service.cluster.open_records()]
-        else:
-            incidents = core.open_incidents()
+        else:  # every instance's, not only ours
+            incidents = await self.service.reads.open_incidents()
         if state_filter is not None:
             incidents = [i for i in incidents if i.state.value == state_filter]
         incidents.sort(key=lambda i: (i.priority, i.reported_at, i.id))
@@ -606,7 +728,7 @@ class _Api:
             incidents = incidents[offset : offset + limit]
         return _json(
             {
-                "incidents": [core.public_state(i) for i in incidents],
+                "incidents": [_with_subdistrict(core.public_state(i), i) for i in incidents],
                 "last_event_id": last_event_id,
                 "server_time": format_time(self.service.clock()),
                 "next_offset": offset + limit if more else None,
@@ -631,16 +753,13 @@ class _Api:
 
     async def _incident_body(self, iid: str, with_events: bool) -> dict[str, Any] | None:
         """One incident as ``GET /api/incidents/{iid}`` shows it; None if unknown."""
-        # Several instances: from Redis, so that every instance shows the same.
-        incident = (
-            None if self.service.cluster is not None else self.service.core.incidents.get(iid)
-        )
+        incident = self.service.reads.held().get(iid)
         if incident is None:
             record = await self.reader.incident(iid) if is_valid_id(iid) else None
             if record is None:
                 return None
             incident = Incident.from_record(record)
-        body = self.service.core.public_state(incident)
+        body = _with_subdistrict(self.service.core.public_state(incident), incident)
         body["address"] = incident.address
         body["description"] = incident.description
         body["times"] = {
@@ -692,12 +811,8 @@ class _Api:
             return _error(
                 400, "'by' must be the operator's name: non-empty, without control characters"
             )
-        cluster = self.service.cluster
-        try:
-            if cluster is None:
-                await self.service.operator("amend", iid, by=by[:64], changes=changes)
-            else:  # carried out by the incident's owner, wherever it runs
-                await cluster.operator("amend", iid, by=by[:64], changes=changes)
+        try:  # carried out by the incident's owner, wherever it runs
+            await self.service.operators.operator("amend", iid, by=by[:64], changes=changes)
         except UnknownIncident:
             return _error(404, f"no open incident with id '{iid}'")
         except InvalidTransition as exc:
@@ -726,13 +841,9 @@ class _Api:
             self.service.metrics.rejected.labels(reason=err.code).inc()
             status = 413 if err.code == "too_large" else 422 if err.code == "outside_area" else 400
             return _error(status, err.reason)
-        incident_id = report.id
-        if self.service.cluster is not None:  # through the work stream, as from MQTT
-            outcome, incident_id = await self.service.cluster.submit(
-                report, await request.read(), now
-            )
-        else:
-            outcome = await self.service.report(report, now, via_mqtt=False)
+        # Several instances: through the work stream, as from MQTT.
+        outcome, known_id = await self.service.intake.submit(report, await request.read(), now)
+        incident_id = known_id or report.id
         if outcome.status == "conflict":
             return _error(
                 409,
@@ -765,6 +876,9 @@ class _Api:
                         400, "'volunteer_id' is required: 1-64 characters of A-Z a-z 0-9 _ -"
                     )
                 kwargs["volunteer_id"] = vid
+            # duplicate reports (docs/protocol.md)
+            if name == "merge" and (problem := _merge_args(body, kwargs)) is not None:
+                return _error(400, problem)
             if name == "escalate" and isinstance(body.get("reason"), str):
                 kwargs["reason"] = body["reason"][:500]  # free text: escaped when logged
             by = body.get("by") if isinstance(body.get("by"), str) else "operator"
@@ -772,16 +886,17 @@ class _Api:
                 return _error(
                     400, "'by' must be the operator's name: non-empty, without control characters"
                 )
-            cluster = self.service.cluster
-            try:
-                if cluster is None:
-                    state = await self.service.operator(name, iid, by=by[:64], **kwargs)
-                else:  # carried out by the incident's owner, wherever it runs
-                    state = await cluster.operator(name, iid, by=by[:64], **kwargs)
-            except UnknownIncident:
+            try:  # carried out by the incident's owner, wherever it runs
+                state = await self.service.operators.operator(name, iid, by=by[:64], **kwargs)
+            except UnknownIncident as exc:
+                if name == "merge" and exc.args and exc.args[0] == kwargs["into"] != iid:
+                    return _error(404, f"no incident with id '{kwargs['into']}' to merge into")
                 return _error(404, f"no open incident with id '{iid}'")
             except UnknownVolunteer:
                 return _error(404, f"no volunteer with id '{kwargs.get('volunteer_id')}' is known")
+            except BadMerge as exc:
+                status = 400 if exc.code == "merge_into_itself" else 409
+                return _error(status, str(exc), exc.code)
             except InvalidTransition as exc:
                 return _error(409, f"cannot {name} incident '{iid}': {exc}")
             except OwnerUnavailable as exc:
@@ -898,6 +1013,30 @@ class _Api:
         return key
 
 
+def _with_subdistrict(state: dict[str, Any], incident: Incident) -> dict[str, Any]:
+    """The page's filter by subdistrict ([area] subdistricts) needs each incident's."""
+    if incident.subdistrict:
+        state["subdistrict"] = incident.subdistrict
+    return state
+
+
+def _addresses(rows: Any) -> list[tuple[str, float, float]]:
+    """(reported_at, address, lat, lon) rows as (address, lat, lon), newest first, each
+    address once; rows without an address or a place are left out."""
+    out: list[tuple[str, float, float]] = []
+    seen: set[str] = set()
+    for _, address, lat, lon in sorted(rows, key=lambda r: -float(r[0] or 0)):
+        if not isinstance(address, str) or not address.strip():
+            continue
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+            continue
+        key = address.strip().casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append((address.strip(), float(lat), float(lon)))
+    return out
+
+
 def _sse(e: StoredEvent) -> bytes:
     data = orjson.dumps(
         {"incident_id": e.incident_id, "type": e.type, "at": format_time(e.at), **e.data}
@@ -961,3 +1100,25 @@ class _ClientBudgets:
             return (1.0 - tokens) / self.rate
         self._buckets[client] = (tokens - 1.0, now)
         return None
+
+
+def archiver_app(archiver: Archiver, metrics: Metrics) -> web.Application:
+    """What ``dispatch archive`` serves when it runs alone: ``/metrics`` (its counters and
+    lag, as on the engine's /metrics) and ``/healthz`` (503 until its tables are up to
+    date and its consumer group exists)."""
+
+    async def metrics_route(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def health(request: web.Request) -> web.Response:
+        ready = archiver.ready.is_set()
+        body = {"ready": ready, "archived": archiver.archived, "lag_s": archiver.lag_s()}
+        return _json(body, 200 if ready else 503)
+
+    app = web.Application(client_max_size=1024)
+    app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/healthz", health)
+    return app

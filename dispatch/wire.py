@@ -9,12 +9,25 @@ shows them; outside clients depend on every byte, so change nothing here lightly
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dispatch.codec import Codec, dumps, format_time
-from dispatch.effects import Outbound, Publish, SendAlert, SendAssignment
+from dispatch.effects import Outbound, SendAlert, SendAssignment
 
-__all__ = ["Wire"]
+__all__ = ["Publish", "Wire"]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A message as the bus sends it: the shell's form of the core's messages, and of
+    what the shell sends on its own (rejections, the service worker's replies)."""
+
+    topic: str  # the full topic, root included
+    payload: bytes  # b"" with retain clears a retained message
+    qos: int = 1
+    retain: bool = False
+    expiry_s: int | None = None  # MQTT 5 message expiry; stale calls must not reach a phone
 
 
 class Wire:

@@ -27,7 +27,7 @@ from dispatch.gateway import Gateway
 from dispatch.metrics import Metrics
 from dispatch.service import Service
 from dispatch.store import Store
-from dispatch.web import listen, make_app
+from dispatch.web import archiver_app, listen, make_app
 from geo.area import ServiceArea
 
 __all__ = ["archive", "build", "build_archiver", "run_gateway", "serve"]
@@ -72,11 +72,25 @@ def build_archiver(config: Config, metrics: Metrics | None = None) -> Archiver:
 
 
 async def archive(config: Config, stop: asyncio.Event) -> None:
-    """The archiver alone, until ``stop`` is set (``dispatch archive``)."""
-    archiver = build_archiver(config)
+    """The archiver alone, until ``stop`` is set (``dispatch archive``); with ``[postgres]
+    metrics_http``, its /metrics and /healthz on that port."""
+    metrics = Metrics() if config.postgres_metrics_http else None
+    archiver = build_archiver(config, metrics)
+    runner: web.AppRunner | None = None
+    server = None
+    if metrics is not None:
+        runner = web.AppRunner(archiver_app(archiver, metrics), access_log=None)
+        await runner.setup()
+        host, _, port = config.postgres_metrics_http.rpartition(":")
+        server = await listen(runner, host.strip("[]"), int(port), config.header_timeout_s)
+        log.info("archive: metrics on http://%s/metrics", config.postgres_metrics_http)
     try:
         await archiver.run(stop)
     finally:
+        if server is not None and runner is not None:
+            server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.cleanup(), 5)
         await archiver.archive.close()
         await archiver.store.close()
 

@@ -7,6 +7,7 @@ from geo.distance import (
     LocalProjection,
     haversine_m,
 )
+from geo.gazetteer import Gazetteer, Place
 from geo.index import Neighbour, VolunteerIndex, rtree_properties
 from geo.subdistricts import Subdistricts
 from geo.travel import DEFAULT_SPEEDS_MPS, TravelModel
@@ -17,9 +18,11 @@ __all__ = [
     "GRID_NOTE",
     "PROJECTION_MAX_RELATIVE_ERROR",
     "Cell",
+    "Gazetteer",
     "LocalProjection",
     "Neighbour",
     "OutsideArea",
+    "Place",
     "ServiceArea",
     "Subdistricts",
     "TravelModel",

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
@@ -52,7 +53,7 @@ from dispatch.wiring import serve
 from geo.area import ServiceArea
 
 if TYPE_CHECKING:
-    from simulators.fleet import Fleet
+    from simulators.fleet import Fleet, FleetParams
     from simulators.incidents import IncidentStream
 
 __all__ = ["add_arguments", "main"]
@@ -63,6 +64,25 @@ TOPIC_ROOT = "demo"
 SUMMARY_EVERY_S = 2.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+def fleet_params(args: argparse.Namespace, circuity: float, now: float) -> FleetParams:
+    """The demo fleet's behaviour: protocol 1.1 phones (receipts from most, a few never
+    reached, budgets, quiet hours, drop-offs), so that the control room shows it all."""
+    from simulators.fleet import FleetParams
+
+    local = datetime.fromtimestamp(now, UTC) + timedelta(hours=8)  # the district's time
+    quiet = f"{(local - timedelta(hours=1)):%H:%M}-{(local + timedelta(hours=2)):%H:%M}"
+    return FleetParams(
+        acceptance=args.acceptance,
+        circuity=circuity,
+        receipts_share=0.9,
+        unreachable_share=args.unreachable_share,
+        budget_share=args.budget_share,
+        quiet_share=0.05,
+        quiet_hours=quiet,
+        dropout_mean_s=3600.0 / args.dropouts_per_hour if args.dropouts_per_hour > 0 else 0.0,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +133,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.35,
         help="share of alerts a simulated volunteer accepts (default 0.35)",
     )
+    parser.add_argument(
+        "--unreachable-share",
+        type=_share,
+        default=0.05,
+        help="share of phones that alerts never reach: no receipt, no answer (default 0.05)",
+    )
+    parser.add_argument(
+        "--budget-share",
+        type=_share,
+        default=0.2,
+        help="share of volunteers who allow at most 3 alerts a day (default 0.2)",
+    )
+    parser.add_argument(
+        "--dropouts-per-hour",
+        type=_non_negative_float,
+        default=1.0,
+        help="how often a phone on duty drops off for a few minutes (default 1 an hour; 0: never)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulation (default 1)")
     parser.add_argument(
         "--duration",
@@ -137,6 +175,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, got {text}")
     return value
 
 
@@ -268,6 +313,8 @@ def _setup(
             "engine.instance": "demo",
             "engine.log_level": args.log_level,
             "http.operator_token": token,
+            # the demo gazetteer: the report form's address search, names on the map
+            "area.gazetteer": "shangcheng_places_demo.csv",
             **({"postgres.url": postgres} if postgres else {}),
             **volunteer_app,
         }
@@ -335,9 +382,8 @@ async def _demo(
         area,
         args.volunteers,
         seed=args.seed,
-        acceptance=args.acceptance,
-        circuity=config.travel.circuity,
         mqtt_protocol=protocol,
+        params=fleet_params(args, config.travel.circuity, time.time()),
     )
     stream = IncidentStream(
         config.mqtt_url,

@@ -23,6 +23,14 @@ to match what the design and the published studies of volunteer responders say):
   geofence would also catch them); the others stop partway.
 - on ``stand_down`` goes back to wandering.
 
+Protocol 1.1 (all off by default, so the planning simulator's population is unchanged;
+``dispatch demo`` turns them on): a share of the phones say ``"receipts": true`` and
+answer every alert with ``received`` at once; a share are unreachable (alerts never
+arrive: no receipt, no answer, as a phone without signal); a share set an alert budget
+(``max_alerts_per_day``) or quiet hours; and phones drop off now and then (``offline``,
+what their Last Will would say; the fleet shares one connection, so it says it itself)
+and come back a few minutes later.
+
 All times here are simulated seconds; the shell runs the simulated clock ``time_scale``
 times faster than real time. Given a seed the fleet is the same on every run (who is
 where, who accepts); what happens then depends on the engine's timing too.
@@ -76,6 +84,7 @@ _PUBLISH_BATCH = 8
 
 class VolunteerState(enum.Enum):
     OFF_DUTY = "off_duty"
+    OFFLINE = "offline"  # on duty, but the phone dropped off (protocol 1.1 presence)
     IDLE = "idle"  # on duty, wandering, available
     DECIDING = "deciding"  # an alert is on the phone, the reply is not sent yet
     WAITING = "waiting"  # accepted, waiting for go or stand_down
@@ -107,13 +116,35 @@ class FleetParams:
     mean_on_duty_s: float = 3600.0
     mean_off_duty_s: float = 600.0
     answer_wait_s: float = 30.0  # no go/stand_down this long after accepting: give up
+    # Protocol 1.1 traits, each drawn once per volunteer (see the module's docstring).
+    receipts_share: float = 0.0
+    unreachable_share: float = 0.0
+    budget_share: float = 0.0
+    budget_per_day: int = 3
+    quiet_share: float = 0.0
+    quiet_hours: str = ""  # "HH:MM-HH:MM" (local time) for those with quiet hours
+    dropout_mean_s: float = 0.0  # mean time on duty between phone drop-offs; 0: never
+    offline_mean_s: float = 120.0  # how long a dropped phone stays away, on average
 
     def __post_init__(self) -> None:
-        for name in ("acceptance", "arrive_share"):
+        for name in (
+            "acceptance",
+            "arrive_share",
+            "receipts_share",
+            "unreachable_share",
+            "budget_share",
+            "quiet_share",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)!r}")
         if not self.reply_median_s > 0 or not self.circuity >= 1.0:
             raise ValueError("reply_median_s must be > 0 and circuity >= 1")
+        if not 1 <= self.budget_per_day <= 100:
+            raise ValueError(f"budget_per_day must be 1..100, got {self.budget_per_day!r}")
+        if self.quiet_share > 0 and not self.quiet_hours:
+            raise ValueError("quiet_share > 0 needs quiet_hours, 'HH:MM-HH:MM'")
+        if self.dropout_mean_s < 0 or not self.offline_mean_s > 0:
+            raise ValueError("dropout_mean_s must be >= 0 and offline_mean_s > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +182,12 @@ class _Volunteer:
     stop_after_m: float = math.inf
     travelled_m: float = 0.0
     waiting_since: float = 0.0
+    # protocol 1.1 traits
+    receipts: bool = False
+    unreachable: bool = False
+    max_alerts: int | None = None
+    quiet: bool = False
+    dropout_at: float = math.inf
 
 
 def _move(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
@@ -227,9 +264,26 @@ class FleetModel:
                 duty_change_at=now + rng.expovariate(1.0 / self.p.mean_on_duty_s),
             )
             self.volunteers[v.id] = v
+        self._draw_traits(now)
         self._last = now
         self.alerts_received = self.accepts = self.declines = self.goes = 0
         self.stand_downs = self.arrivals = self.gave_up = 0
+
+    def _draw_traits(self, now: float) -> None:
+        """Protocol 1.1 traits, from a stream of their own: with none asked for, the
+        population (and every later draw) is exactly what it was without them."""
+        p = self.p
+        shares = (p.receipts_share, p.unreachable_share, p.budget_share, p.quiet_share)
+        if not any(shares) and p.dropout_mean_s == 0:
+            return
+        rng = random.Random(self.rng.getrandbits(64))
+        for v in self.volunteers.values():
+            v.receipts = rng.random() < p.receipts_share
+            v.unreachable = rng.random() < p.unreachable_share
+            v.max_alerts = p.budget_per_day if rng.random() < p.budget_share else None
+            v.quiet = rng.random() < p.quiet_share
+            if p.dropout_mean_s > 0:
+                v.dropout_at = now + rng.expovariate(1.0 / p.dropout_mean_s)
 
     # ------------------------------------------------------------------ helpers
 
@@ -239,17 +293,22 @@ class FleetModel:
     def _status(self, v: _Volunteer) -> Outbound:
         if v.state is VolunteerState.OFF_DUTY:
             return self._out(v.id, "status", {"status": "off_duty"})
-        return self._out(
-            v.id,
-            "status",
-            {
-                "status": "available",
-                "skills": list(v.skills),
-                "mode": v.mode,
-                "lat": round(v.lat, 6),
-                "lon": round(v.lon, 6),
-            },
-        )
+        if v.state is VolunteerState.OFFLINE:
+            return self._out(v.id, "status", {"status": "offline"})
+        body: dict[str, Any] = {
+            "status": "available",
+            "skills": list(v.skills),
+            "mode": v.mode,
+            "lat": round(v.lat, 6),
+            "lon": round(v.lon, 6),
+        }
+        if v.receipts:
+            body["receipts"] = True
+        if v.max_alerts is not None:
+            body["max_alerts_per_day"] = v.max_alerts
+        if v.quiet:
+            body["quiet_hours"] = self.p.quiet_hours
+        return self._out(v.id, "status", body)
 
     def _location(self, v: _Volunteer) -> Outbound:
         body = {"lat": round(v.lat, 6), "lon": round(v.lon, 6), "accuracy_m": 10}
@@ -298,12 +357,19 @@ class FleetModel:
         alert_id, incident_id = alert.get("alert_id"), alert.get("incident_id")
         if v is None or not isinstance(alert_id, str) or not isinstance(incident_id, str):
             return []
+        if v.unreachable or v.state is VolunteerState.OFFLINE:
+            return []  # it never reaches the phone: no receipt, no answer
         self.alerts_received += 1
+        out = (
+            [self._out(vid, "reply", {"alert_id": alert_id, "answer": "received"})]
+            if v.receipts
+            else []
+        )
         delay = self.rng.lognormvariate(math.log(self.p.reply_median_s), self.p.reply_sigma)
         if v.state is not VolunteerState.IDLE:
             # Busy (or off duty and the phone still rang): a quick no.
             self.declines += 1
-            return [self._out(vid, "reply", {"alert_id": alert_id, "answer": "decline"})]
+            return [*out, self._out(vid, "reply", {"alert_id": alert_id, "answer": "decline"})]
         v.state = VolunteerState.DECIDING
         v.alert_id, v.incident_id = alert_id, incident_id
         lat, lon = alert.get("lat"), alert.get("lon")
@@ -313,7 +379,7 @@ class FleetModel:
         v.reply_at = now + delay
         v.will_accept = v.target is not None and self.rng.random() < self.p.acceptance
         v.will_arrive = self.rng.random() < self.p.arrive_share
-        return []
+        return out
 
     def on_assignment(self, vid: str, msg: Mapping[str, Any], now: float) -> list[Outbound]:
         v = self.volunteers.get(vid)
@@ -355,7 +421,20 @@ class FleetModel:
                 v.next_location_at = now + self.p.location_every_s
                 out.append(self._status(v))
             return
+        if state is VolunteerState.OFFLINE:
+            if now >= v.duty_change_at:  # the phone is back
+                v.state = VolunteerState.IDLE
+                v.duty_change_at = now + self.rng.expovariate(1.0 / self.p.mean_on_duty_s)
+                v.dropout_at = now + self.rng.expovariate(1.0 / self.p.dropout_mean_s)
+                v.next_location_at = now + self.p.location_every_s
+                out.append(self._status(v))
+            return
         if state is VolunteerState.IDLE:
+            if now >= v.dropout_at:  # no signal, battery, app killed: the will says offline
+                v.state = VolunteerState.OFFLINE
+                v.duty_change_at = now + self.rng.expovariate(1.0 / self.p.offline_mean_s)
+                out.append(self._status(v))
+                return
             if now >= v.duty_change_at:
                 v.state = VolunteerState.OFF_DUTY
                 v.duty_change_at = now + self.rng.expovariate(1.0 / self.p.mean_off_duty_s)

@@ -75,6 +75,7 @@ REASONS = (
     ("expired", "the alert expired; others are taking care of it"),
     ("declined", "you declined this alert"),
     ("committed", "you are already helping at another incident"),
+    ("merged", "another report of the same event is being handled; a new call comes if needed"),
     ("moved", "the incident's place changed; dispatch is finding people near it again"),
     ("resolved", "the incident has been dealt with; thank you"),
     ("cancelled", "the incident was cancelled; no need to go"),

@@ -21,7 +21,7 @@
       history_since: "时间范围", range_1h: "最近 1 小时", range_today: "今天", range_24h: "最近 24 小时",
       range_7d: "最近 7 天", refresh: "刷新", h_time: "报警时间", h_kind: "类型", h_address: "地址",
       h_cell: "网格", h_state: "状态", h_tta: "到场用时", history_empty: "此时间范围内没有已结束的事件",
-      report_hint: "在地图上点击以设置位置。", f_kind: "类型", f_priority: "优先级", priority_default: "按类型默认",
+      report_hint: "输入地址可搜索地名和以往报警地址；或在地图上点击以设置位置。", f_kind: "类型", f_priority: "优先级", priority_default: "按类型默认",
       f_lat: "纬度", f_lon: "经度", f_address: "地址", f_description: "情况描述", f_responders: "所需人数",
       f_submit: "提交报警", layer_coverage: "覆盖", skill_any: "任意志愿者", skill_first_aid: "急救技能",
       layer_volunteers: "志愿者",
@@ -79,6 +79,15 @@
       err_operator_disabled: "操作功能未启用：引擎没有配置操作令牌。请设置环境变量 DISPATCH_HTTP_OPERATOR_TOKEN 或配置项 [http] operator_token，然后重启引擎。",
       err_400: "请求内容有误，请检查后重试", err_404: "找不到该事件或志愿者（可能已结束）",
       err_409: "事件当前的状态不允许此操作（可能已结束或已有变化）", err_413: "内容过长",
+      // duplicate reports
+      act_merge: "合并", dup_of: "疑似重复：#{id}", dup_title: "同类报警，相距不到 100 米、3 分钟以内：可能是同一事件",
+      dup_merge: "并入 #{id}", merged_into: "已并入 #{id}", merged_from: "已并入本事件：{ids}",
+      ev_duplicate_suspected: "疑似重复", ev_merged: "合并", ev_dup_of: "可能与 #{id} 相同（相距 {m} 米、{s}）",
+      ev_merged_into: "并入 #{id}", ev_merged_from: "#{id} 已并入本事件",
+      r_merged_by: "由 {by} 并入 #{id}", r_merged: "同一事件的重复报告已合并",
+      err_merge_into_itself: "不能并入自身", err_already_merged: "该事件已并入其他事件",
+      err_target_ended: "目标事件已结束：只能并入进行中的事件", err_other_kind: "两起事件类型不同，不能直接合并",
+      err_incident_ended: "该事件已结束，无法合并",
       err_422: "位置在服务区域之外", err_503: "引擎暂时连不上后台服务，请稍后再试",
       err_network: "连不上调度引擎，请检查网络", err_other: "请求失败（HTTP {status}）",
       operator_off: "操作未启用",
@@ -92,6 +101,11 @@
       edit_save: "保存修改", edit_ok: "{id}：已修改", edit_nothing: "没有改动",
       edit_place: "位置：{lat}, {lon}", edit_place_new: "新位置：{lat}, {lon}（保存后生效）",
       f_skills: "所需技能（逗号分隔）", f_place: "位置", ch_moved: "位置已移动", ch_sep: "；", ch_kv: "{k}：{v}",
+      // places (the gazetteer and earlier reports), undo, subdistricts
+      place_search: "输入地址或地名搜索…", src_gazetteer: "地名", src_incident: "以往报警", places_none: "没有匹配的地点",
+      place_set: "位置已设为「{name}」",
+      undo: "撤销", undo_pending: "{act} {id}：{s} 秒后发送", undone: "已撤销：{act} {id}",
+      all_subdistricts: "全部街道",
     },
     en: {
       title: "Dispatch control room", fig_incidents: "Today", fig_p50: "P50 to arrival",
@@ -105,7 +119,7 @@
       queue_empty: "No open incidents", history_since: "Range", range_1h: "Last hour", range_today: "Today",
       range_24h: "Last 24 hours", range_7d: "Last 7 days", refresh: "Refresh", h_time: "Reported",
       h_kind: "Kind", h_address: "Address", h_cell: "Cell", h_state: "State", h_tta: "To arrival",
-      history_empty: "No closed incidents in this range", report_hint: "Click on the map to set the location.",
+      history_empty: "No closed incidents in this range", report_hint: "Type an address to search named places and earlier reports, or click on the map to set the location.",
       f_kind: "Kind", f_priority: "Priority", priority_default: "Default for the kind", f_lat: "Latitude",
       f_lon: "Longitude", f_address: "Address", f_description: "Description", f_responders: "Responders needed",
       f_submit: "Report incident", layer_coverage: "Coverage", skill_any: "Any volunteer",
@@ -163,6 +177,15 @@
       err_operator_disabled: "Operator actions are off: the engine has no operator token. Set DISPATCH_HTTP_OPERATOR_TOKEN or [http] operator_token, then restart the engine.",
       err_400: "The request was refused: check what you entered", err_404: "No such incident or volunteer (it may have ended)",
       err_409: "Not possible in the incident's current state (it may have ended or changed)", err_413: "Too long",
+      // duplicate reports
+      act_merge: "Merge", dup_of: "Likely duplicate of #{id}", dup_title: "Same kind, under 100 m and 3 minutes apart: probably the same event",
+      dup_merge: "Merge into #{id}", merged_into: "Merged into #{id}", merged_from: "Merged into this: {ids}",
+      ev_duplicate_suspected: "likely duplicate", ev_merged: "merged", ev_dup_of: "probably the same as #{id} ({m} m, {s} apart)",
+      ev_merged_into: "into #{id}", ev_merged_from: "#{id} merged into this",
+      r_merged_by: "Merged into #{id} by {by}", r_merged: "merged with another report of the same event",
+      err_merge_into_itself: "An incident cannot be merged into itself", err_already_merged: "Already merged into another incident",
+      err_target_ended: "That incident has ended: merge into an open one", err_other_kind: "The two incidents are of different kinds",
+      err_incident_ended: "This incident has ended: it cannot be merged",
       err_422: "The place is outside the service area", err_503: "The engine cannot reach its back end; try again shortly",
       err_network: "Cannot reach the dispatch engine: check the network", err_other: "The request failed (HTTP {status})",
       operator_off: "Operator actions off",
@@ -174,6 +197,10 @@
       edit_save: "Save changes", edit_ok: "{id}: changed", edit_nothing: "Nothing was changed",
       edit_place: "Place: {lat}, {lon}", edit_place_new: "New place: {lat}, {lon} (on saving)",
       f_skills: "Skills needed (comma-separated)", f_place: "Place", ch_moved: "moved", ch_sep: "; ", ch_kv: "{k}: {v}",
+      place_search: "Type an address or a place name…", src_gazetteer: "place", src_incident: "earlier report",
+      places_none: "No place matches", place_set: "Place set to \"{name}\"",
+      undo: "Undo", undo_pending: "{act} {id}: sent in {s} s", undone: "Undone: {act} {id}",
+      all_subdistricts: "All subdistricts",
     },
   };
   // The engine's texts that reach people (escalation, end and stand-down reasons), in the
@@ -191,6 +218,8 @@
     [/^escalated by (.+)$/, "r_escalated_by", ["by"]],
     [/^resolved by (.+)$/, "r_resolved_by", ["by"]],
     [/^cancelled by (.+)$/, "r_cancelled_by", ["by"]],
+    [/^merged into (\S+) by (.+)$/, "r_merged_by", ["id", "by"]],
+    [/^incident merged into another report of the same event$/, "r_merged", []],
     [/^alert expired$/, "r_alert_expired", []],
     [/^you declined this alert$/, "r_you_declined", []],
     [/^filled by others$/, "r_filled", []],
@@ -243,6 +272,22 @@
     return text;
   }
 
+  // Why the engine escalated, from its code and figures (escalation_code and
+  // escalation_params, dispatch/effects.py Escalation) in the page's words; an operator's
+  // own words, and records from before the codes, by their text.
+  const ESCALATIONS = {
+    too_slow: "r_too_slow", nobody_in_time: "r_none_useful", nobody_in_reach: "r_none_radius",
+    alert_budget_spent: "r_budget", nobody_accepted: "r_no_accept",
+    responders_overdue: "r_overdue_no_accept", all_declined: "r_all_declined", operator: "r_escalated_by",
+  };
+  function escalationText(code, params, text) {
+    const key = ESCALATIONS[code];
+    if (!key || (code === "operator" && !/^escalated by /.test(text || ""))) return engineText(text);
+    const p = params || {};
+    const skills = Array.isArray(p.skills) && p.skills.length ? p.skills.join(", ") : "no particular skills";
+    return t(key, { ...p, skills: skillsText(skills), by: byName(String(p.by || "")) });
+  }
+
   // ------------------------------------------------------------------ state
 
   const open = new Map(); // id -> public state (with address) of every open incident
@@ -257,6 +302,8 @@
   let volunteers = [];
   let coverage = null;
   let projection = null;
+  let subdistricts = []; // the deployment's subdistrict names (/api/area), for the filters
+  let places = []; // the gazetteer (/api/places): names on the map
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs, ...children) => {
@@ -317,6 +364,7 @@
     if (err.code === "token_invalid" || err.code === "token_missing") return t("token_wrong");
     if (err.status === NETWORK) return t("err_network");
     if (lang === "en" && err.message) return err.message;
+    if (err.code && has(`err_${err.code}`)) return t(`err_${err.code}`);
     return has(`err_${err.status}`) ? t(`err_${err.status}`) : t("err_other", { status: err.status });
   }
 
@@ -436,6 +484,75 @@
     }
   }
 
+  // ------------------------------------------------------------------ undo
+
+  // Resolve, escalate and cancel (after their confirmation) are held here for UNDO_MS
+  // with an "Undo" button, and only then sent: undone, nothing ever reaches the engine,
+  // so there is nothing to take back there. A page that closes meanwhile sends what it
+  // holds at once (fetch keepalive outlives the page). Assign and amend go at once.
+  const UNDO_MS = 5000;
+  const held = new Map(); // id -> {action, body, due, timer}
+  let undoTicker = null;
+
+  async function hold(id, action) {
+    if (held.has(id)) return;
+    if (!operatorOff && !session.token) {
+      try { await askToken(); } catch (_) { return; } // first, so that `by` is the name given
+    }
+    if (operatorOff) { act(id, action); return; } // nothing to hold: say what is wrong now
+    const h = { action, body: { by: session.by || "operator" }, due: Date.now() + UNDO_MS };
+    h.timer = setTimeout(() => send(id), UNDO_MS);
+    held.set(id, h);
+    renderUndo();
+    scheduleRender();
+  }
+  function send(id) {
+    const h = held.get(id);
+    if (!h) return;
+    clearTimeout(h.timer);
+    held.delete(id);
+    renderUndo();
+    scheduleRender();
+    act(id, h.action, h.body);
+  }
+  function undo(id) {
+    const h = held.get(id);
+    if (!h) return;
+    clearTimeout(h.timer);
+    held.delete(id);
+    renderUndo();
+    scheduleRender();
+    toast(t("undone", { id, act: t(`act_${h.action}`) }));
+  }
+  // The bar names the latest held action and counts down; each held row has its own button.
+  function renderUndo() {
+    const bar = $("undo");
+    const last = [...held.entries()].pop();
+    clearInterval(undoTicker);
+    if (!last) { bar.hidden = true; return; }
+    const [id, h] = last;
+    const paint = () => {
+      const secs = Math.max(0, Math.ceil((h.due - Date.now()) / 1000));
+      $("undo-text").textContent = t("undo_pending", { id, act: t(`act_${h.action}`), s: secs });
+    };
+    paint();
+    bar.dataset.id = id;
+    bar.hidden = false;
+    undoTicker = setInterval(paint, 250);
+  }
+  $("undo-button").addEventListener("click", () => undo($("undo").dataset.id));
+  // Closing or reloading the page sends what is held: the operator confirmed it.
+  window.addEventListener("pagehide", () => {
+    for (const [id, h] of held) {
+      clearTimeout(h.timer);
+      const headers = { "Content-Type": "application/json" };
+      if (session.token) headers.Authorization = `Bearer ${session.token}`;
+      fetch(`/api/incidents/${encodeURIComponent(id)}/${h.action}`,
+        { method: "POST", headers, body: JSON.stringify(h.body), keepalive: true }).catch(() => {});
+    }
+    held.clear();
+  });
+
   let toastTimer = null;
   // `detail`: the engine's own words, on hover (the toast itself is in the page's language).
   function toast(message, isError, detail) {
@@ -452,6 +569,9 @@
 
   function upsert(state) {
     if (!state || !state.id) return;
+    // An action's answer carries no subdistrict (the listing and the detail do): keep it.
+    const known = open.get(state.id) || history.get(state.id);
+    if (known && state.subdistrict === undefined && known.subdistrict) state.subdistrict = known.subdistrict;
     if (ENDED.has(state.state)) {
       open.delete(state.id);
       if (historyLoaded) history.set(state.id, state);
@@ -526,7 +646,7 @@
     if ("Notification" in window && Notification.permission === "granted") {
       try {
         const n = new Notification(t(kind === "escalated" ? "notify_escalated" : "notify_p1", { kind: t(`kind_${s.kind}`) }), {
-          body: [s.address || s.id, kind === "escalated" ? engineText(s.escalation_reason) : ""].filter(Boolean).join("\n"),
+          body: [s.address || s.id, kind === "escalated" ? escalationText(s.escalation_code, s.escalation_params, s.escalation_reason) : ""].filter(Boolean).join("\n"),
           tag: `${kind}-${s.id}`,
         });
         n.onclick = () => { window.focus(); select(s.id); n.close(); };
@@ -690,6 +810,15 @@
     fill("q-state", "all_states", OPEN_STATES, "state");
     fill("h-state", "all_states", [...ENDED], "state");
     for (const id of ["q-text", "h-text"]) $(id).placeholder = t("search");
+    // The deployment's subdistricts ([area] subdistricts, from /api/area): names as they are.
+    for (const id of ["q-sub", "h-sub"]) {
+      const node = $(id);
+      const value = node.value;
+      node.replaceChildren(el("option", { value: "" }, t("all_subdistricts")),
+        ...subdistricts.map((name) => el("option", { value: name }, name)));
+      node.value = subdistricts.includes(value) ? value : "";
+      node.hidden = !subdistricts.length;
+    }
   }
 
   // Words typed match the id, address, cell, description, kind and state in either
@@ -698,18 +827,21 @@
     const words = $(`${prefix}-text`).value.trim().toLowerCase().split(/\s+/).filter(Boolean);
     const kind = $(`${prefix}-kind`).value;
     const state = $(`${prefix}-state`).value;
+    const sub = $(`${prefix}-sub`).value;
     return (s) => {
       if ((kind && s.kind !== kind) || (state && s.state !== state)) return false;
+      if (sub && s.subdistrict !== sub) return false;
       if (!words.length) return true;
-      const hay = [s.id, s.address, s.cell, s.description,
+      const hay = [s.id, s.address, s.cell, s.description, s.subdistrict,
         TEXT.zh[`kind_${s.kind}`], TEXT.en[`kind_${s.kind}`], TEXT.zh[`state_${s.state}`], TEXT.en[`state_${s.state}`],
         ...(s.responders || []).map((r) => r.volunteer_id)].filter(Boolean).join(" ").toLowerCase();
       return words.every((w) => hay.includes(w));
     };
   }
-  const filtering = (prefix) => Boolean($(`${prefix}-text`).value.trim() || $(`${prefix}-kind`).value || $(`${prefix}-state`).value);
-  for (const id of ["q-text", "q-kind", "q-state"]) $(id).addEventListener("input", () => scheduleRender());
-  for (const id of ["h-text", "h-kind", "h-state"]) $(id).addEventListener("input", () => renderHistory());
+  const filtering = (prefix) => Boolean($(`${prefix}-text`).value.trim() || $(`${prefix}-kind`).value
+    || $(`${prefix}-state`).value || $(`${prefix}-sub`).value);
+  for (const id of ["q-text", "q-kind", "q-state", "q-sub"]) $(id).addEventListener("input", () => scheduleRender());
+  for (const id of ["h-text", "h-kind", "h-state", "h-sub"]) $(id).addEventListener("input", () => renderHistory());
 
   const rows = new Map(); // id -> {node, version, lang}
   function renderQueue() {
@@ -724,10 +856,11 @@
     let previous = null;
     for (const s of items) {
       let row = rows.get(s.id);
-      if (!row || row.version !== s.version || row.lang !== lang) {
+      const hk = held.has(s.id) ? held.get(s.id).action : "";
+      if (!row || row.version !== s.version || row.lang !== lang || row.held !== hk) {
         const node = queueItem(s);
         if (row) row.node.replaceWith(node);
-        row = { node, version: s.version, lang };
+        row = { node, version: s.version, lang, held: hk };
         rows.set(s.id, row);
       }
       row.node.classList.toggle("selected", selected === s.id);
@@ -741,7 +874,8 @@
     const clock = el("div", { class: "clock" }, document.createTextNode(""), el("small"), el("span", { class: "bar" }, el("i")));
     paintClock(clock, s);
     const responders = s.responders.map(responderItem);
-    // Ending or escalating an incident cannot be undone: a second click confirms.
+    // Ending or escalating an incident: a second click confirms, then it is held for a
+    // few seconds with an "Undo" (see hold) before it is sent.
     const confirmable = (label, action, cls) => {
       const b = el("button", { type: "button", class: cls || "danger", "data-act": action }, label);
       b.addEventListener("click", (ev) => {
@@ -752,7 +886,7 @@
           setTimeout(() => { b.classList.remove("confirming"); b.textContent = label; }, 4000);
           return;
         }
-        act(s.id, action);
+        hold(s.id, action);
       });
       return b;
     };
@@ -760,8 +894,9 @@
       type: "button", "data-act": action,
       onclick: (ev) => { ev.stopPropagation(); handler(); },
     }, label);
+    const h = held.get(s.id);
     const node = el("li", {
-      class: `inc p${s.priority}${s.state === "escalated" ? " escalated" : ""}`,
+      class: `inc p${s.priority}${s.state === "escalated" ? " escalated" : ""}${h ? " held" : ""}`,
       "data-id": s.id, "data-state": s.state,
       onclick: () => select(s.id),
     },
@@ -774,15 +909,56 @@
           el("span", { class: "cell" }, s.cell || ""),
           el("span", { class: "iid" }, s.id)),
         el("div", { class: "addr" }, s.address || `${s.lat.toFixed(5)}, ${s.lon.toFixed(5)}`),
-        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, engineText(s.escalation_reason)) : null,
+        duplicateInfo(s),
+        s.state === "escalated" && s.escalation_reason ? el("div", { class: "reason" }, escalationText(s.escalation_code, s.escalation_params, s.escalation_reason)) : null,
         responders.length ? el("ul", { class: "responders" }, responders) : null,
         el("div", { class: "meta" }, `${t("alerts_sent", { n: s.alerts_sent })} · ${t("needed", { n: s.responders_needed })}`)),
-      el("div", { class: "actions" },
+      h ? el("div", { class: "actions" }, plain(`${t("undo")} · ${t(`act_${h.action}`)}`, "undo", () => undo(s.id)))
+      : el("div", { class: "actions" },
         confirmable(t("act_resolve"), "resolve", "confirm"),
         s.state === "escalated" ? null : confirmable(t("act_escalate"), "escalate", "confirm"),
         plain(t("act_assign"), "assign", () => openAssign(s)),
         confirmable(t("act_cancel"), "cancel")));
     return node;
+  }
+
+  // Duplicate reports (docs/protocol.md): a likely duplicate's badge, linking to the first
+  // report, with "merge into" (a second click confirms, as for cancel); where a merged
+  // report went; what was merged into this one. null when none of these.
+  function duplicateInfo(s) {
+    const link = (key, id) => el("a", {
+      href: "#", class: "dup-link", "data-id": id,
+      onclick: (ev) => { ev.preventDefault(); ev.stopPropagation(); select(id); },
+    }, t(key, { id }));
+    if (s.merged_into) return el("div", { class: "dup merged" }, link("merged_into", s.merged_into));
+    const parts = [];
+    const into = s.likely_duplicate_of;
+    if (into && !ENDED.has(s.state)) {
+      parts.push(el("span", { class: "dup-badge", title: t("dup_title") }, link("dup_of", into)));
+      const label = t("dup_merge", { id: into });
+      const b = el("button", { type: "button", class: "confirm", "data-act": "merge" }, label);
+      b.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (!b.classList.contains("confirming")) {
+          b.classList.add("confirming");
+          b.textContent = t("confirm");
+          setTimeout(() => { b.classList.remove("confirming"); b.textContent = label; }, 4000);
+          return;
+        }
+        act(s.id, "merge", { into });
+      });
+      if (!operatorOff && open.has(into)) parts.push(b); // the first ended: nothing to merge into
+    }
+    if (s.merged_from && s.merged_from.length) {
+      parts.push(el("span", { class: "hint" }, t("merged_from", { ids: s.merged_from.map((x) => `#${x}`).join(", ") })));
+    }
+    return parts.length ? el("div", { class: "dup" }, parts) : null;
+  }
+  // A timeline line's words for the duplicate events; null for the others.
+  function duplicateEvent(e) {
+    if (e.type === "duplicate_suspected") return t("ev_dup_of", { id: e.of, m: Math.round(e.distance_m), s: mmss(Math.abs(e.apart_s)) });
+    if (e.type === "merged") return e.into ? t("ev_merged_into", { id: e.into }) : t("ev_merged_from", { id: e.merged });
+    return null;
   }
 
   // One responder: role (protocol 1.1), then where they are; an arrival the engine has not
@@ -858,8 +1034,10 @@
     if (e.why && has(`why_${e.why.replace(/ /g, "_")}`)) parts.push(t(`why_${e.why.replace(/ /g, "_")}`));
     if (e.type === "overdue" && typeof e.waited_s === "number") parts.push(t("waited", { s: mmss(e.waited_s) }));
     if (e.type === "amended" && e.changes) parts.push(changesText(e.changes));
+    parts.push(duplicateEvent(e));
     // "escalated by X" already names who: the reason says it in the page's words
-    const reason = e.reason ? engineText(e.reason) : null;
+    const reason = !e.reason ? null
+      : e.type === "escalated" ? escalationText(e.code, e.params, e.reason) : engineText(e.reason);
     if (e.by && !(e.reason && /^escalated by /.test(e.reason))) parts.push(`${t("by")} ${byName(e.by)}`);
     parts.push(reason);
     if (e.type === "arrived" && e.verified === false) parts.push(t("unverified"));
@@ -905,8 +1083,9 @@
       el("h3", {}, `${t(`kind_${d.kind}`)} · ${t(`state_${d.state}`)}`),
       el("div", { class: "hint" }, `${d.id} · ${d.cell || ""} · P${d.priority}`),
       el("div", {}, d.address || ""), d.description ? el("div", { class: "hint" }, d.description) : null,
-      d.escalation_reason ? el("div", { class: "reason" }, engineText(d.escalation_reason)) : null,
+      d.escalation_reason ? el("div", { class: "reason" }, escalationText(d.escalation_code, d.escalation_params, d.escalation_reason)) : null,
       d.end_reason ? el("div", { class: "hint" }, engineText(d.end_reason)) : null,
+      duplicateInfo(d),
       ENDED.has(d.state) || operatorOff ? null : el("div", { class: "detail-actions" },
         el("button", { type: "button", "data-act": "edit", onclick: () => openEdit(d) }, t("act_edit"))),
       el("h4", {}, t("detail_times")), el("table", { class: "times" }, times),
@@ -1119,6 +1298,9 @@
       cellPaths.set(f.properties.id, path);
     }
     $("g-outline").replaceChildren(...outline.map((f) => svg("path", { d: ringsPath(f.geometry) })));
+    subdistricts = [...new Set(area.features.filter((f) => f.properties.kind === "subdistrict")
+      .map((f) => f.properties.name).filter(Boolean))].sort((a, b) => a.localeCompare(b, "zh-CN"));
+    fillFilters();
     if (outline[0]) $("area-name").textContent = outline[0].properties.name || "";
   }
 
@@ -1228,13 +1410,123 @@
       m.append(title);
       m.addEventListener("click", (ev) => { ev.stopPropagation(); select(s.id); });
       g.append(m);
-      const label = svg("text", {
-        x: x + r * 1.9, y: y + r * 0.5, class: "mark-label",
-        "font-size": (14 * u).toFixed(1), "stroke-width": (3 * u).toFixed(1),
-      });
-      label.textContent = t(`kind_${s.kind}`);
-      g.append(label);
     }
+    renderLabels();
+  }
+
+  // ------------------------------------------------------------------ names on the map
+
+  function renderPlaces() {
+    const g = $("g-places");
+    g.replaceChildren();
+    if (!projection) return;
+    const r = 2.2 * upp();
+    for (const p of places) {
+      const dot = svg("circle", { cx: projection.x(p.lon).toFixed(1), cy: projection.y(p.lat).toFixed(1), r: r.toFixed(2) });
+      const title = svg("title");
+      title.textContent = p.name_en ? `${p.name} · ${p.name_en}` : p.name;
+      dot.append(title);
+      g.append(dot);
+    }
+    renderLabels();
+  }
+
+  // Labels never overlap: they are laid out greedily, most important first (incidents
+  // by urgency, then the gazetteer's names by rank), each tried right of its point, then
+  // left, above and below, and left out where all of those are taken. Names keep off the
+  // incident markers; an incident's label does too where it can, else it may lie over
+  // another marker (never over a label). Boxes are measured (getBBox), never guessed.
+  function renderLabels() {
+    const g = $("g-labels");
+    g.replaceChildren();
+    if (!projection) return;
+    const u = upp();
+    const taken = []; // labels placed
+    const marks = []; // incident markers
+    const hits = (list, b) => list.some((o) => b.x < o.x + o.width && o.x < b.x + b.width
+      && b.y < o.y + o.height && o.y < b.y + b.height);
+    const markR = 9 * u;
+    const incidents = [...open.values()].sort(urgency);
+    for (const s of incidents) {
+      const x = projection.x(s.lon), y = projection.y(s.lat);
+      marks.push({ x: x - markR, y: y - markR, width: 2 * markR, height: 2 * markR });
+    }
+    const pad = 2 * u;
+    const place = (text, x, y, gap, cls, size, attrs, overMarks) => {
+      const node = svg("text", { class: cls, "font-size": (size * u).toFixed(1), "stroke-width": (3 * u).toFixed(1), ...attrs });
+      node.textContent = text;
+      g.append(node);
+      const spots = [["start", x + gap, y + size * u * 0.35], ["end", x - gap, y + size * u * 0.35],
+        ["middle", x, y - gap - size * u * 0.2], ["middle", x, y + gap + size * u * 0.9]];
+      for (const free of overMarks ? [true, false] : [true]) {
+        for (const [anchor, lx, ly] of spots) {
+          node.setAttribute("x", lx.toFixed(1)); node.setAttribute("y", ly.toFixed(1));
+          node.setAttribute("text-anchor", anchor);
+          const b = node.getBBox();
+          const box = { x: b.x - pad, y: b.y - pad, width: b.width + 2 * pad, height: b.height + 2 * pad };
+          if (!hits(taken, box) && !(free && hits(marks, box))) { taken.push(box); return true; }
+        }
+      }
+      node.remove();
+      return false;
+    };
+    // The marker's own box is taken: its label goes beside it, never on another marker.
+    for (const s of incidents) {
+      place(t(`kind_${s.kind}`), projection.x(s.lon), projection.y(s.lat), markR * 1.3, "mark-label", 14, { "data-id": s.id }, true);
+    }
+    const byRank = [...places].sort((a, b) => a.rank - b.rank);
+    for (const p of byRank) {
+      place(placeName(p), projection.x(p.lon), projection.y(p.lat), 4 * u, "place-label", 12, { "data-place": p.name });
+    }
+  }
+
+  async function loadPlaces() {
+    try { places = (await read("/api/places")).places; } catch (_) { places = []; }
+    renderPlaces();
+  }
+
+  // ------------------------------------------------------------------ base map tiles
+
+  // Only when the deployment has its own tiles ([map] tile_url): Web Mercator tiles laid
+  // under the drawing. Over a district the page's own projection and Web Mercator differ
+  // by well under a pixel, so each tile is placed by its corners.
+  let mapSettings = null;
+  const tileX = (lon, z) => ((lon + 180) / 360) * 2 ** z;
+  const tileY = (lat, z) => {
+    const r = (lat * Math.PI) / 180;
+    return ((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * 2 ** z;
+  };
+  const tileLon = (x, z) => (x / 2 ** z) * 360 - 180;
+  const tileLat = (y, z) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / 2 ** z))) * 180) / Math.PI;
+  function renderTiles() {
+    const g = $("g-tiles");
+    g.replaceChildren();
+    if (!projection || !mapSettings || !mapSettings.tile_url) return;
+    const vb = $("map").viewBox.baseVal;
+    const minLon = projection.lon(vb.x), maxLon = projection.lon(vb.x + vb.width);
+    const maxLat = projection.lat(vb.y), minLat = projection.lat(vb.y + vb.height);
+    const box = $("map").getBoundingClientRect();
+    // the zoom whose 256-pixel tiles come closest to the screen's pixels, at most ~120 tiles
+    let z = Math.round(Math.log2((360 * Math.max(1, box.width)) / ((maxLon - minLon) * 256)));
+    z = Math.max(1, Math.min(mapSettings.tile_max_zoom || 18, z));
+    while (z > 1 && (Math.floor(tileX(maxLon, z)) - Math.floor(tileX(minLon, z)) + 1)
+      * (Math.floor(tileY(minLat, z)) - Math.floor(tileY(maxLat, z)) + 1) > 120) z -= 1;
+    for (let tx = Math.floor(tileX(minLon, z)); tx <= Math.floor(tileX(maxLon, z)); tx++) {
+      for (let ty = Math.floor(tileY(maxLat, z)); ty <= Math.floor(tileY(minLat, z)); ty++) {
+        const x0 = projection.x(tileLon(tx, z)), x1 = projection.x(tileLon(tx + 1, z));
+        const y0 = projection.y(tileLat(ty, z)), y1 = projection.y(tileLat(ty + 1, z));
+        const href = mapSettings.tile_url.replace("{z}", z).replace("{x}", tx).replace("{y}", ty);
+        g.append(svg("image", { href, x: x0.toFixed(1), y: y0.toFixed(1), width: (x1 - x0).toFixed(1),
+          height: (y1 - y0).toFixed(1), preserveAspectRatio: "none", "data-tile": `${z}/${tx}/${ty}` }));
+      }
+    }
+  }
+  async function loadMapSettings() {
+    try { mapSettings = await read("/api/map"); } catch (_) { mapSettings = null; }
+    const attribution = $("map-attribution");
+    attribution.textContent = (mapSettings && mapSettings.tile_url && mapSettings.tile_attribution) || "";
+    attribution.hidden = !attribution.textContent;
+    renderTiles();
   }
 
   $("map").addEventListener("click", (ev) => {
@@ -1243,12 +1535,18 @@
     const pt = map.createSVGPoint();
     pt.x = ev.clientX; pt.y = ev.clientY;
     const p = pt.matrixTransform(map.getScreenCTM().inverse());
-    const lat = projection.lat(p.y), lon = projection.lon(p.x);
+    pickPlace(projection.lat(p.y), projection.lon(p.x));
+  });
+
+  // A place chosen by a click on the map or from the address search: marked on the map,
+  // and it goes into the report form (or, with the edit form open, moves the incident).
+  function pickPlace(lat, lon) {
+    const x = projection.x(lon), y = projection.y(lat);
     const r = 10 * upp();
     const cls = editing ? "pick moved" : "pick";
     $("g-pick").replaceChildren(
-      svg("circle", { cx: p.x, cy: p.y, r, class: cls }),
-      svg("path", { d: `M${p.x - 2 * r} ${p.y}H${p.x + 2 * r}M${p.x} ${p.y - 2 * r}V${p.y + 2 * r}`, class: cls }));
+      svg("circle", { cx: x, cy: y, r, class: cls }),
+      svg("path", { d: `M${x - 2 * r} ${y}H${x + 2 * r}M${x} ${y - 2 * r}V${y + 2 * r}`, class: cls }));
     if (editing) { // the edit form is open: the click moves the incident (on saving)
       editing.lat = Number(lat.toFixed(6)); editing.lon = Number(lon.toFixed(6));
       showPlace();
@@ -1257,8 +1555,70 @@
     $("r-lat").value = lat.toFixed(6);
     $("r-lon").value = lon.toFixed(6);
     showTab("report");
+  }
+
+  // ------------------------------------------------------------------ address search
+
+  // Typing an address asks GET /api/places?q= (the gazetteer and addresses of earlier
+  // reports), at most one request per pause in typing; picking one sets the place.
+  let placeTimer = null;
+  let placeSeq = 0;
+  let suggestions = [];
+  let suggestAt = -1;
+  const placeName = (p) => (lang === "en" && p.name_en ? p.name_en : p.name);
+  function closeSuggest() {
+    $("r-places").hidden = true;
+    $("r-places").replaceChildren();
+    $("r-address").setAttribute("aria-expanded", "false");
+    suggestions = []; suggestAt = -1;
+  }
+  function renderSuggest() {
+    const list = $("r-places");
+    list.replaceChildren(...(suggestions.length ? suggestions.map((p, i) => el("li", {
+      role: "option", "data-source": p.source, "aria-selected": String(i === suggestAt),
+      onmousedown: (ev) => { ev.preventDefault(); choosePlace(p); },
+    }, el("span", {}, p.source === "gazetteer" ? placeName(p) : p.name),
+    p.source === "gazetteer" && lang === "zh" && p.name_en ? el("small", {}, p.name_en) : null,
+    el("small", {}, t(`src_${p.source}`))))
+      : [el("li", { class: "none" }, t("places_none"))]));
+    list.hidden = false;
+    $("r-address").setAttribute("aria-expanded", "true");
+  }
+  function choosePlace(p) {
+    // The gazetteer's name in Chinese goes into the report (what the volunteers read).
+    $("r-address").value = p.name;
+    closeSuggest();
+    pickPlace(p.lat, p.lon);
+    $("report-result").className = "result";
+    $("report-result").textContent = t("place_set", { name: p.source === "gazetteer" ? placeName(p) : p.name });
+  }
+  $("r-address").addEventListener("input", () => {
+    clearTimeout(placeTimer);
+    const q = $("r-address").value.trim().slice(0, 64);
+    if (!q) { closeSuggest(); return; }
+    placeTimer = setTimeout(async () => {
+      const seq = ++placeSeq;
+      let body;
+      try { body = await read(`/api/places?q=${encodeURIComponent(q)}&limit=8`); } catch (_) { return; }
+      if (seq !== placeSeq || $("r-address").value.trim().slice(0, 64) !== q) return; // typed on
+      suggestions = body.places; suggestAt = suggestions.length ? 0 : -1;
+      renderSuggest();
+    }, 150);
   });
-  window.addEventListener("resize", () => { renderVolunteers(); renderMarkers(); });
+  $("r-address").addEventListener("keydown", (ev) => {
+    if ($("r-places").hidden) return;
+    if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      ev.preventDefault();
+      if (!suggestions.length) return;
+      suggestAt = (suggestAt + (ev.key === "ArrowDown" ? 1 : suggestions.length - 1)) % suggestions.length;
+      renderSuggest();
+    } else if (ev.key === "Enter" && suggestAt >= 0) {
+      ev.preventDefault(); // picks the place; the form is sent with the button
+      choosePlace(suggestions[suggestAt]);
+    } else if (ev.key === "Escape") closeSuggest();
+  });
+  $("r-address").addEventListener("blur", () => setTimeout(closeSuggest, 150));
+  window.addEventListener("resize", () => { renderVolunteers(); renderPlaces(); renderMarkers(); renderTiles(); });
   $("layer-coverage").addEventListener("change", renderCoverage);
   $("coverage-skill").addEventListener("change", loadCoverage);
   $("layer-volunteers").addEventListener("change", renderVolunteers);
@@ -1319,6 +1679,7 @@
     $("lang").textContent = lang === "zh" ? "EN" : "中文";
     setConn($("conn").dataset.state);
     $("toast").hidden = true; // said in the other language
+    $("report-result").textContent = ""; // the same
     $("assign-list").replaceChildren(); // filled again, in this language, when next opened
     renderMute();
     fillFilters();
@@ -1332,6 +1693,7 @@
     renderOperator();
     renderLegend();
     renderFigures();
+    if (!$("r-places").hidden) renderSuggest();
     if (coverage) renderCoverage();
     render();
     tickClocks();
@@ -1353,6 +1715,7 @@
     } catch (err) {
       toast(errorText(err), true, err.message);
     }
+    loadPlaces(); loadMapSettings();
     for (;;) {
       try {
         lastEventId = await loadQueue();
@@ -1378,6 +1741,7 @@
     const p = pt.matrixTransform($("map").getScreenCTM());
     return { x: p.x, y: p.y };
   }
-  window.dispatchPage = { open, history, attention, engineText, screenPoint, get lastEventId() { return lastEventId; } };
+  window.dispatchPage = { open, history, attention, engineText, escalationText, screenPoint, held, UNDO_MS,
+    get lastEventId() { return lastEventId; } };
   start();
 })();

@@ -103,10 +103,12 @@
       reason_elsewhere: "调度中心已另行安排人员。",
       reason_resolved: "事件已处理完毕，谢谢你！",
       reason_cancelled: "事件已取消，无需前往。",
+      reason_merged: "这是同一事件的重复报告，已与另一报告合并。如那里仍需要你，你会收到新的呼叫。",
       reason_other: "调度中心的说明：{r}",
       withdraw: "我无法前往了", wd_title: "确定无法前往？", wd_text: "调度中心会立即另找志愿者代替你。",
       wd_send: "确定，无法前往", wd_cancel: "继续前往", wd_sending: "正在告知调度中心…",
       wd_noreply: "调度中心没有回应。如果确实无法前往，请打电话告知调度中心。",
+      call_cr: "致电调度中心",
       withdrawn_title: "已告知调度中心", reason_withdrawn: "调度中心正在另找志愿者。谢谢你及时告知！",
       expired_toast: "呼叫已过期。",
       kinds: { cardiac_arrest: "心脏骤停", medical: "急症", fall: "跌倒", fire: "火情",
@@ -187,10 +189,12 @@
       reason_elsewhere: "The control room has sent someone else.",
       reason_resolved: "The incident has been dealt with. Thank you!",
       reason_cancelled: "The incident was cancelled; no need to go.",
+      reason_merged: "This was another report of the same event and has been merged. If you are needed there, a new call will come.",
       reason_other: "From dispatch: {r}",
       withdraw: "I can't go after all", wd_title: "Can't go after all?", wd_text: "The control room will find someone else at once.",
       wd_send: "Yes, I can't go", wd_cancel: "Keep going", wd_sending: "Telling the control room…",
       wd_noreply: "No answer from the control room. If you really cannot go, call the control room.",
+      call_cr: "Call the control room",
       withdrawn_title: "The control room knows", reason_withdrawn: "Someone else is being found. Thank you for saying so in time!",
       expired_toast: "The call expired.",
       kinds: { cardiac_arrest: "Cardiac arrest", medical: "Medical", fall: "Fall", fire: "Fire",
@@ -270,6 +274,7 @@
     document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
     $("lang").textContent = S.lang === "zh" ? "EN" : "中文";
     for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+    renderCall();
     renderConn();
     renderDuty();
     renderSkills();
@@ -861,6 +866,7 @@
       followState(iid);
       $("here").disabled = false;
       $("withdraw").hidden = !a.alert_id; // a withdraw names the alert
+      $("g-call").classList.remove("urgent");
       $("withdraw").disabled = false;
       $("withdraw").textContent = t("withdraw");
       $("arrived-box").hidden = true;
@@ -925,6 +931,7 @@
     if (r.includes("faster")) return t("reason_faster");
     if (r.includes("filled")) return t("reason_filled");
     if (r.includes("on scene") || r.includes("on_scene")) return t("reason_on_scene");
+    if (r.includes("merged")) return t("reason_merged");
     if (r.includes("moved")) return t("reason_moved");
     if (r.includes("expired")) return t("reason_expired");
     if (r.includes("declined")) return t("reason_declined");
@@ -999,7 +1006,20 @@
       btn.disabled = false;
       btn.textContent = t("withdraw");
       toast(t("wd_noreply"), 8000);
+      $("g-call").classList.add("urgent"); // no answer: the call is what is left
     }, 10000);
+  }
+
+  // The control room's number ([control_room] phone, from GET /api/volunteer-app): a tel:
+  // link on the alert, the guidance and the withdraw screens; none without a number.
+  function renderCall() {
+    const phone = S.app && typeof S.app.control_room_phone === "string" ? S.app.control_room_phone : "";
+    const href = phone ? `tel:${phone.replace(/[^0-9+]/g, "")}` : null;
+    for (const a of document.querySelectorAll("[data-call]")) {
+      if (href) a.setAttribute("href", href); else a.removeAttribute("href");
+      a.title = phone;
+      a.hidden = !href;
+    }
   }
 
   // Whether dispatch believes the arrival: only the incident's state can say (a broker
@@ -1351,6 +1371,7 @@
       return;
     }
     $("demo-note").hidden = !S.app.open_broker;
+    renderCall();
     renderSkills();
     show("signin");
     applyLang();

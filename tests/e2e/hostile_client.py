@@ -120,7 +120,35 @@ async def coverage(base: str, stop: asyncio.Event, skill: str) -> dict[str, Any]
     return {"answers": answers}
 
 
+async def places(base: str, stop: asyncio.Event) -> dict[str, Any]:
+    """The address search (GET /api/places?q=), six clients without pause, with the
+    longest queries it takes, queries it refuses, and whole lists of places."""
+    queries = [
+        "小营巷", "站 医院 杭州", "a" * 64, "小" * 64, "x" * 65, "%00", "hospital east",
+        "<script>", "", "河坊街 88 号",
+    ]  # fmt: skip
+    counts: dict[str, int] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+
+        async def hammer(n: int) -> None:
+            i = n
+            while not stop.is_set():
+                q = queries[i % len(queries)]
+                i += 1
+                path = "/api/places" if i % 7 == 0 else f"/api/places?q={q}&limit=20"
+                try:
+                    async with s.get(base + path) as r:
+                        await r.read()
+                        counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+                except (aiohttp.ClientError, TimeoutError):
+                    counts["error"] = counts.get("error", 0) + 1
+
+        await asyncio.gather(*(hammer(n) for n in range(6)))
+    return counts
+
+
 ATTACKS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "places": places,
     "listeners": listeners,
     "slow": slow,
     "pages": pages,

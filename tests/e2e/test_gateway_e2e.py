@@ -235,5 +235,5 @@ def test_restart_reads_gateway_positions_and_one_gateway_killed(
     field.report({"id": iid2, "kind": "medical", "lat": CENTER[0], "lon": CENTER[1]})
     assert field.wait_alert(far, iid2)["distance_m"] == pytest.approx(80, abs=1)
     assert g1.stop() == 0
-    assert g1.received() >= 22
+    assert g1.received() >= 21  # every location sent after the kill
     engine.post(f"/api/incidents/{iid2}/cancel", token=engine.token)

@@ -13,7 +13,8 @@ engine must keep dispatching within its normal latency throughout:
 - trilateration: ETAs of the coverage map, from every cell centre, for a skill only one
   volunteer has, solved for that volunteer's position;
 - retained replays: retained reports and statuses left on the broker, and the engine
-  restarted over them.
+  restarted over them;
+- address searches: GET /api/places?q= without pause, bounded per client (issue 17).
 
 Bounds are generous (two cores shared with other work): the median during the attack at
 most 3x the median before it plus 100 ms, and no single alert later than 2 s.
@@ -159,6 +160,27 @@ def test_huge_pages(engine: Engine, timer: Timer, field: Field) -> None:
     # each client gets a few a second and waits for its 429 (docs/security.md), so
     # eighteen clients without pause cost dispatch a few milliseconds (40-150 ms before).
     assert_normal(before, during, "huge pages")
+
+
+def test_a_flood_of_address_searches(engine: Engine, timer: Timer) -> None:
+    """GET /api/places?q= (issue 17), six clients without pause: each client address gets
+    its ten searches a second and then 429; long and bad queries are refused with 400;
+    dispatch keeps its pace. Earlier reports' addresses give the search work to do."""
+    for n in range(30):
+        iid = uid("addr")
+        body = {"id": iid, "kind": "other", "lat": XIAOYING[0], "lon": XIAOYING[1],
+                "address": f"小营巷 {n} 号 " + "楼" * 150}  # fmt: skip
+        assert engine.post("/api/incidents", body, token=TOKEN).status == 201
+        assert engine.post(f"/api/incidents/{iid}/cancel", token=TOKEN).status == 200
+    before = timer.series()
+
+    with attack("places", engine.base) as figures:
+        during = timer.series()
+        assert engine.get("/readyz").status == 200
+    assert figures.get("429", 0) > figures.get("200", 0), figures  # the budget held
+    assert figures.get("200", 0) > 10, figures
+    assert set(figures) <= {"200", "400", "429"}, figures
+    assert_normal(before, during, "a flood of address searches")
 
 
 def _trilaterate(cells: list[tuple[float, float, float]], walk_mps: float) -> tuple[float, float]:

@@ -235,7 +235,9 @@ def test_live_queue_clock_cancel_and_screenshots(
     p.fill("#auth-name", "值班员 陈")
     p.fill("#auth-token", TOKEN)
     p.click("#auth-ok")
-    page.row("pg-fall").wait_for(state="detached", timeout=3_000)
+    # held for UNDO_MS with an "Undo" first, then sent
+    p.locator("#undo:not([hidden])").wait_for(timeout=3_000)
+    page.row("pg-fall").wait_for(state="detached", timeout=9_000)
     state = engine.get("/api/incidents/pg-fall")
     assert state["state"] == "cancelled"
     assert [e.get("by") for e in state["events"] if e["type"] == "cancelled"] == ["值班员 陈"]
@@ -502,14 +504,15 @@ def test_a_day_in_the_control_room_zh_and_en(
         p.fill("#auth-name", "值班员 陈")
         p.fill("#auth-token", TOKEN)
         p.click("#auth-ok")
-        p.locator("#queue li.inc[data-id='zh-fall'][data-state=escalated]").wait_for(timeout=3_000)
+        # held for a few seconds with an "Undo" (test_undo_... below), then sent
+        p.locator("#queue li.inc[data-id='zh-fall'][data-state=escalated]").wait_for(timeout=9_000)
         p.wait_for_function(f"{log}.length >= 3", timeout=3_000)
         assert p.title().startswith("(3) ")
         fall.locator("button[data-act=resolve]").click()
         p.wait_for_timeout(300)
         assert engine.get("/api/incidents/zh-fall")["state"] == "escalated"  # not yet
         fall.locator("button[data-act=resolve]").click()
-        fall.wait_for(state="detached", timeout=3_000)
+        fall.wait_for(state="detached", timeout=9_000)
         assert engine.get("/api/incidents/zh-fall")["state"] == "resolved"
 
         # Search and filters on the queue.
@@ -747,3 +750,451 @@ def test_the_live_map_shows_todays_figures_per_cell(engine: PageEngine, page: Pa
         f"document.querySelector({title!r}).textContent.includes('today 1:')", timeout=5_000
     )
     assert page.errors == [], page.errors
+
+
+# ------------------------------------------------------------------------- issue 17: places
+
+# Two rectangles standing in for a deployment's subdistrict areas (no public boundaries
+# exist: config/PROVENANCE.md), split at 120.185 E.
+_SUBDISTRICTS = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"name": name},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[w, 30.19], [e, 30.19], [e, 30.40], [w, 30.40], [w, 30.19]]],
+            },
+        }
+        for name, w, e in (("测试西片", 120.13, 120.185), ("测试东片", 120.185, 120.30))
+    ],
+}
+
+
+class TileServer:
+    """A deployment's own tile server on 127.0.0.1: every tile a pale square with a
+    border (PIL), and every path asked for remembered."""
+
+    def __init__(self) -> None:
+        import http.server
+        import io
+        import threading
+
+        from PIL import Image, ImageDraw
+
+        image = Image.new("RGB", (256, 256), (236, 232, 222))
+        ImageDraw.Draw(image).rectangle((0, 0, 255, 255), outline=(200, 194, 180))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        png = buffer.getvalue()
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def template(self) -> str:
+        return f"http://127.0.0.1:{self.port}/tiles/{{z}}/{{x}}/{{y}}.png"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tiles() -> Iterator[TileServer]:
+    server = TileServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def places_engine(
+    mqtt_url: str, redis_server: str, tmp_path: Path, tiles: TileServer
+) -> Iterator[PageEngine]:
+    """An engine with the demo gazetteer, two subdistrict areas and a tile server."""
+    import json
+
+    url = f"{redis_server}/{servers.next_redis_db()}"
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        client.flushdb()
+    subdistricts = tmp_path / "subdistricts.geojson"
+    subdistricts.write_text(json.dumps(_SUBDISTRICTS, ensure_ascii=False), "utf-8")
+    env = {
+        "DISPATCH_AREA_GAZETTEER": "shangcheng_places_demo.csv",
+        "DISPATCH_AREA_SUBDISTRICTS": str(subdistricts),
+        "DISPATCH_MAP_TILE_URL": tiles.template,
+        "DISPATCH_MAP_TILE_ATTRIBUTION": "测试底图 test tiles",
+    }
+    e = PageEngine(mqtt_url, url, uid("places"), tmp_path / "engine.log", env=env)
+    e.start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+_OVERLAPS = """() => {
+  const boxes = [...document.querySelectorAll('#g-labels text')].map((t) => t.getBBox());
+  const out = [];
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+    if (a.x < b.x + b.width && b.x < a.x + a.width
+      && a.y < b.y + b.height && b.y < a.y + a.height) out.push([a, b]);
+  }));
+  return out.length;
+}"""
+
+
+def _others(requests: list[str]) -> list[str]:
+    """Requests that left 127.0.0.1: none may (there is no internet, and no tiles there)."""
+    return [u for u in requests if not u.startswith(("http://127.0.0.1:", "data:"))]
+
+
+def test_places_names_on_the_map_tiles_and_subdistricts_zh_and_en(
+    browser: Any, places_engine: PageEngine, tiles: TileServer
+) -> None:
+    """Issue 17: the address search (the gazetteer and earlier reports) sets the place as
+    a map click does; the gazetteer's names on the map, labels never overlapping on a
+    busy map; the deployment's own tiles; the subdistrict filter; in both languages."""
+    engine = places_engine
+    field = Field(engine.mqtt_url, engine.topic_root)
+    page = Page(browser, engine.base)
+    p = page.page
+    requests: list[str] = []
+    p.on("request", lambda r: requests.append(r.url))
+    try:
+        # The names: a dot for every place, labels only where they fit.
+        p.wait_for_function("document.querySelectorAll('#g-places circle').length === 36")
+        p.wait_for_function("document.querySelectorAll('#g-labels text.place-label').length > 5")
+        shown = p.locator("#g-labels text.place-label").count()
+        assert shown < 36, "the old town's names cannot all fit at this size"
+        assert p.evaluate(_OVERLAPS) == 0
+        assert p.locator("#g-labels text[data-place='杭州东站']").text_content() == "杭州东站"
+        # The deployment's tiles, from its own server only, under the drawing.
+        p.wait_for_function("document.querySelectorAll('#g-tiles image').length > 3")
+        p.wait_for_function(f"document.querySelectorAll('#g-tiles image').length <= {120}")
+        deadline = time.monotonic() + 5
+        while len(tiles.paths) < p.locator("#g-tiles image").count():
+            assert time.monotonic() < deadline, tiles.paths
+            time.sleep(0.05)
+        assert all(re.fullmatch(r"/tiles/1[0-8]/\d+/\d+\.png", t) for t in tiles.paths), tiles.paths
+        assert p.locator("#map-attribution").inner_text() == "测试底图 test tiles"
+
+        # A busy map: incidents in the old town, among the names.
+        old_town = [
+            ("pl-a", "cardiac_arrest", 30.2432, 120.1692, "河坊街 88 号"),
+            ("pl-b", "fall", 30.2446, 120.1668, "吴山广场 东侧"),
+            ("pl-c", "medical", 30.2421, 120.1724, "鼓楼 南"),
+            ("pl-d", "dispute", 30.2465, 120.1706, "南宋御街 120 号"),
+            ("pl-e", "fire", 30.2428, 120.1710, "胡庆余堂 后门"),
+            ("pl-f", "lost_person", 30.2448, 120.1748, "元宝街"),
+            ("pl-g", "security", 30.2590, 120.1900, "景芳三区 12 幢楼下"),
+            ("pl-h", "other", 30.2600, 120.1700, "小营巷 12 号"),
+        ]
+        for iid, kind, lat, lon, address in old_town:
+            field.report({"id": iid, "kind": kind, "lat": lat, "lon": lon, "address": address})
+        for iid, *_ in old_town:
+            page.row(iid).wait_for(timeout=3_000)
+        p.wait_for_timeout(300)
+        assert p.evaluate(_OVERLAPS) == 0
+        # the most urgent incident keeps its label; some names gave way to the markers
+        assert p.locator("#g-labels text.mark-label[data-id='pl-a']").count() == 1
+        assert p.locator("#g-labels text.place-label").count() < shown
+
+        # The subdistrict filter (the deployment's areas; hidden without them).
+        p.locator("#q-sub").wait_for(state="visible")
+        p.select_option("#q-sub", "测试东片")
+        p.wait_for_function("document.querySelectorAll('#queue li.inc').length === 1")
+        assert p.locator("#queue li.inc").get_attribute("data-id") == "pl-g"
+        assert p.locator("#queue-count").inner_text() == "1/8"
+        p.select_option("#q-sub", "测试西片")
+        p.wait_for_function("document.querySelectorAll('#queue li.inc').length === 7")
+        p.select_option("#q-sub", "")
+
+        # The address search: a name of the gazetteer ...
+        p.click(".tabs button[data-tab=report]")
+        p.locator("#r-address").press_sequentially("东站", delay=30)
+        option = p.locator("#r-places li[data-source=gazetteer]")
+        option.first.wait_for(timeout=3_000)
+        assert "杭州东站" in option.first.inner_text()
+        assert "地名" in option.first.inner_text()
+        page.screenshot("control-room-places-zh.png")
+        p.locator("#r-address").press("Enter")
+        assert p.locator("#r-places").is_hidden()
+        assert p.input_value("#r-address") == "杭州东站"
+        assert (p.input_value("#r-lat"), p.input_value("#r-lon")) == ("30.291000", "120.212600")
+        assert p.locator("#g-pick circle").count() == 1  # marked as a map click marks it
+        assert p.locator("#report-result").inner_text() == "位置已设为「杭州东站」"
+        # ... and an address of an earlier report (picked with the mouse).
+        p.fill("#r-address", "")
+        p.locator("#r-address").press_sequentially("景芳三区", delay=30)
+        earlier = p.locator("#r-places li[data-source=incident]")
+        earlier.first.wait_for(timeout=3_000)
+        assert "以往报警" in earlier.first.inner_text()
+        earlier.first.click()
+        assert p.input_value("#r-address") == "景芳三区 12 幢楼下"
+        assert (p.input_value("#r-lat"), p.input_value("#r-lon")) == ("30.259000", "120.190000")
+        # Nothing matches: it says so.
+        p.fill("#r-address", "")
+        p.locator("#r-address").press_sequentially("zzqq", delay=30)
+        p.locator("#r-places li.none").wait_for(timeout=3_000)
+        assert p.locator("#r-places li.none").inner_text() == "没有匹配的地点"
+        # Reported at the place found.
+        p.fill("#r-address", "")
+        p.locator("#r-address").press_sequentially("hefang", delay=30)
+        p.locator("#r-places li[data-source=gazetteer]").first.wait_for(timeout=3_000)
+        p.locator("#r-address").press("Enter")
+        p.click("#report-form button[type=submit]")
+        p.locator("#auth-dialog").wait_for(state="visible")
+        p.fill("#auth-name", "值班员 陈")
+        p.fill("#auth-token", TOKEN)
+        p.click("#auth-ok")
+        p.locator("#detail-body h3").wait_for(timeout=5_000)
+        reported = next(
+            s for s in engine.get("/api/incidents")["incidents"] if s["address"] == "河坊街"
+        )
+        assert (reported["lat"], reported["lon"]) == (30.243, 120.169)
+        p.click("#detail-close")
+
+        # English: the names on the map and in the search are the English ones.
+        p.click("#lang")
+        p.wait_for_timeout(300)
+        assert p.evaluate(_OVERLAPS) == 0
+        east = p.locator("#g-labels text[data-place='杭州东站']")
+        if east.count():
+            assert east.text_content() == "Hangzhou East Railway Station"
+        p.click(".tabs button[data-tab=report]")
+        p.fill("#r-address", "")
+        p.locator("#r-address").press_sequentially("hospital", delay=30)
+        p.locator("#r-places li[data-source=gazetteer]").first.wait_for(timeout=3_000)
+        text = p.locator("#r-places").inner_text()
+        assert "Hospital" in text
+        assert "place" in text
+        assert not _CJK.search(text), text
+        assert p.locator("#q-sub option").first.inner_text() == "All subdistricts"
+        assert p.locator("#report-result").inner_text() == ""  # said in Chinese: gone
+        page.screenshot("control-room-places-en.png")
+        p.locator("#r-address").press("Escape")
+        assert p.locator("#r-places").is_hidden()
+        assert _others(requests) == [], _others(requests)
+        assert page.errors == [], page.errors
+        if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":
+            for name in ("control-room-places-zh.png", "control-room-places-en.png"):
+                (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())
+    finally:
+        page.close()
+        field.close()
+
+
+def test_the_page_works_without_tiles_or_a_gazetteer(engine: PageEngine, page: Page) -> None:
+    """A plain engine: no tile is asked for anywhere, no names, no subdistrict filter; the
+    address field still finds the addresses of earlier reports."""
+    p = page.page
+    requests: list[str] = []
+    p.on("request", lambda r: requests.append(r.url))
+    engine.post("/api/incidents", {"id": "nt-1", "kind": "fall", "lat": 30.2591,
+                                   "lon": 120.1698, "address": "小营巷 40 号"})  # fmt: skip
+    page.row("nt-1").wait_for(timeout=3_000)
+    assert p.locator("#g-tiles image").count() == 0
+    assert p.locator("#g-places circle").count() == 0
+    assert p.locator("#map-attribution").is_hidden()
+    assert p.locator("#q-sub").is_hidden()
+    assert p.locator("#h-sub").is_hidden()
+    p.click(".tabs button[data-tab=report]")
+    p.locator("#r-address").press_sequentially("小营巷", delay=30)
+    p.locator("#r-places li[data-source=incident]").wait_for(timeout=3_000)
+    p.locator("#r-address").press("Enter")
+    assert (p.input_value("#r-lat"), p.input_value("#r-lon")) == ("30.259100", "120.169800")
+    assert _others(requests) == [], _others(requests)
+    assert page.errors == [], page.errors
+    engine.post("/api/incidents/nt-1/cancel", {"by": "cleanup"})
+
+
+def _actions_sent(requests: list[tuple[str, str]], iid: str) -> list[str]:
+    return [u.rsplit("/", 1)[1] for m, u in requests if m == "POST" and f"/incidents/{iid}/" in u]
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_undo_means_nothing_reaches_the_engine(
+    engine: PageEngine, field: Field, page: Page, lang: str
+) -> None:
+    """Issue 17: resolve, escalate and cancel are held for a few seconds with an "Undo"
+    after their confirmation. Undone, nothing reaches the engine; not undone, it is sent
+    when the time is up; a page that closes meanwhile sends it at once."""
+    p = page.page
+    zh = lang == "zh"
+    if not zh:
+        p.click("#lang")
+    sent: list[tuple[str, str]] = []
+    p.on("request", lambda r: sent.append((r.method, r.url)))
+    for iid in ("un-1", "un-2", "un-3"):
+        field.report({"id": iid, "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+                      "address": "小营巷 12 号"})  # fmt: skip
+        page.row(iid).wait_for(timeout=3_000)
+    assert p.evaluate("window.dispatchPage.UNDO_MS") == 5000
+
+    # Undone: nothing is sent, ever.
+    row = page.row("un-1")
+    row.locator("button[data-act=cancel]").click()
+    row.locator("button[data-act=cancel]").click()
+    p.locator("#auth-dialog").wait_for(state="visible")
+    p.fill("#auth-name", "值班员 陈")
+    p.fill("#auth-token", TOKEN)
+    p.click("#auth-ok")
+    p.locator("#undo:not([hidden])").wait_for(timeout=3_000)
+    assert "held" in (row.get_attribute("class") or "")
+    text = p.locator("#undo-text").inner_text()
+    assert re.fullmatch(
+        r"取消 un-1：[1-5] 秒后发送" if zh else r"Cancel un-1: sent in [1-5] s", text
+    )
+    assert p.locator("#undo-button").inner_text() == ("撤销" if zh else "Undo")
+    page.screenshot(f"control-room-undo-{lang}.png")
+    p.click("#undo-button")
+    assert p.locator("#undo").is_hidden()
+    assert p.locator("#toast").inner_text() == (
+        "已撤销：取消 un-1" if zh else "Undone: Cancel un-1"
+    )
+    p.wait_for_timeout(6_500)  # past the hold
+    assert _actions_sent(sent, "un-1") == []
+    assert engine.get("/api/incidents/un-1")["state"] == "escalated"  # as it was
+    assert "held" not in (row.get_attribute("class") or "")
+
+    # The row's own undo button, for an escalation.
+    row = page.row("un-2")
+    row.locator("button[data-act=resolve]").click()
+    row.locator("button[data-act=resolve]").click()
+    undo = row.locator("button[data-act=undo]")
+    undo.wait_for(timeout=3_000)
+    assert undo.inner_text() == ("撤销 · 结案" if zh else "Undo · Resolve")
+    undo.click()
+    p.wait_for_timeout(6_000)
+    assert _actions_sent(sent, "un-2") == []
+    assert engine.get("/api/incidents/un-2")["state"] == "escalated"
+
+    # Not undone: sent when the time is up, and not before.
+    started = time.monotonic()
+    row.locator("button[data-act=resolve]").click()
+    row.locator("button[data-act=resolve]").click()
+    p.wait_for_timeout(3_000)
+    assert _actions_sent(sent, "un-2") == []
+    row.wait_for(state="detached", timeout=6_000)
+    assert time.monotonic() - started >= 4.5
+    assert _actions_sent(sent, "un-2") == ["resolve"]
+    state = engine.get("/api/incidents/un-2")
+    assert state["state"] == "resolved"
+    assert [e.get("by") for e in state["events"] if e["type"] == "resolved"] == ["值班员 陈"]
+
+    # A page that closes (here: reloads) while holding one sends it on the way out.
+    row = page.row("un-3")
+    row.locator("button[data-act=cancel]").click()
+    row.locator("button[data-act=cancel]").click()
+    p.locator("#undo:not([hidden])").wait_for(timeout=3_000)
+    p.reload()
+    p.wait_for_selector("#conn[data-state=live]", timeout=10_000)
+    deadline = time.monotonic() + 5
+    while engine.get("/api/incidents/un-3")["state"] != "cancelled":
+        assert time.monotonic() < deadline, "the held cancel was not sent on pagehide"
+        time.sleep(0.1)
+    page.row("un-3").wait_for(state="detached", timeout=3_000)
+    assert page.errors == [], page.errors
+    if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":
+        name = f"control-room-undo-{lang}.png"
+        (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())
+
+
+def test_a_likely_duplicate_is_shown_and_merged_on_the_page_zh_and_en(
+    engine: PageEngine, field: Field, page: Page
+) -> None:
+    """Duplicate reports: the second report of one event carries a "likely duplicate of"
+    badge with a "merge into" button (a second click confirms), in the queue and the
+    detail, zh and en; the merge takes it off the queue, and both timelines say so."""
+    p = page.page
+    field.report({"id": "dup-first", "kind": "fall", "lat": 30.2591, "lon": 120.1698,
+                  "address": "小营巷 12 号", "description": "老人跌倒"})  # fmt: skip
+    page.row("dup-first").wait_for(timeout=3_000)
+    field.report({"id": "dup-second", "kind": "fall", "lat": 30.2594, "lon": 120.1699,
+                  "address": "小营巷 14 号门口", "description": "有人摔倒了"})  # fmt: skip
+    row = page.row("dup-second")
+    row.wait_for(timeout=3_000)
+    assert page.row("dup-first").locator(".dup-badge").count() == 0  # the first is the first
+    badge = row.locator(".dup-badge")
+    assert badge.inner_text() == "疑似重复：#dup-first"
+    assert "可能是同一事件" in (badge.get_attribute("title") or "")
+    merge = row.locator("button[data-act=merge]")
+    assert merge.inner_text() == "并入 #dup-first"
+    # the badge leads to the first report's detail
+    badge.locator("a").click()
+    p.locator("#detail-body .hint", has_text="dup-first").first.wait_for(timeout=3_000)
+    # the second's detail carries the badge and the button too, and its timeline the guess
+    row.locator(".addr").click()  # not on the badge nor the button
+    p.locator("#detail-body .dup-badge", has_text="#dup-first").wait_for(timeout=3_000)
+    assert p.locator("#detail-body button[data-act=merge]").count() == 1
+    suspected = p.locator("#detail-body tr.ev-duplicate_suspected").inner_text()
+    assert "疑似重复" in suspected
+    assert "可能与 #dup-first 相同" in suspected
+    assert _latin_words(_ui_text(p)) == [], _latin_words(_ui_text(p))
+    page.screenshot("control-room-duplicate-zh.png")
+
+    # English: the same words, nothing Chinese but the data.
+    p.click("#lang")
+    badge.locator("a", has_text="Likely duplicate of #dup-first").wait_for(timeout=3_000)
+    assert merge.inner_text() == "Merge into #dup-first"
+    assert "probably the same as #dup-first" in (
+        p.locator("#detail-body tr.ev-duplicate_suspected").inner_text()
+    )
+    text = _ui_text(p)
+    for data in ("小营巷 12 号", "小营巷 14 号门口", "老人跌倒", "有人摔倒了"):
+        text = text.replace(data, "")
+    assert not _CJK.search(text), text
+    page.screenshot("control-room-duplicate-en.png")
+
+    # The merge: one click asks to confirm, the second merges (the token asked once).
+    merge.click()
+    assert merge.inner_text() == "Confirm?"
+    merge.click()
+    p.locator("#auth-dialog").wait_for(state="visible")
+    p.fill("#auth-name", "值班员 陈")
+    p.fill("#auth-token", TOKEN)
+    p.click("#auth-ok")
+    row.wait_for(state="detached", timeout=3_000)
+    assert "Merge" in p.locator("#toast").inner_text()
+    merged = engine.get("/api/incidents/dup-second")
+    assert merged["state"] == "cancelled"
+    assert merged["merged_into"] == "dup-first"
+    assert merged["end_reason"] == "merged into dup-first by 值班员 陈"
+    # the merged one's detail says where it went, and links there
+    p.locator("#detail-body .dup.merged", has_text="Merged into #dup-first").wait_for(timeout=3_000)
+    assert p.locator("#detail-body button[data-act=merge]").count() == 0
+    assert "Merged into #dup-first by 值班员 陈" in p.locator("#detail-body").inner_text()
+    p.locator("#detail-body .dup.merged a").click()
+    p.locator("#detail-body .dup", has_text="Merged into this: #dup-second").wait_for(timeout=3_000)
+    assert "#dup-second merged into this" in p.locator("#detail-body tr.ev-merged").inner_text()
+    assert page.row("dup-first").locator(".dup", has_text="#dup-second").count() == 1
+    # and in Chinese
+    p.click("#lang")
+    p.locator("#detail-body .dup", has_text="已并入本事件：#dup-second").wait_for(timeout=3_000)
+    assert "#dup-second 已并入本事件" in p.locator("#detail-body tr.ev-merged").inner_text()
+    assert _latin_words(_ui_text(p)) == [], _latin_words(_ui_text(p))
+    page.screenshot("control-room-merged-zh.png")
+    assert page.errors == [], page.errors
+    if os.environ.get("DISPATCH_UPDATE_SCREENSHOTS") == "1":  # the pictures in docs/api.md
+        for name in ("control-room-duplicate-zh.png", "control-room-duplicate-en.png"):
+            (REPO / "docs" / name).write_bytes((OUTPUT / name).read_bytes())

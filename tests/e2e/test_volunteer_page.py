@@ -745,8 +745,10 @@ def test_i_cannot_go_after_all(
                   "address": "小营巷 12 号"})  # fmt: skip
     phone.page.wait_for_selector("#alert:not([hidden])", timeout=3_000)
     alert = field.wait_alert(vid, iid)
+    assert phone.page.locator("#a-call").is_hidden()  # no [control_room] phone: no button
     phone.page.click("#accept")
     phone.screen("guide")
+    assert phone.page.locator("#g-call").is_hidden()
     # The control room moves the incident: the page follows the new place.
     moved = offset(*INCIDENT, -200, 0)
     result = ws_engine_patch(ws_engine, iid, {"lat": moved[0], "lon": moved[1],
@@ -795,3 +797,69 @@ def test_i_cannot_go_after_all(
 
 def ws_engine_patch(engine: Engine, iid: str, body: dict[str, Any]) -> int:
     return http("PATCH", f"{engine.base}/api/incidents/{iid}", body, token=engine.token).status
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_a_button_calls_the_control_room(
+    engine_factory: Callable[..., Engine],
+    mqtt_ws_port: int | None,
+    mqtt_url: str,
+    browser: Any,
+    locale: str,
+) -> None:
+    """Issue 17: with [control_room] phone the alert, the guidance and the withdraw screens
+    carry a tel: link to the control room; a withdraw nobody answers points to it."""
+    if mqtt_ws_port is None:
+        servers.skip_or_fail("the test broker has no websockets listener")
+    zh = locale == "zh-CN"
+    engine = engine_factory(
+        env={
+            "DISPATCH_VOLUNTEER_APP_MQTT_WS_PORT": str(mqtt_ws_port),
+            "DISPATCH_VOLUNTEER_APP_OPEN_BROKER": "true",
+            "DISPATCH_CONTROL_ROOM_PHONE": "0571-8700 0000",
+        }
+    )
+    engine.start()
+    field = Field(mqtt_url, engine.topic_root)
+    phone = Phone(browser, engine.base, offset(*INCIDENT, 300, 0), locale)
+    try:
+        vid = uid("call")
+        phone.sign_in(vid)
+        phone.on_duty()
+        _wait(lambda: _volunteer(engine, vid) is not None, 5, "the volunteer")
+        label = "致电调度中心" if zh else "Call the control room"
+        iid = uid("inc")
+        field.report({"id": iid, "kind": "cardiac_arrest", "lat": INCIDENT[0],
+                      "lon": INCIDENT[1], "address": "小营巷 12 号"})  # fmt: skip
+        phone.page.wait_for_selector("#alert:not([hidden])", timeout=3_000)
+        call = phone.page.locator("#a-call")
+        call.wait_for(state="visible")
+        assert call.get_attribute("href") == "tel:057187000000"
+        assert call.inner_text().strip().endswith(label)
+        phone.shot(f"call-alert-{'zh' if zh else 'en'}")
+        phone.page.click("#accept")
+        phone.screen("guide")
+        guide = phone.page.locator("#g-call")
+        assert guide.is_visible()
+        assert guide.get_attribute("href") == "tel:057187000000"
+        assert "urgent" not in (guide.get_attribute("class") or "")
+        phone.page.click("#withdraw")
+        phone.page.wait_for_selector("#wd:not([hidden])")
+        assert phone.page.locator("#wd-call").is_visible()
+        assert phone.page.locator("#wd-call").get_attribute("href") == "tel:057187000000"
+        phone.page.click("#wd-cancel")
+        # Nobody answers the withdraw (the engine is down): after 10 s the page says to
+        # call, and the call button stands out.
+        engine.stop()
+        phone.page.click("#withdraw")
+        phone.page.click("#wd-send")
+        phone.page.wait_for_selector("#g-call.urgent", timeout=15_000)
+        toast = phone.page.locator("#toast").inner_text()
+        assert ("请打电话告知调度中心" if zh else "call the control room") in toast, toast
+        assert phone.page.locator("#g-call").is_visible()
+        phone.shot(f"call-noreply-{'zh' if zh else 'en'}")
+        assert phone.errors == [], phone.errors
+    finally:
+        phone.close()
+        field.close()
+        engine.stop()

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 import servers
@@ -30,6 +31,7 @@ from dispatch import report
 from dispatch.archive import Archive, migrate
 from dispatch.archiver import GROUP, Archiver
 from dispatch.errors import BackendUnavailable
+from dispatch.localservers import free_port
 from dispatch.metrics import Metrics
 from dispatch.store import Store
 
@@ -251,7 +253,8 @@ async def test_a_dead_consumers_events_are_taken_over(redis_url: str, postgres_u
 async def test_dispatch_archive_process_killed_with_sigkill(
     redis_url: str, postgres_url: str, tmp_path: Any
 ) -> None:
-    """``dispatch archive`` as a process, SIGKILLed mid-way and started again."""
+    """``dispatch archive`` as a process, SIGKILLed mid-way and started again (then with
+    its own /metrics and /healthz, as a deployment watches it)."""
     incidents = some_incidents(300, seed=6)
     async with _store(redis_url) as store:
         for incident in incidents:
@@ -279,9 +282,27 @@ async def test_dispatch_archive_process_killed_with_sigkill(
             await asyncio.wait_for(proc.wait(), 10)
             done = len(await archive.incident_ids())
             assert done < len(incidents), "killed too late to show anything"
+            port = free_port()
+            argv += ["--metrics-http", f"127.0.0.1:{port}"]
             proc = await start()
             await _until(lambda: _count(archive, "==", len(incidents)), 60, "all archived")
             await _until(lambda: _zero(_pending(store)), 10, "nothing left pending")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    health = await resp.json()
+                    assert resp.status == 200, health
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+            assert health["ready"] is True, health
+            assert health["lag_s"] == 0.0, health
+            # The second process wrote at least what the first had not committed.
+            assert health["archived"] >= len(incidents) - done, health
+            written = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("dispatch_archive_incidents_total{")
+            ]
+            assert sum(written) == health["archived"], text
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

@@ -57,9 +57,9 @@ def _created(iid: str, note: str) -> list[LogEvent | SaveIncident]:
 
 
 def _cluster(service: Service) -> Cluster:
-    assert isinstance(service.cluster, Cluster)
+    assert isinstance(service.operators, Cluster)
     assert isinstance(service.store, FencedStore)
-    return service.cluster
+    return service.operators
 
 
 async def test_the_creator_owns_and_others_are_refused(

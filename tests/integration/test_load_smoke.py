@@ -149,3 +149,75 @@ def test_geosearch_comparison_runs(redis_url: str, tmp_path: Path) -> None:
     by_what = {row["what"]: row for row in result["rows"]}
     assert by_what["query, in process (geo.VolunteerIndex)"]["ratio_p50"] == 1.0
     assert all(row["p50_us"] > 0 for row in result["rows"])
+
+
+def test_load_test_herd_counts_the_statuses_and_the_reports(
+    mqtt_url: str, redis_url: str, topic_root: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "herd.json"
+    done = _run(
+        [
+            str(BENCHMARKS / "load_test.py"),
+            "--start-engine",
+            "--mqtt",
+            mqtt_url,
+            "--redis",
+            redis_url,
+            "--topic-root",
+            topic_root,
+            "--volunteers",
+            "300",
+            "--location-rate",
+            "100",
+            "--incident-rate",
+            "5",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+            "--herd",
+            "300",
+            "--herd-within",
+            "1",
+            "--location-accuracy",
+            "15",
+            "--max-p99-ms",
+            "5000",
+            "--max-location-loss",
+            "0.5",
+            "--json",
+            str(out),
+        ]
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["herd_sent"] == 300
+    assert step["herd_lost"] == 0
+    assert step["lost"] == 0
+    assert step["why"] == []
+
+
+def test_restart_benchmark_times_ready_and_the_first_alert(
+    mqtt_url: str, redis_url: str, topic_root: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "restart.json"
+    done = _run(
+        [
+            str(BENCHMARKS / "restart.py"),
+            "--mqtt",
+            mqtt_url,
+            "--redis",
+            redis_url,
+            "--topic-root",
+            topic_root,
+            "--volunteers",
+            "500",
+            "--json",
+            str(out),
+        ]
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["volunteers"] == 500
+    assert 0 < result["after_kill9_ready_s"] < 60
+    assert result["first_alert_ms"] is not None

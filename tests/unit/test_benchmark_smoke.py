@@ -30,7 +30,8 @@ def test_benchmark_runs_quick_and_writes_json(script: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_spatial.py", "bench_core.py", "bench_geosearch.py", "load_test.py"]
+    "script",
+    ["bench_spatial.py", "bench_core.py", "bench_geosearch.py", "load_test.py", "restart.py"],
 )
 def test_benchmark_explains_itself(script: str) -> None:
     done = subprocess.run(

@@ -15,6 +15,7 @@ from dispatch.dispatcher import Dispatcher, UnknownIncident
 from dispatch.effects import (
     Claim,
     Effect,
+    EventType,
     LogEvent,
     Reject,
     Release,
@@ -227,6 +228,12 @@ def test_wave_timeout_sends_the_next_wave_then_escalates(area: ServiceArea) -> N
     state = state_of(third)
     assert state["state"] == "escalated"
     assert "nobody accepted after 2 waves" in state["escalation_reason"]
+    # The code and its figures, for the page to word in its own language.
+    assert state["escalation_code"] == "nobody_accepted"
+    assert state["escalation_params"] == {"n": 2}
+    escalated = [e for e in third if isinstance(e, LogEvent) and e.type is EventType.ESCALATED]
+    assert escalated[0].data["code"] == "nobody_accepted"
+    assert escalated[0].data["params"] == {"n": 2}
     # a late accept still helps: escalated -> assigned
     effects = accept(d, "v0", first["v0"]["alert_id"], T0 + 41)
     assert state_of(effects)["state"] == "assigned"
@@ -699,3 +706,18 @@ def test_hand_assigned_volunteer_of_unknown_position_is_never_overdue(area: Serv
     # nor by the stall check: the engine has nothing to measure them against
     moved = d.location(LocationUpdate("v0", LAT, LON), T0 + 500)
     assert not [e for e in moved if isinstance(e, LogEvent) and e.type == "overdue"]
+
+
+def test_an_operators_escalation_keeps_their_words_and_says_who(area: ServiceArea) -> None:
+    d = make(area)
+    on_duty(d, "v0", 50)
+    report(d)
+    state = state_of(d.escalate("inc1", T0 + 5, by="chen", reason="caller says two hurt"))
+    assert state["escalation_reason"] == "caller says two hurt"
+    assert state["escalation_code"] == "operator"
+    assert state["escalation_params"] == {"by": "chen"}
+    on_duty(d, "v1", 60)
+    report(d, id="inc2")
+    plain = state_of(d.escalate("inc2", T0 + 6, by="chen"))
+    assert plain["escalation_reason"] == "escalated by chen"
+    assert plain["escalation_code"] == "operator"

@@ -69,7 +69,7 @@ ENGINE_SAMPLES = [
     (
         "the fastest volunteer needs about 240 s and 35 s are gone or needed to set off: "
         "more than the 180 s target",
-        'f"the fastest volunteer needs about {best:.0f} s and {used:.0f} s are "',
+        "f\"the fastest volunteer needs about {p['best']} s and {p['used']} s are \"",
     ),
     (
         "no available volunteer with first_aid, patrol who could be there within 600 s "
@@ -83,16 +83,16 @@ ENGINE_SAMPLES = [
     ),
     ("no available volunteer with mediation within 3000 m", 'f"no available volunteer with {'),
     ("the alert budget (12) is spent and nobody accepted", 'f"the alert budget ({'),
-    ("nobody accepted after 3 waves", 'f"nobody accepted after {incident.wave} waves"'),
+    ("nobody accepted after 3 waves", "f\"nobody accepted after {p['n']} waves\""),
     (
         "responders overdue, and nobody else accepted after 4 waves",
-        'f"responders overdue, and nobody else accepted after {incident.wave} waves"',
+        "f\"responders overdue, and nobody else accepted after {p['n']} waves\"",
     ),
     (
         "every alerted volunteer declined or timed out, and nobody else is in reach",
         '"every alerted volunteer declined or timed out, and nobody else is in reach"',
     ),
-    ("escalated by 值班员 陈", 'f"escalated by {by}"'),
+    ("escalated by 值班员 陈", "f\"escalated by {p['by']}\""),
     ("resolved by 值班员 陈", 'f"{state.value} by {by}"'),
     ("cancelled by operator", 'f"{state.value} by {by}"'),
     ("alert expired", '"alert expired"'),
@@ -108,6 +108,12 @@ ENGINE_SAMPLES = [
     ("incident resolved", 'f"incident {'),
     ("assigned by operator", '"assigned by operator"'),
     ("confirmed", '"confirmed"'),
+    # duplicate reports
+    ("merged into i20261204-1a2b by 值班员 陈", 'f"merged into {into} by {by}"'),
+    (
+        "incident merged into another report of the same event",
+        '"incident merged into another report of the same event"',
+    ),
 ]
 
 

@@ -71,6 +71,7 @@ async def test_the_app_config_defaults_to_the_page_host(client: TestClient) -> N
         "open_broker": False,
         "arrival_radius_m": 30.0,
         "skills": ["first_aid", "mediation", "patrol"],
+        "control_room_phone": None,  # [control_room] phone: no call button
     }
 
 

@@ -10,13 +10,12 @@ from dispatch.effects import (
     AssignmentReason,
     EventType,
     LogEvent,
-    Publish,
     Role,
     SendAlert,
     SendAssignment,
     StateChanged,
 )
-from dispatch.wire import Wire
+from dispatch.wire import Publish, Wire
 
 WIRE = Wire(Codec(root="dispatch"))
 
