@@ -106,8 +106,17 @@ class Gateway:
         """Run until ``stop`` is set; then send what is held and stop."""
         async with asyncio.TaskGroup() as tg:
             tasks = [
+                # The bus's prioritised reader (nothing is urgent here): up to 256 packets
+                # per wake of the loop from buffered reads, and locations shed while more
+                # than 5,000 wait (a gateway far behind; the next ones replace them).
                 tg.create_task(
-                    self.bus.run(self.on_location, handle_batch=self.on_locations), name="mqtt"
+                    self.bus.run(
+                        self.on_location,
+                        handle_batch=self.on_locations,
+                        urgent=_nothing_urgent,
+                        sheddable=_all_sheddable,
+                    ),
+                    name="mqtt",
                 ),
                 tg.create_task(self._flush_forever(), name="batches"),
                 tg.create_task(self._stats_forever(), name="stats"),
@@ -139,9 +148,11 @@ class Gateway:
 
     def _log_stats(self) -> None:
         log.info(
-            "received %d locations (%d rejected), sent %d moves in %d batches",
+            "received %d locations (%d rejected, %d shed while behind), sent %d moves in %d "
+            "batches",
             self.received,
             self.rejected,
+            self.bus.shed,
             self.moves,
             self.batches,
         )
@@ -217,3 +228,11 @@ class Gateway:
         except BackendUnavailable as exc:
             # Not connected: the locations are replaced by the next ones in seconds.
             log.warning("publish to %s failed: %s", message.topic, exc)
+
+
+def _nothing_urgent(_topic: str) -> bool:
+    return False
+
+
+def _all_sheddable(_topic: str) -> bool:
+    return True
