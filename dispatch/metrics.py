@@ -44,7 +44,7 @@ class Metrics:
         )
         self.move_batches = Counter(
             "dispatch_move_batches_total",
-            "Batches of moves from location gateways, by outcome (applied, malformed)",
+            "Batches of moves from location gateways, by outcome (accepted, malformed)",
             ["outcome"],
             registry=r,
         )

@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _POSITION_FLUSH_S = 0.025  # small pieces: formatting 500 positions holds the loop 1-2 ms
 _TIMER_RESOLUTION_S = 0.1
+_MOVES_PER_HOLD = 64  # moves from gateways applied per hold of the engine's lock
 _FREEZE_S = 0.1  # how often the heap is collected and frozen (see _freeze_heap)
 _THAW_S = 600.0  # how often everything frozen is collected once more (see _freeze_heap)
 
@@ -141,6 +143,10 @@ class Service:
         self.operators: Operators = alone
         self.restored = asyncio.Event()
         self._frozen_at = 0.0  # time.monotonic() of the last gc.freeze (see _freeze_heap)
+        # Moves from location gateways waiting to be applied, the newest per volunteer
+        # (see _on_moves and _apply_moves_forever).
+        self._moves: dict[str, LocationUpdate] = {}
+        self._moves_waiting = asyncio.Event()
         self._thawed_at = time.monotonic()  # and of the last full collection
 
     def share(self, peers: Peers) -> None:
@@ -193,6 +199,7 @@ class Service:
                     ),
                     tg.create_task(self._timers(), name="timers"),
                     tg.create_task(self._flush_positions_forever(), name="positions"),
+                    tg.create_task(self._apply_moves_forever(), name="moves"),
                     tg.create_task(self.ownership.run(), name="cluster"),
                 ]
                 if self.pusher is not None:
@@ -381,9 +388,10 @@ class Service:
             self.engine.gauges_stale = True
 
     async def _on_moves(self, payload: bytes, now: float) -> None:
-        """A batch of moves from a location gateway: applied in one call, or, if it is
-        not what a gateway sends, dropped and counted (never answered on ``rejected``:
-        only gateways may publish there, so a malformed batch is a bug or a breach)."""
+        """A batch of moves from a location gateway: added to the moves waiting (see
+        `_apply_moves_forever`), or, if it is not what a gateway sends, dropped and counted
+        (never answered on ``rejected``: only gateways may publish there, so a malformed
+        batch is a bug or a breach)."""
         try:
             moves = decode_moves(
                 payload, now=now, future_tolerance_s=self.config.future_tolerance_s
@@ -393,10 +401,34 @@ class Service:
             # The reason may echo a coordinate: numbers masked, as for rejections.
             log.warning("malformed batch of moves dropped: %s", mask_numbers(str(exc)))
             return
-        self.metrics.move_batches.labels(outcome="applied").inc()
-        if moves:
-            self.metrics.messages.labels(type="LocationUpdate").inc(len(moves))
-            await self.engine.moves(moves, now)
+        self.metrics.move_batches.labels(outcome="accepted").inc()
+        waiting = self._moves
+        for move in moves:
+            held = waiting.pop(move.volunteer_id, None)
+            if held is not None and (held.ts or 0.0) > (move.ts or 0.0):
+                move = held  # two gateways, a batch overtaken by an older one
+            waiting[move.volunteer_id] = move  # re-inserted: in arrival order
+        if waiting:
+            self._moves_waiting.set()
+
+    async def _apply_moves_forever(self) -> None:
+        """Apply the moves waiting, ``_MOVES_PER_HOLD`` per hold of the engine's lock.
+
+        Apart from the inbound loop, so that a report is never queued behind batches of
+        moves: it waits for one hold at most (some 64 x 60 µs). While the engine is
+        behind, a volunteer's move still waiting is replaced by a newer one (the
+        location path's shedding: the work is bounded by the volunteers who moved, not
+        by the locations sent).
+        """
+        while True:
+            await self._moves_waiting.wait()
+            self._moves_waiting.clear()
+            while self._moves:
+                waiting = self._moves
+                chunk = [waiting.pop(vid) for vid in list(islice(waiting, _MOVES_PER_HOLD))]
+                self.metrics.messages.labels(type="LocationUpdate").inc(len(chunk))
+                await self.engine.moves(chunk, self.clock())
+                await asyncio.sleep(0)  # whatever else is ready (a report) goes next
 
     async def _on_push(self, topic: str, payload: bytes, now: float) -> None:
         """A page's push subscription (dispatch/push.py); never raises for bad input."""

@@ -127,7 +127,7 @@ def test_locations_through_two_gateways_reach_the_index(
     assert stored is not None
     assert stored[:2] == pytest.approx(near_pos)
     assert abs(stored[2] - time.time()) < 60
-    assert engine.metric("dispatch_move_batches_total", outcome="applied") >= 1
+    assert engine.metric("dispatch_move_batches_total", outcome="accepted") >= 1
     assert engine.metric("dispatch_move_batches_total", outcome="malformed") == 0
 
     # Both gateways carried a share (the shared subscription), none twice.
