@@ -69,7 +69,13 @@ def timed(op: Callable[[int], object], count: int) -> tuple[float, float]:
     return percentiles(samples)
 
 
-def run_size(n: int, queries: int, rng: random.Random) -> list[Row]:
+def run_size(
+    n: int,
+    queries: int,
+    rng: random.Random,
+    slacks: Sequence[float] = (50.0,),
+    move_steps: Sequence[float] = (STEP_M,),
+) -> list[Row]:
     proj = LocalProjection(*CENTRE)
     xs = [rng.uniform(-HALF_BOX_M, HALF_BOX_M) for _ in range(n)]
     ys = [rng.uniform(-HALF_BOX_M, HALF_BOX_M) for _ in range(n)]
@@ -87,49 +93,45 @@ def run_size(n: int, queries: int, rng: random.Random) -> list[Row]:
     rows: list[Row] = []
 
     # -- geo.VolunteerIndex, loaded one put at a time as the engine does ----------------
-    progress(f"[{n}] VolunteerIndex: {n} puts ...")
-    start = time.perf_counter()
-    ours = VolunteerIndex(proj)
-    for i in range(n):
-        ours.put(f"v{i}", latlon[i][0], latlon[i][1], skills[i])
-        if i and i % 200_000 == 0:
-            progress(f"[{n}]   {i} puts, {time.perf_counter() - start:.0f} s")
-    build = time.perf_counter() - start
-    q50, q99 = timed(lambda i: ours.nearest(*q_latlon[i], K), queries)
-    pos = list(zip(xs, ys, strict=True))
+    for slack in slacks:
+        progress(f"[{n}] VolunteerIndex (slack {slack:g} m): {n} puts ...")
+        start = time.perf_counter()
+        ours = VolunteerIndex(proj, slack_m=slack)
+        for i in range(n):
+            ours.put(f"v{i}", latlon[i][0], latlon[i][1], skills[i])
+            if i and i % 200_000 == 0:
+                progress(f"[{n}]   {i} puts, {time.perf_counter() - start:.0f} s")
+        build = time.perf_counter() - start
+        name = f"geo.VolunteerIndex, slack {slack:g} m"
+        pos = list(zip(xs, ys, strict=True))
+        for step_m in move_steps:
+            # Each volunteer moves about its own start, as phones at home or at work do:
+            # up to step_m in x and y from where they began.
+            offsets = [
+                (rng.uniform(-step_m, step_m), rng.uniform(-step_m, step_m)) for _ in range(queries)
+            ]
 
-    def move_ours(i: int) -> None:
-        j = movers[i]
-        x, y = pos[j][0] + steps[i][0], pos[j][1] + steps[i][1]
-        pos[j] = (x, y)
-        ours.put(f"v{j}", *proj.to_latlon(x, y), skills[j])
+            def move_ours(i: int) -> None:
+                j = movers[i]
+                x, y = pos[j][0] + offsets[i][0], pos[j][1] + offsets[i][1]
+                ours.put(f"v{j}", *proj.to_latlon(x, y), skills[j])
 
-    m50, m99 = timed(move_ours, queries)
-    rows.append(
-        Row(
-            n,
-            "geo.VolunteerIndex",
-            build,
-            q50,
-            q99,
-            m50,
-            m99,
-            "exact haversine k=5; moves touch 1 + skills trees (mean 0.9 skills)",
-        )
-    )
-    q50s, q99s = timed(lambda i: ours.nearest(*q_latlon[i], K, skills=("aed",)), queries)
-    rows.append(
-        Row(
-            n,
-            "geo.VolunteerIndex, skills=aed",
-            build,
-            q50s,
-            q99s,
-            m50,
-            m99,
-            "query the 'aed' tree (about 1/3 of volunteers)",
-        )
-    )
+            m50, m99 = timed(move_ours, queries)
+            q50, q99 = timed(lambda i: ours.nearest(*q_latlon[i], K), queries)
+            q50s, q99s = timed(lambda i: ours.nearest(*q_latlon[i], K, skills=("aed",)), queries)
+            rows.append(
+                Row(
+                    n,
+                    name,
+                    build,
+                    q50,
+                    q99,
+                    m50,
+                    m99,
+                    f"exact haversine k=5; moves within {step_m:g} m of home; "
+                    f"skills=aed: query p50 {q50s:.1f} µs, p99 {q99s:.1f} µs",
+                )
+            )
 
     # -- bare rtree, library defaults (bulk loaded) -----------------------------------
     progress(f"[{n}] rtree defaults: bulk load ...")
@@ -245,6 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=5000,
         help="queries and moves timed per structure (default: %(default)s)",
     )
+    parser.add_argument(
+        "--slacks",
+        default="0,30",
+        help="comma-separated half-sides (m) of the volunteers' loose boxes in "
+        "geo.VolunteerIndex, one row each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--move-steps",
+        default=f"20,{STEP_M:g}",
+        help="comma-separated reaches (m) of the moves, each about the volunteer's start: "
+        "20 is GPS jitter at home (default: %(default)s)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     parser.add_argument(
@@ -255,10 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = 300 if args.quick else args.queries
     if queries < 1 or any(s <= K for s in sizes):
         parser.error(f"--queries must be >= 1 and every size > {K}")
+    try:
+        slacks = [float(v) for v in args.slacks.split(",") if v.strip()]
+        move_steps = [float(v) for v in args.move_steps.split(",") if v.strip()]
+    except ValueError:
+        parser.error("--slacks and --move-steps take comma-separated numbers of metres")
+    if not slacks or not move_steps or min(slacks + move_steps) < 0:
+        parser.error("--slacks and --move-steps need at least one value each, none negative")
     rng = random.Random(args.seed)
     rows: list[Row] = []
     for n in sizes:
-        rows.extend(run_size(n, queries, rng))
+        rows.extend(run_size(n, queries, rng, slacks, move_steps))
     print(table(rows))
     if args.json:
         meta = {
@@ -270,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "queries": queries,
             "k": K,
             "seed": args.seed,
+            "slacks_m": slacks,
+            "move_steps_m": move_steps,
         }
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, out, indent=2)

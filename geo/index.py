@@ -2,24 +2,37 @@
 
 How a query stays exact although the R-tree searches in a projection:
 
-1. Ask the tree for the ``n`` (at first ``k + 1``) nearest points in the local
-   projection and compute their great-circle distances.
-2. Let ``B`` be the k-th smallest great-circle distance among those that pass
-   the filters (or ``radius_m``). Every point within ``B`` lies within ``B * f``
-   in the projection, where ``f`` (just above 1) is derived per query from the
-   latitudes the search can reach (see ``_reach_factor``).
-3. If the farthest projected distance returned already exceeds ``B * f``, no
-   unseen point can be nearer than ``B``: done. Otherwise take every point in
-   the square of half-side ``B * f`` and rank them all. If fewer than ``k``
-   passed the filters and there is no radius, double ``n`` and repeat.
+1. Ask the tree for the ``n`` nearest anchors in the local projection (see
+   "Anchors" below; with no slack an anchor is the point itself) and take them
+   in order of their projected distance, computing great-circle distances and
+   keeping the ``k`` best that pass the filters.
+2. Let ``B`` be the k-th best great-circle distance so far (or ``radius_m``).
+   Every point within ``B`` lies within ``B * f`` in the projection, where ``f``
+   (just above 1) is derived per query from the latitudes the search can reach
+   (see ``_reach_m``). A point whose anchor is projected farther than ``B * f``
+   plus the slack is therefore farther than ``B``, and so is every later one:
+   stop there.
+3. If every returned anchor was taken without stopping, the unseen ones are at
+   least as far as the farthest returned: if that is beyond the reach too, done;
+   otherwise ask for twice as many and go on where step 1 left off.
 
 Results are sorted by ``(distance_m, volunteer_id)``, so ties at equal
 distances break deterministically and the result equals a brute-force
 haversine ranking exactly.
+
+Anchors: the trees hold each volunteer at their anchor, where they were last
+inserted, and a move within ``slack_m`` of it rewrites the entry and leaves the
+trees alone: a phone at home reporting GPS jitter, or someone walking a few tens of
+metres, costs no delete and insert (some 30 µs per tree). Queries still rank by the
+exact current positions; a point is within ``slack_m`` of its anchor, which is why
+steps 2 and 3 add the slack. The price is a few more candidates per query. (Points
+rather than boxes of that size in the trees: boxes overlap, and searching them cost
+more than the extra candidates do.)
 """
 
 import contextlib
 import math
+from bisect import insort
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +48,12 @@ __all__ = ["Neighbour", "PartitionedIndex", "VolunteerIndex", "rtree_properties"
 # the distance arithmetic (about 1e-15 relative), so that rounding never drops a point.
 _REL_SLACK = 1e-9
 _ABS_SLACK_M = 1e-6
-# Beyond this latitude the reach bound degrades; such queries scan every point instead.
+# Beyond this latitude the reach bound degrades; such queries end up taking every point.
 _MAX_REACH_LAT_RAD = math.radians(89.0)
+# How far a volunteer may be from their anchor before the trees are updated (see
+# "Anchors" above): most GPS jitter and short walks stay within it, while a
+# query's extra candidates stay few (benchmarks/RESULTS.md, "Anchors").
+DEFAULT_SLACK_M = 30.0
 
 
 def rtree_properties() -> rtree_index.Property:
@@ -76,8 +93,8 @@ class Neighbour:
 
 @dataclass(slots=True)
 class _Entry:
-    # Mutable on purpose: a move rewrites the position in place. x, y are the exact
-    # coordinates inserted into the trees, which rtree needs again to delete.
+    # Mutable on purpose: a move rewrites the position in place. anchor is the point
+    # inserted into the trees, which rtree needs again to delete.
     volunteer_id: str
     lat: float
     lon: float
@@ -86,6 +103,7 @@ class _Entry:
     skills: frozenset[str]
     phi: float  # radians(lat) and its cosine, kept for the inlined haversine
     cos_phi: float
+    anchor: tuple[float, float]
 
 
 @dataclass(slots=True)
@@ -111,10 +129,13 @@ class VolunteerIndex:
     Not thread-safe; the engine uses it from one thread.
     """
 
-    __slots__ = ("_all", "_by_skill", "_entries", "_free", "_projection", "_slot_of")
+    __slots__ = ("_all", "_by_skill", "_entries", "_free", "_projection", "_slack", "_slot_of")
 
-    def __init__(self, projection: LocalProjection) -> None:
+    def __init__(self, projection: LocalProjection, *, slack_m: float = DEFAULT_SLACK_M) -> None:
+        if not slack_m >= 0.0:
+            raise ValueError(f"slack_m must be >= 0, got {slack_m}")
         self._projection = projection
+        self._slack = slack_m
         self._slot_of: dict[str, int] = {}
         self._entries: list[_Entry | None] = []
         self._free: list[int] = []
@@ -166,22 +187,25 @@ class VolunteerIndex:
             return
         entry = self._entries[slot]
         assert entry is not None
-        old_xy = (entry.x, entry.y)
-        new_xy = (x, y)
+        old_anchor = entry.anchor
+        new_anchor = old_anchor
         old_skills = entry.skills
-        if old_xy != new_xy:
-            self._all.delete(slot, old_xy)
-            self._all.insert(slot, new_xy)
+        ax, ay = old_anchor
+        if (x - ax) ** 2 + (y - ay) ** 2 > self._slack**2:  # too far from it: re-anchor
+            new_anchor = (x, y)
+            self._all.delete(slot, old_anchor)
+            self._all.insert(slot, new_anchor)
             for skill in old_skills & new_skills:
                 tree = self._by_skill[skill].tree
-                tree.delete(slot, old_xy)
-                tree.insert(slot, new_xy)
+                tree.delete(slot, old_anchor)
+                tree.insert(slot, new_anchor)
         if old_skills is not new_skills and old_skills != new_skills:
             for skill in old_skills - new_skills:
-                self._skill_remove(skill, slot, old_xy)
+                self._skill_remove(skill, slot, old_anchor)
             for skill in new_skills - old_skills:
-                self._skill_add(skill, slot, new_xy)
+                self._skill_add(skill, slot, new_anchor)
         entry.lat, entry.lon, entry.x, entry.y, entry.skills = lat, lon, x, y, new_skills
+        entry.anchor = new_anchor
         entry.phi = math.radians(lat)
         entry.cos_phi = math.cos(entry.phi)
 
@@ -192,10 +216,9 @@ class VolunteerIndex:
             return False
         entry = self._entries[slot]
         assert entry is not None
-        xy = (entry.x, entry.y)
-        self._all.delete(slot, xy)
+        self._all.delete(slot, entry.anchor)
         for skill in entry.skills:
-            self._skill_remove(skill, slot, xy)
+            self._skill_remove(skill, slot, entry.anchor)
         self._entries[slot] = None
         self._free.append(slot)
         return True
@@ -225,12 +248,12 @@ class VolunteerIndex:
         for slot, (volunteer_id, (lat, lon, skills)) in enumerate(latest.items()):
             x, y = to_xy(lat, lon)
             phi = radians(lat)
-            entries.append(_Entry(volunteer_id, lat, lon, x, y, skills, phi, cos(phi)))
+            entries.append(_Entry(volunteer_id, lat, lon, x, y, skills, phi, cos(phi), (x, y)))
             self._slot_of[volunteer_id] = slot
             for skill in skills:
                 members.setdefault(skill, []).append(slot)
         self._entries = entries
-        xy = np.array([(e.x, e.y) for e in entries if e is not None], dtype=np.float64)
+        xy = np.array([e.anchor for e in entries if e is not None], dtype=np.float64)
         self._all = _bulk_tree(np.arange(len(entries), dtype=np.int64), xy)
         for skill, slots in members.items():
             ids = np.array(slots, dtype=np.int64)
@@ -266,6 +289,7 @@ class VolunteerIndex:
             return []
         qx, qy = self._projection.to_xy(lat, lon)
         entries = self._entries
+        slack = self._slack
         limit = math.inf if radius_m is None else radius_m
         # Haversine inlined with the query's terms hoisted: the same operations in the
         # same order as haversine_m, so the distances are bit-for-bit equal to it.
@@ -274,16 +298,29 @@ class VolunteerIndex:
         sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
         diameter = 2.0 * EARTH_RADIUS_M
 
-        def rank(slots: Iterable[int]) -> tuple[list[tuple[float, str]], float]:
-            """Candidates passing the filters, ranked, and the farthest projected distance."""
-            found = []
-            seen_sq = 0.0
-            for slot in slots:
+        best: list[tuple[float, str]] = []  # the k best so far, sorted
+        ranked: set[int] = set()
+        # A point whose anchor is projected farther than this (plus the slack) cannot
+        # beat the k-th best: it is projected beyond the reach of the k-th best's distance.
+        stop_at = math.inf if limit == math.inf else self._reach_m(lat, limit)
+        n = int((k + 1) * (1.0 + slack / 25.0))  # spares usually prove the first k
+        while True:
+            slots = list(tree.nearest((qx, qy), n))
+            by_anchor = sorted(
+                ((e.anchor[0] - qx) ** 2 + (e.anchor[1] - qy) ** 2, slot)
+                for slot in slots
+                if (e := entries[slot]) is not None
+            )
+            done = len(slots) < n  # the tree holds no more points: everything is here
+            for anchor_sq, slot in by_anchor:
+                if sqrt(anchor_sq) - slack > stop_at:
+                    done = True  # this one and every later one (farther anchors) too far
+                    break
+                if slot in ranked:
+                    continue
+                ranked.add(slot)
                 e = entries[slot]
                 assert e is not None
-                dx = e.x - qx
-                dy = e.y - qy
-                seen_sq = max(seen_sq, dx * dx + dy * dy)
                 # The tree's own skill holds by construction; the others are checked here.
                 if (required and not required <= e.skills) or e.volunteer_id in exclude:
                     continue
@@ -292,30 +329,20 @@ class VolunteerIndex:
                     + cos_phi * e.cos_phi * sin(radians(e.lon - lon) * 0.5) ** 2
                 )
                 d = diameter * asin(sqrt(min(1.0, h)))
-                if d <= limit:
-                    found.append((d, e.volunteer_id))
-            found.sort()
-            return found, math.sqrt(seen_sq)
-
-        n = k + 1  # one spare point usually proves the first k complete at once
-        while True:
-            slots = list(tree.nearest((qx, qy), n))
-            found, seen_m = rank(slots)
-            if len(slots) < n:
-                break  # the tree holds no more points: everything was seen
-            bound = found[k - 1][0] if len(found) >= k else limit
-            if bound == math.inf:
-                n *= 2  # filters rejected too many; widen the candidate set
-                continue
-            reach = self._reach_m(lat, bound)
-            if reach < seen_m:
-                break  # every unseen point is projected beyond reach, so farther than bound
-            if reach == math.inf:
-                found, _ = rank(s for s, e in enumerate(entries) if e is not None)
-            else:
-                box = (qx - reach, qy - reach, qx + reach, qy + reach)
-                found, _ = rank(tree.intersection(box))
-            break
+                if d > limit or (len(best) == k and (d, e.volunteer_id) >= best[-1]):
+                    continue
+                insort(best, (d, e.volunteer_id))
+                if len(best) > k:
+                    best.pop()
+                if len(best) == k:
+                    stop_at = self._reach_m(lat, best[-1][0])
+            if done:
+                break
+            # Unseen anchors are at least as far as the farthest returned (the tree's order).
+            if by_anchor and sqrt(by_anchor[-1][0]) - slack > stop_at:
+                break
+            n *= 2
+        found = best
         return [Neighbour(vid, d) for d, vid in found[:k]]
 
     def _reach_m(self, lat: float, distance_m: float) -> float:
@@ -360,7 +387,8 @@ class VolunteerIndex:
         self, volunteer_id: str, lat: float, lon: float, x: float, y: float, skills: frozenset[str]
     ) -> None:
         phi = math.radians(lat)
-        entry = _Entry(volunteer_id, lat, lon, x, y, skills, phi, math.cos(phi))
+        xy = (x, y)
+        entry = _Entry(volunteer_id, lat, lon, x, y, skills, phi, math.cos(phi), xy)
         if self._free:
             slot = self._free.pop()
             self._entries[slot] = entry
@@ -368,7 +396,6 @@ class VolunteerIndex:
             slot = len(self._entries)
             self._entries.append(entry)
         self._slot_of[volunteer_id] = slot
-        xy = (x, y)
         self._all.insert(slot, xy)
         for skill in skills:
             self._skill_add(skill, slot, xy)
@@ -408,8 +435,12 @@ class PartitionedIndex:
     and a ``put`` that changes nothing is free.
     """
 
-    def __init__(self, projection: LocalProjection, parts: Iterable[str]) -> None:
-        self.parts: dict[str, VolunteerIndex] = {p: VolunteerIndex(projection) for p in parts}
+    def __init__(
+        self, projection: LocalProjection, parts: Iterable[str], *, slack_m: float = DEFAULT_SLACK_M
+    ) -> None:
+        self.parts: dict[str, VolunteerIndex] = {
+            p: VolunteerIndex(projection, slack_m=slack_m) for p in parts
+        }
         self._entries: dict[str, tuple[float, float, frozenset[str], str]] = {}
         self._held: dict[str, None] = {}  # insertion-ordered: the oldest hold first
         self._loading = False  # inside `loading`: the trees are built when it ends

@@ -252,3 +252,67 @@ def test_near_the_pole_the_index_falls_back_to_a_full_scan_and_stays_exact() -> 
     for _ in range(30):
         lat, lon = rng.uniform(88.5, 90.0), rng.uniform(100.0, 140.0)
         assert index.nearest(lat, lon, 3) == brute_force(model, lat, lon, 3)
+
+
+@pytest.mark.parametrize("slack_m", [0.0, 50.0, 3_000.0])
+@settings(max_examples=120, deadline=None)
+@given(
+    initial=st.lists(volunteer, min_size=1, max_size=60),
+    # Small moves (up to ~150 m): most stay near a volunteer's anchor, some leave it.
+    jitters=st.lists(
+        st.tuples(
+            st.integers(0, 59), st.floats(-0.0015, 0.0015), st.floats(-0.0015, 0.0015), skill_sets
+        ),
+        max_size=80,
+    ),
+    queries=st.lists(query, min_size=1, max_size=5),
+)
+def test_anchored_points_stay_exact_under_small_moves(
+    slack_m: float,
+    initial: list[tuple[tuple[float, float], frozenset[str]]],
+    jitters: list[tuple[int, float, float, frozenset[str]]],
+    queries: list[dict[str, object]],
+) -> None:
+    """Moves near the anchor and away from it, skill changes with them: every answer
+    still equals the brute force on the current positions, whatever the slack."""
+    index = VolunteerIndex(PROJECTION, slack_m=slack_m)
+    model: dict[str, Position] = {}
+    apply(index, model, [("put", i, v) for i, v in enumerate(initial)])
+    for i, dlat, dlon, skills in jitters:
+        vid = f"v{i % len(initial):02d}"
+        lat, lon, _ = model[vid]
+        index.put(vid, lat + dlat, lon + dlon, skills)
+        model[vid] = (lat + dlat, lon + dlon, skills)
+    for q in queries:
+        (lat, lon) = q["at"]  # type: ignore[misc]
+        kwargs = {key: q[key] for key in ("skills", "radius_m", "exclude")}
+        expected = brute_force(model, lat, lon, q["k"], **kwargs)  # type: ignore[arg-type]
+        assert index.nearest(lat, lon, q["k"], **kwargs) == expected  # type: ignore[arg-type]
+
+
+def tree_boxes(index: VolunteerIndex) -> list[tuple[float, ...]]:
+    """What the tree of all volunteers holds (white box: the move's cost is what is tested)."""
+    tree = index._all
+    return sorted(tuple(item.bbox) for item in tree.intersection(tree.bounds, objects=True))
+
+
+def test_a_move_near_the_anchor_leaves_the_trees_alone_and_a_longer_one_reanchors() -> None:
+    index = VolunteerIndex(PROJECTION, slack_m=50.0)
+    index.put("a", 30.2913, 120.2145, {"aed"})
+    index.put("b", 30.30, 120.25)
+    anchored = tree_boxes(index)
+    index.put("a", 30.2915, 120.2146, {"aed"})  # ~24 m: within the 50 m slack
+    assert tree_boxes(index) == anchored
+    assert index.position("a") == (30.2915, 120.2146)
+    near = index.nearest(30.2915, 120.2146, 1, skills={"aed"})
+    assert near == [Neighbour("a", 0.0)]
+    index.put("a", 30.2935, 120.2145, {"aed"})  # ~245 m north: out of it
+    moved = tree_boxes(index)
+    assert moved != anchored
+    x, y = PROJECTION.to_xy(30.2935, 120.2145)
+    assert (x, y, x, y) in moved
+
+
+def test_a_negative_slack_is_refused() -> None:
+    with pytest.raises(ValueError, match="slack_m must be >= 0"):
+        VolunteerIndex(PROJECTION, slack_m=-1.0)
