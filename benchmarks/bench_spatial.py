@@ -111,14 +111,21 @@ def run_size(
                 (rng.uniform(-step_m, step_m), rng.uniform(-step_m, step_m)) for _ in range(queries)
             ]
 
-            def move_ours(i: int) -> None:
+            def move_ours(
+                i: int,
+                index: VolunteerIndex = ours,
+                offsets: list[tuple[float, float]] = offsets,
+                homes: list[tuple[float, float]] = pos,
+            ) -> None:
                 j = movers[i]
-                x, y = pos[j][0] + offsets[i][0], pos[j][1] + offsets[i][1]
-                ours.put(f"v{j}", *proj.to_latlon(x, y), skills[j])
+                x, y = homes[j][0] + offsets[i][0], homes[j][1] + offsets[i][1]
+                index.put(f"v{j}", *proj.to_latlon(x, y), skills[j])
 
             m50, m99 = timed(move_ours, queries)
-            q50, q99 = timed(lambda i: ours.nearest(*q_latlon[i], K), queries)
-            q50s, q99s = timed(lambda i: ours.nearest(*q_latlon[i], K, skills=("aed",)), queries)
+            q50, q99 = timed(lambda i, index=ours: index.nearest(*q_latlon[i], K), queries)
+            q50s, q99s = timed(
+                lambda i, index=ours: index.nearest(*q_latlon[i], K, skills=("aed",)), queries
+            )
             rows.append(
                 Row(
                     n,
