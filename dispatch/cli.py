@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
     gateway.add_argument("--instance", help="this gateway's name, unique among gateways")
     gateway.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    gateway.add_argument(
+        "--metrics-http",
+        help="HOST:PORT to serve this gateway's /metrics and /healthz, e.g. 127.0.0.1:9109 "
+        "(default: [gateway] metrics_http; not served when empty)",
+    )
     demo = sub.add_parser(
         "demo",
         help="run the engine with simulated volunteers and incidents on throwaway servers",
@@ -136,7 +141,11 @@ def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
         ("instance", "engine.instance"),
         ("log_level", "engine.log_level"),
         ("postgres", "postgres.url"),
-        ("metrics_http", "postgres.metrics_http"),
+        # The writer's or the gateway's own /metrics, whichever this command runs.
+        (
+            "metrics_http",
+            "gateway.metrics_http" if args.command == "gateway" else "postgres.metrics_http",
+        ),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -173,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "run":
-        return _run(config)
+        return _run(config, address=f"{config.http_host}:{config.http_port}")
     if args.command == "gateway":
-        return _run(config, gateway=True)
+        return _run(config, address=config.gateway_metrics_http, gateway=True)
     if args.command == "archive":
         if not config.postgres_url:
             print(
@@ -184,11 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _run(config, archive_only=True)
+        return _run(config, address=config.postgres_metrics_http, archive_only=True)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
-def _run(config: Config, *, archive_only: bool = False, gateway: bool = False) -> int:
+def _run(config: Config, *, address: str, archive_only: bool = False, gateway: bool = False) -> int:
+    """Run a command until SIGTERM or SIGINT; ``address``: the HOST:PORT it listens on."""
+
     async def start() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -210,9 +221,6 @@ def _run(config: Config, *, archive_only: bool = False, gateway: bool = False) -
     try:
         runner(start())
     except OSError as exc:  # the HTTP port is taken, most often
-        print(
-            f"dispatch: cannot listen on {config.http_host}:{config.http_port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        print(f"dispatch: cannot listen on {address}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0

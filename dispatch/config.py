@@ -120,6 +120,7 @@ class Config:
     gateway_group: str = "gateways"
     gateway_flush_s: float = 0.025
     gateway_max_moves: int = 250
+    gateway_metrics_http: str = ""  # `dispatch gateway`: where its /metrics is ("": none)
     kinds: Mapping[Kind, KindDefaults] = field(default_factory=lambda: MappingProxyType({}))
     # [area] subdistricts: the deployment's own subdistrict areas (geo.subdistricts); None:
     # none, and reports by subdistrict say so. subdistrict_name: their name property.
@@ -302,6 +303,22 @@ def _host_port(value: Any) -> str:
     return value
 
 
+def _metrics_address(value: Any) -> str:
+    """Where a process of its own serves /metrics and /healthz; "" for nowhere."""
+    if value == "":
+        return ""
+    try:
+        address = _host_port(value)
+    except ValueError:
+        raise ValueError(
+            'HOST:PORT to serve /metrics and /healthz on, for example "127.0.0.1:9109", '
+            'or "" for none (flag --metrics-http)'
+        ) from None
+    if address.rpartition(":")[2].lstrip("0") == "":
+        raise ValueError("a port from 1 to 65535: Prometheus must know where to scrape")
+    return address
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in allowed:
@@ -429,6 +446,7 @@ KEYS: tuple[Key, ...] = (
     Key("gateway", "group", "gateways", lambda v: _share_group(v), "gateway_group"),
     Key("gateway", "flush_s", 0.025, lambda v: _float_range(0.001, 1.0)(v), "gateway_flush_s"),
     Key("gateway", "max_moves", 250, _int_range(1, 350), "gateway_max_moves"),
+    Key("gateway", "metrics_http", "", lambda v: _metrics_address(v), "gateway_metrics_http"),
     Key("cluster", "enabled", False, lambda v: _flag(v), "cluster_enabled"),
     Key("cluster", "lease_s", 5.0, _positive, "cluster_lease_s"),
     Key("cluster", "reclaim_idle_s", 5.0, _positive, "cluster_reclaim_idle_s"),
@@ -442,13 +460,7 @@ KEYS: tuple[Key, ...] = (
     Key("postgres", "timeout_s", 5.0, _positive, "postgres_timeout_s"),
     Key("postgres", "retry_s", 2.0, _positive, "postgres_retry_s"),
     Key("postgres", "batch", 200, _int_range(1, 10_000), "postgres_batch"),
-    Key(
-        "postgres",
-        "metrics_http",
-        "",
-        lambda v: v if v == "" else _host_port(v),
-        "postgres_metrics_http",
-    ),
+    Key("postgres", "metrics_http", "", lambda v: _metrics_address(v), "postgres_metrics_http"),
 )
 
 _KINDS = _kind_table(

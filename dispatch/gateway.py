@@ -19,6 +19,9 @@ While Redis is down, batches still reach the engine (its index stays current) an
 positions are kept, newest first, and written once Redis answers. A gateway that dies
 loses what it held (at most one ``flush_s`` of QoS 0 locations); the broker gives its
 share to the others.
+
+Its figures (`GatewayMetrics`) and `health` are served on ``[gateway] metrics_http``
+(``--metrics-http``) as /metrics and /healthz.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dispatch.bus import Bus
 from dispatch.codec import Codec
@@ -36,6 +40,7 @@ from dispatch.config import Config
 from dispatch.effects import SavePosition
 from dispatch.engine import mask_numbers
 from dispatch.errors import BackendUnavailable, BadMessage
+from dispatch.metrics import GatewayMetrics
 from dispatch.model import LocationUpdate
 from dispatch.moves import Move, encode_moves, split
 from dispatch.service import moves_topic, retained_error
@@ -48,6 +53,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger(__name__)
 
 _STATS_S = 60.0  # how often a gateway logs what it did
+_PING_S = 1.0  # /healthz waits this long for Redis before saying it does not answer
 
 
 class Gateway:
@@ -60,6 +66,7 @@ class Gateway:
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
         area: ServiceArea | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -99,6 +106,49 @@ class Gateway:
         self.rejected = 0
         self.batches = 0
         self.moves = 0
+        self.metrics = metrics or GatewayMetrics()
+        self._watch(self.metrics)
+
+    def _watch(self, metrics: GatewayMetrics) -> None:
+        """The counts kept per location, read by the metrics when scraped."""
+        metrics.count(
+            "dispatch_gateway_locations_received",
+            "Locations received from volunteers (accepted or rejected)",
+            lambda: self.received,
+        )
+        metrics.count(
+            "dispatch_gateway_locations_shed",
+            "Locations dropped unread because more than 5,000 were waiting (the gateway "
+            "was behind; newer ones from the same volunteers follow)",
+            lambda: self.bus.shed,
+        )
+        metrics.count(
+            "dispatch_gateway_moves_published",
+            "Moves (one volunteer's newest position each) published to the engine",
+            lambda: self.moves,
+        )
+        metrics.count(
+            "dispatch_gateway_batches_published",
+            "Batches of moves published to the engine on <root>/internal/moves",
+            lambda: self.batches,
+        )
+        metrics.unsaved.set_function(lambda: len(self._unsaved))
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while connected to the broker; whether Redis answers is said, not
+        required (batches reach the engine without it, positions wait)."""
+        try:
+            redis = await asyncio.wait_for(self.store.ping(), _PING_S)
+        except TimeoutError:
+            redis = False
+        broker = self.bus.ready.is_set()
+        return broker, {
+            "broker": broker,
+            "redis": redis,
+            "unsaved_positions": len(self._unsaved),
+            "received": self.received,
+            "batches": self.batches,
+        }
 
     # ------------------------------------------------------------------ running
 
@@ -192,8 +242,10 @@ class Gateway:
     def reject(self, err: BadMessage, now: float) -> None:
         """Answer a bad location on ``rejected``, with the payload the engine would send."""
         self.rejected += 1
+        self.metrics.rejected.labels(reason=err.code).inc()
         log.info("rejected message on %s: %s (%s)", err.topic, err.code, mask_numbers(err.reason))
-        self._send(Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), 1))
+        answer = Publish(self.codec.topic("rejected"), self.codec.rejected_payload(err, now), 1)
+        self._send(answer, "rejected")
 
     # ------------------------------------------------------------------ outbound
 
@@ -208,26 +260,36 @@ class Gateway:
             return
         moves, self._pending = self._pending, {}
         unsaved = {**self._unsaved, **moves}
+        metrics = self.metrics
+        started = time.perf_counter()
         try:
             await self.store.save_positions(
                 SavePosition(vid, lat, lon, t) for vid, lat, lon, _, t in unsaved.values()
             )
+            metrics.redis_write.observe(time.perf_counter() - started)
             self._unsaved = {}
         except BackendUnavailable as exc:
+            metrics.redis_failures.inc()
             if not self._unsaved:
                 log.warning("positions not stored (%s); the engine still gets them", exc)
             self._unsaved = unsaved
         for chunk in split(list(moves.values()), self.max_moves):
-            self._send(Publish(self.topic, encode_moves(chunk), 1))
-            self.batches += 1
-            self.moves += len(chunk)
+            if self._send(Publish(self.topic, encode_moves(chunk), 1), "moves"):
+                self.batches += 1
+                self.moves += len(chunk)
+                metrics.batch_moves.observe(len(chunk))
+                # In arrival order: the first move waited longest.
+                metrics.held.observe(max(0.0, self.clock() - chunk[0][4]))
 
-    def _send(self, message: Publish) -> None:
+    def _send(self, message: Publish, what: str) -> bool:
         try:
             self.bus.send(message)
         except BackendUnavailable as exc:
             # Not connected: the locations are replaced by the next ones in seconds.
+            self.metrics.publish_failures.labels(topic=what).inc()
             log.warning("publish to %s failed: %s", message.topic, exc)
+            return False
+        return True
 
 
 def _nothing_urgent(_topic: str) -> bool:

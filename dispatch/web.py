@@ -1107,18 +1107,30 @@ def archiver_app(archiver: Archiver, metrics: Metrics) -> web.Application:
     lag, as on the engine's /metrics) and ``/healthz`` (503 until its tables are up to
     date and its consumer group exists)."""
 
+    async def health() -> tuple[bool, dict[str, Any]]:
+        ready = archiver.ready.is_set()
+        return ready, {"ready": ready, "archived": archiver.archived, "lag_s": archiver.lag_s()}
+
+    return metrics_app(metrics.render, health)
+
+
+def metrics_app(
+    render: Callable[[], bytes], health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+) -> web.Application:
+    """What a process beside the engine (``dispatch archive``, ``dispatch gateway``) serves
+    on its ``metrics_http``: ``/metrics`` (``render``) and ``/healthz``, whose JSON body is
+    ``health``'s, with 200 when it says healthy and 503 otherwise."""
+
     async def metrics_route(request: web.Request) -> web.Response:
         return web.Response(
-            body=metrics.render(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            body=render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
-    async def health(request: web.Request) -> web.Response:
-        ready = archiver.ready.is_set()
-        body = {"ready": ready, "archived": archiver.archived, "lag_s": archiver.lag_s()}
-        return _json(body, 200 if ready else 503)
+    async def health_route(request: web.Request) -> web.Response:
+        healthy, body = await health()
+        return _json(body, 200 if healthy else 503)
 
     app = web.Application(client_max_size=1024)
     app.router.add_get("/metrics", metrics_route)
-    app.router.add_get("/healthz", health)
+    app.router.add_get("/healthz", health_route)
     return app

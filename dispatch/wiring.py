@@ -5,7 +5,8 @@ A single engine is a `Service` with the single-instance ports (dispatch/engine.p
 store and a `Cluster` plugged into its ports: a different set of collaborators, not
 branches in the code that uses them. `serve` adds the HTTP port and, with ``[postgres]
 url``, the archiver (dispatch/archiver.py) as a task of its own beside the engine;
-`archive` runs the archiver alone (``dispatch archive``). The command line
+`archive` runs the archiver alone (``dispatch archive``), `run_gateway` a location gateway
+(``dispatch gateway``), each with its /metrics on ``metrics_http``. The command line
 (dispatch/cli.py), the demo and the tests start the engine through them.
 """
 
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from dispatch.gateway import Gateway
 from dispatch.metrics import Metrics
 from dispatch.service import Service
 from dispatch.store import Store
-from dispatch.web import archiver_app, listen, make_app
+from dispatch.web import archiver_app, listen, make_app, metrics_app
 from geo.area import ServiceArea
 
 __all__ = ["archive", "build", "build_archiver", "run_gateway", "serve"]
@@ -74,29 +75,47 @@ def build_archiver(config: Config, metrics: Metrics | None = None) -> Archiver:
 async def archive(config: Config, stop: asyncio.Event) -> None:
     """The archiver alone, until ``stop`` is set (``dispatch archive``); with ``[postgres]
     metrics_http``, its /metrics and /healthz on that port."""
-    metrics = Metrics() if config.postgres_metrics_http else None
+    address = config.postgres_metrics_http
+    metrics = Metrics() if address else None
     archiver = build_archiver(config, metrics)
-    runner: web.AppRunner | None = None
-    server = None
-    if metrics is not None:
-        runner = web.AppRunner(archiver_app(archiver, metrics), access_log=None)
-        await runner.setup()
-        host, _, port = config.postgres_metrics_http.rpartition(":")
-        server = await listen(runner, host.strip("[]"), int(port), config.header_timeout_s)
-        log.info("archive: metrics on http://%s/metrics", config.postgres_metrics_http)
+    app = archiver_app(archiver, metrics) if metrics is not None else None
     try:
-        await archiver.run(stop)
+        async with _serving(app, address, config, "archive"):
+            await archiver.run(stop)
     finally:
-        if server is not None and runner is not None:
-            server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.cleanup(), 5)
         await archiver.archive.close()
         await archiver.store.close()
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    app: web.Application | None, address: str, config: Config, who: str
+) -> AsyncIterator[None]:
+    """``app`` (a `metrics_app`) served on ``address`` (HOST:PORT) while inside; nothing
+    when ``app`` is None."""
+    if app is None:
+        yield
+        return
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = address.rpartition(":")
+    try:
+        server = await listen(runner, host.strip("[]"), int(port), config.header_timeout_s)
+    except OSError:
+        await runner.cleanup()
+        raise
+    log.info("%s: metrics on http://%s/metrics", who, address)
+    try:
+        yield
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.cleanup(), 5)
+
+
 async def run_gateway(config: Config, stop: asyncio.Event) -> None:
-    """One location gateway, until ``stop`` is set (``dispatch gateway``)."""
+    """One location gateway, until ``stop`` is set (``dispatch gateway``); with ``[gateway]
+    metrics_http``, its /metrics and /healthz on that port."""
     if not config.gateway_enabled:
         log.warning(
             "this config has [gateway] enabled = false: an engine started with it reads "
@@ -110,7 +129,10 @@ async def run_gateway(config: Config, stop: asyncio.Event) -> None:
         config.mqtt_url.split("@")[-1],
         config.topic_root,
     )
-    await gateway.run(stop)
+    address = config.gateway_metrics_http
+    app = metrics_app(gateway.metrics.render, gateway.health) if address else None
+    async with _serving(app, address, config, "gateway"):
+        await gateway.run(stop)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:

@@ -549,6 +549,14 @@ def test_only_gateways_publish_moves_and_a_gateway_works_through_its_account(
                 f"{ROOT}/volunteers/vol-gw/location", {"lat": lat + 0.0005, "lon": lon}, qos=0
             )
             batches.wait_for(lambda m: b"vol-gw" in m.payload, what="(the gateway's batch)")
+
+            # A report may overtake a batch the engine has received but not yet applied
+            # (reports first): wait until the map shows the gateway's position.
+            def moved() -> bool:
+                view = engine.get("/api/volunteers", token=TOKEN).json["volunteers"]
+                return any(v["id"] == "vol-gw" and abs(v["lat"] - lat) < 0.003 for v in view)
+
+            assert eventually(moved)
             rep.publish(
                 f"{ROOT}/incidents/report", {"id": iid, "kind": "medical", "lat": lat, "lon": lon}
             )
