@@ -324,6 +324,8 @@ class VolunteerIndex:
                 # The tree's own skill holds by construction; the others are checked here.
                 if (required and not required <= e.skills) or e.volunteer_id in exclude:
                     continue
+                if (e.x - qx) ** 2 + (e.y - qy) ** 2 > stop_at * stop_at:
+                    continue  # projected beyond reach: cannot beat the k-th best (cheap test)
                 h = (
                     sin((e.phi - phi) * 0.5) ** 2
                     + cos_phi * e.cos_phi * sin(radians(e.lon - lon) * 0.5) ** 2
