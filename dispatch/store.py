@@ -822,6 +822,15 @@ class Store:
         """The volunteer's subscriptions, as stored (JSON)."""
         return [bytes(v) for v in await self.redis.hvals(self._k("push", volunteer_id))]
 
+    @_redis_errors
+    async def push_subscriptions_of(self, volunteer_ids: Sequence[str]) -> list[list[bytes]]:
+        """The subscriptions of each volunteer, in order, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for volunteer_id in volunteer_ids:
+                pipe.hvals(self._k("push", volunteer_id))
+            found = await pipe.execute()
+        return [[bytes(v) for v in values] for values in found]
+
 
 def _settings(raw: bytes | None) -> Mapping[str, Any]:
     """A volunteer's settings as stored (a JSON object); empty if absent or unreadable."""

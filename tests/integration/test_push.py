@@ -418,3 +418,64 @@ async def test_only_push_services_are_taken_as_endpoints(
                 assert await stored.hlen(f"{topic_root}:push:{vid}") == 0
         finally:
             await stored.aclose()
+
+
+async def test_a_wave_s_subscriptions_are_looked_up_together_and_each_pushed(
+    redis_url: str,
+) -> None:
+    """Alerts queued together (a wave) are looked up in one round trip: each subscribed
+    volunteer gets theirs, one without a subscription gets nothing, a stale one none."""
+    from dispatch.codec import Codec
+    from dispatch.config import load_config
+    from dispatch.effects import SendAlert
+    from dispatch.metrics import Metrics
+    from dispatch.push import Pusher
+
+    prefix = f"push-wave-{os.getpid()}:"
+    store = Store.from_url(redis_url, prefix=prefix)
+    config = load_config(overrides={"push.allow_loopback": True})
+    metrics = Metrics()
+    pusher = Pusher(config, store, Codec(), metrics)
+    now = pusher.clock()
+
+    def alert(vid: str, expires_in: float) -> SendAlert:
+        return SendAlert(
+            "inc-w", vid, f"a-{vid}", "fire", 1, *XIAOYING, "", 100.0, 60.0,
+            now + expires_in, "", 1, (), 60,
+        )  # fmt: skip
+
+    async with push_service() as pushes:
+        browsers = {vid: Browser(f"{pushes.base}/push/{vid}") for vid in ("va", "vc", "vd")}
+        for vid, browser in browsers.items():
+            record = orjson.dumps(browser.subscription())
+            await store.add_push_subscription(vid, browser.endpoint, record, now, 5)
+        lookups = []
+        looked_up = store.push_subscriptions_of
+
+        async def counted(ids: Any) -> Any:
+            lookups.append(list(ids))
+            return await looked_up(ids)
+
+        store.push_subscriptions_of = counted  # type: ignore[method-assign]
+        # Queued before the workers start: they find the whole wave waiting.
+        for vid, expires_in in (("va", 60), ("vb", 60), ("vc", 60), ("vd", -1)):
+            pusher.alert(alert(vid, expires_in))
+        worker = asyncio.create_task(pusher.run())
+        try:
+            received = await pushes.wait(2)
+            await asyncio.wait_for(pusher.queue.join(), 10)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        assert sorted(r.path for r in received) == ["/push/va", "/push/vc"]
+        for r in received:
+            vid = r.path.rsplit("/", 1)[1]
+            assert browsers[vid].decrypt(r.body)["alert_id"] == f"a-{vid}"
+        # One trip for the wave (a worker takes all it finds); the stale one is not looked up.
+        assert sorted(vid for trip in lookups for vid in trip) == ["va", "vb", "vc"]
+        assert len(lookups) == 1, lookups
+        assert metrics.push_sent.labels(outcome="expired")._value.get() == 1
+    for vid in browsers:
+        await store.redis.delete(f"{prefix}push:{vid}", f"{prefix}pushat:{vid}")
+    await store.close()
