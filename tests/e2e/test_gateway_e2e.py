@@ -77,6 +77,23 @@ def _arrived(field: Field, vid: str, lat: float, lon: float, timeout: float = 5.
     field.all.wait_for(pred, timeout, f"(a batch of moves with {vid} at its new position)")
 
 
+def _applied(engine: Engine, vid: str, lat: float, lon: float) -> None:
+    """Wait until the engine has applied the move: a batch on the broker may still wait in
+    the engine while a report overtakes it (reports first). The map's positions are
+    coarse (100 m squares), enough to tell the moves here from the statuses."""
+
+    deadline = time.monotonic() + 5
+    while True:
+        view = engine.get("/api/volunteers", token=engine.token).json["volunteers"]
+        if any(
+            v["id"] == vid and abs(v["lat"] - lat) < 0.002 and abs(v["lon"] - lon) < 0.002
+            for v in view
+        ):
+            return
+        assert time.monotonic() < deadline, f"the engine never applied {vid}'s move"
+        time.sleep(0.05)
+
+
 def _stored_position(engine: Engine, vid: str) -> tuple[float, float, float] | None:
     with redis.Redis.from_url(engine.redis_url, socket_timeout=5) as client:
         raw = client.get(f"{engine.topic_root}:pos:{vid}")
@@ -108,6 +125,8 @@ def test_locations_through_two_gateways_reach_the_index(
         field.location(vid, *offset(*CENTER, 5000, i * 9))
     _arrived(field, near, *near_pos)
     _arrived(field, far, *far_pos)
+    _applied(engine, near, *near_pos)
+    _applied(engine, far, *far_pos)
     # The batches are compact arrays of [id, lat, lon, accuracy, t], one move per volunteer.
     batches = field.all.all(lambda m: m.topic == field.t("internal", "moves"))
     for m in batches:
@@ -231,6 +250,7 @@ def test_restart_reads_gateway_positions_and_one_gateway_killed(
     far_pos = offset(*CENTER, 80, 300)
     field.location(far, *far_pos, accuracy_m=5)
     _arrived(field, far, *far_pos)
+    _applied(engine, far, *far_pos)
     iid2 = uid("gwinc")
     field.report({"id": iid2, "kind": "medical", "lat": CENTER[0], "lon": CENTER[1]})
     assert field.wait_alert(far, iid2)["distance_m"] == pytest.approx(80, abs=1)
