@@ -15,8 +15,6 @@ existing subscription as an ordinary message (the flag is cleared, MQTT 3.1.1
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import socket
 import time
@@ -26,9 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from paho.mqtt.client import MQTT_ERR_SUCCESS
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -301,7 +297,6 @@ class Bus:
         if type(sock) is socket.socket:  # plain TCP (not TLS, not websockets)
             buffered = _BufferedSocket(sock)
             paho._sock = buffered
-            _gather_writes(paho, buffered)
 
         fd = sock.fileno()
         paused = False
@@ -392,33 +387,8 @@ class Bus:
             raise BackendUnavailable("mqtt", f"publish to {message.topic} failed: {exc}") from exc
 
 
-def _gather_writes(paho: mqtt.Client, buffered: _BufferedSocket) -> None:
-    """Make each of paho's write passes one ``send`` (`_BufferedSocket.send`).
-
-    paho writes every queued packet with a ``send`` of its own: the alerts, states and
-    events one report decides went out as ten or more system calls, 12 % of the
-    engine's time at 100 reports/s (py-spy, benchmarks/RESULTS.md). During a pass
-    the socket takes what paho hands it, and sends it all at the end; what the kernel
-    does not take yet is sent first when the socket is writable again.
-    """
-    write_pass = functools.partial(type(paho).loop_write, paho)  # the class's, never a wrapper
-
-    def loop_write() -> MQTTErrorCode:
-        buffered.gathering = True
-        try:
-            return write_pass()
-        finally:
-            buffered.gathering = False
-            # An error sending is raised to aiomqtt's writer, which drops the link.
-            if buffered.flush():
-                paho._call_socket_register_write()  # the rest when writable again
-
-    paho.loop_write = loop_write  # type: ignore[method-assign]
-
-
 class _BufferedSocket:
-    """A socket whose small reads are served from one large one, and whose writes
-    during one of paho's write passes go out as one (`_gather_writes`).
+    """A socket whose small reads are served from one large one.
 
     paho reads each packet with three or four ``recv`` calls (its type, each byte of its
     length, its body): a system call each, 12 % of the engine's time under a herd. This
@@ -426,41 +396,12 @@ class _BufferedSocket:
     socket's own.
     """
 
-    __slots__ = ("_buf", "_out", "_pos", "_sock", "gathering")
+    __slots__ = ("_buf", "_pos", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
-        self._out = bytearray()  # taken from paho, not yet taken by the kernel
-        self.gathering = False
-
-    def send(self, data: bytes | bytearray | memoryview) -> int:
-        """All of ``data``, kept for `flush` while gathering (or while earlier bytes
-        wait: they must leave first); otherwise the socket's own send."""
-        if self.gathering or self._out:
-            self._out += data
-            return len(data)
-        return self._sock.send(data)
-
-    def flush(self) -> bool:
-        """Send what was kept, as far as the kernel takes it now; True if some is left."""
-        out = self._out
-        if not out:
-            return False
-        try:
-            sent = self._sock.send(out)
-        except BlockingIOError:
-            return True
-        del out[:sent]
-        return bool(out)
-
-    def close(self) -> None:
-        """paho closes right after writing a DISCONNECT: send what was kept first."""
-        with contextlib.suppress(OSError):
-            self.flush()
-        self._out.clear()  # whatever the kernel would not take now is lost with the link
-        self._sock.close()
 
     @property
     def buffered(self) -> int:

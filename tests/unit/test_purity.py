@@ -246,9 +246,6 @@ PRIVATE_REACHES_ALLOWED = frozenset(
         # small reads come from one large one (paho has no public way to set it).
         ("dispatch/bus.py", "client._disconnected"),
         ("dispatch/bus.py", "paho._sock"),
-        # ... and makes each of paho's write passes one send: what the kernel did not
-        # take is sent when writable again, which only paho's own hook can ask for.
-        ("dispatch/bus.py", "paho._call_socket_register_write"),
     }
 )
 
