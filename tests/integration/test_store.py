@@ -185,6 +185,8 @@ async def test_backend_down_is_reported_as_such() -> None:
             await dead.admit("x", "fp")
         with pytest.raises(BackendUnavailable):
             await dead.save_positions([SavePosition("v1", 30.25, 120.17, 1000.0)])
+        with pytest.raises(BackendUnavailable):
+            await dead.volunteers()
     finally:
         await dead.close()
 
@@ -240,6 +242,13 @@ async def test_volunteers_are_read_in_chunks_with_their_profiles(store: Store) -
     # has none) x 3 modes x 2 settings
     assert len({id(p) for c in chunks for p in c.profiles}) == 18
     assert {v.volunteer_id for v in await store.volunteers()} == set(got)
+    # a reader that stops half way leaves no answer behind for the store's next command
+    reading = store.volunteer_chunks(chunk=16)
+    first = await anext(reading)
+    await reading.aclose()
+    assert len(first) >= 16
+    assert await store.redis.get("t:volunteers-not") == b"a key the scan must not take"
+    assert len(await store.volunteers()) == 200
 
 
 async def test_an_incidents_history_comes_from_its_index_not_a_scan_of_the_log(
