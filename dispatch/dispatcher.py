@@ -1717,10 +1717,9 @@ class Dispatcher:
         """`restore_volunteer` for each of ``stored`` in turn, to the same effect, in
         bulk (a restart brings back up to a million): each distinct profile is decoded
         once, and the volunteers not known yet are made whole and added in one step."""
-        decoded = [_decode_profile(p) for p in stored.profiles]
+        profiles = [_decode_profile(p) for p in stored.profiles]
         known = self.volunteers
         add = self.roster.add_restored
-        off_duty = Duty.OFF_DUTY
         for vid, k, position in zip(stored.ids, stored.profile_of, stored.positions, strict=True):
             if vid in known:  # given twice, or heard from already: one at a time
                 p = stored.profiles[k]
@@ -1734,21 +1733,19 @@ class Dispatcher:
                     now=now,
                 )
                 continue
-            duty, skills, mode, receipts, budget, quiet = decoded[k]
-            volunteer = Volunteer(
-                vid,
-                duty,
-                skills,
-                mode,
-                receipts=receipts,
-                max_alerts_per_day=budget,
-                quiet_hours=quiet,
-            )
-            if position is not None and duty is not off_duty:
-                volunteer.lat, volunteer.lon, volunteer.seen_at = position
+            duty, skills, mode, receipts, budget, quiet, located, settled = profiles[k]
+            if position is not None and located:
+                lat, lon, at = position
+                volunteer = Volunteer(
+                    vid, duty, skills, mode, lat, lon, at, None, None, receipts, budget, quiet
+                )
+            else:
+                volunteer = Volunteer(
+                    vid, duty, skills, mode, None, None, None, None, None, receipts, budget, quiet
+                )
             add(volunteer)
-            if now is not None and (budget is not None or quiet is not None):
-                self._rest(volunteer, now)  # neither: never resting, no timer (_resting_until)
+            if now is not None and not settled:
+                self._rest(volunteer, now)
 
     def restore_incident(self, record: Mapping[str, Any]) -> list[Effect]:
         """Rebuild one incident and its timers after a restart. Call after the volunteers.
@@ -1961,18 +1958,23 @@ def _settings(volunteer: Volunteer) -> dict[str, Any]:
 
 def _decode_profile(
     p: StoredProfile,
-) -> tuple[Duty | None, frozenset[str], Mode, bool, int | None, tuple[int, int] | None]:
-    """A stored profile as `restore_volunteer` reads it: duty, skills, mode, and the
-    settings as `_apply_settings` sets them (receipts, alert budget, quiet hours)."""
+) -> tuple[Duty | None, frozenset[str], Mode, bool, int | None, tuple[int, int] | None, bool, bool]:
+    """A stored profile as `restore_volunteer` reads it: duty, skills, mode, the settings
+    as `_apply_settings` sets them (receipts, alert budget, quiet hours); then whether a
+    stored position is kept (not off duty) and whether the volunteer can never be
+    resting just restored (neither budget nor quiet hours: `_resting_until`)."""
     settings = Volunteer("")
     _apply_settings(settings, p.settings)
+    duty = Duty(p.duty) if p.duty else None
     return (
-        Duty(p.duty) if p.duty else None,
+        duty,
         frozenset(p.skills),
         Mode(p.mode),
         settings.receipts,
         settings.max_alerts_per_day,
         settings.quiet_hours,
+        duty is not Duty.OFF_DUTY,
+        settings.max_alerts_per_day is None and settings.quiet_hours is None,
     )
 
 
