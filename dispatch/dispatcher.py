@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -441,6 +442,8 @@ class Dispatcher:
         volunteer = self.volunteers[c.volunteer_id]
         self.roster.hold(volunteer, alert.alert_id)
         if volunteer.max_alerts_per_day is not None:
+            if volunteer.alerted_at is None:
+                volunteer.alerted_at = deque()
             volunteer.alerted_at.append(now)
             self._rest(volunteer, now)
         if volunteer.receipts:
@@ -645,7 +648,7 @@ class Dispatcher:
             volunteer.quiet_hours = msg.quiet_hours
         if "max_alerts_per_day" in msg.cleared:
             volunteer.max_alerts_per_day = None
-            volunteer.alerted_at.clear()
+            volunteer.alerted_at = None
         if "quiet_hours" in msg.cleared:
             volunteer.quiet_hours = None
         effects.append(
@@ -1926,7 +1929,7 @@ def _resting_until(volunteer: Volunteer, now: float) -> tuple[float | None, floa
     """(until when the volunteer must not be alerted, or None; when quiet hours begin next)."""
     until: float | None = None
     if volunteer.max_alerts_per_day is not None:
-        recent = volunteer.alerted_at
+        recent = volunteer.alerted_at or deque()
         while recent and recent[0] <= now - _DAY_S:
             recent.popleft()
         if len(recent) >= volunteer.max_alerts_per_day:

@@ -51,7 +51,9 @@ class Volunteer:
     receipts: bool = False
     max_alerts_per_day: int | None = None
     quiet_hours: tuple[int, int] | None = None
-    alerted_at: deque[float] = field(default_factory=deque)  # alerts in the last 24 h
+    # Alerts in the last 24 h, kept while the volunteer has a budget (None until the
+    # first: an empty deque is 600 bytes, and a restart makes a million volunteers).
+    alerted_at: deque[float] | None = None
     resting_until: float | None = None  # over budget or in quiet hours until then
     offline_since: float | None = None
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
