@@ -548,6 +548,17 @@ def test_restoring_in_bulk_comes_to_the_same_as_one_at_a_time(area: ServiceArea)
     assert nearest == one_by_one.roster.index.nearest("walk", LAT, LON, 5, skills=["first_aid"])
     assert nearest  # the bulk loaded trees answer
 
+    # A read that failed half way is retried from the start, into the index as it is
+    # (no bulk load: it has volunteers): the same outcome again.
+    retried = make(area)
+    half = StoredVolunteers(stored.ids[:30], stored.profile_of[:30], stored.positions[:30])
+    half.profiles = profiles
+    with retried.roster.loading():
+        retried.restore_volunteers(half, T0)
+    retried.restore_volunteers(stored, T0)
+    assert state(retried) == state(one_by_one)
+    assert retried.roster.index.nearest("walk", LAT, LON, 5, skills=["first_aid"]) == nearest
+
 
 def test_restoring_in_bulk_refuses_what_one_at_a_time_refuses(area: ServiceArea) -> None:
     stored = StoredVolunteers(["v1"], [0], [None], [StoredProfile("available", (), "skate")])
