@@ -176,7 +176,7 @@ def volunteer_view(core: Dispatcher, now: float | None = None) -> list[dict[str,
         )
         if now is not None and v.max_alerts_per_day is not None:
             out[-1]["max_alerts_per_day"] = v.max_alerts_per_day
-            out[-1]["alerts_24h"] = sum(1 for at in v.alerted_at if at > now - _DAY_S)
+            out[-1]["alerts_24h"] = sum(1 for at in v.alerted_at or () if at > now - _DAY_S)
     return out
 
 

@@ -18,11 +18,12 @@ instead of moving on: the core must never get ahead of what is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from dispatch.bus import Bus
@@ -44,7 +45,7 @@ from dispatch.errors import BackendUnavailable, BadMessage
 from dispatch.metrics import Metrics
 from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate
 from dispatch.ports import Ownership, ReportOutcome
-from dispatch.store import Store, StoredVolunteer
+from dispatch.store import Store, StoredVolunteers
 from dispatch.wire import Publish, Wire
 
 __all__ = ["Alone", "Engine", "Message", "mask_numbers"]
@@ -228,24 +229,27 @@ class Engine:
             self.gauges_stale = True
         return bool(effects)
 
-    async def restore(
-        self, volunteers: Iterable[StoredVolunteer], records: Iterable[Mapping[str, Any]]
-    ) -> None:
-        """Rebuild the core from what was stored: volunteers first, then incidents."""
-        effects: list[Effect] = []
+    async def restore_volunteers(self, chunks: AsyncGenerator[StoredVolunteers, None]) -> int:
+        """Rebuild the volunteers from what was stored, each chunk as it is read (while
+        Redis reads the next); how many. Call before `restore`.
+
+        Into an empty core the index is bulk loaded once every volunteer is back
+        (Roster.loading); after a read that failed half way, the retry puts them one at
+        a time (restoring a volunteer twice comes to the same).
+        """
         now = self.clock()
-        # The index is bulk loaded once every volunteer is back (Roster.loading).
-        with self.core.roster.loading():
-            for v in volunteers:
-                self.core.restore_volunteer(
-                    v.volunteer_id,
-                    duty=v.duty,
-                    skills=v.skills,
-                    mode=v.mode,
-                    position=v.position,
-                    settings=v.settings,
-                    now=now,
-                )
+        count = 0
+        empty = not self.core.volunteers
+        with self.core.roster.loading() if empty else contextlib.nullcontext():
+            async with contextlib.aclosing(chunks) as reading:
+                async for chunk in reading:
+                    self.core.restore_volunteers(chunk, now)
+                    count += len(chunk)
+        return count
+
+    async def restore(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Rebuild the incidents from what was stored, after the volunteers."""
+        effects: list[Effect] = []
         for record in records:
             effects += self.core.restore_incident(record)
         async with self._lock:

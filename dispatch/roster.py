@@ -11,15 +11,16 @@ phone). `refresh` restores it after any of those changes.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from dispatch.model import Duty, Mode
 from geo.distance import LocalProjection
 from geo.index import PartitionedIndex
 
-__all__ = ["Roster", "Volunteer"]
+__all__ = ["Roster", "StoredProfile", "StoredVolunteer", "StoredVolunteers", "Volunteer"]
 
 # Held volunteers really removed from the index per tick (each removal some 30 µs): at
 # least this many, more while a backlog builds (a quarter of it, capped so that one tick
@@ -30,6 +31,8 @@ _COMPACT_MAX_PER_TICK = 512
 # A move shorter than the position's accuracy leaves the index as it is (see refresh),
 # up to this: a position as coarse as a cell tower's (hundreds of metres) still moves.
 _MAX_STILL_M = 25.0
+# The index's part of each mode (Mode.value, a property: slower, a million times over).
+_PART = {m: m.value for m in Mode}
 
 
 @dataclass(slots=True)
@@ -48,10 +51,69 @@ class Volunteer:
     receipts: bool = False
     max_alerts_per_day: int | None = None
     quiet_hours: tuple[int, int] | None = None
-    alerted_at: deque[float] = field(default_factory=deque)  # alerts in the last 24 h
+    # Alerts in the last 24 h, kept while the volunteer has a budget (None until the
+    # first: an empty deque is 600 bytes, and a restart makes a million volunteers).
+    alerted_at: deque[float] | None = None
     resting_until: float | None = None  # over budget or in quiet hours until then
     offline_since: float | None = None
     alert_id: str | None = None  # the one alert awaiting this volunteer's answer
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVolunteer:
+    """One volunteer as stored (dispatch/store.py), read back after a restart."""
+
+    volunteer_id: str
+    duty: str | None
+    skills: tuple[str, ...]
+    mode: str
+    position: tuple[float, float, float] | None  # lat, lon, at
+    settings: Mapping[str, Any] = field(default_factory=dict)  # protocol 1.1
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """What volunteers have in common as stored: duty, skills, mode and settings.
+
+    A handful of distinct values among a million volunteers: each is decoded once.
+    """
+
+    duty: str | None
+    skills: tuple[str, ...]
+    mode: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StoredVolunteers:
+    """Every volunteer as stored, in columns: a restart reads up to a million, and an
+    object per volunteer (then decoding it) cost more than restoring it. Volunteer i is
+    ``ids[i]``, with ``profiles[profile_of[i]]`` and ``positions[i]`` (lat, lon, at)."""
+
+    ids: list[str] = field(default_factory=list)
+    profile_of: list[int] = field(default_factory=list)
+    positions: list[tuple[float, float, float] | None] = field(default_factory=list)
+    profiles: list[StoredProfile] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def extend(self, other: StoredVolunteers) -> None:
+        """Append ``other``'s volunteers (their profiles numbered anew)."""
+        at: dict[int, int] = {}
+        for k, profile in enumerate(other.profiles):
+            if profile not in self.profiles:
+                self.profiles.append(profile)
+            at[k] = self.profiles.index(profile)
+        self.ids += other.ids
+        self.profile_of += map(at.__getitem__, other.profile_of)
+        self.positions += other.positions
+
+    def __iter__(self) -> Iterator[StoredVolunteer]:
+        """One object per volunteer (for tests and tools; a restart uses the columns)."""
+        for vid, k, position in zip(self.ids, self.profile_of, self.positions, strict=True):
+            p = self.profiles[k]
+            yield StoredVolunteer(vid, p.duty, p.skills, p.mode, position, p.settings)
 
 
 class Roster:
@@ -92,6 +154,18 @@ class Roster:
         volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, now
         self._positions[volunteer.id] = now
         self._positions.move_to_end(volunteer.id)
+
+    def add_restored(self, volunteer: Volunteer) -> None:
+        """A volunteer rebuilt after a restart and not known yet, its position (if any)
+        already set: added, and to the index as `refresh` would (restored in bulk, so
+        only what a restored volunteer can be is checked: never engaged nor alerted)."""
+        self.volunteers[volunteer.id] = volunteer
+        lat, lon, at = volunteer.lat, volunteer.lon, volunteer.seen_at
+        if lat is None or lon is None or at is None:
+            return
+        self._positions[volunteer.id] = at
+        if volunteer.duty is Duty.AVAILABLE and volunteer.resting_until is None:
+            self.index.put(volunteer.id, lat, lon, volunteer.skills, _PART[volunteer.mode])
 
     def restore_position(self, volunteer: Volunteer, lat: float, lon: float, at: float) -> None:
         """A stored position, after a restart (restored in the store's order)."""

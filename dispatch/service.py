@@ -23,9 +23,9 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -49,6 +49,8 @@ __all__ = ["ReportOutcome", "Service", "moves_topic", "retained_error"]
 log = logging.getLogger(__name__)
 
 _POSITION_FLUSH_S = 0.025  # small pieces: formatting 500 positions holds the loop 1-2 ms
+_T = TypeVar("_T")
+
 _TIMER_RESOLUTION_S = 0.1
 _MOVES_PER_HOLD = 64  # moves from gateways applied per hold of the engine's lock
 _FREEZE_S = 0.1  # how often the heap is collected and frozen (see _freeze_heap)
@@ -265,28 +267,37 @@ class Service:
         self.restored.set()
 
     async def _restore_state(self, delay: float) -> None:
-        while True:
-            try:
-                volunteers = await self.store.volunteers()
-                open_ids = await self.store.open_incident_ids()
-                ended_ids = await self.store.ended_since(
-                    self.clock() - self.config.state_retention_s
-                )
-                records = await self.store.incidents(open_ids + ended_ids)
-                break
-            except (BackendUnavailable, OSError) as exc:
-                log.warning("cannot read state from Redis yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        # Volunteers first, each chunk rebuilt as it is read; a read that fails half way
+        # is retried from the start (volunteers restored twice come to the same).
+        volunteers = await self._until_read(
+            lambda: self.engine.restore_volunteers(self.store.volunteer_chunks()), delay
+        )
+
+        async def read_incidents() -> tuple[list[str], list[dict[str, Any]]]:
+            open_ids = await self.store.open_incident_ids()
+            ended_ids = await self.store.ended_since(self.clock() - self.config.state_retention_s)
+            return open_ids, await self.store.incidents(open_ids + ended_ids)
+
+        open_ids, records = await self._until_read(read_incidents, delay)
         # Several instances: incidents come back by adoption, each to one owner (cluster.py).
-        await self.engine.restore(volunteers, self.ownership.to_restore(records))
+        await self.engine.restore(self.ownership.to_restore(records))
         log.info(
             "restored %d volunteers (%d available) and %d incidents (%d open)",
-            len(volunteers),
+            volunteers,
             self.core.available,
             len(records),
             len(open_ids),
         )
+
+    async def _until_read(self, read: Callable[[], Awaitable[_T]], delay: float) -> _T:
+        """``read()``, again (after ``delay``, doubling up to 5 s) until Redis answers."""
+        while True:
+            try:
+                return await read()
+            except (BackendUnavailable, OSError) as exc:
+                log.warning("cannot read state from Redis yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _republish_states(self) -> None:
         """After every (re)connect: the broker may have lost its retained messages."""

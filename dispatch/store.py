@@ -38,12 +38,10 @@ at the boundary (dispatch/errors.py).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 import orjson
@@ -62,6 +60,7 @@ from dispatch.effects import (
     SaveVolunteer,
 )
 from dispatch.errors import BackendUnavailable
+from dispatch.roster import StoredProfile, StoredVolunteer, StoredVolunteers
 
 __all__ = [
     "INCIDENT_EVENTS_MAX",
@@ -72,6 +71,7 @@ __all__ = [
     "Store",
     "StoredEvent",
     "StoredVolunteer",
+    "StoredVolunteers",
     "WorkEntry",
 ]
 
@@ -158,23 +158,55 @@ end
 return #KEYS
 """
 
-# Many volunteers read back in one command, at a restart: KEYS are n ``vol:`` keys then
-# their n ``pos:`` keys; the answer is, for each, duty, skills, mode, settings and the
-# position (false where absent), flat. One command per chunk instead of a pipeline of
-# HGETALLs: redis-py parses each reply of a pipeline in Python (30 µs each, 3 s at
-# 100,000 volunteers), hiredis one flat reply in C.
+# Many volunteers read back in one command, at a restart. ARGV: the ``vol:`` and ``pos:``
+# key prefixes, a SCAN cursor, how many volunteers at least (unless the scan ends). The
+# script scans for the ``vol:`` keys itself (so that no key travels twice, nor is
+# encoded by redis-py: 1.4 µs each) and answers, in columns: the next cursor, the
+# volunteers' ids, the number of each one's profile in this answer, their positions
+# ("lat,lon,at", false where absent), and each distinct profile's duty, skills, mode
+# and settings, flat (nil and "" read alike). It reads keys it was not given, which a
+# single Redis allows (not a Redis Cluster; the store has never supported one).
 _VOLUNTEERS = """
-local n = #KEYS / 2
-local out = {}
-for i = 1, n do
-  local f = redis.call('HMGET', KEYS[i], 'duty', 'skills', 'mode', 'settings')
-  out[#out + 1] = f[1]
-  out[#out + 1] = f[2]
-  out[#out + 1] = f[3]
-  out[#out + 1] = f[4]
-  out[#out + 1] = redis.call('GET', KEYS[n + i])
-end
-return out
+local vol, pos, cursor, want = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local head = #vol + 1
+local ids, shape_of, positions, shapes = {}, {}, {}, {}
+local numbered, count = {}, 0
+repeat
+  local found = redis.call('SCAN', cursor, 'MATCH', vol .. '*', 'COUNT', want)
+  cursor = found[1]
+  local keys = found[2]
+  if #keys > 0 then
+    local pos_keys = {}
+    for i, key in ipairs(keys) do
+      local id = string.sub(key, head)
+      local f = redis.call('HMGET', key, 'duty', 'skills', 'mode', 'settings')
+      local d, s, m, t = f[1] or '', f[2] or '', f[3] or '', f[4] or ''
+      local by_s = numbered[d] or {}
+      numbered[d] = by_s
+      local by_m = by_s[s] or {}
+      by_s[s] = by_m
+      local by_t = by_m[m] or {}
+      by_m[m] = by_t
+      local n = by_t[t]
+      if not n then
+        n = count
+        count = count + 1
+        by_t[t] = n
+        shapes[#shapes + 1] = d
+        shapes[#shapes + 1] = s
+        shapes[#shapes + 1] = m
+        shapes[#shapes + 1] = t
+      end
+      ids[#ids + 1] = id
+      shape_of[#shape_of + 1] = n
+      pos_keys[i] = pos .. id
+    end
+    for _, p in ipairs(redis.call('MGET', unpack(pos_keys))) do
+      positions[#positions + 1] = p
+    end
+  end
+until cursor == '0' or #ids >= want
+return {cursor, ids, shape_of, positions, shapes}
 """
 
 # Keep a push subscription, and only the newest ARGV[4] of the volunteer's. KEYS: the
@@ -247,16 +279,6 @@ INCIDENT_EVENTS_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class StoredVolunteer:
-    volunteer_id: str
-    duty: str | None
-    skills: tuple[str, ...]
-    mode: str
-    position: tuple[float, float, float] | None  # lat, lon, at
-    settings: Mapping[str, Any] = field(default_factory=dict)  # protocol 1.1
-
-
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
     event_id: str  # the stream id, usable as Last-Event-ID
     incident_id: str
@@ -311,7 +333,6 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
-        self._volunteers = client.register_script(_VOLUNTEERS)
         self._log_event = client.register_script(_LOG_EVENT)
         self._push_add = client.register_script(_PUSH_ADD)
 
@@ -448,74 +469,46 @@ class Store:
 
     # ---------------------------------------------------------------- volunteers
 
-    @_redis_errors
-    async def volunteers(self, chunk: int = 2000) -> list[StoredVolunteer]:
-        """Every volunteer on record, with the last position where it has not expired.
-
-        Read in chunks of ``chunk``, one script call each (``_VOLUNTEERS``), the next
-        chunk's call in flight while this one is decoded. The few distinct values of
-        skills, mode and settings are decoded once each, not once per volunteer.
-        """
-        out: list[StoredVolunteer] = []
-        head = len(self._k("vol", ""))
-        ids = [
-            key[head:].decode()
-            async for key in self.redis.scan_iter(match=self._k("vol", "*"), count=10_000)
-        ]
-        skills_of: dict[bytes | None, tuple[str, ...]] = {}
-        text_of: dict[bytes | None, str | None] = {None: None}
-        settings_of: dict[bytes | None, Mapping[str, Any]] = {}
-        chunks = [ids[start : start + chunk] for start in range(0, len(ids), chunk)]
-
-        def read(vids: list[str]) -> Awaitable[list[bytes | None]]:
-            keys = [self._k("vol", vid) for vid in vids]
-            keys += [self._k("pos", vid) for vid in vids]
-            return self._volunteers(keys=keys)
-
-        pending = asyncio.ensure_future(read(chunks[0])) if chunks else None
-        try:
-            for i, vids in enumerate(chunks):
-                assert pending is not None
-                flat = await pending
-                pending = None
-                if i + 1 < len(chunks):
-                    pending = asyncio.ensure_future(read(chunks[i + 1]))
-                self._decode_volunteers(vids, flat, out, skills_of, text_of, settings_of)
-        finally:
-            if pending is not None:  # an error: the read ahead is not wanted
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError):
-                    await pending
+    async def volunteers(self, chunk: int = 2000) -> StoredVolunteers:
+        """Every volunteer on record, with the last position where it has not expired."""
+        out = StoredVolunteers()
+        async for part in self.volunteer_chunks(chunk):
+            out.extend(part)
         return out
 
-    @staticmethod
-    def _decode_volunteers(
-        vids: list[str],
-        flat: list[bytes | None],
-        out: list[StoredVolunteer],
-        skills_of: dict[bytes | None, tuple[str, ...]],
-        text_of: dict[bytes | None, str | None],
-        settings_of: dict[bytes | None, Mapping[str, Any]],
-    ) -> None:
-        for j, vid in enumerate(vids):
-            duty_raw, skills_raw, mode_raw, settings_raw, pos = flat[5 * j : 5 * j + 5]
-            skills = skills_of.get(skills_raw)
-            if skills is None:
-                skills = skills_of[skills_raw] = _skills((skills_raw or b"").decode())
-            duty = text_of.get(duty_raw, "")
-            if duty == "":
-                duty = text_of[duty_raw] = (duty_raw or b"").decode() or None
-            mode = text_of.get(mode_raw, "")
-            if mode == "":
-                mode = text_of[mode_raw] = (mode_raw or b"").decode() or None
-            settings = settings_of.get(settings_raw)
-            if settings is None:
-                settings = settings_of[settings_raw] = _settings(settings_raw)
-            position = None
-            if pos is not None:
-                lat, lon, at = pos.split(b",")
-                position = (float(lat), float(lon), float(at))
-            out.append(StoredVolunteer(vid, duty, skills, mode or "walk", position, settings))
+    async def volunteer_chunks(self, chunk: int = 2000) -> AsyncGenerator[StoredVolunteers, None]:
+        """`volunteers` about ``chunk`` at a time, as read: a restart rebuilds each while
+        Redis reads the next (a million volunteers take Redis some 10 s).
+
+        One script call per chunk (``_VOLUNTEERS``) on a connection of its own, the next
+        call sent before a chunk is handed over: a call made through the client would
+        only go out when the caller's work on the chunk let the event loop run, and
+        Redis would wait for it. The few distinct profiles (duty, skills, mode,
+        settings) are decoded once each, not once per volunteer.
+        """
+        profiles: dict[tuple[bytes, bytes, bytes, bytes], StoredProfile] = {}
+        vol, pos = self._k("vol", ""), self._k("pos", "")
+        pool = self.redis.connection_pool
+        try:
+            conn = await pool.get_connection()
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        in_flight = False
+        try:
+            await conn.send_command("EVAL", _VOLUNTEERS, 0, vol, pos, b"0", chunk)
+            in_flight = True
+            while in_flight:
+                answer = await conn.read_response()
+                in_flight = answer[0] != b"0"
+                if in_flight:
+                    await conn.send_command("EVAL", _VOLUNTEERS, 0, vol, pos, answer[0], chunk)
+                yield _decode_volunteers(answer, profiles)
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        finally:
+            if in_flight:  # an error, or the caller stopped: an answer would be left unread
+                await conn.disconnect()
+            await pool.release(conn)
 
     # ---------------------------------------------------------------- effects
 
@@ -839,6 +832,38 @@ def _settings(raw: bytes | None) -> Mapping[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return settings if isinstance(settings, dict) else {}
+
+
+def _decode_volunteers(
+    answer: list[Any], profiles: dict[tuple[bytes, bytes, bytes, bytes], StoredProfile]
+) -> StoredVolunteers:
+    """One ``_VOLUNTEERS`` answer; ``profiles``: those decoded so far, by their fields."""
+    _cursor, ids, shape_of, positions, shapes = answer
+    out = StoredVolunteers()
+    for i in range(0, len(shapes), 4):
+        key = (shapes[i], shapes[i + 1], shapes[i + 2], shapes[i + 3])
+        profile = profiles.get(key)
+        if profile is None:
+            duty, skills, mode, settings = key
+            profile = profiles[key] = StoredProfile(
+                duty.decode() or None,
+                _skills(skills.decode()),
+                mode.decode() or "walk",
+                _settings(settings),
+            )
+        out.profiles.append(profile)
+    out.ids = list(map(bytes.decode, ids))
+    out.profile_of = shape_of
+    out.positions = list(map(_position, positions))
+    return out
+
+
+def _position(raw: bytes | None) -> tuple[float, float, float] | None:
+    """A stored position, "lat,lon,at" (None where absent)."""
+    if raw is None:
+        return None
+    lat, lon, at = raw.split(b",")
+    return float(lat), float(lon), float(at)
 
 
 def _skills(raw: str) -> tuple[str, ...]:

@@ -185,6 +185,8 @@ async def test_backend_down_is_reported_as_such() -> None:
             await dead.admit("x", "fp")
         with pytest.raises(BackendUnavailable):
             await dead.save_positions([SavePosition("v1", 30.25, 120.17, 1000.0)])
+        with pytest.raises(BackendUnavailable):
+            await dead.volunteers()
     finally:
         await dead.close()
 
@@ -202,6 +204,51 @@ async def test_skills_stored_comma_joined_by_earlier_versions_still_read(store: 
     await store.redis.hset("t:vol:v-old", mapping={"duty": "available", "skills": "a,b"})
     (got,) = await store.volunteers()
     assert got.skills == ("a", "b")
+
+
+async def test_volunteers_are_read_in_chunks_with_their_profiles(store: Store) -> None:
+    """A restart reads the volunteers a chunk at a time, in columns: every volunteer
+    once, each with its own profile and position, whatever chunk it came in."""
+    modes = ("walk", "bike", "ebike")
+    await store.apply(
+        [
+            SaveVolunteer(
+                f"v{i:03d}",
+                "available" if i % 4 else "off_duty",
+                ("first_aid",) if i % 2 else (),
+                modes[i % 3],
+                {"max_alerts_per_day": 2} if i % 5 == 0 else {},
+            )
+            for i in range(200)
+        ]
+    )
+    await store.save_positions(
+        [SavePosition(f"v{i:03d}", 30.2, 120.1 + i / 1e4, 5.0 + i) for i in range(0, 200, 3)]
+    )
+    await store.redis.set("t:volunteers-not", "a key the scan must not take")
+    chunks = [chunk async for chunk in store.volunteer_chunks(chunk=16)]
+    assert len(chunks) > 3
+    got = {v.volunteer_id: v for chunk in chunks for v in chunk}
+    assert sorted(got) == [f"v{i:03d}" for i in range(200)]
+    assert sum(len(c) for c in chunks) == 200  # each once
+    for i in range(200):
+        v = got[f"v{i:03d}"]
+        assert v.duty == ("available" if i % 4 else "off_duty")
+        assert v.skills == (("first_aid",) if i % 2 else ())
+        assert v.mode == modes[i % 3]
+        assert v.settings == ({"max_alerts_per_day": 2} if i % 5 == 0 else {})
+        assert v.position == ((30.2, 120.1 + i / 1e4, 5.0 + i) if i % 3 == 0 else None)
+    # each distinct profile is decoded once and shared: 3 of duty and skills (off duty
+    # has none) x 3 modes x 2 settings
+    assert len({id(p) for c in chunks for p in c.profiles}) == 18
+    assert {v.volunteer_id for v in await store.volunteers()} == set(got)
+    # a reader that stops half way leaves no answer behind for the store's next command
+    reading = store.volunteer_chunks(chunk=16)
+    first = await anext(reading)
+    await reading.aclose()
+    assert len(first) >= 16
+    assert await store.redis.get("t:volunteers-not") == b"a key the scan must not take"
+    assert len(await store.volunteers()) == 200
 
 
 async def test_an_incidents_history_comes_from_its_index_not_a_scan_of_the_log(
