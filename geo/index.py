@@ -33,7 +33,7 @@ more than the extra candidates do.)
 import contextlib
 import math
 from bisect import insort
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,32 +232,53 @@ class VolunteerIndex:
         100,000). The trees keep the tuned properties, so later moves and queries work
         as on a tree grown one put at a time. A volunteer given twice keeps the last.
         """
+        latest = {vid: (lat, lon, skills) for vid, lat, lon, skills in items}
+        rows = list(latest.values())
+        self.load_columns(
+            list(latest), [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        )
+
+    def load_columns(
+        self,
+        ids: Sequence[str],
+        lats_deg: Sequence[float],
+        lons_deg: Sequence[float],
+        skills: Sequence[frozenset[str]],
+    ) -> None:
+        """`load` from columns, one row per volunteer, each volunteer once."""
         if self._slot_of:
             raise ValueError("load fills an empty index; this one has volunteers")
-        latest: dict[str, tuple[float, float, frozenset[str]]] = {}
-        for volunteer_id, lat, lon, skills in items:
-            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
-                raise ValueError(f"volunteer {volunteer_id!r}: invalid position ({lat}, {lon})")
-            latest[volunteer_id] = (lat, lon, skills)
-        if not latest:
+        n = len(ids)
+        if not n:
             return
-        to_xy = self._projection.to_xy
-        entries: list[_Entry | None] = []
+        # Column at a time (a restart loads a million): the same arithmetic as `put`,
+        # element by element, so the entries are bit-for-bit those `put` makes.
+        lats = np.array(lats_deg, dtype=np.float64)
+        lons = np.array(lons_deg, dtype=np.float64)
+        valid = (lats >= -90.0) & (lats <= 90.0) & (lons >= -180.0) & (lons <= 180.0)
+        if not valid.all():  # also NaN
+            bad = int(np.argmin(valid))
+            raise ValueError(f"volunteer {ids[bad]!r}: invalid position ({lats[bad]}, {lons[bad]})")
+        proj = self._projection
+        xs = ((lons - proj.lon0) * proj.metres_per_degree_lon).tolist()
+        ys = ((lats - proj.lat0) * proj.metres_per_degree_lat).tolist()
+        phis = list(map(math.radians, lats.tolist()))
+        self._entries = list(
+            map(
+                _Entry, ids, lats.tolist(), lons.tolist(), xs, ys, skills, phis,
+                map(math.cos, phis), zip(xs, ys, strict=True),
+            )
+        )  # fmt: skip
+        self._slot_of = dict(zip(ids, range(n), strict=True))
         members: dict[str, list[int]] = {}
-        radians, cos = math.radians, math.cos
-        for slot, (volunteer_id, (lat, lon, skills)) in enumerate(latest.items()):
-            x, y = to_xy(lat, lon)
-            phi = radians(lat)
-            entries.append(_Entry(volunteer_id, lat, lon, x, y, skills, phi, cos(phi), (x, y)))
-            self._slot_of[volunteer_id] = slot
-            for skill in skills:
+        for slot, held in enumerate(skills):
+            for skill in held:
                 members.setdefault(skill, []).append(slot)
-        self._entries = entries
-        xy = np.array([e.anchor for e in entries if e is not None], dtype=np.float64)
-        self._all = _bulk_tree(np.arange(len(entries), dtype=np.int64), xy)
+        xy = np.column_stack((xs, ys))
+        self._all = _bulk_tree(np.arange(n, dtype=np.int64), xy)
         for skill, slots in members.items():
-            ids = np.array(slots, dtype=np.int64)
-            self._by_skill[skill] = _SkillTree(_bulk_tree(ids, xy[ids]), len(slots))
+            idx = np.array(slots, dtype=np.int64)
+            self._by_skill[skill] = _SkillTree(_bulk_tree(idx, xy[idx]), len(slots))
 
     def nearest(
         self,
@@ -522,13 +543,15 @@ class PartitionedIndex:
             yield
         finally:
             self._loading = False
-            by_part: dict[str, list[tuple[str, float, float, frozenset[str]]]] = {
-                p: [] for p in self.parts
-            }
+            columns: dict[str, tuple[list[Any], ...]] = {p: ([], [], [], []) for p in self.parts}
             for volunteer_id, (lat, lon, skills, part) in self._entries.items():
-                by_part[part].append((volunteer_id, lat, lon, skills))
-            for part, items in by_part.items():
-                self.parts[part].load(items)
+                ids, lats, lons, skill_sets = columns[part]
+                ids.append(volunteer_id)
+                lats.append(lat)
+                lons.append(lon)
+                skill_sets.append(skills)
+            for part, (ids, lats, lons, skill_sets) in columns.items():
+                self.parts[part].load_columns(ids, lats, lons, skill_sets)
 
     def hold(self, volunteer_id: str) -> None:
         """Leave the volunteer out of every answer until the next ``put`` or ``remove``."""
