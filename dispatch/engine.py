@@ -158,10 +158,20 @@ class Engine:
 
     async def handle(self, messages: Sequence[Message], now: float) -> None:
         """Locations, statuses, replies and arrivals, in order, under one hold of the lock;
-        what they decide is stored in one round trip, then published."""
+        what they decide is stored in one round trip (the claims of their accepts in
+        another), then published.
+
+        A volunteer's next message waits for the claim of their accept (it must see them
+        taken on, or not): what was decided so far is carried out first.
+        """
         async with self._lock:
             effects: list[Effect] = []
+            claiming: set[str] = set()
             for msg in messages:
+                if msg.volunteer_id in claiming:
+                    await self._execute(effects, now)
+                    effects, claiming = [], set()
+                start = len(effects)
                 if isinstance(msg, LocationUpdate):
                     effects += self.core.location(msg, now)
                 elif isinstance(msg, StatusUpdate):
@@ -172,6 +182,7 @@ class Engine:
                     effects += self.core.arrived(msg, now)
                 else:  # pragma: no cover - the codec returns nothing else
                     raise TypeError(f"unexpected message {msg!r}")
+                claiming.update(e.volunteer_id for e in effects[start:] if isinstance(e, Claim))
             await self._execute(effects, now)
 
     async def moves(self, moves: Sequence[LocationUpdate], now: float) -> None:
@@ -357,13 +368,13 @@ class Engine:
                         if isinstance(e, SendAlert):
                             self.on_alert(e)
             effects = []
-            for claim in claims:
-                ok = await self.retrying(
-                    functools.partial(self.store.claim, claim.volunteer_id, claim.incident_id)
-                )
-                effects += self.core.claim_result(
-                    claim.volunteer_id, claim.incident_id, ok, self.clock()
-                )
+            if claims:  # in one round trip: several accepts handled together claim together
+                pairs = [(c.volunteer_id, c.incident_id) for c in claims]
+                won = await self.retrying(functools.partial(self.store.claims, pairs))
+                for claim, ok in zip(claims, won, strict=True):
+                    effects += self.core.claim_result(
+                        claim.volunteer_id, claim.incident_id, ok, self.clock()
+                    )
 
     async def publish(self, publishes: list[Publish]) -> None:
         """Hand messages to the broker, in order, without waiting for each (`Bus.send`)."""

@@ -50,7 +50,7 @@ class Intake(Protocol):
 
 
 class Ownership(Protocol):
-    # Whether a run of locations and statuses may go through the core in one hold of the
+    # Whether a run of volunteers' messages may go through the core in one hold of the
     # lock (False: every message on its own, so that `begin` sees each one).
     batches: bool
 

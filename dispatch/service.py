@@ -23,6 +23,7 @@ import gc
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from itertools import islice
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from dispatch.dispatcher import Dispatcher
 from dispatch.engine import Alone, Engine, mask_numbers
 from dispatch.errors import BackendUnavailable, BadMessage, Reason
 from dispatch.metrics import Metrics
-from dispatch.model import LocationUpdate, Report, StatusUpdate, is_valid_id
+from dispatch.model import Arrived, LocationUpdate, Reply, Report, StatusUpdate, is_valid_id
 from dispatch.moves import BadBatch, decode_moves
 from dispatch.ports import IncidentReads, Intake, Operators, Ownership, Peers, ReportOutcome
 from dispatch.push import Pusher
@@ -52,6 +53,8 @@ _POSITION_FLUSH_S = 0.025  # small pieces: formatting 500 positions holds the lo
 _T = TypeVar("_T")
 
 _TIMER_RESOLUTION_S = 0.1
+# A volunteer's own messages: handled together when they come in a run (`on_messages`).
+_VOLUNTEER_SUFFIXES = ("/location", "/status", "/reply", "/arrived")
 _MOVES_PER_HOLD = 64  # moves from gateways applied per hold of the engine's lock
 _FREEZE_S = 0.1  # how often the heap is collected and frozen (see _freeze_heap)
 _THAW_S = 600.0  # how often everything frozen is collected once more (see _freeze_heap)
@@ -465,11 +468,12 @@ class Service:
     async def on_messages(self, batch: list[tuple[str, bytes]]) -> None:
         """Messages in arrival order, as the bus took them from its queue.
 
-        A run of locations and statuses goes through the core under one hold of the lock,
-        still one message at a time and in order, and its writes go to Redis in one
-        round trip (positions are coalesced anyway) before anything it decided (a
-        geofence arrival) is published. Everything else, and everything in a cluster,
-        goes one at a time through ``on_message``.
+        A run of volunteers' messages (locations, statuses, replies, arrivals) goes
+        through the core under one hold of the lock, still one message at a time and in
+        order, and its writes go to Redis in one round trip (positions are coalesced
+        anyway; the claims of several accepts in another) before anything it decided is
+        published. Everything else, and everything in a cluster, goes one at a time
+        through ``on_message``.
         """
         start = 0
         while start < len(batch):
@@ -477,7 +481,7 @@ class Service:
             while (
                 end < len(batch)
                 and self.ownership.batches
-                and batch[end][0].endswith(("/location", "/status"))
+                and batch[end][0].endswith(_VOLUNTEER_SUFFIXES)
             ):
                 end += 1
             if end > start:
@@ -489,7 +493,7 @@ class Service:
 
     async def _on_run(self, run: list[tuple[str, bytes]]) -> None:
         now = self.clock()
-        messages: list[LocationUpdate | StatusUpdate] = []
+        messages: list[LocationUpdate | StatusUpdate | Reply | Arrived] = []
         bad: list[BadMessage] = []
         for topic, payload in run:
             try:
@@ -497,18 +501,16 @@ class Service:
             except BadMessage as err:
                 bad.append(err)
                 continue
-            if not isinstance(msg, LocationUpdate | StatusUpdate):  # pragma: no cover
-                raise TypeError(f"unexpected message {msg!r} on {topic}")
+            if not isinstance(msg, LocationUpdate | StatusUpdate | Reply | Arrived):
+                raise TypeError(f"unexpected message {msg!r} on {topic}")  # pragma: no cover
             messages.append(msg)
-        statuses = sum(1 for m in messages if isinstance(m, StatusUpdate))
-        if statuses:
-            self.metrics.messages.labels(type="StatusUpdate").inc(statuses)
-        if len(messages) > statuses:
-            self.metrics.messages.labels(type="LocationUpdate").inc(len(messages) - statuses)
+        counts = Counter(type(m).__name__ for m in messages)
+        for kind, count in counts.items():
+            self.metrics.messages.labels(type=kind).inc(count)
         await self.engine.handle(messages, now)
         for error in bad:
             await self.engine.reject(error, now)
-        if statuses:
+        if len(messages) > counts["LocationUpdate"]:
             self.engine.gauges_stale = True
 
     async def report(self, report: Report, now: float, *, via_mqtt: bool = True) -> ReportOutcome:

@@ -462,6 +462,18 @@ class Store:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
 
+    async def claims(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """`claim` for each ``(volunteer_id, incident_id)``, in order, in one round trip."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for volunteer_id, incident_id in pairs:
+                    await self._claim(
+                        keys=[self._k("claim", volunteer_id)], args=[incident_id], client=pipe
+                    )
+                return [bool(won) for won in await pipe.execute()]
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+
     @_redis_errors
     async def claimed_by(self, volunteer_id: str) -> str | None:
         raw = await self.redis.get(self._k("claim", volunteer_id))

@@ -1,0 +1,101 @@
+"""A run of volunteers' messages handled together (Engine.handle): the accepts claim in
+one round trip, and a volunteer's next message waits for their accept's claim."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from dispatch.codec import Codec
+from dispatch.config import load_config
+from dispatch.dispatcher import Dispatcher
+from dispatch.engine import Engine
+from dispatch.metrics import Metrics
+from dispatch.model import Answer, Arrived, Duty, Kind, Mode, Reply, Report, StatusUpdate
+from dispatch.store import Store
+from dispatch.wire import Publish
+from geo.area import ServiceArea
+
+SCENE = (30.2591, 120.1698)
+T0 = 1_800_000_000.0
+
+
+class Outbox:
+    """The bus's side the engine uses (`send`), recording what it hands over."""
+
+    def __init__(self) -> None:
+        self.sent: list[Publish] = []
+
+    def send(self, message: Publish) -> None:
+        self.sent.append(message)
+
+
+def make_engine(redis_url: str, prefix: str) -> tuple[Engine, Outbox, list[list[Any]]]:
+    config = load_config(env={})
+    area = ServiceArea.from_geojson(config.area_geojson)
+    core = Dispatcher(
+        area=area,
+        codec=Codec(root="runs", in_area=area.contains),
+        policy=config.policy,
+        travel=config.travel,
+        kinds=config.kinds,
+        rng=random.Random(1),
+    )
+    store = Store.from_url(redis_url, prefix=prefix)
+    outbox = Outbox()
+    engine = Engine(core, store, outbox, Codec(root="runs"), Metrics(), clock=lambda: T0)  # type: ignore[arg-type]
+    trips: list[list[Any]] = []
+    claims = store.claims
+
+    async def counted(pairs: Any) -> list[bool]:
+        trips.append(list(pairs))
+        return await claims(pairs)
+
+    store.claims = counted  # type: ignore[method-assign]
+    return engine, outbox, trips
+
+
+async def alerted(engine: Engine, volunteers: list[str], needed: int) -> dict[str, str]:
+    """Volunteers on duty a few metres from the scene, a report; their alert ids."""
+    for i, vid in enumerate(volunteers):
+        lat, lon = SCENE[0] + 0.0002 * (i + 1), SCENE[1]
+        status = StatusUpdate(vid, Duty.AVAILABLE, ("first_aid",), Mode.WALK, lat, lon)
+        await engine.handle([status], T0)
+    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-runs", responders=needed), T0)
+    alerts = list(engine.core.incidents["inc-runs"].alerts.values())
+    return {a.volunteer_id: a.alert_id for a in alerts}
+
+
+async def test_an_accept_then_i_m_here_in_one_run_is_taken_on_then_arrives(
+    redis_url: str,
+) -> None:
+    engine, _, trips = make_engine(redis_url, "runs-a:")
+    alert_ids = await alerted(engine, ["va"], 1)
+    await engine.handle(
+        [Reply("va", alert_ids["va"], Answer.ACCEPT), Arrived("va", "inc-runs")], T0 + 5
+    )
+    incident = engine.core.incidents["inc-runs"]
+    (responder,) = incident.responders
+    assert responder.volunteer_id == "va"
+    assert responder.arrived_at is not None  # the arrival saw va taken on
+    assert trips == [[("va", "inc-runs")]]
+    await engine.store.close()
+
+
+async def test_the_accepts_of_one_run_claim_in_one_round_trip(redis_url: str) -> None:
+    engine, outbox, trips = make_engine(redis_url, "runs-b:")
+    alert_ids = await alerted(engine, ["va", "vb", "vc"], 2)
+    assert len(alert_ids) == 3
+    replies = [Reply(v, alert_ids[v], Answer.ACCEPT) for v in ("va", "vb", "vc")]
+    await engine.handle(replies, T0 + 5)
+    assert trips == [[("va", "inc-runs"), ("vb", "inc-runs"), ("vc", "inc-runs")]]
+    incident = engine.core.incidents["inc-runs"]
+    taken = [r.volunteer_id for r in incident.responders]
+    assert "va" in taken
+    assert "vb" in taken
+    goes = [p.topic for p in outbox.sent if p.topic.endswith("/assignment")]
+    assert {t.split("/")[2] for t in goes} >= {"va", "vb"}
+    # Each volunteer is committed to it in Redis, as one claim at a time would leave it.
+    for vid in taken:
+        assert await engine.store.claimed_by(vid) == "inc-runs"
+    await engine.store.close()
