@@ -120,6 +120,12 @@ class FencedStore(ClusterStore):
             return False
         return result
 
+    async def claims(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Each claim fenced as `claim` fences it (one at a time: each checks its owner)."""
+        if self.cluster is None:
+            return await super().claims(pairs)
+        return [await self.claim(volunteer_id, incident_id) for volunteer_id, incident_id in pairs]
+
     async def apply(self, effects: Iterable[Effect]) -> list[str]:
         cluster = self.cluster
         if cluster is None:

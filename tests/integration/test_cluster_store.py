@@ -95,6 +95,8 @@ async def test_an_old_owner_cannot_write_or_claim_after_its_lease(
         cb.tokens["i2"] = token
         # a wakes up: its claim (even for the volunteer it committed itself) and its
         # writes are refused, and it forgets the incident.
+        # The claims of a run (Engine._execute) are fenced the same way.
+        assert await a.store.claims([("v1", "i2"), ("v8", "i2")]) == [False, False]
         assert await a.store.claim("v1", "i2") is False  # the plain script would say yes
         assert "i2" in ca.lost
         assert await a.store.claim("v9", "i2") is False
