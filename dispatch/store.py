@@ -825,11 +825,6 @@ class Store:
         return bool(removed)
 
     @_redis_errors
-    async def push_subscriptions(self, volunteer_id: str) -> list[bytes]:
-        """The volunteer's subscriptions, as stored (JSON)."""
-        return [bytes(v) for v in await self.redis.hvals(self._k("push", volunteer_id))]
-
-    @_redis_errors
     async def push_subscriptions_of(self, volunteer_ids: Sequence[str]) -> list[list[bytes]]:
         """The subscriptions of each volunteer, in order, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -13,9 +13,11 @@ hints that name the test environment variables, and the allocation of Redis data
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -82,6 +84,18 @@ async def mqtt_client(url: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
     options.update(kw)
     async with aiomqtt.Client(host, port, **options) as client:
         yield client
+
+
+async def terminate(proc: asyncio.subprocess.Process, within_s: float = 10) -> None:
+    """Stop a process started by a test: SIGTERM, then SIGKILL if it outstays ``within_s``."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), within_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def in_ci() -> bool:

@@ -304,13 +304,7 @@ async def test_dispatch_archive_process_killed_with_sigkill(
             ]
             assert sum(written) == health["archived"], text
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await servers.terminate(proc)
             log.close()
         assert proc.returncode == 0, (tmp_path / "archive.log").read_text()
         await _check_once_each(archive, store, incidents)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +24,7 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 from prometheus_client.parser import text_string_to_metric_families
-from servers import mqtt_client
+from servers import mqtt_client, terminate
 
 from dispatch.cli import main as cli_main
 from dispatch.localservers import free_port
@@ -101,13 +100,7 @@ async def gateway(
                 await asyncio.sleep(0.1)
         yield gw
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
     assert proc.returncode == 0, gw.log()
 
 

@@ -294,10 +294,10 @@ async def test_a_volunteer_keeps_only_the_newest_subscriptions(redis_url: str) -
             await store.add_push_subscription("v1", f"https://p.example/{n}", b"{}", n, 5)
         kept = await store.redis.zrange("push-bound:pushat:v1", 0, -1)
         assert [k.decode() for k in kept] == [f"https://p.example/{n}" for n in range(2, 7)]
-        assert len(await store.push_subscriptions("v1")) == 5
+        assert len((await store.push_subscriptions_of(["v1"]))[0]) == 5
         assert await store.drop_push_subscription("v1", "https://p.example/6")
         assert not await store.drop_push_subscription("v1", "https://p.example/6")
-        assert len(await store.push_subscriptions("v1")) == 4
+        assert len((await store.push_subscriptions_of(["v1"]))[0]) == 4
         assert 0 < await store.redis.ttl("push-bound:push:v1") <= PUSH_KEEP_S
     finally:
         await store.redis.delete("push-bound:push:v1", "push-bound:pushat:v1")
