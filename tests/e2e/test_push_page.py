@@ -149,24 +149,36 @@ def test_a_pushed_alert_is_a_notification_whose_accept_answers_it(
         assert orjson.loads(plaintext)["alert_id"] == alert["alert_id"]
 
         # Delivered to the page's service worker as the browser's push client would.
-        cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {
-                "origin": engine.base,
-                "registrationId": registration["registrationId"],
-                "data": plaintext.decode(),
-            },
-        )
-        worker = _wait(lambda: context.service_workers and context.service_workers[0], 5, "worker")
-        notes = _wait(
-            lambda: worker.evaluate(
+        # Headless Chromium's stand-in for the system's notification centre now and then
+        # loses a notification whose showNotification() resolved (the worker logged it;
+        # getNotifications() then stays empty: 4 runs in 60 here, and once in CI), so an
+        # unseen one is pushed again, as a push service redelivers; the engine takes the
+        # second receipt as a duplicate.
+        def notifications() -> list[dict[str, Any]]:
+            return worker.evaluate(
                 "self.registration.getNotifications().then((ns) => ns.map((n) => ({"
                 "title: n.title, body: n.body, tag: n.tag, actions: n.actions.map((a) => a.action),"
                 "alert: n.data.alert_id})))"
-            ),
-            5,
-            "the notification",
-        )
+            )
+
+        for _ in range(3):
+            cdp.send(
+                "ServiceWorker.deliverPushMessage",
+                {
+                    "origin": engine.base,
+                    "registrationId": registration["registrationId"],
+                    "data": plaintext.decode(),
+                },
+            )
+            worker = _wait(
+                lambda: context.service_workers and context.service_workers[0], 5, "worker"
+            )
+            deadline = time.monotonic() + 5
+            while not (notes := notifications()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if notes:
+                break
+        assert notes, "no notification after 3 deliveries of the push"
         (note,) = notes
         assert note["tag"] == alert["alert_id"]
         assert note["alert"] == alert["alert_id"]
