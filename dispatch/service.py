@@ -368,15 +368,21 @@ class Service:
     # ------------------------------------------------------------------ inbound
 
     def urgent(self, topic: str) -> bool:
-        """Handled ahead of everything else waiting (`Bus.run`): incident reports.
+        """Handled ahead of everything else waiting (`Bus.run`): incident reports, and
+        the location gateways' batches of moves.
 
         What a client can rely on: a volunteer's own messages (status, location, reply,
         arrived) are handled in the order sent, and so are reports among themselves.
         Reports keep their place among the others too while the engine keeps up; behind
         a backlog of more than a hundred or so (a herd of statuses after a broker
         restart), a report overtakes it (a herd must not delay dispatch, issue 16).
+
+        A batch only joins the moves waiting (`_on_moves`: some µs per move, where the
+        newest move per volunteer replaces an older one), so it goes first as well and is
+        never shed: behind a herd, shed batches left the index without any new position
+        for 16 s (RESULTS.md).
         """
-        return topic == self._report_topic
+        return topic == self._report_topic or topic == self._moves_topic
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         """One MQTT message, start to finish. Never raises for bad input."""
@@ -540,9 +546,9 @@ class Service:
 
 
 def _is_location(topic: str) -> bool:
-    """Locations (and gateways' batches of them): replaced by the next in seconds; shed
-    when far behind (Bus.run)."""
-    return topic.endswith(("/location", "/internal/moves"))
+    """Locations: replaced by the next in seconds; shed when far behind (Bus.run). Not
+    the gateways' batches (see `Service.urgent`)."""
+    return topic.endswith("/location")
 
 
 def moves_topic(codec: Codec) -> str:
