@@ -265,14 +265,27 @@ def _redis_errors(
 # Append an event to the log and its id to the incident's index, in one step. Called in
 # the same MULTI as the rest of an effect batch. KEYS: the log, the incident's index;
 # ARGV: log cap, incident id, type, at, data, index cap, index time-to-live (s).
-_LOG_EVENT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-  'incident_id', ARGV[2], 'type', ARGV[3], 'at', ARGV[4], 'data', ARGV[5])
-redis.call('RPUSH', KEYS[2], id)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-return id
+_LOG_EVENTS = """
+local ids = {}
+local indexes = {}
+for i = 2, #KEYS do
+  local a = 4 * (i - 2) + 3
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'incident_id',
+    ARGV[a + 1], 'type', ARGV[a + 2], 'at', ARGV[a + 3], 'data', ARGV[a + 4])
+  redis.call('RPUSH', KEYS[i], id)
+  indexes[KEYS[i]] = true
+  ids[#ids + 1] = id
+end
+for key in pairs(indexes) do
+  redis.call('LTRIM', key, -tonumber(ARGV[2]), -1)
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return ids
 """
+# One call logs every event of a batch of effects, in order: KEYS[1] is the log,
+# KEYS[1 + i] event i's incident index; ARGV the log's cap, an index's cap and TTL, then
+# four per event (incident_id, type, at, data). Returns the events' ids, in order. (One
+# call per event cost a command to pack and a reply to parse each, a dozen a report.)
 
 # The most events kept in one incident's index (its history shows the newest ones).
 INCIDENT_EVENTS_MAX = 1000
@@ -333,7 +346,7 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
-        self._log_event = client.register_script(_LOG_EVENT)
+        self._log_events = client.register_script(_LOG_EVENTS)
         self._push_add = client.register_script(_PUSH_ADD)
 
     @classmethod
@@ -534,13 +547,13 @@ class Store:
         """Carry out the persistence effects in one round trip; returns the new event ids."""
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                xadd_at = await self._queue(pipe, effects)
-                if xadd_at is None:
+                logged_at = await self._queue(pipe, effects)
+                if logged_at is None:
                     return []
                 results = await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
-        return [results[i].decode() for i in xadd_at]
+        return _event_ids(results, logged_at)
 
     async def save_positions(
         self, positions: Iterable[SavePosition | ForgetPosition], chunk: int = 1000
@@ -568,35 +581,29 @@ class Store:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
 
-    async def _queue(self, pipe: Any, effects: Iterable[Effect]) -> list[int] | None:
-        """Queue the persistence effects on ``pipe``: where the XADDs are, None if nothing.
+    async def _queue(self, pipe: Any, effects: Iterable[Effect]) -> int | None:
+        """Queue the persistence effects on ``pipe``: None if nothing, else where the
+        call logging the events is (its reply: their ids, in order), -1 if none is.
 
         Apart from apply() so that ``ClusterStore.apply_fenced`` can queue them in a
         transaction of its own (fenced with WATCH on the incidents' owner keys).
         """
         latest: dict[str, SaveIncident] = {}
         count = 0
-        xadd_at: list[int] = []
+        event_keys = [self._k("events")]
+        event_args: list[Any] = [self.event_log_max, INCIDENT_EVENTS_MAX, self.history_ttl_s]
         for effect in effects:
             if isinstance(effect, SaveIncident):
                 latest[effect.incident_id] = effect  # only the last state counts
                 continue
             count += 1
             if isinstance(effect, LogEvent):
-                xadd_at.append(len(pipe))
-                _queue_script(
-                    pipe,
-                    self._log_event,
-                    [self._k("events"), self._k("evi", effect.incident_id)],
-                    [
-                        self.event_log_max,
-                        effect.incident_id,
-                        effect.type,
-                        repr(effect.at),
-                        orjson.dumps(dict(effect.data)),
-                        INCIDENT_EVENTS_MAX,
-                        self.history_ttl_s,
-                    ],
+                event_keys.append(self._k("evi", effect.incident_id))
+                event_args += (
+                    effect.incident_id,
+                    effect.type,
+                    repr(effect.at),
+                    orjson.dumps(dict(effect.data)),
                 )
             elif isinstance(effect, SavePosition):
                 pipe.set(
@@ -626,11 +633,15 @@ class Store:
                 )
             else:
                 count -= 1
+        logged_at = -1
+        if len(event_keys) > 1:
+            logged_at = len(pipe)
+            _queue_script(pipe, self._log_events, event_keys, event_args)
         for save in latest.values():
             self._save_incident(pipe, save)
         if not count and not latest:
             return None
-        return xadd_at
+        return logged_at
 
     def _save_incident(self, pipe: Any, save: SaveIncident) -> None:
         key = self._k("inc", save.incident_id)
@@ -834,6 +845,13 @@ class Store:
         return [[bytes(v) for v in values] for values in found]
 
 
+def _event_ids(results: list[Any], logged_at: int | None) -> list[str]:
+    """The ids of the events a pipeline logged (`Store._queue`), in order."""
+    if logged_at is None or logged_at < 0:
+        return []
+    return [eid.decode() for eid in results[logged_at]]
+
+
 def _queue_script(pipe: Any, script: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
     """Queue ``script`` on ``pipe`` by its body (EVAL; Redis runs its cached copy).
 
@@ -984,11 +1002,11 @@ class ClusterStore(Store):
                                 e.incident_id,
                                 ex=self.idempotency_ttl_s,
                             )
-                    xadd_at = await self._queue(pipe, batch)
-                    if xadd_at is None and not decided.take:
+                    logged_at = await self._queue(pipe, batch)
+                    if logged_at is None and not decided.take:
                         return [], {}
                     results = await pipe.execute()
-                return [results[i].decode() for i in xadd_at or []], dict(decided.take)
+                return _event_ids(results, logged_at), dict(decided.take)
             except WatchError:
                 continue  # an owner key changed meanwhile: look again
             except RedisError as exc:

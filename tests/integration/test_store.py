@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+import dispatch.store
 from dispatch.effects import (
     ForgetPosition,
     LogEvent,
@@ -271,6 +272,26 @@ async def test_an_incidents_history_comes_from_its_index_not_a_scan_of_the_log(
     assert history[0].data == {"kind": "fire"}
     assert [e.type for e in await store.incident_events("old-1", limit=1)] == ["resolved"]
     assert await store.incident_events("nobody") == []
+
+
+async def test_a_batch_of_events_is_logged_in_order_with_each_incidents_index_capped(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One script call logs a whole batch (Store._queue): the ids come back in the order
+    # of the effects, interleaved incidents included, and each index keeps its newest.
+    monkeypatch.setattr(dispatch.store, "INCIDENT_EVENTS_MAX", 3)
+    types = ["reported", "alerted", "declined", "expired", "assigned", "stood_down", "arrived"]
+    batch = [LogEvent("x" if i % 3 else "y", types[i % 7], float(i), {"i": i}) for i in range(8)]
+    ids = await store.apply(batch)
+    logged = await store.events_after("0")
+    assert [e.event_id for e in logged] == ids
+    assert [(e.incident_id, e.type, e.at, e.data) for e in logged] == [
+        (e.incident_id, e.type, e.at, dict(e.data)) for e in batch
+    ]
+    assert [e.data["i"] for e in await store.incident_events("x")] == [4, 5, 7]
+    assert [e.data["i"] for e in await store.incident_events("y")] == [0, 3, 6]
+    assert 0 < await store.redis.ttl("t:evi:x") <= store.history_ttl_s
+    assert await store.apply([]) == []
 
 
 async def test_reported_page_pages_through_history(store: Store) -> None:
