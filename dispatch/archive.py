@@ -436,7 +436,10 @@ class Archive:
         """The stream ids of an archived incident's events, in order (tests, audits)."""
         async with self._reader() as conn:
             cur = await conn.execute(
-                "SELECT event_id FROM events WHERE incident_id = %s ORDER BY at, event_id",
+                # A stream id is "<ms>-<seq>": ordered as two numbers, not as text
+                # ("…-10" after "…-9": one call logs a report's dozen events in one ms).
+                "SELECT event_id FROM events WHERE incident_id = %s ORDER BY "
+                "split_part(event_id, '-', 1)::bigint, split_part(event_id, '-', 2)::bigint",
                 (incident_id,),
             )
             return [str(r[0]) for r in await cur.fetchall()]

@@ -265,27 +265,47 @@ def _redis_errors(
 # Append an event to the log and its id to the incident's index, in one step. Called in
 # the same MULTI as the rest of an effect batch. KEYS: the log, the incident's index;
 # ARGV: log cap, incident id, type, at, data, index cap, index time-to-live (s).
-_LOG_EVENTS = """
+_RECORD = """
+local n = tonumber(ARGV[4])
 local ids = {}
 local indexes = {}
-for i = 2, #KEYS do
-  local a = 4 * (i - 2) + 3
+for i = 1, n do
+  local a = 4 * i
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'incident_id',
     ARGV[a + 1], 'type', ARGV[a + 2], 'at', ARGV[a + 3], 'data', ARGV[a + 4])
-  redis.call('RPUSH', KEYS[i], id)
-  indexes[KEYS[i]] = true
-  ids[#ids + 1] = id
+  redis.call('RPUSH', KEYS[4 + i], id)
+  indexes[KEYS[4 + i]] = true
+  ids[i] = id
 end
-for key in pairs(indexes) do
-  redis.call('LTRIM', key, -tonumber(ARGV[2]), -1)
-  redis.call('EXPIRE', key, ARGV[3])
+for index in pairs(indexes) do
+  redis.call('LTRIM', index, -tonumber(ARGV[2]), -1)
+  redis.call('EXPIRE', index, ARGV[3])
+end
+local a = 4 + 4 * n
+for k = 5 + n, #KEYS do
+  local id, reported = ARGV[a + 1], ARGV[a + 3]
+  redis.call('SET', KEYS[k], ARGV[a + 2])
+  redis.call('ZADD', KEYS[2], reported, id)
+  if ARGV[a + 4] == '1' then
+    redis.call('ZADD', KEYS[3], reported, id)
+  else
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], ARGV[a + 5], id)
+    redis.call('EXPIRE', KEYS[k], ARGV[3])
+  end
+  a = a + 5
 end
 return ids
 """
-# One call logs every event of a batch of effects, in order: KEYS[1] is the log,
-# KEYS[1 + i] event i's incident index; ARGV the log's cap, an index's cap and TTL, then
-# four per event (incident_id, type, at, data). Returns the events' ids, in order. (One
-# call per event cost a command to pack and a reply to parse each, a dozen a report.)
+# The incidents' history and records, in one call (`Store._record_call`): the events
+# logged in order, each also in its incident's index (capped, with the history's TTL),
+# then each incident's record saved and filed as open or ended (an ended one expires
+# with its history). KEYS: the log, incidents:all, :open, :ended, one index per event,
+# one incident key per record. ARGV: the log's cap, an index's cap, the history TTL, the
+# number of events, four per event (incident_id, type, at, data), five per record (id,
+# JSON, reported_at, "1" if open, ended_at). Returns the events' ids, in order. One
+# call for what were a dozen commands a report (a command per event and three or four
+# per record, each packed, queued and answered in a transaction).
 
 # The most events kept in one incident's index (its history shows the newest ones).
 INCIDENT_EVENTS_MAX = 1000
@@ -346,7 +366,7 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
-        self._log_events = client.register_script(_LOG_EVENTS)
+        self._record = client.register_script(_RECORD)
         self._push_add = client.register_script(_PUSH_ADD)
 
     @classmethod
@@ -545,9 +565,21 @@ class Store:
 
     async def apply(self, effects: Iterable[Effect]) -> list[str]:
         """Carry out the persistence effects in one round trip; returns the new event ids."""
+        batch = list(effects)
+        if all(isinstance(e, LogEvent | SaveIncident) for e in batch):
+            # Only history and records (a report's, most answers'): one script call,
+            # atomic by itself, without a transaction around it.
+            call = self._record_call(batch)
+            if call is None:
+                return []
+            try:
+                ids = await self._record(keys=call[0], args=call[1])
+            except RedisError as exc:
+                raise BackendUnavailable("redis", str(exc)) from exc
+            return [eid.decode() for eid in ids]
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                logged_at = await self._queue(pipe, effects)
+                logged_at = await self._queue(pipe, batch)
                 if logged_at is None:
                     return []
                 results = await pipe.execute()
@@ -583,29 +615,16 @@ class Store:
 
     async def _queue(self, pipe: Any, effects: Iterable[Effect]) -> int | None:
         """Queue the persistence effects on ``pipe``: None if nothing, else where the
-        call logging the events is (its reply: their ids, in order), -1 if none is.
+        call recording the history and the records is (its reply: the events' ids, in
+        order), -1 if there is none.
 
         Apart from apply() so that ``ClusterStore.apply_fenced`` can queue them in a
         transaction of its own (fenced with WATCH on the incidents' owner keys).
         """
-        latest: dict[str, SaveIncident] = {}
-        count = 0
-        event_keys = [self._k("events")]
-        event_args: list[Any] = [self.event_log_max, INCIDENT_EVENTS_MAX, self.history_ttl_s]
-        for effect in effects:
-            if isinstance(effect, SaveIncident):
-                latest[effect.incident_id] = effect  # only the last state counts
-                continue
-            count += 1
-            if isinstance(effect, LogEvent):
-                event_keys.append(self._k("evi", effect.incident_id))
-                event_args += (
-                    effect.incident_id,
-                    effect.type,
-                    repr(effect.at),
-                    orjson.dumps(dict(effect.data)),
-                )
-            elif isinstance(effect, SavePosition):
+        batch = list(effects)
+        queued = len(pipe)
+        for effect in batch:
+            if isinstance(effect, SavePosition):
                 pipe.set(
                     self._k("pos", effect.volunteer_id),
                     f"{effect.lat!r},{effect.lon!r},{effect.at!r}",
@@ -631,28 +650,46 @@ class Store:
                     [self._k("claim", effect.volunteer_id)],
                     [effect.incident_id],
                 )
-            else:
-                count -= 1
-        logged_at = -1
-        if len(event_keys) > 1:
-            logged_at = len(pipe)
-            _queue_script(pipe, self._log_events, event_keys, event_args)
-        for save in latest.values():
-            self._save_incident(pipe, save)
-        if not count and not latest:
-            return None
+        call = self._record_call(batch)
+        if call is None:
+            return None if len(pipe) == queued else -1
+        logged_at = len(pipe)
+        _queue_script(pipe, self._record, *call)
         return logged_at
 
-    def _save_incident(self, pipe: Any, save: SaveIncident) -> None:
-        key = self._k("inc", save.incident_id)
-        pipe.set(key, orjson.dumps(dict(save.record)))
-        pipe.zadd(self._k("incidents", "all"), {save.incident_id: save.reported_at})
-        if save.open:
-            pipe.zadd(self._k("incidents", "open"), {save.incident_id: save.reported_at})
-        else:
-            pipe.zrem(self._k("incidents", "open"), save.incident_id)
-            pipe.zadd(self._k("incidents", "ended"), {save.incident_id: save.ended_at or 0.0})
-            pipe.expire(key, self.history_ttl_s)
+    def _record_call(self, effects: list[Effect]) -> tuple[list[str], list[Any]] | None:
+        """The keys and arguments of the `_RECORD` call for the events and incident
+        records among ``effects`` (the last record of each incident counts), or None if
+        there are none."""
+        events = [e for e in effects if isinstance(e, LogEvent)]
+        latest = {e.incident_id: e for e in effects if isinstance(e, SaveIncident)}
+        if not events and not latest:
+            return None
+        keys = [
+            self._k("events"),
+            self._k("incidents", "all"),
+            self._k("incidents", "open"),
+            self._k("incidents", "ended"),
+        ]
+        args: list[Any] = [
+            self.event_log_max,
+            INCIDENT_EVENTS_MAX,
+            self.history_ttl_s,
+            len(events),
+        ]
+        for event in events:
+            keys.append(self._k("evi", event.incident_id))
+            args += (event.incident_id, event.type, repr(event.at), orjson.dumps(dict(event.data)))
+        for save in latest.values():
+            keys.append(self._k("inc", save.incident_id))
+            args += (
+                save.incident_id,
+                orjson.dumps(dict(save.record)),
+                repr(save.reported_at),
+                "1" if save.open else "",
+                repr(save.ended_at or 0.0),
+            )
+        return keys, args
 
     # ---------------------------------------------------------------- event log
 
