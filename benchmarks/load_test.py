@@ -13,7 +13,11 @@ It speaks only the public protocol (MQTT + HTTP), like any outside load tester:
    with no alert within ``--alert-timeout`` is lost;
 4. counts ``<root>/rejected`` messages, the location updates the engine ingested (its
    ``dispatch_messages_received_total{type="LocationUpdate"}`` before and after), and
-   the engine's CPU and memory (psutil, when the engine's pid is known).
+   the engine's CPU and memory (psutil, when the engine's pid is known);
+5. says where the 20 slowest reports waited, from the engine's own times of each
+   (``GET /api/incidents/{id}``: received, first alert decided): until the engine
+   received them (the broker, the socket, the engine's queue), to its decision, and
+   from there to the phone (storing, publishing, the broker), medians in ms.
 
 ``--gateways N`` (with --start-engine or --start-servers) starts the engine with
 ``[gateway] enabled = true`` and N ``dispatch gateway`` processes beside it
@@ -54,6 +58,7 @@ import platform
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +69,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -144,6 +150,36 @@ def http_get(base: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def where_waited(base: str, ids: Sequence[str], t: Tracker) -> dict[str, float] | None:
+    """Where reports waited, from the engine's own times of each (`GET /api/incidents/
+    {id}`: ``received_at``, ``first_alert_at``) set beside when it was sent and when its
+    first alert came: the median ms, over ``ids``, of the three legs (``to_engine``:
+    broker, socket and the engine's queue; ``decision``: receipt to the alerts decided;
+    ``to_phone``: storing, publishing and the broker to the alerted phone). One machine,
+    one clock. None if the engine does not say (a read token, an old engine)."""
+    legs: dict[str, list[float]] = {"to_engine": [], "decision": [], "to_phone": []}
+    for iid in ids:
+        try:
+            status, body = http_get(base, f"/api/incidents/{iid}?events=0")
+            if status != 200:
+                return None
+            times = json.loads(body)["times"]
+            received = _unix(times["received_at"])
+            decided = _unix(times["first_alert_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        legs["to_engine"].append((received - t.sent_wall[iid]) * 1000)
+        legs["decision"].append((decided - received) * 1000)
+        legs["to_phone"].append((t.first_alert_wall[iid] - decided) * 1000)
+    if not ids:
+        return None
+    return {leg: round(statistics.median(ms), 1) for leg, ms in legs.items()}
+
+
+def _unix(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -371,6 +407,9 @@ class Tracker:
 
     sent: dict[str, float] = field(default_factory=dict)
     first_alert: dict[str, float] = field(default_factory=dict)
+    # The same instants as Unix time, to set beside the engine's own (`where_waited`).
+    sent_wall: dict[str, float] = field(default_factory=dict)
+    first_alert_wall: dict[str, float] = field(default_factory=dict)
     alerts: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)
@@ -407,6 +446,7 @@ class Measurer:
                 first = incident_id not in self.t.first_alert
                 if first:
                     self.t.first_alert[incident_id] = now
+                    self.t.first_alert_wall[incident_id] = time.time()
                 if self.answer == "decline" or (
                     self.answer == "accept" and first and incident_id in self.t.sent
                 ):
@@ -424,6 +464,7 @@ class Measurer:
         )
         with self.t.lock:
             self.t.sent[incident_id] = time.perf_counter()
+            self.t.sent_wall[incident_id] = time.time()
         self.client.publish(f"{self.root}/incidents/report", payload, qos=1)
 
     def close(self) -> None:
@@ -603,6 +644,8 @@ class StepResult:
     gateways: int = 0  # location gateways beside the engine (--gateways)
     gateways_cpu_percent: float | None = None  # their CPU, summed, % of one core
     slowest: list[tuple[float, float]] = field(default_factory=list)  # (ms, sent at s)
+    # Where the slowest reports waited (`where_waited`): median ms of the three legs.
+    slowest_waited: dict[str, float] | None = None
     herd_sent: int = 0  # statuses re-sent by the herd (--herd) during the step
     herd_sent_s: float | None = None  # how long sending them took
     herd_lost: int | None = None  # of those, never counted by the engine
@@ -832,13 +875,17 @@ def run_step(
         alerted = {i for i in ids if i in measurer.t.first_alert}
         # When the slowest ones were sent (seconds into the step): pauses show as clusters.
         first_sent = measurer.t.sent[ids[0]] if ids else 0.0
-        slowest = sorted(
+        slowest_ids = sorted(alerted, key=lambda i: measurer.t.first_alert[i] - measurer.t.sent[i])[
+            -20:
+        ]
+        slowest = [
             (
                 (measurer.t.first_alert[i] - measurer.t.sent[i]) * 1000,
                 measurer.t.sent[i] - first_sent,
             )
-            for i in alerted
-        )[-20:]
+            for i in slowest_ids
+        ]
+        slowest_waited = where_waited(base, slowest_ids, measurer.t)
         rejected = list(measurer.t.rejected)  # everything on <root>/rejected meanwhile
         measurer.t.rejected.clear()
         alerts = measurer.t.alerts
@@ -889,6 +936,7 @@ def run_step(
             else round((gw_cpu1 - gw_cpu0) / elapsed * 100, 1)
         ),
         slowest=[(round(ms, 2), round(at, 3)) for ms, at in reversed(slowest)],
+        slowest_waited=slowest_waited,
         herd_sent=herd_sent,
         herd_sent_s=None if herd_s is None else round(herd_s, 2),
         herd_lost=None if herd_received is None else max(0, herd_sent - round(herd_received)),
@@ -1290,6 +1338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"herd: {result.herd_sent:,} statuses sent in {result.herd_sent_s} s, "
                         f"{result.herd_lost} lost",
+                        file=sys.stderr,
+                    )
+                if result.slowest_waited:
+                    w = result.slowest_waited
+                    print(
+                        f"the {len(result.slowest)} slowest reports (median): "
+                        f"{w['to_engine']} ms until the engine received them, "
+                        f"{w['decision']} ms to its decision, "
+                        f"{w['to_phone']} ms from there to the phone",
                         file=sys.stderr,
                     )
                 for reason in result.why:

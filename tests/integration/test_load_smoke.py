@@ -72,6 +72,14 @@ def test_load_test_against_an_engine_it_starts(
     assert step["locations_ingested_per_s"] > 0.5 * step["location_rate"]
     assert step["engine_cpu_percent"] is not None
     assert step["engine_rss_mb"] > 10
+    # Where the slowest waited, from the engine's own times: the median of each leg is
+    # within the slowest report's latency (one clock; the engine's times are in ms).
+    waited = step["slowest_waited"]
+    assert set(waited) == {"to_engine", "decision", "to_phone"}
+    slowest = max(ms for ms, _at in step["slowest"])
+    assert all(-2 <= ms <= slowest + 2 for ms in waited.values()), (waited, slowest)
+    assert sum(waited.values()) > 0
+    assert "slowest reports (median)" in done.stderr
 
 
 def test_load_test_ramp_reports_a_saturation_point_and_plots(
