@@ -227,6 +227,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return over
 """
 
+# The push subscriptions of each volunteer given (KEYS: their push: hashes), in order:
+# one command and one reply for a wave (a pipeline of HVALS packs and parses one each).
+_PUSH_OF = """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('HVALS', key) end
+return found
+"""
+
 # Renew an owner's lease, only while it is still ours.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -368,6 +376,7 @@ class Store:
         self._positions = client.register_script(_POSITIONS)
         self._record = client.register_script(_RECORD)
         self._push_add = client.register_script(_PUSH_ADD)
+        self._push_of = client.register_script(_PUSH_OF)
 
     @classmethod
     def from_url(
@@ -875,10 +884,9 @@ class Store:
     @_redis_errors
     async def push_subscriptions_of(self, volunteer_ids: Sequence[str]) -> list[list[bytes]]:
         """The subscriptions of each volunteer, in order, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for volunteer_id in volunteer_ids:
-                pipe.hvals(self._k("push", volunteer_id))
-            found = await pipe.execute()
+        if not volunteer_ids:
+            return []
+        found = await self._push_of(keys=[self._k("push", v) for v in volunteer_ids])
         return [[bytes(v) for v in values] for values in found]
 
 
