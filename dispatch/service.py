@@ -478,24 +478,46 @@ class Service:
         through the core under one hold of the lock, still one message at a time and in
         order, and its writes go to Redis in one round trip (positions are coalesced
         anyway; the claims of several accepts in another) before anything it decided is
-        published. Everything else, and everything in a cluster, goes one at a time
-        through ``on_message``.
+        published. A run of reports likewise (`Engine.reports`). Everything else, and
+        everything in a cluster, goes one at a time through ``on_message``.
         """
         start = 0
         while start < len(batch):
             end = start
-            while (
-                end < len(batch)
-                and self.ownership.batches
-                and batch[end][0].endswith(_VOLUNTEER_SUFFIXES)
-            ):
-                end += 1
-            if end > start:
-                await self._on_run(batch[start:end])
-                start = end
-            else:
-                await self.on_message(*batch[start])
-                start += 1
+            if self.ownership.batches:
+                while end < len(batch) and batch[end][0].endswith(_VOLUNTEER_SUFFIXES):
+                    end += 1
+                if end > start:
+                    await self._on_run(batch[start:end])
+                    start = end
+                    continue
+                while end < len(batch) and batch[end][0] == self._report_topic:
+                    end += 1
+                if end - start > 1:
+                    await self._on_reports(batch[start:end])
+                    start = end
+                    continue
+            await self.on_message(*batch[start])
+            start += 1
+
+    async def _on_reports(self, run: list[tuple[str, bytes]]) -> None:
+        now = self.clock()
+        reports: list[Report] = []
+        bad: list[BadMessage] = []
+        for topic, payload in run:
+            try:
+                msg = self.codec.decode(topic, payload, now)
+            except BadMessage as err:
+                bad.append(err)
+                continue
+            if not isinstance(msg, Report):
+                raise TypeError(f"unexpected message {msg!r} on {topic}")  # pragma: no cover
+            reports.append(msg)
+        if reports:
+            self.metrics.messages.labels(type="Report").inc(len(reports))
+            await self.engine.reports(reports, now)
+        for error in bad:
+            await self.engine.reject(error, now)
 
     async def _on_run(self, run: list[tuple[str, bytes]]) -> None:
         now = self.clock()

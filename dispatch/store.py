@@ -452,6 +452,29 @@ class Store:
         assert answer in ("new", "same", "conflict", "pending"), answer
         return answer  # type: ignore[return-value]
 
+    async def admit_all(self, reports: Sequence[tuple[str, str]]) -> list[Admission]:
+        """`admit` for each ``(incident_id, fingerprint)``, in order, in one round trip
+        (an id given twice: the second is "pending", the first being stored)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for incident_id, fingerprint in reports:
+                    _queue_script(
+                        pipe,
+                        self._admit,
+                        [
+                            self._k("idem", incident_id),
+                            self._k("inc", incident_id),
+                            self._k("admitting", incident_id),
+                        ],
+                        [fingerprint, self.idempotency_ttl_s, self.admission_lease_ms],
+                    )
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        answers = [r.decode() if isinstance(r, bytes) else str(r) for r in results]
+        assert all(a in ("new", "same", "conflict", "pending") for a in answers), answers
+        return answers  # type: ignore[return-value]
+
     async def incident(self, incident_id: str) -> dict[str, Any] | None:
         try:
             raw = await self.redis.get(self._k("inc", incident_id))

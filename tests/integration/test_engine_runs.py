@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
+
 from dispatch.codec import Codec
 from dispatch.config import load_config
 from dispatch.dispatcher import Dispatcher
@@ -99,3 +101,83 @@ async def test_the_accepts_of_one_run_claim_in_one_round_trip(redis_url: str) ->
     for vid in taken:
         assert await engine.store.claimed_by(vid) == "inc-runs"
     await engine.store.close()
+
+
+async def test_a_run_of_reports_is_admitted_and_stored_in_one_round_trip_each(
+    redis_url: str,
+) -> None:
+    engine, outbox, _ = make_engine(redis_url, "runs-r:")
+    stored = Report(Kind.FALL, *SCENE, id="inc-old", fingerprint="fp-old")
+    await engine.report(stored, T0)  # nobody on duty yet
+    far = (SCENE[0] - 0.02, SCENE[1] + 0.02)  # 2.9 km away: neither a duplicate nor in reach
+    for vid, (lat, lon) in {"r1": SCENE, "r2": far}.items():
+        status = StatusUpdate(vid, Duty.AVAILABLE, ("first_aid",), Mode.WALK, lat + 0.0003, lon)
+        await engine.handle([status], T0)
+    trips: dict[str, int] = {"admit_all": 0, "apply": 0}
+    for name in trips:
+        original = getattr(engine.store, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            trips[_name] += 1
+            return _original(*args)
+
+        setattr(engine.store, name, counting)
+    outbox.sent.clear()
+    await engine.reports(
+        [
+            Report(Kind.MEDICAL, *SCENE, id="inc-a", fingerprint="fp-a"),
+            Report(Kind.FIRE, *far, id="inc-b", fingerprint="fp-b"),
+            Report(Kind.FIRE, *far, id="inc-b", fingerprint="fp-b"),  # sent twice
+            Report(Kind.FALL, *SCENE, id="inc-old", fingerprint="fp-old"),  # a retry
+            Report(Kind.FALL, *SCENE, id="inc-old", fingerprint="fp-other"),  # reused id
+        ],
+        T0 + 1,
+    )
+    assert trips == {"admit_all": 1, "apply": 1}
+    assert {"inc-a", "inc-b", "inc-old"} <= set(engine.core.incidents)
+    states = [p for p in outbox.sent if p.topic.endswith("/state")]
+    assert sorted(p.topic.split("/")[-2] for p in states) == ["inc-a", "inc-b", "inc-old"]
+    alerts = [orjson.loads(p.payload) for p in outbox.sent if p.topic.endswith("/alert")]
+    alerted_vids = [p.topic.split("/")[-2] for p in outbox.sent if p.topic.endswith("/alert")]
+    assert {(a["incident_id"], p) for a, p in zip(alerts, alerted_vids, strict=True)} == {
+        ("inc-a", "r1"),
+        ("inc-b", "r2"),
+    }
+    (rejected,) = [p for p in outbox.sent if p.topic.endswith("/rejected")]
+    assert b"inc-old" in rejected.payload
+    assert b"conflict" in rejected.payload
+    assert await engine.store.incident("inc-b") is not None
+    await engine.store.close()
+
+
+async def test_the_service_hands_a_run_of_reports_over_together() -> None:
+    from dispatch.service import Service
+
+    service = Service(load_config(env={"DISPATCH_TOPIC_ROOT": "runs"}))
+    handed: list[tuple[str, list[str | None]]] = []
+
+    async def reports(run: list[Report], now: float) -> None:
+        handed.append(("run", [r.id for r in run]))
+
+    async def report(one: Report, now: float, **_: Any) -> Any:
+        handed.append(("one", [one.id]))
+
+    rejected: list[str] = []
+
+    async def reject(error: Any, now: float) -> None:
+        rejected.append(error.code)
+
+    service.engine.reports = reports  # type: ignore[method-assign]
+    service.engine.report = report  # type: ignore[method-assign]
+    service.engine.reject = reject  # type: ignore[method-assign]
+
+    def body(iid: str) -> bytes:
+        return orjson.dumps({"id": iid, "kind": "fall", "lat": SCENE[0], "lon": SCENE[1]})
+
+    topic = "runs/incidents/report"
+    await service.on_messages(
+        [(topic, body("i1")), (topic, b"{not json"), (topic, body("i2")), (topic, body("i3"))]
+    )
+    await service.on_messages([(topic, body("i4"))])
+    assert handed == [("run", ["i1", "i2", "i3"]), ("one", ["i4"])]
+    assert rejected == ["not_json"]
