@@ -151,7 +151,7 @@ def test_a_pushed_alert_is_a_notification_whose_accept_answers_it(
         # Delivered to the page's service worker as the browser's push client would.
         # Headless Chromium's stand-in for the system's notification centre now and then
         # loses a notification whose showNotification() resolved (the worker logged it;
-        # getNotifications() then stays empty: 4 runs in 60 here, and once in CI), so an
+        # getNotifications() then stays empty: 3 runs in about 40 here, once in CI), so an
         # unseen one is pushed again, as a push service redelivers; the engine takes the
         # second receipt as a duplicate.
         def notifications() -> list[dict[str, Any]]:
