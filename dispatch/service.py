@@ -502,26 +502,27 @@ class Service:
 
     async def _on_reports(self, run: list[tuple[str, bytes]]) -> None:
         now = self.clock()
-        reports: list[Report] = []
-        bad: list[BadMessage] = []
-        for topic, payload in run:
-            try:
-                msg = self.codec.decode(topic, payload, now)
-            except BadMessage as err:
-                bad.append(err)
-                continue
-            if not isinstance(msg, Report):
-                raise TypeError(f"unexpected message {msg!r} on {topic}")  # pragma: no cover
-            reports.append(msg)
+        reports, bad = self._decode_run(run, now, (Report,))
         if reports:
-            self.metrics.messages.labels(type="Report").inc(len(reports))
             await self.engine.reports(reports, now)
         for error in bad:
             await self.engine.reject(error, now)
 
     async def _on_run(self, run: list[tuple[str, bytes]]) -> None:
         now = self.clock()
-        messages: list[LocationUpdate | StatusUpdate | Reply | Arrived] = []
+        messages, bad = self._decode_run(run, now, (LocationUpdate, StatusUpdate, Reply, Arrived))
+        await self.engine.handle(messages, now)
+        for error in bad:
+            await self.engine.reject(error, now)
+        if any(not isinstance(m, LocationUpdate) for m in messages):
+            self.engine.gauges_stale = True
+
+    def _decode_run(
+        self, run: list[tuple[str, bytes]], now: float, kinds: tuple[type, ...]
+    ) -> tuple[list[Any], list[BadMessage]]:
+        """A run's messages decoded (each one of ``kinds``) and counted by type, and the
+        bad ones apart, to be rejected after the run."""
+        messages: list[Any] = []
         bad: list[BadMessage] = []
         for topic, payload in run:
             try:
@@ -529,17 +530,12 @@ class Service:
             except BadMessage as err:
                 bad.append(err)
                 continue
-            if not isinstance(msg, LocationUpdate | StatusUpdate | Reply | Arrived):
+            if not isinstance(msg, kinds):
                 raise TypeError(f"unexpected message {msg!r} on {topic}")  # pragma: no cover
             messages.append(msg)
-        counts = Counter(type(m).__name__ for m in messages)
-        for kind, count in counts.items():
+        for kind, count in Counter(type(m).__name__ for m in messages).items():
             self.metrics.messages.labels(type=kind).inc(count)
-        await self.engine.handle(messages, now)
-        for error in bad:
-            await self.engine.reject(error, now)
-        if len(messages) > counts["LocationUpdate"]:
-            self.engine.gauges_stale = True
+        return messages, bad
 
     async def report(self, report: Report, now: float, *, via_mqtt: bool = True) -> ReportOutcome:
         """Admit, store, then announce an incident (`Engine.report`)."""

@@ -439,11 +439,7 @@ class Store:
         """Whether a report with this id is new, already stored, being stored, or a conflict."""
         try:
             result = await self._admit(
-                keys=[
-                    self._k("idem", incident_id),
-                    self._k("inc", incident_id),
-                    self._k("admitting", incident_id),
-                ],
+                keys=self._admission_keys(incident_id),
                 args=[fingerprint, self.idempotency_ttl_s, self.admission_lease_ms],
             )
         except RedisError as exc:
@@ -451,6 +447,14 @@ class Store:
         answer = result.decode() if isinstance(result, bytes) else str(result)
         assert answer in ("new", "same", "conflict", "pending"), answer
         return answer  # type: ignore[return-value]
+
+    def _admission_keys(self, incident_id: str) -> list[str]:
+        """The keys `_ADMIT` takes for one report (the work stream's comes after them)."""
+        return [
+            self._k("idem", incident_id),
+            self._k("inc", incident_id),
+            self._k("admitting", incident_id),
+        ]
 
     async def admit_all(self, reports: Sequence[tuple[str, str]]) -> list[Admission]:
         """`admit` for each ``(incident_id, fingerprint)``, in order, in one round trip
@@ -461,11 +465,7 @@ class Store:
                     _queue_script(
                         pipe,
                         self._admit,
-                        [
-                            self._k("idem", incident_id),
-                            self._k("inc", incident_id),
-                            self._k("admitting", incident_id),
-                        ],
+                        self._admission_keys(incident_id),
                         [fingerprint, self.idempotency_ttl_s, self.admission_lease_ms],
                     )
                 results = await pipe.execute()
@@ -1160,12 +1160,7 @@ class ClusterStore(Store):
         """`Store.admit`, and when new, the report added to the work stream in one step."""
         try:
             result = await self._admit(
-                keys=[
-                    self._k("idem", incident_id),
-                    self._k("inc", incident_id),
-                    self._k("admitting", incident_id),
-                    self._k("work"),
-                ],
+                keys=[*self._admission_keys(incident_id), self._k("work")],
                 args=[
                     fingerprint,
                     self.idempotency_ttl_s,
