@@ -82,8 +82,6 @@ class Engine:
         self.clock = clock
         self.ownership: Ownership = Alone(self)
         self.redis_ok = False
-        # Marked when something changed that the gauges count (see Service.refresh_gauges).
-        self.gauges_stale = True
         # Called after every flush of positions with (how many, seconds taken): a hook for
         # diagnostics (benchmarks/loopmon.py).
         self.on_positions_flushed: Callable[[int, float], None] | None = None
@@ -131,7 +129,6 @@ class Engine:
             incident_id = next(e.incident_id for e in effects if isinstance(e, LogEvent))
             incident = self.core.incidents[incident_id]
             state = self.core.public_state(incident)
-        self.gauges_stale = True
         return ReportOutcome("created", state)
 
     async def reports(self, reports: Sequence[Report], now: float) -> None:
@@ -171,7 +168,6 @@ class Engine:
                 await self.receipt(incident_id)
             for incident_id in conflicts:
                 await self.reject(self.conflict(incident_id), now)
-        self.gauges_stale = True
 
     def conflict(self, incident_id: str) -> BadMessage:
         """The rejection of a report whose id was reported before with another body."""
@@ -192,7 +188,6 @@ class Engine:
                 now = self.clock()
                 effects = self.core.report(report, now, incident_id=incident_id)
                 await self._execute(effects, now, decision_started=now)
-        self.gauges_stale = True
         return created
 
     async def handle(self, messages: Sequence[Message], now: float) -> None:
@@ -265,9 +260,7 @@ class Engine:
             incident = self.core.incidents.get(incident_id)
             if incident is None:  # another instance took it over meanwhile (fenced out)
                 raise UnknownIncident(incident_id)
-            state = self.core.public_state(incident)
-        self.gauges_stale = True
-        return state
+            return self.core.public_state(incident)
 
     async def tick(self, now: float) -> bool:
         """Fire the timers due at ``now``; True if they decided anything."""
@@ -275,8 +268,6 @@ class Engine:
             effects = self.core.tick(now)
             if effects:
                 await self._execute(effects)
-        if effects:
-            self.gauges_stale = True
         return bool(effects)
 
     async def restore_volunteers(self, chunks: AsyncGenerator[StoredVolunteers, None]) -> int:
@@ -304,7 +295,6 @@ class Engine:
             effects += self.core.restore_incident(record)
         async with self._lock:
             await self._execute(effects)
-        self.gauges_stale = True
 
     async def adopt(
         self, incident_id: str, record: Mapping[str, Any], take: Callable[[], object]
@@ -323,7 +313,6 @@ class Engine:
             incident = self.core.incidents.get(incident_id)
             if incident is not None:
                 await self.publish([self.state_message(incident)])
-        self.gauges_stale = True
 
     def forget(self, incident_id: str) -> None:
         """Drop an incident (and its alerts) from this core; no effects.

@@ -1,0 +1,151 @@
+"""What the bus writes: everything published in one turn of the event loop leaves in one
+system call (the engine used to make one per message, and three more per burst to have
+the loop watch the socket), in order, whatever the kernel takes at a time (issue 16)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from dispatch.bus import Bus, _BufferedSocket
+from dispatch.wire import Publish
+
+
+class _CountingSocket:
+    """A real socket that counts its ``send`` calls (a spy: everything else is its own)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes | bytearray) -> int:
+        self.sends += 1
+        return int(self._sock.send(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_a_burst_of_publishes_leaves_in_order_in_a_few_writes(
+    mqtt_url: str, topic_root: str
+) -> None:
+    count = 2000
+    got: list[bytes] = []
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    bus = Bus(mqtt_url, client_id=f"writes-{topic_root}", subscriptions=[], protocol=5)
+
+    async def unused(_topic: str, _payload: bytes) -> None:  # pragma: no cover
+        raise AssertionError("nothing is subscribed")
+
+    task = asyncio.create_task(bus.run(unused))
+    try:
+        await asyncio.wait_for(bus.ready.wait(), 10)
+        assert bus._client is not None
+        buffered = bus._client._client._sock
+        assert isinstance(buffered, _BufferedSocket)
+        spy = _CountingSocket(buffered._sock)
+        buffered._sock = spy  # type: ignore[assignment]
+        async with aiomqtt.Client(host, int(port)) as listener:
+            await listener.subscribe(f"{topic_root}/#", qos=1)
+            for i in range(count):  # one turn of the loop, as the engine's effects
+                expiry = 60 if i % 2 else None  # with MQTT 5 properties and without
+                bus.send(Publish(f"{topic_root}/n", b"%d" % i, qos=1, expiry_s=expiry))
+            async with asyncio.timeout(20):
+                async for message in listener.messages:
+                    assert isinstance(message.payload, bytes)
+                    got.append(message.payload)
+                    if len(got) == count:
+                        break
+        assert got == [b"%d" % i for i in range(count)]
+        # As many in flight as the broker said it takes (its CONNACK's Receive Maximum:
+        # the shipped settings say 1,000), not paho's 20.
+        window = bus._client._client._max_inflight_messages
+        assert window == await _receive_maximum(host, int(port))
+        # A write per window's worth (more if the kernel took one in parts), against one
+        # per message before; the broker's PUBACKs came back on the same socket meanwhile.
+        assert spy.sends <= 2 * (count // window + 1) + 4, (spy.sends, window)
+        assert not buffered._out
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _receive_maximum(host: str, port: int) -> int:
+    """What the broker's CONNACK says it takes in flight from an MQTT 5 client."""
+    said: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    client = aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5)
+    paho = client._client
+    on_connect = paho.on_connect
+
+    def connected(*args: Any) -> None:
+        said.set_result(getattr(args[4], "ReceiveMaximum", 65535))
+        on_connect(*args)
+
+    paho.on_connect = connected
+    async with client:
+        return await said
+
+
+def _pair(send_buffer: int) -> tuple[socket.socket, socket.socket]:
+    writer, reader = socket.socketpair()
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, send_buffer)
+    writer.setblocking(False)
+    reader.setblocking(False)
+    return writer, reader
+
+
+async def test_what_the_kernel_does_not_take_leaves_when_it_can_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    writer, reader = _pair(4096)
+    broken: list[Exception] = []
+    buffered = _BufferedSocket(writer, loop, broken.append)
+    chunks = [bytes([i % 251]) * 1000 for i in range(2000)]  # 2 MB, far over the buffers
+    try:
+        for chunk in chunks[:1000]:
+            assert buffered.send(chunk) == len(chunk)
+        buffered.flush()
+        assert buffered._watching  # the rest waits for the socket to be writable
+        for chunk in chunks[1000:]:  # written meanwhile: after what waits
+            buffered.send(chunk)
+        buffered.flush()  # behind what waits: nothing leaves ahead of it
+        received = bytearray()
+        async with asyncio.timeout(20):
+            while len(received) < 2_000_000:
+                received += await loop.sock_recv(reader, 65536)
+        assert bytes(received) == b"".join(chunks)
+        assert not buffered._out
+        assert not buffered._watching
+        assert broken == []
+    finally:
+        buffered.close()
+        reader.close()
+
+
+async def test_a_write_to_a_closed_connection_is_reported_as_broken() -> None:
+    loop = asyncio.get_running_loop()
+    writer, reader = _pair(4096)
+    broken: list[Exception] = []
+    told = asyncio.Event()
+
+    def on_broken(exc: Exception) -> None:
+        broken.append(exc)
+        told.set()
+
+    buffered = _BufferedSocket(writer, loop, on_broken)
+    try:
+        buffered.send(b"x" * 1_000_000)
+        buffered.flush()
+        assert buffered._watching
+        reader.close()  # the peer goes while the rest waits
+        await asyncio.wait_for(told.wait(), 10)
+        assert isinstance(broken[0], BrokenPipeError | ConnectionResetError)
+        buffered.send(b"y")
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):  # the next one too
+            buffered.flush()
+    finally:
+        buffered.close()
