@@ -77,6 +77,14 @@ __all__ = [
 
 Admission = Literal["new", "same", "conflict", "pending"]
 
+
+def _admission(result: Any) -> Admission:
+    """`_ADMIT`'s answer for one report."""
+    answer = result.decode() if isinstance(result, bytes) else str(result)
+    assert answer in ("new", "same", "conflict", "pending"), answer
+    return answer  # type: ignore[return-value]
+
+
 # A browser's push subscription not renewed (the page sends it at every sign-in) for
 # this long is forgotten: a phone given away must stop receiving alerts some day.
 PUSH_KEEP_S = 90 * 86_400
@@ -444,9 +452,7 @@ class Store:
             )
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
-        answer = result.decode() if isinstance(result, bytes) else str(result)
-        assert answer in ("new", "same", "conflict", "pending"), answer
-        return answer  # type: ignore[return-value]
+        return _admission(result)
 
     def _admission_keys(self, incident_id: str) -> list[str]:
         """The keys `_ADMIT` takes for one report (the work stream's comes after them)."""
@@ -471,9 +477,7 @@ class Store:
                 results = await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
-        answers = [r.decode() if isinstance(r, bytes) else str(r) for r in results]
-        assert all(a in ("new", "same", "conflict", "pending") for a in answers), answers
-        return answers  # type: ignore[return-value]
+        return [_admission(r) for r in results]
 
     async def incident(self, incident_id: str) -> dict[str, Any] | None:
         try:
@@ -1173,9 +1177,7 @@ class ClusterStore(Store):
             )
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
-        answer = result.decode() if isinstance(result, bytes) else str(result)
-        assert answer in ("new", "same", "conflict", "pending"), answer
-        return answer  # type: ignore[return-value]
+        return _admission(result)
 
     @_redis_errors
     async def add_work(self, incident_id: str, payload: bytes, now: float) -> None:
