@@ -51,12 +51,16 @@ _MAX_BATCH = 32
 _TAKE_PER_TURN = 4096
 _MAX_BACKLOG = 100_000
 # Urgent messages keep their place in the arrival order until more than this many others
-# wait ahead of them (some 60-200 µs of work each: 8-25 ms). Then they jump the queue.
-# In order when the engine keeps up: a status and then a report nearby, sent by a test or
-# a field drill one after the other, are handled in that order.
-_IN_ORDER = 128
-# Packets read from the socket per wake of the event loop (see _drive_socket).
-_READS_PER_WAKE = 256
+# wait ahead of them: one batch. Then they jump the queue. In order when the engine keeps
+# up: a status and then a report nearby, sent by a test or a field drill one after the
+# other, are handled in that order. A message takes 60 µs to 1 ms: 128 accepts waiting
+# (each claims, then stands the others down) held reports back 100-150 ms after a herd.
+_IN_ORDER = _MAX_BATCH
+# Packets read from the socket per wake of the event loop (see _drive_socket). Enough to
+# keep up with a herd (10,000 statuses/s at a wake every 2-6 ms), few enough that a
+# wake stays short: 256 took 13-19 ms under a herd, and a report's Redis round trips
+# each waited for one such turn of the loop (benchmarks/RESULTS.md).
+_READS_PER_WAKE = 64
 # Past this many messages waiting, sheddable ones (locations: QoS 0, replaced by the
 # next in seconds) are dropped as they arrive instead of queued: some 0.5 s of work.
 # When the engine falls behind, the broker used to drop them (and reports with them);

@@ -199,6 +199,11 @@ class Dispatcher:
         due = [d for d in (self.timers.next_due(), self.roster.next_stale()) if d is not None]
         return min(due) if due else None
 
+    def timers_due(self, now: float) -> bool:
+        """Whether a timer is due at ``now``: else `tick` only tidies and decides nothing."""
+        due = self.timers.next_due()
+        return due is not None and due <= now
+
     def tick(self, now: float) -> list[Effect]:
         """Fire every timer due at ``now``, forget stale positions, tidy the index.
 
@@ -632,6 +637,10 @@ class Dispatcher:
             # The Last Will of a phone that was not on duty (or already offline): nothing
             # to change; they are not "on duty but unreachable".
             return []
+        # What is stored already (None: nothing yet). A herd of phones re-sending their
+        # status after a broker restart changes nothing stored: no write, so such a
+        # run of statuses never waits for Redis (issue 16).
+        stored = None if volunteer is None else _profile(volunteer)
         if volunteer is None:
             volunteer = self.roster.ensure(msg.volunteer_id)
         effects: list[Effect] = []
@@ -651,15 +660,16 @@ class Dispatcher:
             volunteer.alerted_at = None
         if "quiet_hours" in msg.cleared:
             volunteer.quiet_hours = None
-        effects.append(
-            SaveVolunteer(
-                volunteer.id,
-                volunteer.duty.value,
-                tuple(sorted(volunteer.skills)),
-                volunteer.mode.value,
-                _settings(volunteer),
+        if _profile(volunteer) != stored:
+            effects.append(
+                SaveVolunteer(
+                    volunteer.id,
+                    volunteer.duty.value,
+                    tuple(sorted(volunteer.skills)),
+                    volunteer.mode.value,
+                    _settings(volunteer),
+                )
             )
-        )
         if msg.status is Duty.OFF_DUTY:
             if volunteer.lat is not None:
                 effects.append(ForgetPosition(volunteer.id))
@@ -1945,6 +1955,18 @@ def _resting_until(volunteer: Volunteer, now: float) -> tuple[float | None, floa
         else:
             next_quiet = now + (start - t) % _DAY_S
     return until, next_quiet
+
+
+def _profile(volunteer: Volunteer) -> tuple[Any, ...]:
+    """What `SaveVolunteer` stores of ``volunteer``, to tell whether a status changed it."""
+    return (
+        volunteer.duty,
+        volunteer.skills,
+        volunteer.mode,
+        volunteer.receipts,
+        volunteer.max_alerts_per_day,
+        volunteer.quiet_hours,
+    )
 
 
 def _settings(volunteer: Volunteer) -> dict[str, Any]:

@@ -3,7 +3,9 @@ one round trip, and a volunteer's next message waits for their accept's claim.""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Any
 
 import orjson
@@ -181,3 +183,62 @@ async def test_the_service_hands_a_run_of_reports_over_together() -> None:
     await service.on_messages([(topic, body("i4"))])
     assert handed == [("run", ["i1", "i2", "i3"]), ("one", ["i4"])]
     assert rejected == ["not_json"]
+
+
+async def test_reports_interleaved_with_batches_of_moves_are_one_run() -> None:
+    """Behind a backlog the reports and the gateways' batches jump it together, in
+    arrival order: the batches are merged into the moves waiting and the reports still
+    go to the engine as one run (two Redis round trips for all, not two each)."""
+    from dispatch.moves import encode_moves
+    from dispatch.service import Service
+
+    service = Service(
+        load_config(env={"DISPATCH_TOPIC_ROOT": "runs", "DISPATCH_GATEWAY_ENABLED": "true"})
+    )
+    handed: list[list[str | None]] = []
+
+    async def reports(run: list[Report], now: float) -> None:
+        assert set(service._moves) == {"m1", "m2"}  # merged before the run is handed over
+        handed.append([r.id for r in run])
+
+    service.engine.reports = reports  # type: ignore[method-assign]
+
+    def body(iid: str) -> bytes:
+        return orjson.dumps({"id": iid, "kind": "fall", "lat": SCENE[0], "lon": SCENE[1]})
+
+    def moves(vid: str) -> bytes:
+        return encode_moves([(vid, SCENE[0], SCENE[1], None, time.time())])
+
+    report, batch = "runs/incidents/report", "runs/internal/moves"
+    await service.on_messages(
+        [
+            (report, body("i1")),
+            (batch, moves("m1")),
+            (report, body("i2")),
+            (batch, moves("m2")),
+            (report, body("i3")),
+        ]
+    )
+    assert handed == [["i1", "i2", "i3"]]
+
+
+async def test_a_tick_with_no_timer_due_does_not_queue_for_the_lock(redis_url: str) -> None:
+    """Behind a herd every hand-off of the lock costs a turn of the loop: a tick that
+    only tidies must not take a place in line between two reports."""
+    engine, _, _ = make_engine(redis_url, "runs-t:")
+    await engine.handle([StatusUpdate("vt", Duty.AVAILABLE, ("first_aid",), Mode.WALK, *SCENE)], T0)
+    stale = T0 + engine.core.roster.location_ttl_s + 1
+    assert not engine.core.timers_due(stale)
+    async with engine._lock:  # another event is waiting for Redis
+        assert await asyncio.wait_for(engine.tick(stale), 1) is False
+        assert engine.core.volunteers["vt"].lat is None  # its stale position is forgotten
+    # A timer due: the tick decides something, so it waits its turn.
+    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-t"), T0)
+    later = T0 + 3600
+    assert engine.core.timers_due(later)
+    async with engine._lock:
+        waiting = asyncio.create_task(engine.tick(later))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    assert await waiting is True
+    await engine.store.close()

@@ -20,6 +20,8 @@ from dispatch.effects import (
     Reject,
     Release,
     SaveIncident,
+    SavePosition,
+    SaveVolunteer,
     SendAlert,
     SendAssignment,
     StateChanged,
@@ -454,6 +456,63 @@ def test_first_status_needs_a_position_and_off_duty_forgets_it(area: ServiceArea
     d.status(StatusUpdate("v0", Duty.OFF_DUTY), T0 + 2)
     assert "v0" not in d.index
     assert d.volunteers["v0"].lat is None
+
+
+def test_a_status_that_changes_nothing_stored_writes_nothing(area: ServiceArea) -> None:
+    """A herd (every phone re-sending its status after a broker restart) stores only the
+    positions: a profile write for each would hold the engine for a Redis round trip per
+    run of statuses, and reports waited behind them (issue 16)."""
+
+    def saved(effects: list[Effect]) -> list[SaveVolunteer]:
+        return [e for e in effects if isinstance(e, SaveVolunteer)]
+
+    d = make(area)
+    same = StatusUpdate("v0", Duty.AVAILABLE, ("first_aid",), Mode.BIKE, LAT, LON)
+    assert saved(d.status(same, T0)) == [
+        SaveVolunteer("v0", "available", ("first_aid",), "bike", {})
+    ]
+    again = d.status(same, T0 + 5)
+    assert saved(again) == []
+    assert [e.at for e in again if isinstance(e, SavePosition)] == [T0 + 5]
+    assert "v0" in d.index
+    # A change to any part of what is stored is written, and only that volunteer's.
+    changes: list[tuple[dict[str, Any], SaveVolunteer]] = [
+        ({"mode": Mode.WALK}, SaveVolunteer("v0", "available", ("first_aid",), "walk", {})),
+        ({"skills": ("patrol",)}, SaveVolunteer("v0", "available", ("patrol",), "walk", {})),
+        (
+            {"max_alerts_per_day": 3},
+            SaveVolunteer("v0", "available", ("patrol",), "walk", {"max_alerts_per_day": 3}),
+        ),
+        (
+            {"cleared": frozenset({"max_alerts_per_day"})},
+            SaveVolunteer("v0", "available", ("patrol",), "walk", {}),
+        ),
+        (
+            {"receipts": True},
+            SaveVolunteer("v0", "available", ("patrol",), "walk", {"receipts": True}),
+        ),
+    ]
+    for change, want in changes:
+        assert saved(d.status(StatusUpdate("v0", Duty.AVAILABLE, **change), T0 + 10)) == [want]
+        assert saved(d.status(StatusUpdate("v0", Duty.AVAILABLE, **change), T0 + 11)) == []
+    assert saved(d.status(StatusUpdate("v0", Duty.OFF_DUTY), T0 + 20))[0].duty == "off_duty"
+    assert saved(d.status(StatusUpdate("v0", Duty.OFF_DUTY), T0 + 21)) == []
+
+    # After a restart the stored profile is what a status is compared with.
+    fresh = make(area)
+    fresh.restore_volunteer(
+        "v1", duty="available", skills=["first_aid"], mode="bike", position=(LAT, LON, T0)
+    )
+    assert (
+        saved(fresh.status(StatusUpdate("v1", Duty.AVAILABLE, ("first_aid",), Mode.BIKE), T0)) == []
+    )
+    assert (
+        len(saved(fresh.status(StatusUpdate("v1", Duty.AVAILABLE, ("first_aid",), Mode.EBIKE), T0)))
+        == 1
+    )
+    # Heard from only through a location: nothing stored of the profile yet.
+    fresh.location(LocationUpdate("v2", LAT, LON), T0)
+    assert len(saved(fresh.status(StatusUpdate("v2", Duty.AVAILABLE), T0 + 1))) == 1
 
 
 def test_stale_positions_are_forgotten(area: ServiceArea) -> None:
