@@ -647,6 +647,10 @@ class StepResult:
     herd_sent: int = 0  # statuses re-sent by the herd (--herd) during the step
     herd_sent_s: float | None = None  # how long sending them took
     herd_lost: int | None = None  # of those, never counted by the engine
+    # With gateways: from a gateway's receipt of a location to its move in the engine's
+    # index (dispatch_location_to_index_seconds), p99 and max, bucket upper bounds.
+    location_to_index_p99_le_ms: float | None = None
+    location_to_index_max_le_ms: float | None = None
     ok: bool = True
     why: list[str] = field(default_factory=list)  # what failed, and the likely cause
 
@@ -938,6 +942,12 @@ def run_step(
         herd_sent=herd_sent,
         herd_sent_s=None if herd_s is None else round(herd_s, 2),
         herd_lost=None if herd_received is None else max(0, herd_sent - round(herd_received)),
+        location_to_index_p99_le_ms=_ms(
+            histogram_bound(before, after, "dispatch_location_to_index_seconds", 0.99)
+        ),
+        location_to_index_max_le_ms=_ms(
+            histogram_bound(before, after, "dispatch_location_to_index_seconds", 1.0)
+        ),
     )
     result.why = verdict(result, args, location_rate)
     result.ok = not result.why
@@ -1336,6 +1346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"herd: {result.herd_sent:,} statuses sent in {result.herd_sent_s} s, "
                         f"{result.herd_lost} lost",
+                        file=sys.stderr,
+                    )
+                if result.location_to_index_p99_le_ms is not None:
+                    print(
+                        "a location's move in the index after its gateway got it: p99 ≤ "
+                        f"{result.location_to_index_p99_le_ms:g} ms, all ≤ "
+                        f"{result.location_to_index_max_le_ms:g} ms",
                         file=sys.stderr,
                     )
                 if result.slowest_waited:

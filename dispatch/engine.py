@@ -88,6 +88,11 @@ class Engine:
         # Called with every alert right after it was handed to the broker: Web Push
         # (dispatch/push.py) queues it there, without waiting; None: MQTT only.
         self.on_alert: Callable[[SendAlert], None] | None = None
+        # Entered around every Redis call the engine waits on (`retrying`): the service
+        # has the inbound bus read nothing meanwhile (`Bus.not_reading`).
+        self.while_waiting: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
         self._lock = asyncio.Lock()
         self._positions: dict[str, SavePosition | ForgetPosition] = {}
 
@@ -429,7 +434,8 @@ class Engine:
         delay = 0.05
         while True:
             try:
-                return await operation()
+                with self.while_waiting():
+                    return await operation()
             except BackendUnavailable as exc:
                 self.redis_ok = False
                 self.metrics.backend_errors.labels(backend="redis").inc()

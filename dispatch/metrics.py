@@ -60,6 +60,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.location_to_index = Histogram(
+            "dispatch_location_to_index_seconds",
+            "From a location gateway's receipt of a location to its move in the index (one "
+            "observation per chunk applied: its oldest move, so the longest any waited)",
+            buckets=_DISPATCH_BUCKETS,
+            registry=r,
+        )
         self.alerts = Counter(
             "dispatch_alerts_sent_total", "Alerts sent to volunteers, by wave", ["wave"], registry=r
         )

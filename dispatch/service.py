@@ -144,6 +144,10 @@ class Service:
         self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
         if self.pusher is not None:
             self.engine.on_alert = self.pusher.alert
+        # While the engine waits for Redis, the connection that brings the backlog reads
+        # nothing: behind a herd, reading it filled the turns of the loop that the
+        # answer waited for (see `Bus.not_reading`).
+        self.engine.while_waiting = (self.inbound_bus or self.bus).not_reading
         # The ports (dispatch/ports.py): a single engine's until `share` is called.
         alone = Alone(self.engine)
         self.intake: Intake = alone
@@ -448,6 +452,11 @@ class Service:
                 chunk = [waiting.pop(vid) for vid in list(islice(waiting, _MOVES_PER_HOLD))]
                 self.metrics.messages.labels(type="LocationUpdate").inc(len(chunk))
                 await self.engine.moves(chunk, self.clock())
+                # A move's time is the gateway's receipt (its clock against ours: the
+                # same clock on one machine).
+                oldest = min((m.ts for m in chunk if m.ts is not None), default=None)
+                if oldest is not None:
+                    self.metrics.location_to_index.observe(max(0.0, self.clock() - oldest))
                 await asyncio.sleep(0)  # whatever else is ready (a report) goes next
 
     async def _on_push(self, topic: str, payload: bytes, now: float) -> None:

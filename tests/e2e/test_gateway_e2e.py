@@ -148,6 +148,13 @@ def test_locations_through_two_gateways_reach_the_index(
     assert abs(stored[2] - time.time()) < 60
     assert engine.metric("dispatch_move_batches_total", outcome="accepted") >= 1
     assert engine.metric("dispatch_move_batches_total", outcome="malformed") == 0
+    # Each chunk applied timed from its gateway's receipt: a light load takes a flush
+    # (25 ms) and a turn or two; 5 s is the histogram's last edge before +Inf.
+    applied = engine.metric("dispatch_location_to_index_seconds_count")
+    assert applied >= 1
+    within = engine.metric("dispatch_location_to_index_seconds_bucket", le="5.0")
+    assert within == applied
+    assert 0 < engine.metric("dispatch_location_to_index_seconds_sum") / applied < 5
 
     # Both gateways carried a share (the shared subscription), none twice.
     assert g0.stop() == 0

@@ -149,3 +149,47 @@ async def test_a_write_to_a_closed_connection_is_reported_as_broken() -> None:
             buffered.flush()
     finally:
         buffered.close()
+
+
+async def test_nothing_is_read_while_the_engine_waits_for_redis(
+    mqtt_url: str, topic_root: str
+) -> None:
+    """`Bus.not_reading`: what arrives during a hold waits in the socket, then comes in
+    order; holds nest, and a hold ends cleanly even when taken before the connection."""
+    got: list[bytes] = []
+    all_in = asyncio.Event()
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    bus = Bus(
+        mqtt_url,
+        client_id=f"hold-{topic_root}",
+        subscriptions=[(f"{topic_root}/#", 1)],
+        protocol=4,
+    )
+
+    async def handle(_topic: str, payload: bytes) -> None:
+        got.append(payload)
+        if len(got) == 100:
+            all_in.set()
+
+    early = bus.not_reading()
+    early.__enter__()  # before the bus is connected: holds from its first read
+    task = asyncio.create_task(bus.run(handle))
+    try:
+        await asyncio.wait_for(bus.ready.wait(), 10)
+        async with aiomqtt.Client(host, int(port)) as sender:
+            for i in range(50):
+                await sender.publish(f"{topic_root}/n", b"%d" % i, qos=1)
+            await asyncio.sleep(0.3)
+            assert got == []
+            with bus.not_reading():  # nested: still held when the first ends
+                early.__exit__(None, None, None)
+                for i in range(50, 100):
+                    await sender.publish(f"{topic_root}/n", b"%d" % i, qos=1)
+                await asyncio.sleep(0.3)
+                assert got == []
+            await asyncio.wait_for(all_in.wait(), 10)
+        assert got == [b"%d" % i for i in range(100)]
+        assert bus._reading_held == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

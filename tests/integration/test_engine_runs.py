@@ -4,8 +4,10 @@ one round trip, and a volunteer's next message waits for their accept's claim.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -241,4 +243,22 @@ async def test_a_tick_with_no_timer_due_does_not_queue_for_the_lock(redis_url: s
         await asyncio.sleep(0.05)
         assert not waiting.done()
     assert await waiting is True
+    await engine.store.close()
+
+
+async def test_every_redis_wait_of_the_engine_is_announced(redis_url: str) -> None:
+    """`Engine.while_waiting` is entered around each Redis call the engine waits on (the
+    service holds the inbound bus's reading meanwhile), and left when it is answered."""
+    engine, _, _ = make_engine(redis_url, "runs-w:")
+    spans: list[str] = []
+
+    @contextlib.contextmanager
+    def waiting() -> Iterator[None]:
+        spans.append("enter")
+        yield
+        spans.append("leave")
+
+    engine.while_waiting = waiting
+    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-w"), T0)  # admit, then store
+    assert spans == ["enter", "leave", "enter", "leave"]
     await engine.store.close()
