@@ -103,6 +103,8 @@ class Bus:
         self.shed = 0  # sheddable messages dropped while the engine was behind
         self._resume_reading: Callable[[], None] = _nothing  # see _drive_socket
         self._reading_held = 0  # not_reading() calls under way
+        # More than one batch waits in the bus (`run` with ``urgent``): see `behind`.
+        self._behind = False
         self._apply_hold: Callable[[], None] = _nothing  # see _drive_socket
         self._shed_logged = 0.0  # time.monotonic() of the last warning about it
 
@@ -243,7 +245,7 @@ class Bus:
                             await self._sort(queue.get_nowait(), first, backlog, urgent, sheddable)
                             taken += 1
                         self._resume_reading()
-                        jump = len(backlog) > _IN_ORDER
+                        jump = self._behind = len(backlog) > _IN_ORDER
                         batch: list[tuple[str, bytes]] = []
                         while len(batch) < _MAX_BATCH and (first or backlog):
                             if first and (jump or not backlog or first[0][0] < backlog[0][0]):
@@ -393,6 +395,11 @@ class Bus:
         write()  # anything already waiting; and paho notes that nothing is registered
         self._resume_reading = resume
         self._apply_hold = apply_hold
+
+    @property
+    def behind(self) -> bool:
+        """More than a batch waits to be handled: urgent messages jump the backlog."""
+        return self._behind
 
     @contextlib.contextmanager
     def not_reading(self) -> Iterator[None]:

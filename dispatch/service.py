@@ -144,10 +144,7 @@ class Service:
         self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
         if self.pusher is not None:
             self.engine.on_alert = self.pusher.alert
-        # While the engine waits for Redis, the connection that brings the backlog reads
-        # nothing: behind a herd, reading it filled the turns of the loop that the
-        # answer waited for (see `Bus.not_reading`).
-        self.engine.while_waiting = (self.inbound_bus or self.bus).not_reading
+        self.engine.while_waiting = self._while_waiting
         # The ports (dispatch/ports.py): a single engine's until `share` is called.
         alone = Alone(self.engine)
         self.intake: Intake = alone
@@ -370,6 +367,14 @@ class Service:
                 log.warning("positions not stored (%s); retrying", exc)
                 # Backing off: every 25 ms would be 40 warnings a second while Redis is down.
                 delay = min(max(delay * 2, 0.1), 1.0)
+
+    def _while_waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Around each Redis call the engine waits on: while behind (a herd), the
+        connection that brings the backlog reads nothing, since reading it filled the
+        turns of the loop that the answer waited for (`Bus.not_reading`). Not while the
+        engine keeps up: holding the reading costs two system calls, for nothing there."""
+        bus = self.inbound_bus or self.bus
+        return bus.not_reading() if bus.behind else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ inbound
 

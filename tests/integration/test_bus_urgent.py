@@ -21,6 +21,7 @@ async def _received_order(
     before: int,
     after: tuple[str, ...] = ("incidents/report",),
     service: Service | None = None,
+    behind: list[bool] | None = None,
 ) -> list[str]:
     """``before`` statuses then the ``after`` topics, all waiting before the handler takes
     the first batch (it is held until they were sent); the topics in the order it got
@@ -35,6 +36,8 @@ async def _received_order(
     async def handle_batch(batch: list[tuple[str, bytes]]) -> None:
         await sent.wait()  # a busy engine: everything else arrives meanwhile
         got.extend(topic for topic, _payload in batch)
+        if behind is not None:
+            behind.append(bus.behind)
         if len(got) >= expected:
             done.set()
 
@@ -81,7 +84,11 @@ async def test_a_report_keeps_its_place_behind_a_few_statuses(
 
 
 async def test_a_report_overtakes_a_backlog_of_statuses(mqtt_url: str, topic_root: str) -> None:
-    got = await _received_order(mqtt_url, topic_root, 3000)
+    behind: list[bool] = []
+    got = await _received_order(mqtt_url, topic_root, 3000, behind=behind)
+    # Behind while more than a batch waited, and no longer once it was handled.
+    assert behind[1] is True
+    assert behind[-1] is False
     place = got.index(f"{topic_root}/incidents/report")
     # Behind the batch that was being handled when it arrived, not behind 3,000 statuses.
     assert place <= 32, place

@@ -193,3 +193,18 @@ async def test_nothing_is_read_while_the_engine_waits_for_redis(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_service_holds_the_reading_only_while_behind() -> None:
+    """Holding costs two system calls a wait: only worth it behind a backlog."""
+    from dispatch.config import load_config
+    from dispatch.service import Service
+
+    service = Service(load_config(env={}))
+    bus = service.inbound_bus or service.bus
+    with service._while_waiting():
+        assert bus._reading_held == 0
+    bus._behind = True
+    with service._while_waiting():
+        assert bus._reading_held == 1
+    assert bus._reading_held == 0
