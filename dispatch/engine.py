@@ -457,7 +457,11 @@ class Engine:
         )
 
     def _log_event(self, event: LogEvent) -> None:
-        # One line per state change, ids only: never coordinates.
+        # One line per state change, ids only: never coordinates. Built only when it is
+        # logged: a report's alerts and answers make many, and building them took 1-2 %
+        # of the engine at the design load when nothing was logged (py-spy).
+        if not log.isEnabledFor(logging.INFO):
+            return
         data = event.data
         log.info(
             "incident=%s event=%s volunteer=%s %s",
