@@ -50,6 +50,8 @@ point). Examples (see benchmarks/RESULTS.md for figures)::
 from __future__ import annotations
 
 import argparse
+import base64
+import bisect
 import contextlib
 import json
 import multiprocessing as mp
@@ -67,9 +69,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -409,6 +412,8 @@ class Tracker:
     sent_wall: dict[str, float] = field(default_factory=dict)
     first_alert_wall: dict[str, float] = field(default_factory=dict)
     alerts: int = 0
+    # Unix times of each volunteer's alerts, in order (--push: a push is matched to one).
+    alerts_of: dict[str, list[float]] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -441,6 +446,7 @@ class Measurer:
             reply = None
             with self.t.lock:
                 self.t.alerts += 1
+                self.t.alerts_of.setdefault(vid, []).append(time.time())
                 first = incident_id not in self.t.first_alert
                 if first:
                     self.t.first_alert[incident_id] = now
@@ -485,6 +491,7 @@ class EngineProcess:
         log_level: str,
         engine_dir: Path = REPO,
         gateways: int = 0,
+        push: bool = False,
     ) -> None:
         self.http = f"127.0.0.1:{free_port()}"
         # Kept open for the child's lifetime; closed (and deleted) in stop().
@@ -512,6 +519,8 @@ class EngineProcess:
             env.update(LOAD_POLICY)
         if gateways:
             env["DISPATCH_GATEWAY_ENABLED"] = "true"
+        if push:  # the stand-in push service (--push) listens on the loopback
+            env["DISPATCH_PUSH_ALLOW_LOOPBACK"] = "true"
         # The location gateways (--gateways), each with a log of its own.
         self.gateways: list[subprocess.Popen[bytes]] = []
         self.gateway_logs: list[Any] = []
@@ -651,6 +660,14 @@ class StepResult:
     # index (dispatch_location_to_index_seconds), p99 and max, bucket upper bounds.
     location_to_index_p99_le_ms: float | None = None
     location_to_index_max_le_ms: float | None = None
+    # With --push: the alerts to volunteers with a push subscription (one push each is
+    # due), the pushes the stand-in push service got, each one's delay after its alert
+    # reached the load test over MQTT (p50, p99, max), and the engine's own count of its
+    # pushes by outcome (dispatch_push_total).
+    push_due: int | None = None
+    push_received: int | None = None
+    alert_to_push_ms: dict[str, float | None] | None = None
+    push_outcomes: dict[str, int] | None = None
     ok: bool = True
     why: list[str] = field(default_factory=list)  # what failed, and the likely cause
 
@@ -745,6 +762,129 @@ def herd_worker(
     out.put({"herd_sent": sent, "herd_elapsed_s": elapsed, "herd_max_behind_s": late})
 
 
+def push_service_worker(commands: Any, out: Any) -> None:
+    """A stand-in browser push service on the loopback, in a process of its own: it
+    answers 201 to every ``POST /push/<volunteer>`` and notes when each came. Commands:
+    "collect" (the pushes since the last collect, as ``(volunteer, unix time)``), "stop".
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    got: list[tuple[str, float]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # the engine's client keeps its connections
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            got.append((self.path.rsplit("/", 1)[-1], time.time()))  # atomic in CPython
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out.put(server.server_address[1])
+    while (command := commands.get()) != "stop":
+        if command == "collect":
+            n = len(got)
+            out.put(got[:n])
+            del got[:n]
+    server.shutdown()
+
+
+class PushService:
+    """`push_service_worker` started, asked and stopped from here."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._commands: Any = ctx.Queue()
+        self._out: Any = ctx.Queue()
+        self._proc = ctx.Process(
+            target=push_service_worker, args=(self._commands, self._out), daemon=True
+        )
+        self._proc.start()
+        self.port: int = self._out.get(timeout=30)
+
+    def collect(self) -> list[tuple[str, float]]:
+        self._commands.put("collect")
+        pushes: list[tuple[str, float]] = self._out.get(timeout=30)
+        return pushes
+
+    def stop(self) -> None:
+        self._commands.put("stop")
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def register_push(
+    client: mqtt.Client, base: str, root: str, vids: Sequence[str], port: int, window: int = 2000
+) -> None:
+    """A Web Push subscription for each volunteer (``volunteers/<id>/push``, QoS 1), the
+    endpoint on the stand-in push service; waits until the engine has kept them all.
+
+    One browser key for all: the engine encrypts each push for it as it would for a
+    phone's (RFC 8291), so the work is the same.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def b64url(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    p256dh = b64url(
+        public.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
+    auth = b64url(os.urandom(16))
+    kept0 = metric_sum(scrape(base), "dispatch_push_subscriptions_total", outcome="kept")
+    for start in range(0, len(vids), window):
+        infos = []
+        for vid in vids[start : start + window]:
+            body = {
+                "endpoint": f"http://127.0.0.1:{port}/push/{vid}",
+                "keys": {"p256dh": p256dh, "auth": auth},
+            }
+            infos.append(client.publish(f"{root}/volunteers/{vid}/push", json.dumps(body), qos=1))
+        for info in infos:
+            info.wait_for_publish(30)
+    deadline = time.time() + 60 + len(vids) / 500
+    kept = 0.0
+    while time.time() < deadline:
+        kept = metric_sum(scrape(base), "dispatch_push_subscriptions_total", outcome="kept") - kept0
+        if kept >= len(vids):
+            return
+        time.sleep(0.2)
+    raise SystemExit(
+        f"load_test: the engine kept {kept:.0f} of {len(vids)} push subscriptions (is it "
+        "configured with [push] enabled and allow_loopback? its log says why it refused)"
+    )
+
+
+def alert_to_push(
+    pushes: Sequence[tuple[str, float]], alerts: Mapping[str, Sequence[float]]
+) -> list[float]:
+    """For each push, seconds from its volunteer's alert (as the load test's MQTT client
+    got it) to the push (as the push service got it): the alert nearest in time, so a
+    push that beat its alert through the broker counts below zero. Each alert's times
+    are in order; a push with no alert of its volunteer within a minute is left out."""
+    delays = []
+    for vid, at in pushes:
+        times = alerts.get(vid, ())
+        i = bisect.bisect_left(times, at)
+        near = [times[j] for j in (i - 1, i) if 0 <= j < len(times)]
+        if near:
+            alert_at = min(near, key=lambda t: abs(t - at))
+            if abs(at - alert_at) <= 60.0:
+                delays.append(at - alert_at)
+    return delays
+
+
 def wait_available(base: str, want: float, timeout: float) -> float:
     deadline = time.time() + timeout
     have = 0.0
@@ -771,6 +911,8 @@ def run_step(
     incident_rate: float,
     run_id: str,
     step: int,
+    push_service: PushService | None = None,
+    subscribed: frozenset[str] = frozenset(),
 ) -> StepResult:
     ctx = mp.get_context("spawn")
     results: Any = ctx.Queue()
@@ -819,6 +961,8 @@ def run_step(
     time.sleep(max(0.0, start_at + args.warmup - time.time()))
 
     rng = random.Random(args.seed * 1000 + step)
+    if push_service is not None:
+        push_service.collect()  # what came before this step's reports is not theirs
     before = scrape(base)
     cpu0, t0 = meter.cpu_s(), time.time()
     gw_cpu0 = meter.gateways_cpu_s()
@@ -848,6 +992,11 @@ def run_step(
     for proc in workers:
         proc.join(window + args.alert_timeout + 30)
     got = [results.get(timeout=5) for _ in workers]
+    push = (
+        None
+        if push_service is None
+        else push_figures(base, before, push_service, measurer, subscribed, t0)
+    )
     sent = [g for g in got if "sent" in g]
     herd_sent = sum(g["herd_sent"] for g in got if "herd_sent" in g)
     herd_s = max((g["herd_elapsed_s"] for g in got if "herd_sent" in g), default=None)
@@ -948,10 +1097,57 @@ def run_step(
         location_to_index_max_le_ms=_ms(
             histogram_bound(before, after, "dispatch_location_to_index_seconds", 1.0)
         ),
+        **(push or {}),
     )
     result.why = verdict(result, args, location_rate)
     result.ok = not result.why
     return result
+
+
+def push_figures(
+    base: str,
+    before: str,
+    push_service: PushService,
+    measurer: Measurer,
+    subscribed: frozenset[str],
+    since: float,
+) -> dict[str, Any]:
+    """The step's pushes (`StepResult`'s push fields), once they stop coming: the engine
+    pushes after it publishes, from a queue of its own, so the last come later."""
+    pushes: list[tuple[str, float]] = []
+    quiet_since, deadline = time.time(), time.time() + 30
+    while time.time() < deadline and time.time() - quiet_since < 1.0:
+        time.sleep(0.2)
+        more = push_service.collect()
+        if more:
+            pushes += more
+            quiet_since = time.time()
+    after = scrape(base)
+    with measurer.t.lock:
+        alerts = {v: list(ts) for v, ts in measurer.t.alerts_of.items() if v in subscribed}
+    due = sum(1 for ts in alerts.values() for t in ts if t >= since)
+    delays_ms = [d * 1000 for d in alert_to_push(pushes, alerts)]
+    outcomes = {
+        o: round(
+            metric_sum(after, "dispatch_push_total", outcome=o)
+            - metric_sum(before, "dispatch_push_total", outcome=o)
+        )
+        for o in ("sent", "failed", "expired", "dropped", "gone")
+    }
+    return {
+        "push_due": due,
+        "push_received": len(pushes),
+        "alert_to_push_ms": {
+            "p50": _round(percentile(delays_ms, 0.50)),
+            "p99": _round(percentile(delays_ms, 0.99)),
+            "max": _round(max(delays_ms) if delays_ms else None),
+        },
+        "push_outcomes": outcomes,
+    }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
 
 
 def verdict(result: StepResult, args: argparse.Namespace, location_rate: float) -> list[str]:
@@ -1203,6 +1399,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "after a broker restart), spread over --herd-within seconds",
     )
     load.add_argument("--herd-within", type=float, default=10.0, help="seconds (see --herd)")
+    load.add_argument(
+        "--push",
+        type=float,
+        default=0.0,
+        help="this share of the volunteers (0-1) registers a Web Push subscription; a "
+        "stand-in push service on the loopback takes the pushes (an engine started here "
+        "is given [push] allow_loopback) and the script times each push from its alert",
+    )
     load.add_argument("--seed", type=int, default=1)
     ramp = p.add_argument_group("ramp")
     ramp.add_argument(
@@ -1248,6 +1452,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--gateways needs --start-engine or --start-servers (it starts them)")
     if not 0 <= args.herd <= args.volunteers:
         p.error(f"--herd must be between 0 and --volunteers ({args.volunteers}), not {args.herd}")
+    if not 0.0 <= args.push <= 1.0:
+        p.error(f"--push must be a share of the volunteers between 0 and 1, not {args.push}")
     if args.herd and not args.herd_within > 0:
         p.error(f"--herd-within must be a positive number of seconds, not {args.herd_within}")
     try:
@@ -1279,6 +1485,7 @@ def environment(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
                 args.engine_log_level,
                 Path(args.engine_dir),
                 args.gateways,
+                args.push > 0,
             )
             args.http = engine.url
             args.engine_pid = engine.proc.pid
@@ -1318,6 +1525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reg.disconnect()
         reg.loop_stop()
         have = wait_available(base, baseline + args.volunteers, 120 + args.volunteers / 500)
+        push_service, subscribed = None, frozenset[str]()
+        if args.push:
+            push_service = PushService()
+            subscribed = frozenset(vids[: round(args.push * len(vids))])
+            reg = mqtt_client(args.mqtt, "register-push")
+            register_push(reg, base, args.topic_root, sorted(subscribed), push_service.port)
+            reg.disconnect()
+            reg.loop_stop()
         register_s = time.time() - t
         print(
             f"registered {args.volunteers:,} volunteers in {register_s:.1f} s "
@@ -1339,6 +1554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.incident_rate * factor,
                     run_id,
                     step,
+                    push_service,
+                    subscribed,
                 )
                 steps.append(result)
                 print(table([result]).splitlines()[-1], file=sys.stderr)
@@ -1353,6 +1570,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "a location's move in the index after its gateway got it: p99 ≤ "
                         f"{result.location_to_index_p99_le_ms:g} ms, all ≤ "
                         f"{result.location_to_index_max_le_ms:g} ms",
+                        file=sys.stderr,
+                    )
+                if result.push_received is not None and result.alert_to_push_ms:
+                    d = result.alert_to_push_ms
+                    print(
+                        f"web push: {result.push_received:,} pushes of {result.push_due:,} "
+                        f"due, each after its MQTT alert by p50 {d['p50']} ms, p99 {d['p99']} "
+                        f"ms, max {d['max']} ms; the engine's count: {result.push_outcomes}",
                         file=sys.stderr,
                     )
                 if result.slowest_waited:
@@ -1370,6 +1595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
         finally:
             measurer.close()
+            if push_service is not None:
+                push_service.stop()
         rss_end = meter.rss_mb()
     saturation = None
     if args.ramp:

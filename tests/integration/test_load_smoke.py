@@ -205,6 +205,55 @@ def test_load_test_herd_counts_the_statuses_and_the_reports(
     assert step["why"] == []
 
 
+def test_load_test_pushes_every_alert_to_its_volunteers_browser(
+    mqtt_url: str, redis_url: str, topic_root: str, tmp_path: Path
+) -> None:
+    """--push: half the volunteers have a Web Push subscription; each alert to one of them
+    is pushed, encrypted, to the stand-in push service, and timed from its MQTT alert."""
+    out = tmp_path / "push.json"
+    done = _run(
+        [
+            str(BENCHMARKS / "load_test.py"),
+            "--start-engine",
+            "--mqtt",
+            mqtt_url,
+            "--redis",
+            redis_url,
+            "--topic-root",
+            topic_root,
+            "--volunteers",
+            "300",
+            "--location-rate",
+            "50",
+            "--incident-rate",
+            "5",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--push",
+            "0.5",
+            "--max-p99-ms",
+            "5000",
+            "--max-location-loss",
+            "0.5",
+            "--json",
+            str(out),
+        ]
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["lost"] == 0
+    # Some alerts went to the subscribed half: each of those, and only those, was pushed.
+    assert 0 < step["push_due"] < step["alerts_received"]
+    assert step["push_received"] == step["push_due"]
+    assert step["push_outcomes"]["sent"] == step["push_due"]
+    delays = step["alert_to_push_ms"]
+    # (a push may beat its alert through the broker: below zero, by a little)
+    assert -1000 < delays["p50"] <= delays["p99"] <= delays["max"] < 5000
+    assert "web push:" in done.stderr
+
+
 def test_restart_benchmark_times_ready_and_the_first_alert(
     mqtt_url: str, redis_url: str, topic_root: str, tmp_path: Path
 ) -> None:
