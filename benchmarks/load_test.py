@@ -24,6 +24,15 @@ It speaks only the public protocol (MQTT + HTTP), like any outside load tester:
 (docs/deployment.md, "Location gateways"); the gateways' CPU (their sum, % of one
 core) is reported apart from the engine's.
 
+``--push F`` registers a Web Push subscription for that share of the volunteers (one
+browser key for all; the engine encrypts every push as for a phone) pointing at a
+stand-in push service this script runs on the loopback (an engine started here gets
+``[push] allow_loopback``). It reports the pushes the service got against those due (one
+per alert to a subscribed volunteer), each one's delay after its alert reached this
+script over MQTT, and the engine's own count. ``--pushers N`` (with --start-engine or
+--start-servers) starts N ``dispatch pusher`` processes and the engine with ``[push]
+separate = true`` (docs/deployment.md, "Push workers"); their CPU is reported apart.
+
 The pool must not drain: by default the first alerted volunteer of each incident
 accepts (the incident is then filled and the other alerted volunteers are stood down,
 back in the pool: an engine this script starts runs without backups, and alerts
@@ -492,6 +501,7 @@ class EngineProcess:
         engine_dir: Path = REPO,
         gateways: int = 0,
         push: bool = False,
+        pushers: int = 0,
     ) -> None:
         self.http = f"127.0.0.1:{free_port()}"
         # Kept open for the child's lifetime; closed (and deleted) in stop().
@@ -521,32 +531,40 @@ class EngineProcess:
             env["DISPATCH_GATEWAY_ENABLED"] = "true"
         if push:  # the stand-in push service (--push) listens on the loopback
             env["DISPATCH_PUSH_ALLOW_LOOPBACK"] = "true"
-        # The location gateways (--gateways), each with a log of its own.
+        if pushers:  # the engine leaves its pushes to them
+            env["DISPATCH_PUSH_SEPARATE"] = "true"
+        # The location gateways (--gateways) and push workers (--pushers), each with a
+        # log of its own.
         self.gateways: list[subprocess.Popen[bytes]] = []
+        self.pushers: list[subprocess.Popen[bytes]] = []
         self.gateway_logs: list[Any] = []
-        for i in range(gateways):
-            log = tempfile.NamedTemporaryFile(prefix=f"loadtest-gateway{i}-", suffix=".log")  # noqa: SIM115
-            self.gateway_logs.append(log)
-            gw_argv = [
-                sys.executable, "-m", "dispatch", "gateway",
-                "--mqtt", mqtt_url,
-                "--redis", redis_url,
-                "--topic-root", root,
-                "--log-level", log_level,
-                "--instance", f"gw{i}",
-            ]  # fmt: skip
-            if config:
-                gw_argv += ["--config", config]
-            self.gateways.append(
-                subprocess.Popen(
-                    gw_argv,
-                    cwd=engine_dir,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
+        for command, count, started in (
+            ("gateway", gateways, self.gateways),
+            ("pusher", pushers, self.pushers),
+        ):
+            for i in range(count):
+                log = tempfile.NamedTemporaryFile(prefix=f"loadtest-{command}{i}-", suffix=".log")  # noqa: SIM115
+                self.gateway_logs.append(log)
+                child_argv = [
+                    sys.executable, "-m", "dispatch", command,
+                    "--mqtt", mqtt_url,
+                    "--redis", redis_url,
+                    "--topic-root", root,
+                    "--log-level", log_level,
+                    "--instance", f"{command}{i}",
+                ]  # fmt: skip
+                if config:
+                    child_argv += ["--config", config]
+                started.append(
+                    subprocess.Popen(
+                        child_argv,
+                        cwd=engine_dir,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                    )
                 )
-            )
         self.proc = subprocess.Popen(
             # ``-m dispatch`` imports from the working directory first: --engine-dir runs
             # another checkout (a baseline) against the same harness.
@@ -566,10 +584,10 @@ class EngineProcess:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
-        for proc in [*self.gateways, self.proc]:
+        for proc in [*self.gateways, *self.pushers, self.proc]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in [*self.gateways, self.proc]:
+        for proc in [*self.gateways, *self.pushers, self.proc]:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -596,9 +614,12 @@ def wait_ready(base: str, timeout: float, engine: EngineProcess | None) -> None:
 class CpuMeter:
     """The engine's CPU seconds and resident memory, by pid (psutil, else /proc)."""
 
-    def __init__(self, pid: int | None, gateway_pids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, pid: int | None, gateway_pids: Sequence[int] = (), pusher_pids: Sequence[int] = ()
+    ) -> None:
         self.proc: Any = None
         self.gateways: list[Any] = []
+        self.pushers: list[Any] = []
         if pid is None:
             return
         try:
@@ -608,12 +629,15 @@ class CpuMeter:
             return
         self.proc = psutil.Process(pid)
         self.gateways = [psutil.Process(p) for p in gateway_pids]
+        self.pushers = [psutil.Process(p) for p in pusher_pids]
 
     def gateways_cpu_s(self) -> float | None:
         """The location gateways' CPU seconds, summed; None without gateways."""
-        if not self.gateways:
-            return None
-        return float(sum(t.user + t.system for t in (g.cpu_times() for g in self.gateways)))
+        return _cpu_s(self.gateways)
+
+    def pushers_cpu_s(self) -> float | None:
+        """The push workers' CPU seconds, summed; None without pushers."""
+        return _cpu_s(self.pushers)
 
     def cpu_s(self) -> float | None:
         if self.proc is None:
@@ -623,6 +647,12 @@ class CpuMeter:
 
     def rss_mb(self) -> float | None:
         return None if self.proc is None else self.proc.memory_info().rss / 2**20
+
+
+def _cpu_s(processes: Sequence[Any]) -> float | None:
+    if not processes:
+        return None
+    return float(sum(t.user + t.system for t in (p.cpu_times() for p in processes)))
 
 
 # --------------------------------------------------------------------------- the run
@@ -668,6 +698,8 @@ class StepResult:
     push_received: int | None = None
     alert_to_push_ms: dict[str, float | None] | None = None
     push_outcomes: dict[str, int] | None = None
+    pushers: int = 0  # push workers beside the engine (--pushers)
+    pushers_cpu_percent: float | None = None  # their CPU, summed, % of one core
     ok: bool = True
     why: list[str] = field(default_factory=list)  # what failed, and the likely cause
 
@@ -966,6 +998,7 @@ def run_step(
     before = scrape(base)
     cpu0, t0 = meter.cpu_s(), time.time()
     gw_cpu0 = meter.gateways_cpu_s()
+    push_cpu0 = meter.pushers_cpu_s()
     statuses0 = metric_sum(before, "dispatch_messages_received_total", type="StatusUpdate")
     ids: list[str] = []
     n = round(incident_rate * args.duration)
@@ -980,6 +1013,7 @@ def run_step(
     t1 = time.time()
     cpu1 = meter.cpu_s()
     gw_cpu1 = meter.gateways_cpu_s()
+    push_cpu1 = meter.pushers_cpu_s()
     after = scrape(base)
     rss = meter.rss_mb()
     # Late alerts still count (up to the timeout), the locations keep flowing meanwhile.
@@ -1098,6 +1132,12 @@ def run_step(
             histogram_bound(before, after, "dispatch_location_to_index_seconds", 1.0)
         ),
         **(push or {}),
+        pushers=len(meter.pushers),
+        pushers_cpu_percent=(
+            None
+            if push_cpu0 is None or push_cpu1 is None
+            else round((push_cpu1 - push_cpu0) / elapsed * 100, 1)
+        ),
     )
     result.why = verdict(result, args, location_rate)
     result.ok = not result.why
@@ -1407,6 +1447,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "stand-in push service on the loopback takes the pushes (an engine started here "
         "is given [push] allow_loopback) and the script times each push from its alert",
     )
+    load.add_argument(
+        "--pushers",
+        type=int,
+        default=0,
+        help="with --push: start this many push workers (`dispatch pusher`) beside the "
+        "engine, which then leaves its pushes to them ([push] separate); their CPU is "
+        "reported apart from the engine's",
+    )
     load.add_argument("--seed", type=int, default=1)
     ramp = p.add_argument_group("ramp")
     ramp.add_argument(
@@ -1452,6 +1500,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--gateways needs --start-engine or --start-servers (it starts them)")
     if not 0 <= args.herd <= args.volunteers:
         p.error(f"--herd must be between 0 and --volunteers ({args.volunteers}), not {args.herd}")
+    if not 0 <= args.pushers <= 16:
+        p.error(f"--pushers must be between 0 and 16, not {args.pushers}")
+    if args.pushers and not (args.start_engine and args.push):
+        p.error("--pushers needs --push and --start-engine or --start-servers (it starts them)")
     if not 0.0 <= args.push <= 1.0:
         p.error(f"--push must be a share of the volunteers between 0 and 1, not {args.push}")
     if args.herd and not args.herd_within > 0:
@@ -1486,10 +1538,12 @@ def environment(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
                 Path(args.engine_dir),
                 args.gateways,
                 args.push > 0,
+                args.pushers,
             )
             args.http = engine.url
             args.engine_pid = engine.proc.pid
             args.gateway_pids = [g.pid for g in engine.gateways]
+            args.pusher_pids = [p.pid for p in engine.pushers]
             print(f"engine pid {engine.proc.pid} at {engine.url}", file=sys.stderr)
         wait_ready(args.http, 60, engine)
         yield args.http, args.engine_pid
@@ -1515,7 +1569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = uuid.uuid4().hex[:6]
     steps: list[StepResult] = []
     with environment(args) as (base, pid):
-        meter = CpuMeter(pid, getattr(args, "gateway_pids", ()))
+        meter = CpuMeter(pid, getattr(args, "gateway_pids", ()), getattr(args, "pusher_pids", ()))
         points = homes(area, args.volunteers, args.seed)
         vids = [f"lt{run_id}-{i}" for i in range(args.volunteers)]
         baseline = metric_sum(scrape(base), "dispatch_available_volunteers")
@@ -1577,7 +1631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"web push: {result.push_received:,} pushes of {result.push_due:,} "
                         f"due, each after its MQTT alert by p50 {d['p50']} ms, p99 {d['p99']} "
-                        f"ms, max {d['max']} ms; the engine's count: {result.push_outcomes}",
+                        f"ms, max {d['max']} ms; the engine's count: {result.push_outcomes}"
+                        + (
+                            f"; {result.pushers} pushers at {result.pushers_cpu_percent} % CPU"
+                            if result.pushers
+                            else ""
+                        ),
                         file=sys.stderr,
                     )
                 if result.slowest_waited:

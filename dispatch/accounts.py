@@ -61,7 +61,7 @@ __all__ = [
 
 DEFAULT_PASSWORD_FILE = Path("/etc/mosquitto/dispatch/passwords")
 DEFAULT_ACL_FILE = Path("/etc/mosquitto/dispatch/acl")
-ROLES = ("volunteer", "reporter", "operator", "engine", "gateway")
+ROLES = ("volunteer", "reporter", "operator", "engine", "gateway", "pusher")
 # mosquitto_passwd 2.0 uses 101; more costs an attacker with a stolen file more. The
 # broker reads the count from each line and verifies at every connect (~1 ms here).
 ITERATIONS = 1000
@@ -139,6 +139,10 @@ def acl_block(account_id: str, role: str, root: str = "dispatch") -> list[str]:
             f"topic write {root}/internal/moves",
             f"topic write {root}/rejected",
         ]
+    elif role == "pusher":
+        # A push worker (dispatch/push_worker.py): reads every alert (through a shared
+        # subscription) to push it to the volunteer's browsers; publishes nothing.
+        topics = [f"topic read {root}/volunteers/+/alert"]
     else:
         raise AccountError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     # The volunteer patterns apply to every username; a role account is no volunteer.

@@ -1,6 +1,6 @@
 """The command line: ``dispatch run`` starts the engine (``python -m dispatch`` is the same);
 ``dispatch archive`` runs the archive writer alone (docs/reports.md); ``dispatch gateway`` runs
-a location gateway (docs/deployment.md).
+a location gateway and ``dispatch pusher`` a push worker (docs/deployment.md).
 
 It parses arguments and loads the configuration; the objects are built by the
 composition root, dispatch/wiring.py.
@@ -88,6 +88,26 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT to serve this gateway's /metrics and /healthz, e.g. 127.0.0.1:9109 "
         "(default: [gateway] metrics_http; not served when empty)",
     )
+    pusher = sub.add_parser(
+        "pusher",
+        help="run a push worker (with [push] separate = true in the engine's config)",
+        description="Run one push worker: it shares the engine's alerts with the other "
+        "pushers (an MQTT shared subscription) and sends each, encrypted, to the push "
+        "services of the volunteer's browsers, as the engine does with [push] separate = "
+        "false. Run one or more beside an engine whose config has [push] separate = true; "
+        "use the engine's config file. See docs/deployment.md.",
+    )
+    pusher.add_argument("--mqtt", help="broker URL, e.g. mqtt://pusher:secret@127.0.0.1:1884")
+    pusher.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
+    pusher.add_argument("--topic-root", help="the engine's topic root (default: dispatch)")
+    pusher.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
+    pusher.add_argument("--instance", help="this pusher's name, unique among pushers")
+    pusher.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    pusher.add_argument(
+        "--metrics-http",
+        help="HOST:PORT to serve this pusher's /metrics and /healthz, e.g. 127.0.0.1:9110 "
+        "(default: [push] metrics_http; not served when empty)",
+    )
     demo = sub.add_parser(
         "demo",
         help="run the engine with simulated volunteers and incidents on throwaway servers",
@@ -141,10 +161,12 @@ def load(args: argparse.Namespace, env: dict[str, str]) -> Config:
         ("instance", "engine.instance"),
         ("log_level", "engine.log_level"),
         ("postgres", "postgres.url"),
-        # The writer's or the gateway's own /metrics, whichever this command runs.
+        # The writer's, the gateway's or the pusher's own /metrics, whichever this runs.
         (
             "metrics_http",
-            "gateway.metrics_http" if args.command == "gateway" else "postgres.metrics_http",
+            {"gateway": "gateway.metrics_http", "pusher": "push.metrics_http"}.get(
+                args.command, "postgres.metrics_http"
+            ),
         ),
     ):
         value = getattr(args, flag, None)
@@ -185,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(config, address=f"{config.http_host}:{config.http_port}")
     if args.command == "gateway":
         return _run(config, address=config.gateway_metrics_http, gateway=True)
+    if args.command == "pusher":
+        return _run(config, address=config.push_metrics_http, pusher=True)
     if args.command == "archive":
         if not config.postgres_url:
             print(
@@ -197,7 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
-def _run(config: Config, *, address: str, archive_only: bool = False, gateway: bool = False) -> int:
+def _run(
+    config: Config,
+    *,
+    address: str,
+    archive_only: bool = False,
+    gateway: bool = False,
+    pusher: bool = False,
+) -> int:
     """Run a command until SIGTERM or SIGINT; ``address``: the HOST:PORT it listens on."""
 
     async def start() -> None:
@@ -205,10 +236,12 @@ def _run(config: Config, *, address: str, archive_only: bool = False, gateway: b
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        from dispatch.wiring import archive, run_gateway, serve
+        from dispatch.wiring import archive, run_gateway, run_pusher, serve
 
         if gateway:
             await run_gateway(config, stop)
+        elif pusher:
+            await run_pusher(config, stop)
         else:
             await (archive if archive_only else serve)(config, stop)
 

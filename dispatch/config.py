@@ -114,6 +114,11 @@ class Config:
     push_queue: int = 1000
     push_workers: int = 4
     push_timeout_s: float = 5.0
+    # separate: the engine leaves the pushing to `dispatch pusher` processes
+    # (dispatch/push_worker.py), which share its alerts through this group.
+    push_separate: bool = False
+    push_group: str = "pushers"
+    push_metrics_http: str = ""  # `dispatch pusher`: where its /metrics is ("": none)
     # [gateway]: location gateways (dispatch/gateway.py, docs/deployment.md). enabled: the
     # engine takes locations as batches of moves from gateways instead of reading them.
     gateway_enabled: bool = False
@@ -439,6 +444,9 @@ KEYS: tuple[Key, ...] = (
     Key("push", "queue", 1000, _int_range(1, 100_000), "push_queue"),
     Key("push", "workers", 4, _int_range(1, 64), "push_workers"),
     Key("push", "timeout_s", 5.0, _positive, "push_timeout_s"),
+    Key("push", "separate", False, lambda v: _flag(v), "push_separate"),
+    Key("push", "group", "pushers", lambda v: _share_group(v), "push_group"),
+    Key("push", "metrics_http", "", lambda v: _metrics_address(v), "push_metrics_http"),
     Key("backends", "mqtt_keepalive_s", 15, _int_range(1, 3600), "mqtt_keepalive_s"),
     Key("backends", "redis_timeout_s", 5.0, _positive, "redis_timeout_s"),
     Key("backends", "redis_health_check_s", 10, _int_range(0, 3600), "redis_health_check_s"),

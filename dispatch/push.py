@@ -244,8 +244,10 @@ class Pusher:
                 ) from exc
         return PushKeys(pem, bytes.fromhex(stored["secret"]))
 
-    async def run(self) -> None:
-        """Load the keys, then push queued alerts until cancelled."""
+    async def run(self, *, push: bool = True) -> None:
+        """Load the keys, then push queued alerts until cancelled; with ``push`` false only
+        load the keys (the reply tokens need them) and return: pushers push
+        (``[push] separate``)."""
         delay = 0.2
         while self.keys is None:
             try:
@@ -254,6 +256,12 @@ class Pusher:
                 log.warning("push keys not readable from Redis yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if not push:
+            log.info(
+                "web push by `dispatch pusher` processes (VAPID public key %s)",
+                self.keys.public_key,
+            )
+            return
         log.info("web push on (VAPID public key %s)", self.keys.public_key)
         timeout = aiohttp.ClientTimeout(total=self.config.push_timeout_s)
         connector = aiohttp.TCPConnector(limit=self.config.push_workers * 2)

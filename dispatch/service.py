@@ -142,7 +142,7 @@ class Service:
         )
         self.instance = instance
         self.engine = Engine(self.core, self.store, self.bus, self.codec, self.metrics, clock)
-        if self.pusher is not None:
+        if self.pusher is not None and not config.push_separate:
             self.engine.on_alert = self.pusher.alert
         self.engine.while_waiting = self._while_waiting
         # The ports (dispatch/ports.py): a single engine's until `share` is called.
@@ -213,7 +213,8 @@ class Service:
                     tg.create_task(self.ownership.run(), name="cluster"),
                 ]
                 if self.pusher is not None:
-                    tasks.append(tg.create_task(self.pusher.run(), name="push"))
+                    pushing = not self.config.push_separate  # else pushers do (push_worker.py)
+                    tasks.append(tg.create_task(self.pusher.run(push=pushing), name="push"))
                 if self.inbound_bus is not None:
                     tasks.append(
                         tg.create_task(

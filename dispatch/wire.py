@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dispatch.codec import Codec, dumps, format_time
+import orjson
+
+from dispatch.codec import Codec, dumps, format_time, parse_time
 from dispatch.effects import Outbound, SendAlert, SendAssignment
 
-__all__ = ["Publish", "Wire"]
+__all__ = ["Publish", "Wire", "read_alert"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +101,51 @@ class Wire:
 
     def state_topic(self, incident_id: str) -> str:
         return self.codec.topic("incidents", incident_id, "state")
+
+
+def read_alert(codec: Codec, topic: str, payload: bytes, now: float) -> SendAlert:
+    """The alert a ``volunteers/{vid}/alert`` message (`Wire.alert`) carries, back as the
+    `SendAlert` it was made from, for the push workers (dispatch/push_worker.py), which
+    push what the engine published. The distance and ETA come back as rounded on the
+    wire; ``expiry_s`` is what is left of the alert at ``now``. Raises ValueError saying
+    what is wrong (only the engine may publish there, so it would be a bug or a forgery).
+    """
+    prefix, suffix = codec.topic("volunteers", ""), "/alert"
+    volunteer_id = topic[len(prefix) : -len(suffix)]
+    if not (topic.startswith(prefix) and topic.endswith(suffix)) or not volunteer_id:
+        raise ValueError(f"not an alert topic ({prefix}<volunteer>{suffix}): {topic[:120]!r}")
+    if "/" in volunteer_id:
+        raise ValueError(f"not one volunteer's alert topic: {topic[:120]!r}")
+    try:
+        body = orjson.loads(payload)
+        expires_at = parse_time(body["expires_at"])
+        alert = SendAlert(
+            incident_id=_text(body["incident_id"]),
+            volunteer_id=volunteer_id,
+            alert_id=_text(body["alert_id"]),
+            kind=_text(body["kind"]),
+            priority=int(body["priority"]),
+            lat=float(body["lat"]),
+            lon=float(body["lon"]),
+            address=_text(body.get("address", "")),
+            distance_m=float(body["distance_m"]),
+            eta_s=float(body["eta_s"]),
+            expires_at=expires_at,
+            description=_text(body.get("description", "")),
+            wave=int(body.get("wave", 1)),
+            skills=tuple(_text(s) for s in body.get("skills", ())),
+            expiry_s=max(0, int(expires_at - now)),
+        )
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"alert is not JSON: {exc}") from None
+    except KeyError as exc:
+        raise ValueError(f"alert has no field {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"alert has a field of the wrong kind: {exc}") from None
+    return alert
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value

@@ -6,8 +6,9 @@ store and a `Cluster` plugged into its ports: a different set of collaborators, 
 branches in the code that uses them. `serve` adds the HTTP port and, with ``[postgres]
 url``, the archiver (dispatch/archiver.py) as a task of its own beside the engine;
 `archive` runs the archiver alone (``dispatch archive``), `run_gateway` a location gateway
-(``dispatch gateway``), each with its /metrics on ``metrics_http``. The command line
-(dispatch/cli.py), the demo and the tests start the engine through them.
+(``dispatch gateway``), `run_pusher` a push worker (``dispatch pusher``), each with its
+/metrics on ``metrics_http``. The command line (dispatch/cli.py), the demo and the tests
+start the engine through them.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from dispatch.cluster import Cluster, FencedStore
 from dispatch.config import Config
 from dispatch.gateway import Gateway
 from dispatch.metrics import Metrics
+from dispatch.push_worker import PushWorker
 from dispatch.service import Service
 from dispatch.store import Store
 from dispatch.web import archiver_app, listen, make_app, metrics_app
 from geo.area import ServiceArea
 
-__all__ = ["archive", "build", "build_archiver", "run_gateway", "serve"]
+__all__ = ["archive", "build", "build_archiver", "run_gateway", "run_pusher", "serve"]
 
 log = logging.getLogger("dispatch")
 
@@ -133,6 +135,31 @@ async def run_gateway(config: Config, stop: asyncio.Event) -> None:
     app = metrics_app(gateway.metrics.render, gateway.health) if address else None
     async with _serving(app, address, config, "gateway"):
         await gateway.run(stop)
+
+
+async def run_pusher(config: Config, stop: asyncio.Event) -> None:
+    """One push worker, until ``stop`` is set (``dispatch pusher``); with ``[push]
+    metrics_http``, its /metrics and /healthz on that port."""
+    if not config.push_enabled:
+        log.error("this config has [push] enabled = false: nothing to push; not starting")
+        return
+    if not config.push_separate:
+        log.warning(
+            "this config has [push] separate = false: an engine started with it pushes its "
+            "alerts itself, and this pusher would push them a second time; set [push] "
+            "separate = true (DISPATCH_PUSH_SEPARATE=true) for both"
+        )
+    worker = PushWorker(config)
+    log.info(
+        "push worker on %s (MQTT %s, topic root '%s')",
+        worker.filter,
+        config.mqtt_url.split("@")[-1],
+        config.topic_root,
+    )
+    address = config.push_metrics_http
+    app = metrics_app(worker.metrics.render, worker.health) if address else None
+    async with _serving(app, address, config, "pusher"):
+        await worker.run(stop)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:

@@ -235,7 +235,11 @@ class MqttClient:
         with self._lock:
             subs = list(self._subs)
         for sub in subs:
-            if mqtt.topic_matches_sub(sub.filter, msg.topic):
+            # A shared subscription ($share/<group>/<filter>) matches as its filter does.
+            topic_filter = sub.filter
+            if topic_filter.startswith("$share/"):
+                topic_filter = topic_filter.split("/", 2)[2]
+            if mqtt.topic_matches_sub(topic_filter, msg.topic):
                 sub._add(message)
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> Subscription:

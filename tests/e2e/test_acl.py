@@ -638,3 +638,37 @@ def test_account_names_cannot_take_the_engines_client_id_prefix(broker: SecureBr
     done = broker.accounts("add", "dispatch-engine-x", "--role", "volunteer", password=PASSWORD)
     assert done.returncode == 1
     assert "dispatch-" in done.stderr
+
+
+def test_a_pusher_account_reads_the_alerts_and_nothing_else(broker: SecureBroker) -> None:
+    """Push workers (docs/security.md): a pusher account reads every alert through the
+    pushers' shared subscription, and nothing else of volunteers or incidents; it may
+    publish nothing."""
+    broker.add("push-acct", "pusher")
+    broker.add("push-eng", "engine")
+    engine = MqttClient(broker.url("push-eng"), name="engine")
+    pusher = MqttClient(broker.url("push-acct", engine=True), name="dispatch-pusher-t")
+    try:
+        alerts = pusher.subscribe(f"$share/pushers/{ROOT}/volunteers/+/alert")
+        others = pusher.subscribe(f"{ROOT}/volunteers/+/location")
+        states = pusher.subscribe(f"{ROOT}/incidents/+/state")
+        engine.publish(f"{ROOT}/volunteers/vol-x/location", b"location")
+        engine.publish(f"{ROOT}/incidents/i-p/state", b"state")
+        engine.publish(f"{ROOT}/volunteers/vol-x/alert", b"alert")
+        alerts.wait_for(lambda m: m.payload == b"alert", what="(the alert)")
+        time.sleep(QUIET)
+        assert others.all() == []
+        assert states.all() == []
+        for topic in (
+            "incidents/report",
+            "volunteers/vol-x/status",
+            "volunteers/push-acct/status",
+            "internal/moves",
+            "rejected",
+            "volunteers/vol-x/alert",
+        ):
+            assert publish_code(pusher, f"{ROOT}/{topic}", b"{}") == "Not authorized", topic
+    finally:
+        for client in (pusher, engine):
+            client.close()
+        engine.client.publish(f"{ROOT}/incidents/i-p/state", b"", retain=True)

@@ -366,8 +366,15 @@ def test_only_the_composition_root_imports_the_cluster() -> None:
 # Effects are domain values; only the shell turns them into topics and JSON (STYLE.md 12).
 # The bus and the service worker's replies send `Publish` messages, and so does a location
 # gateway (its batches and rejections, no effects of the core); only the engine renders.
+# A push worker reads the engine's alerts back off the wire (`read_alert`), in the shell.
 WIRE_IMPORTERS = frozenset(
-    {"dispatch/engine.py", "dispatch/bus.py", "dispatch/push_routes.py", "dispatch/gateway.py"}
+    {
+        "dispatch/engine.py",
+        "dispatch/bus.py",
+        "dispatch/push_routes.py",
+        "dispatch/gateway.py",
+        "dispatch/push_worker.py",
+    }
 )
 
 
