@@ -208,6 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "gateway":
         return _run(config, address=config.gateway_metrics_http, gateway=True)
     if args.command == "pusher":
+        if not config.push_enabled:
+            print(
+                "dispatch pusher: this config has [push] enabled = false: nothing to push "
+                "(set it to true, DISPATCH_PUSH_ENABLED=true, with [push] separate = true)",
+                file=sys.stderr,
+            )
+            return 2
         return _run(config, address=config.push_metrics_http, pusher=True)
     if args.command == "archive":
         if not config.postgres_url:

@@ -116,24 +116,7 @@ class Metrics:
             "Alerts with no delivery receipt within the delivery timeout",
             registry=r,
         )
-        # Web Push (dispatch/push.py): each push to one browser, by outcome (sent, failed,
-        # gone: the browser withdrew it, dropped: the queue was full, expired: the alert
-        # expired while queued), and how long push services took to answer.
-        self.push_sent = Counter(
-            "dispatch_push_total", "Web Pushes of alerts, by outcome", ["outcome"], registry=r
-        )
-        self.push_latency = Histogram(
-            "dispatch_push_latency_seconds",
-            "From a push's request to the push service's answer (or failure)",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
-            registry=r,
-        )
-        self.push_subscriptions = Counter(
-            "dispatch_push_subscriptions_total",
-            "Push subscriptions received from volunteer pages, by outcome (kept, rejected)",
-            ["outcome"],
-            registry=r,
-        )
+        self.push_sent, self.push_latency, self.push_subscriptions = _push_metrics(r)
         self.backend_errors = Counter(
             "dispatch_backend_errors_total", "Broker or Redis failures", ["backend"], registry=r
         )
@@ -174,6 +157,43 @@ class Metrics:
             self.undelivered_alerts.inc()
         elif kind in _ENDINGS:
             self.incident_endings.labels(how=kind.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _push_metrics(r: CollectorRegistry) -> tuple[Counter, Histogram, Counter]:
+    """Web Push's figures (dispatch/push.py), the engine's and a push worker's: each push
+    to one browser, by outcome (sent, failed, gone: the browser withdrew it, dropped: the
+    queue was full, expired: the alert expired while queued), how long push services took
+    to answer, and the subscriptions taken."""
+    sent = Counter(
+        "dispatch_push_total", "Web Pushes of alerts, by outcome", ["outcome"], registry=r
+    )
+    latency = Histogram(
+        "dispatch_push_latency_seconds",
+        "From a push's request to the push service's answer (or failure)",
+        buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+        registry=r,
+    )
+    subscriptions = Counter(
+        "dispatch_push_subscriptions_total",
+        "Push subscriptions received from volunteer pages, by outcome (kept, rejected)",
+        ["outcome"],
+        registry=r,
+    )
+    return sent, latency, subscriptions
+
+
+class PushMetrics:
+    """A push worker's figures (dispatch/push_worker.py): the engine's push metrics, on a
+    registry of its own with the process's (CPU, memory, open files, collections)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        self.push_sent, self.push_latency, self.push_subscriptions = _push_metrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,7 +50,7 @@ from dispatch.codec import Codec, format_time
 from dispatch.config import Config
 from dispatch.effects import SendAlert
 from dispatch.errors import BackendUnavailable, BadMessage, ConfigError, Reason
-from dispatch.metrics import Metrics
+from dispatch.metrics import Metrics, PushMetrics
 from dispatch.model import PushSubscription
 from dispatch.store import Store
 
@@ -120,7 +120,7 @@ class Pusher:
         config: Config,
         store: Store,
         codec: Codec,
-        metrics: Metrics,
+        metrics: Metrics | PushMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config

@@ -12,9 +12,9 @@ subscriptions, metrics). The engine then only publishes.
 
 An alert reaches a pusher as soon as the broker has it, after the engine stored and
 published it; a pusher that dies loses the pushes it held (the alerts went out over
-MQTT anyway), and the broker gives its share to the others. Its figures (the engine's
-``dispatch_push_*``) and `health` are served on ``[push] metrics_http``
-(``--metrics-http``) as /metrics and /healthz.
+MQTT anyway), and the broker gives its share to the others. Its figures (`PushMetrics`:
+the engine's ``dispatch_push_*`` and the process's) and `health` are served on ``[push]
+metrics_http`` (``--metrics-http``) as /metrics and /healthz.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 from dispatch.bus import Bus
 from dispatch.codec import Codec
 from dispatch.config import Config
-from dispatch.metrics import Metrics
+from dispatch.metrics import PushMetrics
 from dispatch.push import Pusher
 from dispatch.store import Store
 from dispatch.wire import read_alert
@@ -51,13 +51,13 @@ class PushWorker:
         *,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        metrics: PushMetrics | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.codec = Codec(root=config.topic_root)
         self.store = store if store is not None else Store.from_config(config)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or PushMetrics()
         self.pusher = Pusher(config, self.store, self.codec, self.metrics, clock)
         self.filter = f"$share/{config.push_group}/{self.codec.topic('volunteers', '+', 'alert')}"
         instance = config.instance or f"{random.getrandbits(32):08x}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +20,10 @@ import servers
 from inprocess import engine_in_process
 from test_push import NEARBY, XIAOYING, Browser, _until, push_service
 
+from dispatch.cli import main as cli_main
 from dispatch.config import Config, load_config
 from dispatch.push_worker import PushWorker
+from dispatch.wiring import run_pusher
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +166,65 @@ async def test_a_pusher_leaves_what_is_not_an_alert_and_goes_on(
         assert worker.received == 2
         assert worker.pusher.queue.qsize() == 0
         assert (await worker.health())[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "why"),
+    [
+        ([], {"DISPATCH_PUSH_ENABLED": "false"}, "[push] enabled = false: nothing to push"),
+        (["--metrics-http", "9111"], {}, "'push.metrics_http': got '9111'"),
+        ([], {"DISPATCH_PUSH_METRICS_HTTP": "localhost"}, "push.metrics_http"),
+    ],
+)
+def test_a_pusher_that_cannot_work_says_what_to_fix(
+    argv: list[str],
+    env: dict[str, str],
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("DISPATCH_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["pusher", *argv]) == 2
+    err = capsys.readouterr().err
+    assert why in err, err
+
+
+async def test_a_pusher_serves_its_health_and_metrics(
+    mqtt_url: str, redis_url: str, topic_root: str
+) -> None:
+    port = servers.free_port()
+    config = load_config(
+        overrides={
+            "engine.mqtt": mqtt_url,
+            "engine.redis": redis_url,
+            "engine.topic_root": topic_root,
+            "push.separate": True,
+            "push.metrics_http": f"127.0.0.1:{port}",
+        }
+    )
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(run_pusher(config, stop), name="pusher")
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def health() -> tuple[int, Any]:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                            return r.status, await r.json()
+                    return 0, None
+
+                await _until(health, lambda answer: answer[0] == 200, "a healthy pusher")
+                _, body = await health()
+                assert body["broker"] is True
+                assert body["keys"] is True
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    metrics = await r.text()
+            assert "dispatch_push_total" in metrics
+            assert "process_cpu_seconds_total" in metrics
+        finally:
+            stop.set()
