@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from dispatch.errors import BackendUnavailable
 from dispatch.wire import Publish
 
-__all__ = ["Bus"]
+__all__ = ["Bus", "cancel_all"]
 
 
 log = logging.getLogger(__name__)
@@ -608,6 +608,20 @@ class _BufferedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+async def cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one is done.
+
+    Python 3.11's asyncio.wait_for (inside aiomqtt) can swallow a cancellation that races
+    with its own completion: whatever is still running is cancelled again, each second.
+    """
+    for task in tasks:
+        task.cancel()
+    while pending := [t for t in tasks if not t.done()]:
+        await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            task.cancel()
 
 
 def _nothing() -> None:

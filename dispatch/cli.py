@@ -77,17 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "an engine whose config has [gateway] enabled = true; use the engine's config file. "
         "See docs/deployment.md.",
     )
-    gateway.add_argument("--mqtt", help="broker URL, e.g. mqtt://gateway:secret@127.0.0.1:1884")
-    gateway.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
-    gateway.add_argument("--topic-root", help="the engine's topic root (default: dispatch)")
-    gateway.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
-    gateway.add_argument("--instance", help="this gateway's name, unique among gateways")
-    gateway.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    gateway.add_argument(
-        "--metrics-http",
-        help="HOST:PORT to serve this gateway's /metrics and /healthz, e.g. 127.0.0.1:9109 "
-        "(default: [gateway] metrics_http; not served when empty)",
-    )
+    _beside_the_engine(gateway, "gateway", "[gateway] metrics_http", 9109)
     pusher = sub.add_parser(
         "pusher",
         help="run a push worker (with [push] separate = true in the engine's config)",
@@ -97,17 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "false. Run one or more beside an engine whose config has [push] separate = true; "
         "use the engine's config file. See docs/deployment.md.",
     )
-    pusher.add_argument("--mqtt", help="broker URL, e.g. mqtt://pusher:secret@127.0.0.1:1884")
-    pusher.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
-    pusher.add_argument("--topic-root", help="the engine's topic root (default: dispatch)")
-    pusher.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
-    pusher.add_argument("--instance", help="this pusher's name, unique among pushers")
-    pusher.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    pusher.add_argument(
-        "--metrics-http",
-        help="HOST:PORT to serve this pusher's /metrics and /healthz, e.g. 127.0.0.1:9110 "
-        "(default: [push] metrics_http; not served when empty)",
-    )
+    _beside_the_engine(pusher, "pusher", "[push] metrics_http", 9111)
     demo = sub.add_parser(
         "demo",
         help="run the engine with simulated volunteers and incidents on throwaway servers",
@@ -149,6 +129,24 @@ def _parser() -> argparse.ArgumentParser:
 
     add_accounts_arguments(accounts)
     return parser
+
+
+def _beside_the_engine(
+    parser: argparse.ArgumentParser, who: str, metrics_key: str, port: int
+) -> None:
+    """The flags of a process that runs beside the engine on its config (a gateway, a
+    pusher): the engine's broker, Redis and root, and its own name and /metrics."""
+    parser.add_argument("--mqtt", help=f"broker URL, e.g. mqtt://{who}:secret@127.0.0.1:1884")
+    parser.add_argument("--redis", help="the engine's Redis URL, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--topic-root", help="the engine's topic root (default: dispatch)")
+    parser.add_argument("--config", help="a TOML file (the engine's; see config/default.toml)")
+    parser.add_argument("--instance", help=f"this {who}'s name, unique among {who}s")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--metrics-http",
+        help=f"HOST:PORT to serve this {who}'s /metrics and /healthz, e.g. 127.0.0.1:{port} "
+        f"(default: {metrics_key}; not served when empty)",
+    )
 
 
 def load(args: argparse.Namespace, env: dict[str, str]) -> Config:

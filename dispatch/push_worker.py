@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dispatch.bus import Bus
+from dispatch.bus import Bus, cancel_all
 from dispatch.codec import Codec
 from dispatch.config import Config
 from dispatch.metrics import PushMetrics
@@ -91,13 +91,7 @@ class PushWorker:
                 tg.create_task(self._stats_forever(), name="stats"),
             ]
             await stop.wait()
-            for task in tasks:
-                task.cancel()
-            # As in Service.run: aiomqtt can swallow a cancellation; cancel until done.
-            while pending := [t for t in tasks if not t.done()]:
-                await asyncio.wait(pending, timeout=1.0)
-                for task in pending:
-                    task.cancel()
+            await cancel_all(tasks)
         self._log_stats()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.store.close(), 2)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from dispatch.bus import Bus
+from dispatch.bus import Bus, cancel_all
 from dispatch.codec import Codec
 from dispatch.config import Config
 from dispatch.dispatcher import Dispatcher
@@ -230,14 +230,7 @@ class Service:
             await stopping
             restore.cancel()
             tasks.append(restore)
-            for task in tasks:
-                task.cancel()
-            # Python 3.11's asyncio.wait_for (inside aiomqtt) can swallow a cancellation
-            # that races with its own completion: cancel again until everything is done.
-            while pending := [t for t in tasks if not t.done()]:
-                await asyncio.wait(pending, timeout=1.0)
-                for task in pending:
-                    task.cancel()
+            await cancel_all(tasks)
         with contextlib.suppress(BackendUnavailable, TimeoutError):
             await asyncio.wait_for(self.engine.flush_positions(), 2)
         with contextlib.suppress(TimeoutError):
