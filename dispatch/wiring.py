@@ -124,41 +124,35 @@ async def run_gateway(config: Config, stop: asyncio.Event) -> None:
             "locations itself and ignores this gateway's batches (positions are still "
             "stored); set [gateway] enabled = true (DISPATCH_GATEWAY_ENABLED=true) for both"
         )
-    gateway = Gateway(config)
-    log.info(
-        "location gateway on %s (MQTT %s, topic root '%s')",
-        gateway.filter,
-        config.mqtt_url.split("@")[-1],
-        config.topic_root,
-    )
-    address = config.gateway_metrics_http
-    app = metrics_app(gateway.metrics.render, gateway.health) if address else None
-    async with _serving(app, address, config, "gateway"):
-        await gateway.run(stop)
+    await _beside(Gateway(config), "location gateway", config.gateway_metrics_http, config, stop)
 
 
 async def run_pusher(config: Config, stop: asyncio.Event) -> None:
     """One push worker, until ``stop`` is set (``dispatch pusher``); with ``[push]
     metrics_http``, its /metrics and /healthz on that port."""
-    if not config.push_enabled:
-        log.error("this config has [push] enabled = false: nothing to push; not starting")
-        return
     if not config.push_separate:
         log.warning(
             "this config has [push] separate = false: an engine started with it pushes its "
             "alerts itself, and this pusher would push them a second time; set [push] "
             "separate = true (DISPATCH_PUSH_SEPARATE=true) for both"
         )
-    worker = PushWorker(config)
+    await _beside(PushWorker(config), "push worker", config.push_metrics_http, config, stop)
+
+
+async def _beside(
+    worker: Gateway | PushWorker, what: str, address: str, config: Config, stop: asyncio.Event
+) -> None:
+    """A process beside the engine (a gateway, a pusher), until ``stop`` is set; with a
+    metrics ``address``, its /metrics and /healthz there."""
     log.info(
-        "push worker on %s (MQTT %s, topic root '%s')",
+        "%s on %s (MQTT %s, topic root '%s')",
+        what,
         worker.filter,
         config.mqtt_url.split("@")[-1],
         config.topic_root,
     )
-    address = config.push_metrics_http
     app = metrics_app(worker.metrics.render, worker.health) if address else None
-    async with _serving(app, address, config, "pusher"):
+    async with _serving(app, address, config, what):
         await worker.run(stop)
 
 

@@ -132,6 +132,20 @@ async def test_pushers_push_each_alert_once_and_the_engine_pushes_none(
             assert r.status == 202, await r.text()
 
 
+def _pusher_config(mqtt_url: str, redis_url: str, topic_root: str, **push: Any) -> Config:
+    """A pusher's config: the engine's servers and root, ``[push] separate``, and ``push``."""
+    overrides = {f"push.{key}": value for key, value in push.items()}
+    return load_config(
+        overrides={
+            "engine.mqtt": mqtt_url,
+            "engine.redis": redis_url,
+            "engine.topic_root": topic_root,
+            "push.separate": True,
+            **overrides,
+        }
+    )
+
+
 def _value(read: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
     async def value() -> Any:
         return read()
@@ -151,14 +165,7 @@ async def test_a_pusher_leaves_what_is_not_an_alert_and_goes_on(
 ) -> None:
     """A forged or garbled alert (only the engine may publish there: a bug or a broker
     misconfigured) is logged and counted, never pushed, and the pusher keeps going."""
-    config = load_config(
-        overrides={
-            "engine.mqtt": mqtt_url,
-            "engine.redis": redis_url,
-            "engine.topic_root": topic_root,
-            "push.separate": True,
-        }
-    )
+    config = _pusher_config(mqtt_url, redis_url, topic_root)
     async with pushers(config, 1) as (worker,), servers.mqtt_client(mqtt_url) as client:
         await client.publish(f"{topic_root}/volunteers/v1/alert", b"not json", qos=1)
         await client.publish(f"{topic_root}/volunteers/v1/alert", b'{"alert_id": 1}', qos=1)
@@ -197,15 +204,7 @@ async def test_a_pusher_serves_its_health_and_metrics(
     mqtt_url: str, redis_url: str, topic_root: str
 ) -> None:
     port = servers.free_port()
-    config = load_config(
-        overrides={
-            "engine.mqtt": mqtt_url,
-            "engine.redis": redis_url,
-            "engine.topic_root": topic_root,
-            "push.separate": True,
-            "push.metrics_http": f"127.0.0.1:{port}",
-        }
-    )
+    config = _pusher_config(mqtt_url, redis_url, topic_root, metrics_http=f"127.0.0.1:{port}")
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(run_pusher(config, stop), name="pusher")
