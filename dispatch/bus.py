@@ -21,13 +21,14 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from dispatch.errors import BackendUnavailable
 from dispatch.wire import Publish
@@ -130,6 +131,7 @@ class Bus:
         )
         if v5:
             _follow_receive_maximum(client)
+        _acknowledge_quickly(client)
         return client
 
     async def run(
@@ -494,6 +496,48 @@ def _follow_receive_maximum(client: aiomqtt.Client) -> None:
         on_connect(*args)
 
     paho.on_connect = connected
+
+
+# A PUBACK with nothing but its packet id (MQTT 3.1.1, and MQTT 5 success without
+# properties, 3.4.2.1) says what these say; paho only passes them on, so they are shared.
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+
+def _acknowledge_quickly(client: aiomqtt.Client) -> None:
+    """Handle each PUBACK of ours in a few microseconds instead of 16 (or far more).
+
+    The engine publishes a QoS 1 message for every alert, assignment and state: some
+    2,000 a second at the design load, each acknowledged. paho decodes every PUBACK into
+    a fresh reason code and properties (some 8 µs), and then walks every message still
+    unacknowledged to send any it held back for the in-flight window: quadratic when
+    a burst is in flight (2,000 unacknowledged took 0.2 ms for each PUBACK), and never
+    useful here, since `_follow_receive_maximum` opens the window as far as the broker
+    takes. Both only when there is nothing else to do: a PUBACK carrying a reason code
+    or properties, or messages that were held back, go through paho's own code.
+    """
+    paho = client._client
+    decode_and_handle = paho._handle_pubackcomp
+    send_held_back = paho._update_inflight
+
+    def handle_pubackcomp(cmd: Literal["PUBACK", "PUBCOMP"]) -> Any:
+        packet = paho._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return decode_and_handle(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with paho._out_message_mutex:
+            if mid in paho._out_messages:
+                return paho._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return MQTT_ERR_SUCCESS
+
+    def update_inflight() -> Any:
+        # Every message waiting for its PUBACK counts in flight: none is held back.
+        if len(paho._out_messages) <= paho._inflight_messages:
+            return MQTT_ERR_SUCCESS
+        return send_held_back()
+
+    paho._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]
+    paho._update_inflight = update_inflight  # type: ignore[method-assign]
 
 
 class _Expiry(Properties):

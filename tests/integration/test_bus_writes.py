@@ -208,3 +208,60 @@ def test_the_service_holds_the_reading_only_while_behind() -> None:
     with service._while_waiting():
         assert bus._reading_held == 1
     assert bus._reading_held == 0
+
+
+async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
+    mqtt_url: str, topic_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PUBACKs that carry only a packet id skip paho's decoding (`_acknowledge_quickly`);
+    a burst larger than the broker's window still leaves whole, the messages held back
+    going out as acknowledgements come in; a PUBACK with a reason code (MQTT 5: "no
+    matching subscribers") is decoded by paho as before."""
+    from paho.mqtt import _packet
+
+    decoded: list[int] = []
+    decode_puback = _packet.decode_puback
+
+    def counting(*args: Any) -> Any:
+        result = decode_puback(*args)
+        decoded.append(int(result.reason.value))
+        return result
+
+    monkeypatch.setattr(_packet, "decode_puback", counting)
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    bus = Bus(mqtt_url, client_id=f"pubacks-{topic_root}", subscriptions=[], protocol=5)
+
+    async def unused(_topic: str, _payload: bytes) -> None:  # pragma: no cover
+        raise AssertionError("nothing is subscribed")
+
+    task = asyncio.create_task(bus.run(unused))
+    try:
+        await asyncio.wait_for(bus.ready.wait(), 10)
+        assert bus._client is not None
+        paho = bus._client._client
+        window = paho._max_inflight_messages
+        count = 2 * window + 100
+        got = 0
+        async with aiomqtt.Client(host, int(port)) as listener:
+            await listener.subscribe(f"{topic_root}/acked", qos=1)
+            for i in range(count):
+                bus.send(Publish(f"{topic_root}/acked", b"%d" % i, qos=1, expiry_s=60))
+            assert len(paho._out_messages) > paho._inflight_messages  # some held back
+            async with asyncio.timeout(20):
+                async for _message in listener.messages:
+                    got += 1
+                    if got == count:
+                        break
+            # Its PUBACK comes after every earlier one (in order, on one connection).
+            await asyncio.wait_for(bus.publish(Publish(f"{topic_root}/acked", b"last", qos=1)), 10)
+        assert got == count
+        assert paho._inflight_messages == 0
+        assert decoded == []  # every PUBACK said only "received": none decoded
+        # Nobody subscribes here: mosquitto answers with reason code 0x10, decoded by paho,
+        # and aiomqtt's publish (which waits for the PUBACK) returns.
+        await asyncio.wait_for(bus.publish(Publish(f"{topic_root}/nobody", b"x", qos=1)), 10)
+        assert decoded == [0x10]
+        assert not paho._out_messages
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
