@@ -249,6 +249,16 @@ PRIVATE_REACHES_ALLOWED = frozenset(
         # paho keeps 20 QoS 1 messages in flight whatever the broker's CONNACK allows, and
         # its setter refuses once connected: the bus sets it at the CONNACK.
         ("dispatch/bus.py", "paho._max_inflight_messages"),
+        # paho decodes every PUBACK into new objects, then walks every unacknowledged
+        # message (quadratic in a burst; issue 16): the bus takes a PUBACK that carries only
+        # its packet id as paho's handler would, and skips the walk when none is held back.
+        ("dispatch/bus.py", "paho._handle_pubackcomp"),
+        ("dispatch/bus.py", "paho._in_packet"),
+        ("dispatch/bus.py", "paho._out_message_mutex"),
+        ("dispatch/bus.py", "paho._out_messages"),
+        ("dispatch/bus.py", "paho._do_on_publish"),
+        ("dispatch/bus.py", "paho._update_inflight"),
+        ("dispatch/bus.py", "paho._inflight_messages"),
     }
 )
 
