@@ -269,6 +269,28 @@ class Dispatcher:
         self._changed(incident, effects)
         return effects
 
+    def retract(self, incident_id: str, now: float) -> None:
+        """Take back the decision `report` made for ``incident_id``, as if the report had
+        never come: its incident, alerts and timers forgotten, its volunteers free again
+        (their alert budgets as before). For a decision neither stored nor announced: the
+        store found the report not new after all (`Store.record_reports`). Only right
+        before anything else happened to the incident."""
+        incident = self.incidents.pop(incident_id, None)
+        if incident is None:
+            return
+        self.timers.drop(incident_id)
+        for alert_id, alert in incident.alerts.items():
+            self.alerts.pop(alert_id, None)
+            volunteer = self.volunteers.get(alert.volunteer_id)
+            if volunteer is None:
+                continue
+            if volunteer.alerted_at is not None and alert.sent_at in volunteer.alerted_at:
+                volunteer.alerted_at.remove(alert.sent_at)
+                if not volunteer.alerted_at:
+                    volunteer.alerted_at = None
+                volunteer.resting_until = _resting_until(volunteer, now)[0]
+            self.roster.free(volunteer.id, alert_id)  # back in the index if they can be
+
     def _suspect_duplicate(self, incident: Incident, now: float, effects: list[Effect]) -> None:
         """Link a new incident to the open one of the same kind reported at most
         DUPLICATE_RADIUS_M away and DUPLICATE_WINDOW_S apart, if any (the nearest; the

@@ -278,50 +278,79 @@ def _redis_errors(
     return wrapper
 
 
-# Append an event to the log and its id to the incident's index, in one step. Called in
-# the same MULTI as the rest of an effect batch. KEYS: the log, the incident's index;
-# ARGV: log cap, incident id, type, at, data, index cap, index time-to-live (s).
-_RECORD = """
-local n = tonumber(ARGV[4])
-local ids = {}
-local indexes = {}
-for i = 1, n do
-  local a = 4 * i
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'incident_id',
-    ARGV[a + 1], 'type', ARGV[a + 2], 'at', ARGV[a + 3], 'data', ARGV[a + 4])
-  redis.call('RPUSH', KEYS[4 + i], id)
-  indexes[KEYS[4 + i]] = true
-  ids[i] = id
-end
-for index in pairs(indexes) do
-  redis.call('LTRIM', index, -tonumber(ARGV[2]), -1)
-  redis.call('EXPIRE', index, ARGV[3])
-end
-local a = 4 + 4 * n
-for k = 5 + n, #KEYS do
-  local id, reported = ARGV[a + 1], ARGV[a + 3]
-  redis.call('SET', KEYS[k], ARGV[a + 2])
-  redis.call('ZADD', KEYS[2], reported, id)
-  if ARGV[a + 4] == '1' then
-    redis.call('ZADD', KEYS[3], reported, id)
-  else
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZADD', KEYS[4], ARGV[a + 5], id)
-    redis.call('EXPIRE', KEYS[k], ARGV[3])
+# The incidents' history and records (`Store._record_call`), as a function of where its
+# keys and arguments start (K and A: how many come before them), so that `_ADMIT_RECORD`
+# can put a report's admission in front. The events are logged in order, each also in
+# its incident's index (capped, with the history's TTL), then each incident's record is
+# saved and filed as open or ended (an ended one expires with its history). KEYS: the
+# log, incidents:all, :open, :ended, one index per event, one incident key per record.
+# ARGV: the log's cap, an index's cap, the history TTL, the number of events, four per
+# event (incident_id, type, at, data), five per record (id, JSON, reported_at, "1" if
+# open, ended_at). Returns the events' ids, in order. One call for what were a dozen
+# commands a report (a command per event and three or four per record, each packed,
+# queued and answered in a transaction).
+_RECORD_FUNCTION = """
+local function record(K, A)
+  local n = tonumber(ARGV[A + 4])
+  local ids = {}
+  local indexes = {}
+  for i = 1, n do
+    local a = A + 4 * i
+    local id = redis.call('XADD', KEYS[K + 1], 'MAXLEN', '~', ARGV[A + 1], '*',
+      'incident_id', ARGV[a + 1], 'type', ARGV[a + 2], 'at', ARGV[a + 3], 'data', ARGV[a + 4])
+    redis.call('RPUSH', KEYS[K + 4 + i], id)
+    indexes[KEYS[K + 4 + i]] = true
+    ids[i] = id
   end
-  a = a + 5
+  for index in pairs(indexes) do
+    redis.call('LTRIM', index, -tonumber(ARGV[A + 2]), -1)
+    redis.call('EXPIRE', index, ARGV[A + 3])
+  end
+  local a = A + 4 + 4 * n
+  for k = K + 5 + n, #KEYS do
+    local id, reported = ARGV[a + 1], ARGV[a + 3]
+    redis.call('SET', KEYS[k], ARGV[a + 2])
+    redis.call('ZADD', KEYS[K + 2], reported, id)
+    if ARGV[a + 4] == '1' then
+      redis.call('ZADD', KEYS[K + 3], reported, id)
+    else
+      redis.call('ZREM', KEYS[K + 3], id)
+      redis.call('ZADD', KEYS[K + 4], ARGV[a + 5], id)
+      redis.call('EXPIRE', KEYS[k], ARGV[A + 3])
+    end
+    a = a + 5
+  end
+  return ids
 end
-return ids
 """
-# The incidents' history and records, in one call (`Store._record_call`): the events
-# logged in order, each also in its incident's index (capped, with the history's TTL),
-# then each incident's record saved and filed as open or ended (an ended one expires
-# with its history). KEYS: the log, incidents:all, :open, :ended, one index per event,
-# one incident key per record. ARGV: the log's cap, an index's cap, the history TTL, the
-# number of events, four per event (incident_id, type, at, data), five per record (id,
-# JSON, reported_at, "1" if open, ended_at). Returns the events' ids, in order. One
-# call for what were a dozen commands a report (a command per event and three or four
-# per record, each packed, queued and answered in a transaction).
+_RECORD = _RECORD_FUNCTION + "return record(0, 0)\n"
+
+# A report's admission and, when it is new, its decision recorded, in one step: the
+# engine decides first and stores the decision with the admission (`Store.record_reports`),
+# a round trip less than admitting before deciding. KEYS: ``idem:``, ``inc:`` and
+# ``admitting:`` of the report's id, then `record`'s. ARGV: the fingerprint, the
+# idempotency TTL (s), the lease (ms), a token, then `record`'s. A new report's
+# ``admitting:`` key holds the token for the lease: a retry whose first answer was lost
+# finds its own write there and is told "new" again, without writing twice (another
+# copy of the report finds the incident stored: "same"). Answers as `_ADMIT` does.
+_ADMIT_RECORD = (
+    _RECORD_FUNCTION
+    + """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if cur ~= ARGV[1] then return 'conflict' end
+  local lease = redis.call('GET', KEYS[3])
+  if lease == ARGV[4] then return 'new' end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'same' end
+  if lease then return 'pending' end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
+record(3, 4)
+return 'new'
+"""
+)
 
 # The most events kept in one incident's index (its history shows the newest ones).
 INCIDENT_EVENTS_MAX = 1000
@@ -383,6 +412,7 @@ class Store:
         self._delete_if = client.register_script(_DELETE_IF)
         self._positions = client.register_script(_POSITIONS)
         self._record = client.register_script(_RECORD)
+        self._admit_record = client.register_script(_ADMIT_RECORD)
         self._push_add = client.register_script(_PUSH_ADD)
         self._push_of = client.register_script(_PUSH_OF)
 
@@ -478,6 +508,72 @@ class Store:
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
         return [_admission(r) for r in results]
+
+    async def record_reports(
+        self, decisions: Sequence[tuple[str | None, str, Sequence[Effect]]], token: str
+    ) -> list[Admission]:
+        """Each report's admission and, where it is new, its decision's events and records,
+        in one step per report (`_ADMIT_RECORD`) and one round trip in all.
+
+        ``decisions``: ``(id, fingerprint, effects)`` per report, in order, the effects
+        being the events and records its decision made. A report without an id is new
+        (only recorded). Nothing of a report that is not new is written: the caller
+        takes its decision back (`Dispatcher.retract`). ``token``: made once per decision
+        (`new_token`) and given again with each retry of it, so that a retry whose first
+        answer was lost is told "new" again.
+        """
+        unguarded: list[Effect] = []
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        for report_id, fingerprint, effects in decisions:
+            batch = list(effects)
+            for effect in batch:
+                if not isinstance(effect, LogEvent | SaveIncident):
+                    raise TypeError(f"a report's decision stores only events and records: {effect}")
+            if report_id is None:
+                unguarded += batch
+                continue
+            call = self._record_call(batch)
+            if call is None:
+                raise ValueError(f"the decision of report {report_id!r} records nothing")
+            keys, args = call
+            calls.append(
+                (
+                    self._admit_record,
+                    [*self._admission_keys(report_id), *keys],
+                    [
+                        fingerprint,
+                        self.idempotency_ttl_s,
+                        self.admission_lease_ms,
+                        token,
+                        *args,
+                    ],
+                )
+            )
+        if unguarded:
+            call = self._record_call(unguarded)
+            if call is not None:
+                calls.append((self._record, *call))
+        try:
+            if len(calls) == 1:
+                script, keys, args = calls[0]
+                results = [await script(keys=keys, args=args)]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for script, keys, args in calls:
+                        _queue_script(pipe, script, keys, args)
+                    results = await pipe.execute()
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        verdicts = iter(results)
+        return [
+            "new" if report_id is None else _admission(next(verdicts))
+            for report_id, _, _ in decisions
+        ]
+
+    @staticmethod
+    def new_token() -> str:
+        """A token for `record_reports`."""
+        return secrets.token_hex(8)
 
     async def incident(self, incident_id: str) -> dict[str, Any] | None:
         try:

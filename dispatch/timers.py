@@ -51,6 +51,14 @@ class Timers:
         self._seq += 1
         heapq.heappush(self._heap, Timer(due, self._seq, kind, incident_id, alert_id))
 
+    def drop(self, incident_id: str) -> None:
+        """Drop every timer of ``incident_id``: O(timers), for a decision taken back
+        (`Dispatcher.retract`), whose id may come back as a new incident."""
+        kept = [t for t in self._heap if t.incident_id != incident_id]
+        if len(kept) != len(self._heap):
+            heapq.heapify(kept)
+            self._heap = kept
+
     def next_due(self) -> float | None:
         return self._heap[0].due if self._heap else None
 

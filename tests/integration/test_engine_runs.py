@@ -19,6 +19,7 @@ from dispatch.config import load_config
 from dispatch.dispatcher import Dispatcher
 from dispatch.effects import EventType, LogEvent
 from dispatch.engine import Engine
+from dispatch.errors import BackendUnavailable
 from dispatch.metrics import Metrics
 from dispatch.model import Answer, Arrived, Duty, Kind, Mode, Reply, Report, StatusUpdate
 from dispatch.store import Store
@@ -157,6 +158,151 @@ async def test_a_run_of_reports_is_admitted_and_stored_in_one_round_trip_each(
     await engine.store.close()
 
 
+def count_calls(store: Store, *names: str) -> dict[str, int]:
+    """How often each of the store's ``names`` is called from now on."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        original = getattr(store, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        setattr(store, name, counting)
+    return calls
+
+
+def on_duty(engine: Engine, count: int) -> list[StatusUpdate]:
+    return [
+        StatusUpdate(
+            f"d{i}",
+            Duty.AVAILABLE,
+            ("first_aid",),
+            Mode.WALK,
+            SCENE[0] + 0.0002 * (i + 1),
+            SCENE[1],
+        )
+        for i in range(count)
+    ]
+
+
+async def test_new_reports_are_decided_then_admitted_and_stored_in_one_round_trip(
+    redis_url: str,
+) -> None:
+    engine, outbox, _ = make_engine(redis_url, "runs-n:")
+    await engine.handle(on_duty(engine, 12), T0)
+    calls = count_calls(engine.store, "admit", "admit_all", "apply", "record_reports")
+    far = (SCENE[0] - 0.02, SCENE[1] + 0.02)  # not a duplicate of the others
+    await engine.reports(
+        [
+            Report(Kind.MEDICAL, *SCENE, id="n-1", fingerprint="fp-1"),
+            Report(Kind.FIRE, *far, fingerprint="fp-2"),  # no id: always new
+            Report(Kind.FALL, *SCENE, id="n-3", fingerprint="fp-3"),
+        ],
+        T0 + 1,
+    )
+    single = await engine.report(Report(Kind.FALL, *far, id="n-4", fingerprint="fp-4"), T0 + 2)
+    assert single.status == "created"
+    assert calls == {"admit": 0, "admit_all": 0, "apply": 0, "record_reports": 2}
+    assert len(engine.core.incidents) == 4
+    for incident_id, incident in engine.core.incidents.items():
+        record = await engine.store.incident(incident_id)
+        assert record is not None
+        assert record["state"] == incident.state.value
+        logged = await engine.store.incident_events(incident_id)
+        assert [e.type for e in logged][:1] == ["reported"]
+    # Stored with their admission: a copy is now a duplicate, another body a conflict.
+    assert await engine.store.admit("n-1", "fp-1") == "same"
+    assert await engine.store.admit("n-3", "fp-other") == "conflict"
+    assert len([p for p in outbox.sent if p.topic.endswith("/alert")]) > 4
+    await engine.store.close()
+
+
+async def test_a_report_found_not_new_is_taken_back_before_anything_is_announced(
+    redis_url: str,
+) -> None:
+    """A report this engine does not hold but the store has seen: stored long ago (ended
+    and forgotten), under another id's body, or being stored by another engine. Decided
+    at once, it is taken back unannounced, and its volunteers are free again."""
+    before, _, _ = make_engine(redis_url, "runs-k:")  # another engine, or this one's past
+    await before.report(Report(Kind.FALL, *SCENE, id="k-same", fingerprint="fp-s"), T0)
+    await before.report(Report(Kind.FALL, *SCENE, id="k-other", fingerprint="fp-o"), T0)
+    assert await before.store.admit("k-pending", "fp-p") == "new"  # being stored elsewhere
+    stored = {i: await before.store.incident(i) for i in ("k-same", "k-other")}
+    logged = {i: len(await before.store.incident_events(i)) for i in ("k-same", "k-other")}
+
+    engine, outbox, _ = make_engine(redis_url, "runs-k:")
+    await engine.handle(on_duty(engine, 60), T0)  # more than four waves
+    assert engine.core.available == 60
+    calls = count_calls(engine.store, "admit_all", "record_reports")
+    outbox.sent.clear()
+    await engine.reports(
+        [
+            Report(Kind.FALL, *SCENE, id="k-same", fingerprint="fp-s"),  # a copy: receipt
+            Report(Kind.FALL, *SCENE, id="k-other", fingerprint="fp-x"),  # reused id: conflict
+            Report(Kind.FALL, *SCENE, id="k-pending", fingerprint="fp-p"),  # dropped
+            Report(Kind.MEDICAL, *SCENE, id="k-new", fingerprint="fp-n"),
+        ],
+        T0 + 60,
+    )
+    assert calls == {"admit_all": 0, "record_reports": 1}
+    assert set(engine.core.incidents) == {"k-new"}
+    new_alerts = engine.core.incidents["k-new"].alerts
+    assert new_alerts
+    assert engine.core.available == 60 - len(new_alerts)
+    assert set(engine.core.alerts) == set(new_alerts)
+    alerted_for = {
+        orjson.loads(p.payload)["incident_id"] for p in outbox.sent if "/alert" in p.topic
+    }
+    assert alerted_for == {"k-new"}
+    states = sorted(p.topic.split("/")[-2] for p in outbox.sent if p.topic.endswith("/state"))
+    assert states == ["k-new", "k-same"]  # the copy's receipt, from its stored record
+    (rejected,) = [orjson.loads(p.payload) for p in outbox.sent if p.topic.endswith("/rejected")]
+    assert (rejected["id"], rejected["code"]) == ("k-other", "conflict")
+    # Nothing of what was taken back reached Redis.
+    for incident_id, record in stored.items():
+        assert await engine.store.incident(incident_id) == record
+        assert len(await engine.store.incident_events(incident_id)) == logged[incident_id]
+    assert await engine.store.incident("k-pending") is None
+    counted = {
+        outcome: engine.metrics.incidents.labels(kind=kind, outcome=outcome)._value.get()
+        for kind, outcome in (("fall", "duplicate"), ("fall", "conflict"), ("medical", "created"))
+    }
+    assert counted == {"duplicate": 2, "conflict": 1, "created": 1}
+    await before.store.close()
+    await engine.store.close()
+
+
+async def test_a_decision_whose_answer_was_lost_is_stored_once_and_announced_once(
+    redis_url: str,
+) -> None:
+    """Redis ran the script but the answer never came back (the connection dropped): the
+    retry finds the report stored by itself and is told "new" again, not "same"."""
+    engine, outbox, _ = make_engine(redis_url, "runs-l:")
+    await engine.handle(on_duty(engine, 3), T0)
+    record_reports = engine.store.record_reports
+    lost: list[str] = []
+
+    async def answer_lost_once(*args: Any) -> Any:
+        verdicts = await record_reports(*args)
+        if not lost:
+            lost.append("lost")
+            raise BackendUnavailable("redis", "Connection reset by peer")
+        return verdicts
+
+    engine.store.record_reports = answer_lost_once  # type: ignore[method-assign]
+    outcome = await engine.report(Report(Kind.MEDICAL, *SCENE, id="l-1", fingerprint="fp"), T0)
+    assert lost
+    assert outcome.status == "created"
+    incident = engine.core.incidents["l-1"]
+    alerts = [p for p in outbox.sent if p.topic.endswith("/alert")]
+    assert len(alerts) == len(incident.alerts) == 3
+    events = await engine.store.incident_events("l-1")
+    assert [e.type for e in events].count("reported") == 1
+    assert len([e for e in events if e.type == "alerted"]) == 3
+    await engine.store.close()
+
+
 async def test_the_service_hands_a_run_of_reports_over_together() -> None:
     from dispatch.service import Service
 
@@ -262,8 +408,10 @@ async def test_every_redis_wait_of_the_engine_is_announced(redis_url: str) -> No
         spans.append("leave")
 
     engine.while_waiting = waiting
-    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-w"), T0)  # admit, then store
-    assert spans == ["enter", "leave", "enter", "leave"]
+    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-w"), T0)  # admitted and stored
+    assert spans == ["enter", "leave"]
+    await engine.report(Report(Kind.MEDICAL, *SCENE, id="inc-w"), T0)  # a copy: admitted first
+    assert spans == ["enter", "leave"] * 2
     await engine.store.close()
 
 
