@@ -120,6 +120,9 @@ class FencedStore(ClusterStore):
             return False
         return result
 
+    def claims_with_writes(self) -> bool:
+        return self.cluster is None  # else each claim checks its owner (`claim`)
+
     async def claims(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """Each claim fenced as `claim` fences it (one at a time: each checks its owner)."""
         if self.cluster is None:

@@ -1171,6 +1171,35 @@ class Dispatcher:
             self._replace(incident, now, effects)
         self._changed(incident, effects)
 
+    def claim_lost(self, volunteer_id: str, incident_id: str, now: float) -> list[Effect]:
+        """The store refused the claim of a volunteer this core took on ahead of its
+        answer (`claim_result` with ok, stored only with the claim): committed to another
+        incident after all. They are no responder, as `claim_result` without ok leaves
+        it, and are out of this index until they report; what taking them on decided
+        for the others stands (a responder displaced, alerts called off), and a
+        replacement is sought. Only a second process committing volunteers in the same
+        Redis makes a single engine's claim fail."""
+        incident = self.incidents.get(incident_id)
+        responder = None
+        if incident is not None:
+            responder = next(
+                (r for r in incident.responders if r.volunteer_id == volunteer_id and r.on_the_way),
+                None,
+            )
+        effects: list[Effect] = []
+        if incident is None or responder is None:
+            return effects
+        incident.responders.remove(responder)
+        incident.first_accept_at = min((r.accepted_at for r in incident.responders), default=None)
+        volunteer = self.roster.ensure(volunteer_id)
+        if volunteer.engaged == incident_id:
+            volunteer.engaged = None
+        self._rank_roles(incident, effects)
+        self._claim_refused(
+            incident, incident.alerts[responder.alert_id], volunteer, False, now, effects
+        )
+        return effects
+
     # ------------------------------------------------------------------ who goes
 
     def _goers(self, incident: Incident) -> int:

@@ -30,12 +30,15 @@ from dispatch.bus import Bus
 from dispatch.codec import Codec
 from dispatch.dispatcher import Dispatcher, Incident, UnknownIncident
 from dispatch.effects import (
+    Action,
     Claim,
     Effect,
+    EventType,
     ForgetPosition,
     LogEvent,
     Outbound,
     Reject,
+    Release,
     SavePosition,
     SendAlert,
     SendAssignment,
@@ -426,28 +429,51 @@ class Engine:
         """Store, then publish; feed claim answers back to the core. Call under the lock.
 
         ``stored``: what ``effects`` store is stored already (`_decide`).
+
+        Where the store allows it (a single engine), the claimants are taken on ahead of
+        its answer and what that decided is stored with the claims, in one round trip
+        (`Store.claim_and_apply`): a round trip an accept fewer. A claim refused after
+        all (only a second process committing volunteers in the same Redis does that)
+        is undone by the core (`Dispatcher.claim_lost`), and what it decided instead is
+        carried out as well.
         """
         while effects:
-            to_store: list[Effect] = []
-            outbound: list[Outbound] = []
-            claims: list[Claim] = []
-            for effect in effects:
-                if isinstance(effect, SendAlert | SendAssignment | StateChanged):
-                    outbound.append(effect)
-                elif isinstance(effect, SavePosition | ForgetPosition):
-                    self._positions[effect.volunteer_id] = effect
-                elif isinstance(effect, Claim):
-                    claims.append(effect)
-                elif isinstance(effect, Reject):
-                    await self.reject(effect.error, now if now is not None else self.clock())
+            to_store, outbound, claims = await self._sort(effects, now)
+            effects = []
+            if claims and self.store.claims_with_writes():
+                taken: list[Effect] = []
+                for c in claims:
+                    taken += self.core.claim_result(
+                        c.volunteer_id, c.incident_id, True, self.clock()
+                    )
+                # A claimant refused whatever the store says (filled, ended) is released.
+                pairs = [
+                    (c.volunteer_id, c.incident_id)
+                    for c in claims
+                    if Release(c.volunteer_id, c.incident_id) not in taken
+                ]
+                taken_store, taken_out, _ = await self._sort(taken, now)
+                won = await self.retrying(
+                    functools.partial(
+                        self.store.claim_and_apply, [] if stored else to_store, pairs, taken_store
+                    )
+                )
+                lost = {pair for pair, ok in zip(pairs, won, strict=True) if not ok}
+                if lost:
+                    effects = [e for e in taken if not _takes_on(e, lost)]
+                    for volunteer_id, incident_id in sorted(lost):
+                        effects += self.core.claim_lost(volunteer_id, incident_id, self.clock())
                 else:
-                    to_store.append(effect)
-                    if isinstance(effect, LogEvent):
-                        self.metrics.observe_event(effect.type, effect.data)
-                        self._log_event(effect)
-            if to_store and not stored:
+                    to_store += taken_store
+                    outbound += taken_out
+                claims = []
+            elif to_store and not stored:
                 await self.retrying(functools.partial(self.store.apply, to_store))
             stored = False  # what the claims' answers decide is not
+            for effect in to_store:
+                if isinstance(effect, LogEvent):
+                    self.metrics.observe_event(effect.type, effect.data)
+                    self._log_event(effect)
             # Nothing for incidents another instance took over meanwhile.
             outbound = self.ownership.keep(outbound)
             if outbound:
@@ -459,7 +485,6 @@ class Engine:
                     for e in outbound:
                         if isinstance(e, SendAlert):
                             self.on_alert(e)
-            effects = []
             if claims:  # in one round trip: several accepts handled together claim together
                 pairs = [(c.volunteer_id, c.incident_id) for c in claims]
                 won = await self.retrying(functools.partial(self.store.claims, pairs))
@@ -467,6 +492,27 @@ class Engine:
                     effects += self.core.claim_result(
                         claim.volunteer_id, claim.incident_id, ok, self.clock()
                     )
+
+    async def _sort(
+        self, effects: list[Effect], now: float | None
+    ) -> tuple[list[Effect], list[Outbound], list[Claim]]:
+        """``effects`` as what to store, what to publish and what to claim; positions are
+        kept for `flush_positions`, rejections published at once."""
+        to_store: list[Effect] = []
+        outbound: list[Outbound] = []
+        claims: list[Claim] = []
+        for effect in effects:
+            if isinstance(effect, SendAlert | SendAssignment | StateChanged):
+                outbound.append(effect)
+            elif isinstance(effect, SavePosition | ForgetPosition):
+                self._positions[effect.volunteer_id] = effect
+            elif isinstance(effect, Claim):
+                claims.append(effect)
+            elif isinstance(effect, Reject):
+                await self.reject(effect.error, now if now is not None else self.clock())
+            else:
+                to_store.append(effect)
+        return to_store, outbound, claims
 
     async def publish(self, publishes: list[Publish]) -> None:
         """Hand messages to the broker, in order, without waiting for each (`Bus.send`)."""
@@ -582,6 +628,16 @@ class Alone:
 def mask_numbers(text: str) -> str:
     """``text`` with every number that has a fraction or an exponent replaced by "#"."""
     return _NUMBER.sub("#", text)
+
+
+def _takes_on(effect: Effect, lost: set[tuple[str, str]]) -> bool:
+    """Whether ``effect`` is the "go" or the ``assigned`` event of a claimant whose claim
+    was lost (`Engine._execute`): never sent, never logged."""
+    if isinstance(effect, SendAssignment):
+        return (effect.volunteer_id, effect.incident_id) in lost and effect.action is Action.GO
+    if isinstance(effect, LogEvent) and effect.type is EventType.ASSIGNED:
+        return (str(effect.data.get("volunteer_id")), effect.incident_id) in lost
+    return False
 
 
 def _last_states(outbound: list[Outbound]) -> list[Outbound]:

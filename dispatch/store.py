@@ -352,6 +352,36 @@ return 'new'
 """
 )
 
+# Claims, and what taking the claimants on decided, in one step (`Store.claim_and_apply`):
+# each claim as `_CLAIM` makes it, then, only if every one was won, the releases (as
+# `_DELETE_IF`) and `record`'s events and records. KEYS: the n ``claim:`` keys, the m
+# released ``claim:`` keys, then `record`'s (if any). ARGV: n, m, the n claims' incident
+# ids, the m releases' incident ids, then `record`'s. Returns 1 or 0 per claim.
+_CLAIM_APPLY = (
+    _RECORD_FUNCTION
+    + """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local won, all = {}, true
+for i = 1, n do
+  local cur = redis.call('GET', KEYS[i])
+  if (not cur) or cur == ARGV[2 + i] then
+    redis.call('SET', KEYS[i], ARGV[2 + i])
+    won[i] = 1
+  else
+    won[i] = 0
+    all = false
+  end
+end
+if all then
+  for j = 1, m do
+    if redis.call('GET', KEYS[n + j]) == ARGV[2 + n + j] then redis.call('DEL', KEYS[n + j]) end
+  end
+  if #KEYS > n + m then record(n + m, 2 + n + m) end
+end
+return won
+"""
+)
+
 # The most events kept in one incident's index (its history shows the newest ones).
 INCIDENT_EVENTS_MAX = 1000
 
@@ -413,6 +443,7 @@ class Store:
         self._positions = client.register_script(_POSITIONS)
         self._record = client.register_script(_RECORD)
         self._admit_record = client.register_script(_ADMIT_RECORD)
+        self._claim_apply = client.register_script(_CLAIM_APPLY)
         self._push_add = client.register_script(_PUSH_ADD)
         self._push_of = client.register_script(_PUSH_OF)
 
@@ -638,6 +669,51 @@ class Store:
                 return [bool(won) for won in await pipe.execute()]
         except RedisError as exc:
             raise BackendUnavailable("redis", str(exc)) from exc
+
+    def claims_with_writes(self) -> bool:
+        """Whether `claim_and_apply` may be used: not where each claim and write is
+        fenced by its incident's owner (several instances, `FencedStore`)."""
+        return True
+
+    async def claim_and_apply(
+        self,
+        before: Sequence[Effect],
+        pairs: Sequence[tuple[str, str]],
+        if_won: Sequence[Effect],
+    ) -> list[bool]:
+        """``before`` stored, then each claim ``(volunteer_id, incident_id)`` tried, and
+        ``if_won`` (what taking the claimants on decided: events, records and releases)
+        stored only if every claim was won; in one transaction and one round trip
+        (`_CLAIM_APPLY`). Whether each claim was won, in order."""
+        releases = [e for e in if_won if isinstance(e, Release)]
+        recorded: list[Effect] = [e for e in if_won if not isinstance(e, Release)]
+        for effect in recorded:
+            if not isinstance(effect, LogEvent | SaveIncident):
+                raise TypeError(f"only events, records and releases wait for claims: {effect}")
+        call = self._record_call(recorded)
+        keys = [self._k("claim", v) for v, _ in pairs] + [
+            self._k("claim", r.volunteer_id) for r in releases
+        ]
+        args: list[Any] = [
+            len(pairs),
+            len(releases),
+            *(i for _, i in pairs),
+            *(r.incident_id for r in releases),
+        ]
+        if call is not None:
+            keys += call[0]
+            args += call[1]
+        try:
+            if not before:
+                won = await self._claim_apply(keys=keys, args=args)
+            else:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await self._queue(pipe, before)
+                    _queue_script(pipe, self._claim_apply, keys, args)
+                    won = (await pipe.execute())[-1]
+        except RedisError as exc:
+            raise BackendUnavailable("redis", str(exc)) from exc
+        return [bool(w) for w in won]
 
     @_redis_errors
     async def claimed_by(self, volunteer_id: str) -> str | None:

@@ -62,6 +62,13 @@ def make_engine(redis_url: str, prefix: str) -> tuple[Engine, Outbox, list[list[
         return await claims(pairs)
 
     store.claims = counted  # type: ignore[method-assign]
+    claim_and_apply = store.claim_and_apply
+
+    async def counted_with_writes(before: Any, pairs: Any, if_won: Any) -> list[bool]:
+        trips.append(list(pairs))
+        return await claim_and_apply(before, pairs, if_won)
+
+    store.claim_and_apply = counted_with_writes  # type: ignore[method-assign]
     return engine, outbox, trips
 
 
@@ -300,6 +307,80 @@ async def test_a_decision_whose_answer_was_lost_is_stored_once_and_announced_onc
     events = await engine.store.incident_events("l-1")
     assert [e.type for e in events].count("reported") == 1
     assert len([e for e in events if e.type == "alerted"]) == 3
+    await engine.store.close()
+
+
+def sent_to(outbox: Outbox, volunteer_id: str, kind: str) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(p.payload)
+        for p in outbox.sent
+        if p.topic.endswith(f"/{volunteer_id}/{kind}") and p.payload
+    ]
+
+
+async def test_an_accept_is_claimed_and_taken_on_in_one_round_trip(redis_url: str) -> None:
+    engine, outbox, _ = make_engine(redis_url, "runs-c:")
+    alert_ids = await alerted(engine, ["va", "vb", "vc"], 1)
+    calls = count_calls(engine.store, "claims", "apply", "claim_and_apply")
+    await engine.handle([Reply("va", alert_ids["va"], Answer.ACCEPT)], T0 + 5)
+    assert calls == {"claims": 0, "apply": 0, "claim_and_apply": 1}
+    assert [a["action"] for a in sent_to(outbox, "va", "assignment")] == ["go"]
+    assert await engine.store.claimed_by("va") == "inc-runs"
+    logged = [
+        (e.type, e.data.get("volunteer_id")) for e in await engine.store.incident_events("inc-runs")
+    ]
+    assert ("assigned", "va") in logged
+    record = await engine.store.incident("inc-runs")
+    assert record is not None
+    assert [r["volunteer_id"] for r in record["responders"]] == ["va"]
+    assert record["state"] == "assigned"
+    await engine.store.close()
+
+
+async def test_a_claim_refused_by_the_store_is_undone_before_anything_is_sent(
+    redis_url: str,
+) -> None:
+    """Another process committed vb to another incident behind this engine's back: the
+    core took vb on ahead of the store's answer, the store refused the claim and wrote
+    nothing of it, and vb is stood down ("committed elsewhere") and replaced; va, whose
+    accept came in the same run, is taken on."""
+    engine, outbox, trips = make_engine(redis_url, "runs-x:")
+    for i in range(8):  # some to replace vb with
+        lat, lon = SCENE[0] + 0.0004 * (i + 1), SCENE[1] + 0.0004
+        status = StatusUpdate(f"w{i}", Duty.AVAILABLE, ("first_aid",), Mode.WALK, lat, lon)
+        await engine.handle([status], T0)
+    alert_ids = await alerted(engine, ["va", "vb"], 2)
+    assert {"va", "vb"} <= set(alert_ids)
+    await engine.store.redis.set("runs-x:claim:vb", "inc-elsewhere")
+    outbox.sent.clear()
+    await engine.handle(
+        [Reply("va", alert_ids["va"], Answer.ACCEPT), Reply("vb", alert_ids["vb"], Answer.ACCEPT)],
+        T0 + 5,
+    )
+    assert trips == [[("va", "inc-runs"), ("vb", "inc-runs")]]
+    assert [a["action"] for a in sent_to(outbox, "va", "assignment")] == ["go"]
+    (stand_down,) = sent_to(outbox, "vb", "assignment")
+    assert stand_down["action"] == "stand_down"
+    assert "another incident" in stand_down["reason"]
+    assert await engine.store.claimed_by("va") == "inc-runs"
+    assert await engine.store.claimed_by("vb") == "inc-elsewhere"
+    incident = engine.core.incidents["inc-runs"]
+    assert [r.volunteer_id for r in incident.responders] == ["va"]
+    assert engine.core.volunteers["vb"].engaged is None
+    assert "vb" not in engine.core.index  # committed elsewhere: out until they report
+    logged = [
+        (e.type, e.data.get("volunteer_id")) for e in await engine.store.incident_events("inc-runs")
+    ]
+    assert ("assigned", "va") in logged
+    assert ("assigned", "vb") not in logged
+    assert ("stood_down", "vb") in logged
+    record = await engine.store.incident("inc-runs")
+    assert record is not None
+    assert [r["volunteer_id"] for r in record["responders"]] == ["va"]
+    # vb's place is sought again: a new wave went out to others.
+    replacements = {p.topic.split("/")[-2] for p in outbox.sent if p.topic.endswith("/alert")}
+    assert replacements
+    assert replacements.isdisjoint({"va", "vb"})
     await engine.store.close()
 
 
