@@ -5,7 +5,9 @@ the loop watch the socket), in order, whatever the kernel takes at a time (issue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
@@ -30,13 +32,10 @@ class _CountingSocket:
         return getattr(self._sock, name)
 
 
-async def test_a_burst_of_publishes_leaves_in_order_in_a_few_writes(
-    mqtt_url: str, topic_root: str
-) -> None:
-    count = 2000
-    got: list[bytes] = []
-    host, port = mqtt_url.removeprefix("mqtt://").split(":")
-    bus = Bus(mqtt_url, client_id=f"writes-{topic_root}", subscriptions=[], protocol=5)
+@contextlib.asynccontextmanager
+async def publishing_bus(mqtt_url: str, client_id: str) -> AsyncIterator[Bus]:
+    """An MQTT 5 bus that subscribes to nothing, connected (``ready``), for publishing."""
+    bus = Bus(mqtt_url, client_id=client_id, subscriptions=[], protocol=5)
 
     async def unused(_topic: str, _payload: bytes) -> None:  # pragma: no cover
         raise AssertionError("nothing is subscribed")
@@ -44,6 +43,20 @@ async def test_a_burst_of_publishes_leaves_in_order_in_a_few_writes(
     task = asyncio.create_task(bus.run(unused))
     try:
         await asyncio.wait_for(bus.ready.wait(), 10)
+        assert bus._client is not None
+        yield bus
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_burst_of_publishes_leaves_in_order_in_a_few_writes(
+    mqtt_url: str, topic_root: str
+) -> None:
+    count = 2000
+    got: list[bytes] = []
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    async with publishing_bus(mqtt_url, f"writes-{topic_root}") as bus:
         assert bus._client is not None
         buffered = bus._client._client._sock
         assert isinstance(buffered, _BufferedSocket)
@@ -69,9 +82,6 @@ async def test_a_burst_of_publishes_leaves_in_order_in_a_few_writes(
         # per message before; the broker's PUBACKs came back on the same socket meanwhile.
         assert spy.sends <= 2 * (count // window + 1) + 4, (spy.sends, window)
         assert not buffered._out
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _receive_maximum(host: str, port: int) -> int:
@@ -229,14 +239,7 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
 
     monkeypatch.setattr(_packet, "decode_puback", counting)
     host, port = mqtt_url.removeprefix("mqtt://").split(":")
-    bus = Bus(mqtt_url, client_id=f"pubacks-{topic_root}", subscriptions=[], protocol=5)
-
-    async def unused(_topic: str, _payload: bytes) -> None:  # pragma: no cover
-        raise AssertionError("nothing is subscribed")
-
-    task = asyncio.create_task(bus.run(unused))
-    try:
-        await asyncio.wait_for(bus.ready.wait(), 10)
+    async with publishing_bus(mqtt_url, f"pubacks-{topic_root}") as bus:
         assert bus._client is not None
         paho = bus._client._client
         window = paho._max_inflight_messages
@@ -262,6 +265,3 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
         await asyncio.wait_for(bus.publish(Publish(f"{topic_root}/nobody", b"x", qos=1)), 10)
         assert decoded == [0x10]
         assert not paho._out_messages
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
