@@ -131,7 +131,7 @@ class Bus:
         )
         if v5:
             _follow_receive_maximum(client)
-        _acknowledge_quickly(client)
+        _acknowledge_quickly(client, v5=v5)
         return client
 
     async def run(
@@ -502,9 +502,17 @@ def _follow_receive_maximum(client: aiomqtt.Client) -> None:
 # properties, 3.4.2.1) says what these say; paho only passes them on, so they are shared.
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+# The reason codes without properties that are shared likewise (MQTT 5): success, and "no
+# matching subscribers", mosquitto's answer to a message nobody subscribes to (a state
+# nobody watches, an assignment for a phone that is away; in benchmarks/load_test.py,
+# which watches only alerts, every assignment and state: over half the PUBACKs).
+_PUBACK_REASONS = {
+    0x00: _PUBACK_SUCCESS,
+    0x10: ReasonCode(PacketTypes.PUBACK, identifier=0x10),
+}
 
 
-def _acknowledge_quickly(client: aiomqtt.Client) -> None:
+def _acknowledge_quickly(client: aiomqtt.Client, *, v5: bool) -> None:
     """Handle each PUBACK of ours in a few microseconds instead of 16 (or far more).
 
     The engine publishes a QoS 1 message for every alert, assignment and state: some
@@ -513,8 +521,9 @@ def _acknowledge_quickly(client: aiomqtt.Client) -> None:
     unacknowledged to send any it held back for the in-flight window: quadratic when
     a burst is in flight (2,000 unacknowledged took 0.2 ms for each PUBACK), and never
     useful here, since `_follow_receive_maximum` opens the window as far as the broker
-    takes. Both only when there is nothing else to do: a PUBACK carrying a reason code
-    or properties, or messages that were held back, go through paho's own code.
+    takes. Both only when there is nothing else to do: a PUBACK carrying properties or
+    a reason code other than success or "no matching subscribers", or messages that
+    were held back, go through paho's own code.
     """
     paho = client._client
     decode_and_handle = paho._handle_pubackcomp
@@ -522,12 +531,20 @@ def _acknowledge_quickly(client: aiomqtt.Client) -> None:
 
     def handle_pubackcomp(cmd: Literal["PUBACK", "PUBCOMP"]) -> Any:
         packet = paho._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
+        size = len(packet)
+        if cmd != "PUBACK":
+            return decode_and_handle(cmd)
+        reason: ReasonCode | None = None
+        if size == 2:
+            reason = _PUBACK_SUCCESS
+        elif v5 and (size == 3 or (size == 4 and packet[3] == 0)):  # no properties
+            reason = _PUBACK_REASONS.get(packet[2])
+        if reason is None:
             return decode_and_handle(cmd)
         mid = (packet[0] << 8) | packet[1]
         with paho._out_message_mutex:
             if mid in paho._out_messages:
-                return paho._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+                return paho._do_on_publish(mid, reason, _NO_PROPERTIES)
         return MQTT_ERR_SUCCESS
 
     def update_inflight() -> Any:

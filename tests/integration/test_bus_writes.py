@@ -13,7 +13,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from dispatch.bus import Bus, _BufferedSocket
+from dispatch.bus import Bus, _acknowledge_quickly, _BufferedSocket
 from dispatch.wire import Publish
 
 
@@ -223,10 +223,10 @@ def test_the_service_holds_the_reading_only_while_behind() -> None:
 async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
     mqtt_url: str, topic_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PUBACKs that carry only a packet id skip paho's decoding (`_acknowledge_quickly`);
-    a burst larger than the broker's window still leaves whole, the messages held back
-    going out as acknowledgements come in; a PUBACK with a reason code (MQTT 5: "no
-    matching subscribers") is decoded by paho as before."""
+    """PUBACKs of success skip paho's decoding (`_acknowledge_quickly`); a burst larger
+    than the broker's window still leaves whole, the messages held back going out as
+    acknowledgements come in; mosquitto's "no matching subscribers" (MQTT 5) reaches
+    paho with its reason code, without decoding either."""
     from paho.mqtt import _packet
 
     decoded: list[int] = []
@@ -242,6 +242,14 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
     async with publishing_bus(mqtt_url, f"pubacks-{topic_root}") as bus:
         assert bus._client is not None
         paho = bus._client._client
+        reasons: list[int] = []
+        on_publish = paho._do_on_publish
+
+        def recording(mid: int, reason: Any, properties: Any) -> Any:
+            reasons.append(int(reason.value))
+            return on_publish(mid, reason, properties)
+
+        monkeypatch.setattr(paho, "_do_on_publish", recording)
         window = paho._max_inflight_messages
         count = 2 * window + 100
         got = 0
@@ -260,8 +268,47 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
         assert got == count
         assert paho._inflight_messages == 0
         assert decoded == []  # every PUBACK said only "received": none decoded
-        # Nobody subscribes here: mosquitto answers with reason code 0x10, decoded by paho,
-        # and aiomqtt's publish (which waits for the PUBACK) returns.
+        assert reasons == [0] * (count + 1)
+        # Nobody subscribes here: mosquitto answers with reason code 0x10, which reaches
+        # paho as it is, and aiomqtt's publish (which waits for the PUBACK) returns.
         await asyncio.wait_for(bus.publish(Publish(f"{topic_root}/nobody", b"x", qos=1)), 10)
-        assert decoded == [0x10]
+        assert reasons[-1] == 0x10
+        assert decoded == []
         assert not paho._out_messages
+
+
+@pytest.mark.parametrize(
+    ("v5", "packet", "reason", "by_paho"),
+    [
+        (True, b"\x00\x07", 0x00, False),  # success: the packet id alone
+        (True, b"\x00\x07\x10", 0x10, False),  # no matching subscribers
+        (True, b"\x00\x07\x00\x00", 0x00, False),  # success, empty properties
+        (True, b"\x00\x07\x87", 0x87, True),  # not authorized: paho's own
+        (True, b"\x00\x07\x10\x03\x1f\x00\x00", 0x10, True),  # with properties
+        (False, b"\x00\x07", 0x00, False),  # MQTT 3.1.1
+    ],
+)
+async def test_a_puback_is_decoded_by_paho_unless_it_says_only_received(
+    v5: bool, packet: bytes, reason: int, by_paho: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paho.mqtt import _packet
+
+    version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    client = aiomqtt.Client("127.0.0.1", 1, protocol=version)  # never connected
+    _acknowledge_quickly(client, v5=v5)
+    paho = client._client
+    decoded: list[bytes] = []
+    decode_puback = _packet.decode_puback
+
+    def counting(header: int, raw: bytes, protocol: Any) -> Any:
+        decoded.append(bytes(raw))
+        return decode_puback(header, raw, protocol)
+
+    monkeypatch.setattr(_packet, "decode_puback", counting)
+    taken: list[tuple[int, int]] = []
+    monkeypatch.setattr(paho, "_do_on_publish", lambda mid, rc, _p: taken.append((mid, rc.value)))
+    paho._out_messages[7] = object()  # waiting for its PUBACK
+    paho._in_packet = {"command": 0x40, "packet": bytearray(packet)}
+    paho._handle_pubackcomp("PUBACK")
+    assert taken == [(7, reason)]
+    assert decoded == ([packet] if by_paho else [])
