@@ -133,6 +133,12 @@ class Pusher:
         self._vapid_file = config.push_vapid_key_file
         # audience (push service origin) -> (expiry, VAPID headers); see vapid_headers
         self._signed: dict[str, tuple[float, dict[str, str]]] = {}
+        # Who may have a subscription, where every subscription passes through this
+        # pusher (`run` with ``track``): those kept when it started, and those it kept
+        # since. An alert for anyone else is not looked up (a round trip a wave, a point
+        # of the engine's CPU at the design load). None: every alert is looked up.
+        self._kept_at_start: set[str] | None = None
+        self._kept_since: set[str] = set()
 
     # ---------------------------------------------------------------- subscriptions
 
@@ -155,6 +161,7 @@ class Pusher:
         replaced = await self.store.add_push_subscription(
             vid, sub.endpoint, record, self.clock(), self.config.push_max_per_volunteer
         )
+        self._kept_since.add(vid)
         self.metrics.push_subscriptions.labels(outcome="kept").inc()
         log.info("volunteer=%s push subscription kept (replaced %d)", vid, max(replaced, 0))
         return sub
@@ -244,10 +251,12 @@ class Pusher:
                 ) from exc
         return PushKeys(pem, bytes.fromhex(stored["secret"]))
 
-    async def run(self, *, push: bool = True) -> None:
+    async def run(self, *, push: bool = True, track: bool = False) -> None:
         """Load the keys, then push queued alerts until cancelled; with ``push`` false only
         load the keys (the reply tokens need them) and return: pushers push
-        (``[push] separate``)."""
+        (``[push] separate``). ``track``: every subscription passes through `subscribe`
+        (a single engine's pusher), so only the volunteers kept in Redis at the start
+        and those kept since are looked up."""
         delay = 0.2
         while self.keys is None:
             try:
@@ -263,6 +272,8 @@ class Pusher:
             )
             return
         log.info("web push on (VAPID public key %s)", self.keys.public_key)
+        if track:
+            await self._read_subscribers()
         timeout = aiohttp.ClientTimeout(total=self.config.push_timeout_s)
         connector = aiohttp.TCPConnector(limit=self.config.push_workers * 2)
         async with (
@@ -271,6 +282,22 @@ class Pusher:
         ):
             for n in range(self.config.push_workers):
                 tg.create_task(self._work(session, self.keys), name=f"push-{n}")
+
+    async def _read_subscribers(self) -> None:
+        """Who has a subscription kept, read once (retried while Redis is away; alerts
+        queue meanwhile)."""
+        delay = 0.2
+        while self._kept_at_start is None:
+            try:
+                self._kept_at_start = await self.store.push_subscribers()
+            except BackendUnavailable as exc:
+                log.warning("push subscribers not readable from Redis yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _may_have_subscription(self, volunteer_id: str) -> bool:
+        start = self._kept_at_start
+        return start is None or volunteer_id in start or volunteer_id in self._kept_since
 
     async def _work(self, session: aiohttp.ClientSession, keys: PushKeys) -> None:
         while True:
@@ -299,7 +326,7 @@ class Pusher:
         for alert in alerts:
             if alert.expires_at <= now:  # waited too long in the queue: a stale call must not ring
                 self.metrics.push_sent.labels(outcome="expired").inc()
-            else:
+            elif self._may_have_subscription(alert.volunteer_id):
                 fresh.append(alert)
         if not fresh:
             return

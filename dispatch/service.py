@@ -214,7 +214,13 @@ class Service:
                 ]
                 if self.pusher is not None:
                     pushing = not self.config.push_separate  # else pushers do (push_worker.py)
-                    tasks.append(tg.create_task(self.pusher.run(push=pushing), name="push"))
+                    tasks.append(
+                        tg.create_task(
+                            # Alone, every subscription comes through this pusher.
+                            self.pusher.run(push=pushing, track=not self.config.cluster_enabled),
+                            name="push",
+                        )
+                    )
                 if self.inbound_bus is not None:
                     tasks.append(
                         tg.create_task(

@@ -1081,6 +1081,15 @@ class Store:
         return bool(removed)
 
     @_redis_errors
+    async def push_subscribers(self) -> set[str]:
+        """The volunteers with a subscription kept (their ``pushat:`` keys, scanned)."""
+        head = self._k("pushat", "")
+        found: set[str] = set()
+        async for key in self.redis.scan_iter(match=f"{head}*", count=1000):
+            found.add(key.decode()[len(head) :])
+        return found
+
+    @_redis_errors
     async def push_subscriptions_of(self, volunteer_ids: Sequence[str]) -> list[list[bytes]]:
         """The subscriptions of each volunteer, in order, in one round trip."""
         if not volunteer_ids:

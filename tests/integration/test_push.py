@@ -479,3 +479,70 @@ async def test_a_wave_s_subscriptions_are_looked_up_together_and_each_pushed(
     for vid in browsers:
         await store.redis.delete(f"{prefix}push:{vid}", f"{prefix}pushat:{vid}")
     await store.close()
+
+
+async def test_a_single_engine_s_pusher_looks_up_only_volunteers_with_a_subscription(
+    redis_url: str,
+) -> None:
+    """Every subscription passes through a single engine's pusher (``track``): it reads
+    who had one at its start, adds whoever subscribes since, and makes no round trip for
+    a wave of volunteers without one."""
+    from dispatch.codec import Codec
+    from dispatch.config import load_config
+    from dispatch.effects import SendAlert
+    from dispatch.metrics import Metrics
+    from dispatch.push import Pusher
+
+    prefix = f"push-track-{os.getpid()}:"
+    store = Store.from_url(redis_url, prefix=prefix)
+    config = load_config(overrides={"push.allow_loopback": True})
+    pusher = Pusher(config, store, Codec(), Metrics())
+    now = pusher.clock()
+
+    def alert(vid: str) -> SendAlert:
+        return SendAlert(
+            "inc-t", vid, f"a-{vid}", "fire", 1, *XIAOYING, "", 100.0, 60.0,
+            now + 60, "", 1, (), 60,
+        )  # fmt: skip
+
+    async with push_service() as pushes:
+        before = Browser(f"{pushes.base}/push/va")  # kept before the pusher started
+        await store.add_push_subscription(
+            "va", before.endpoint, orjson.dumps(before.subscription()), now, 5
+        )
+        lookups: list[list[str]] = []
+        looked_up = store.push_subscriptions_of
+
+        async def counted(ids: Any) -> Any:
+            lookups.append(list(ids))
+            return await looked_up(ids)
+
+        store.push_subscriptions_of = counted  # type: ignore[method-assign]
+        worker = asyncio.create_task(pusher.run(track=True))
+        try:
+
+            async def kept_at_start() -> Any:
+                return pusher._kept_at_start
+
+            await _until(kept_at_start, lambda kept: kept is not None, "the start's subscribers")
+            since = Browser(f"{pushes.base}/push/vb")  # subscribes through the pusher
+            payload = orjson.dumps(since.subscription())
+            await pusher.subscribe("dispatch/volunteers/vb/push", payload)
+            for vid in ("va", "vb", "vc"):
+                pusher.alert(alert(vid))
+            received = await pushes.wait(2)
+            await asyncio.wait_for(pusher.queue.join(), 10)
+            assert sorted(r.path for r in received) == ["/push/va", "/push/vb"]
+            assert sorted(vid for trip in lookups for vid in trip) == ["va", "vb"]
+            lookups.clear()
+            for vid in ("vc", "vd"):  # nobody subscribed: no round trip at all
+                pusher.alert(alert(vid))
+            await asyncio.wait_for(pusher.queue.join(), 10)
+            assert lookups == []
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+    for vid in ("va", "vb"):
+        await store.redis.delete(f"{prefix}push:{vid}", f"{prefix}pushat:{vid}")
+    await store.close()
