@@ -387,6 +387,11 @@ def choose_wave(
     return chosen
 
 
+# A hair over 1: a volunteer exactly as fast as the k-th still counts (the id breaks the
+# tie), whatever the rounding of reach_m against eta_s.
+_TIES_IN = 1.0 + 1e-9
+
+
 def fastest(
     index: PartitionedIndex,
     travel: TravelModel,
@@ -402,19 +407,31 @@ def fastest(
     """The ``k`` best volunteers, best first: shortest estimated arrival (or distance).
 
     The index is partitioned by travel mode: within a mode the fastest are the nearest,
-    so the k fastest overall are among the k nearest of each mode. Exact, and three
-    small queries instead of one ever-widening one.
+    so the k fastest overall are among the k nearest of each mode. The fastest mode is
+    asked first, and once k are found, a slower mode only within the distance that
+    still beats the k-th (a walker must be far nearer than an e-bike to rank): exact,
+    and the later queries look in a small circle.
     """
     if k <= 0:
         return []
     skills = tuple(skills)
-    ranked = [
-        Candidate(n.volunteer_id, n.distance_m, travel.eta_s(n.distance_m, mode))
-        for mode in index.parts
-        for n in index.nearest(mode, lat, lon, k, skills=skills, radius_m=radius_m, exclude=exclude)
-    ]
-    if rank is Rank.DISTANCE:
-        ranked.sort(key=lambda c: (c.distance_m, c.volunteer_id))
-    else:
-        ranked.sort(key=lambda c: (c.eta_s, c.volunteer_id))
-    return ranked[:k]
+    by_eta = rank is not Rank.DISTANCE
+    ranked: list[Candidate] = []
+    for mode in sorted(index.parts, key=travel.speed_mps, reverse=True):
+        limit, tight = radius_m, False
+        if len(ranked) >= k:
+            kth = ranked[k - 1]
+            reach = travel.reach_m(kth.eta_s, mode) if by_eta else kth.distance_m
+            limit, tight = min(radius_m, reach * _TIES_IN), True
+        ranked += [
+            Candidate(n.volunteer_id, n.distance_m, travel.eta_s(n.distance_m, mode))
+            for n in index.nearest(
+                mode, lat, lon, k, skills=skills, radius_m=limit, exclude=exclude, tight=tight
+            )
+        ]
+        if by_eta:
+            ranked.sort(key=lambda c: (c.eta_s, c.volunteer_id))
+        else:
+            ranked.sort(key=lambda c: (c.distance_m, c.volunteer_id))
+        del ranked[k:]
+    return ranked

@@ -289,12 +289,16 @@ class VolunteerIndex:
         skills: Iterable[str] = (),
         radius_m: float | None = None,
         exclude: Container[str] = (),
+        tight: bool = False,
     ) -> list[Neighbour]:
         """The ``k`` volunteers nearest to ``(lat, lon)`` by great-circle distance.
 
         Only volunteers having all of ``skills``, within ``radius_m`` (if given,
         inclusive) and not in ``exclude`` count. Sorted by
         ``(distance_m, volunteer_id)``; exact, equal to a brute-force ranking.
+        ``tight``: ``radius_m`` likely holds fewer than ``k``, so the radius, not spare
+        candidates, proves the answer complete: fewer are fetched at first (the same
+        answer, sooner).
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -324,7 +328,7 @@ class VolunteerIndex:
         # A point whose anchor is projected farther than this (plus the slack) cannot
         # beat the k-th best: it is projected beyond the reach of the k-th best's distance.
         stop_at = math.inf if limit == math.inf else self._reach_m(lat, limit)
-        n = int((k + 1) * (1.0 + slack / 25.0))  # spares usually prove the first k
+        n = k + 1 if tight else int((k + 1) * (1.0 + slack / 25.0))  # spares prove the k
         while True:
             slots = list(tree.nearest((qx, qy), n))
             by_anchor = sorted(
@@ -588,13 +592,20 @@ class PartitionedIndex:
         skills: Iterable[str] = (),
         radius_m: float | None = None,
         exclude: Container[str] = (),
+        tight: bool = False,
     ) -> list[Neighbour]:
         """The k nearest in one part, leaving out held volunteers and ``exclude``."""
         index = self.parts[part]
         if not len(index):
             return []
         return index.nearest(
-            lat, lon, k, skills=skills, radius_m=radius_m, exclude=_Both(self._held, exclude)
+            lat,
+            lon,
+            k,
+            skills=skills,
+            radius_m=radius_m,
+            exclude=_Both(self._held, exclude),
+            tight=tight,
         )
 
 

@@ -39,7 +39,8 @@ class TravelModel:
         # Freeze a private copy: the model is shared and must not change under its users.
         object.__setattr__(self, "speeds_mps", MappingProxyType(dict(self.speeds_mps)))
 
-    def _speed(self, mode: str) -> float:
+    def speed_mps(self, mode: str) -> float:
+        """The speed of ``mode`` in metres a second; an unknown mode is a ValueError."""
         try:
             return self.speeds_mps[mode]
         except KeyError:
@@ -48,7 +49,7 @@ class TravelModel:
 
     def eta_s(self, distance_m: float, mode: str) -> float:
         """Seconds to cover ``distance_m`` of straight line through the streets in ``mode``."""
-        return distance_m * self.circuity / self._speed(mode)
+        return distance_m * self.circuity / self.speed_mps(mode)
 
     @property
     def fastest_speed_mps(self) -> float:
@@ -57,4 +58,4 @@ class TravelModel:
 
     def reach_m(self, seconds: float, mode: str) -> float:
         """Straight-line metres coverable in ``seconds`` in ``mode`` (the inverse of ``eta_s``)."""
-        return seconds * self._speed(mode) / self.circuity
+        return seconds * self.speed_mps(mode) / self.circuity

@@ -101,6 +101,8 @@ def test_nearest_equals_brute_force(
         kwargs = {key: q[key] for key in ("skills", "radius_m", "exclude")}
         expected = brute_force(model, lat, lon, q["k"], **kwargs)  # type: ignore[arg-type]
         assert index.nearest(lat, lon, q["k"], **kwargs) == expected  # type: ignore[arg-type]
+        # Fewer fetched at first (a radius expected to hold fewer than k): the same answer.
+        assert index.nearest(lat, lon, q["k"], **kwargs, tight=True) == expected  # type: ignore[arg-type]
 
 
 def test_nearest_equals_brute_force_on_a_large_fleet() -> None:
@@ -148,6 +150,10 @@ def test_nearest_equals_brute_force_on_a_large_fleet() -> None:
         )
         got = index.nearest(lat, lon, k, skills=skills_q, radius_m=radius, exclude=exclude)
         assert got == expected
+        tight = index.nearest(
+            lat, lon, k, skills=skills_q, radius_m=radius, exclude=exclude, tight=True
+        )
+        assert tight == expected
         # Radius exactly at a result's distance: that result is included (inclusive edge).
         if expected:
             edge = expected[-1].distance_m
@@ -288,6 +294,8 @@ def test_anchored_points_stay_exact_under_small_moves(
         kwargs = {key: q[key] for key in ("skills", "radius_m", "exclude")}
         expected = brute_force(model, lat, lon, q["k"], **kwargs)  # type: ignore[arg-type]
         assert index.nearest(lat, lon, q["k"], **kwargs) == expected  # type: ignore[arg-type]
+        # Fewer fetched at first (a radius expected to hold fewer than k): the same answer.
+        assert index.nearest(lat, lon, q["k"], **kwargs, tight=True) == expected  # type: ignore[arg-type]
 
 
 def tree_boxes(index: VolunteerIndex) -> list[tuple[float, ...]]:
