@@ -34,9 +34,9 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,6 +57,7 @@ from dispatch.store import Store
 __all__ = ["PushKeys", "Pusher", "make_keys"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # A push message's plaintext must stay well under the 4 KB push services take (RFC 8030
 # 7.2 asks them to take at least 4096 bytes, encryption adds up to 103): the
@@ -257,14 +258,8 @@ class Pusher:
         (``[push] separate``). ``track``: every subscription passes through `subscribe`
         (a single engine's pusher), so only the volunteers kept in Redis at the start
         and those kept since are looked up."""
-        delay = 0.2
-        while self.keys is None:
-            try:
-                self.keys = await self.load_keys()
-            except BackendUnavailable as exc:
-                log.warning("push keys not readable from Redis yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        if self.keys is None:
+            self.keys = await _until_read(self.load_keys, "push keys")
         if not push:
             log.info(
                 "web push by `dispatch pusher` processes (VAPID public key %s)",
@@ -272,8 +267,9 @@ class Pusher:
             )
             return
         log.info("web push on (VAPID public key %s)", self.keys.public_key)
-        if track:
-            await self._read_subscribers()
+        if track and self._kept_at_start is None:
+            # Read once; alerts queue meanwhile.
+            self._kept_at_start = await _until_read(self.store.push_subscribers, "push subscribers")
         timeout = aiohttp.ClientTimeout(total=self.config.push_timeout_s)
         connector = aiohttp.TCPConnector(limit=self.config.push_workers * 2)
         async with (
@@ -282,18 +278,6 @@ class Pusher:
         ):
             for n in range(self.config.push_workers):
                 tg.create_task(self._work(session, self.keys), name=f"push-{n}")
-
-    async def _read_subscribers(self) -> None:
-        """Who has a subscription kept, read once (retried while Redis is away; alerts
-        queue meanwhile)."""
-        delay = 0.2
-        while self._kept_at_start is None:
-            try:
-                self._kept_at_start = await self.store.push_subscribers()
-            except BackendUnavailable as exc:
-                log.warning("push subscribers not readable from Redis yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _may_have_subscription(self, volunteer_id: str) -> bool:
         start = self._kept_at_start
@@ -423,6 +407,18 @@ class Pusher:
             parts.netloc,
             status,
         )
+
+
+async def _until_read(read: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """``read()``, retried with a capped back-off while Redis is away."""
+    delay = 0.2
+    while True:
+        try:
+            return await read()
+        except BackendUnavailable as exc:
+            log.warning("%s not readable from Redis yet (%s); retrying", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _b64(raw: bytes) -> str:
