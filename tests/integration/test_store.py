@@ -294,6 +294,31 @@ async def test_a_batch_of_events_is_logged_in_order_with_each_incidents_index_ca
     assert await store.apply([]) == []
 
 
+async def test_events_and_records_are_stored_exactly_as_given(store: Store) -> None:
+    # The batch reaches Redis as one JSON argument (Store._record_call): every string,
+    # time and record comes back as given, whatever it holds.
+    odd = 'quote " backslash \\ newline \n tab \t nul \x00 中文 emoji 🚑 \u2028 end'
+    at = 1764931234.123456789  # every digit of a float's repr kept
+    batch = [
+        LogEvent("inc-a", "reported", at, {"address": odd, "lat": 30.123456789012345}),
+        LogEvent("inc-b", "cancelled", at + 1, {"by": odd}),
+        SaveIncident(
+            "inc-a", {"id": "inc-a", "address": odd, "n": 2**60}, open=True, reported_at=at
+        ),
+        SaveIncident("inc-b", {"id": "inc-b"}, open=False, reported_at=at, ended_at=at + 1),
+    ]
+    await store.apply(batch)
+    logged = await store.events_after("0")
+    assert [(e.incident_id, e.type, e.at, e.data) for e in logged] == [
+        ("inc-a", "reported", at, {"address": odd, "lat": 30.123456789012345}),
+        ("inc-b", "cancelled", at + 1, {"by": odd}),
+    ]
+    assert await store.incident("inc-a") == {"id": "inc-a", "address": odd, "n": 2**60}
+    assert await store.open_incident_ids() == ["inc-a"]
+    assert await store.ended_since(0.0) == ["inc-b"]
+    assert [e.type for e in await store.incident_events("inc-b")] == ["cancelled"]
+
+
 async def test_reported_page_pages_through_history(store: Store) -> None:
     await store.apply(
         [SaveIncident(f"i{n:02}", {"id": f"i{n:02}"}, open=True, reported_at=n) for n in range(25)]
