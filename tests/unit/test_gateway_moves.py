@@ -60,6 +60,8 @@ def test_the_largest_batch_fits_the_brokers_packet_limit() -> None:
         (b'[["v1", 91.0, 120.1, null, 1800000000]]', "lat"),
         (b'[["v1", 30.2, "120.1", null, 1800000000]]', "lon must be a finite number"),
         (b'[["v1", 30.2, 120.1, -1.0, 1800000000]]', "accuracy_m"),
+        (b'[["v1", 30.2, 120.1, 5.0, -1800000000.5]]', "ts must be a finite number"),
+        (b'[["v1", 30.2, 1e300, null, 1800000000.5]]', "lon must be a finite number"),
         (b'[["v1", 30.2, 120.1, true, 1800000000]]', "accuracy_m"),
         (b'[["v1", 30.2, 120.1, null]]', r"must be \[volunteer_id"),
         (b'[["v1", 30.2, 120.1, null, 1900000000]]', "future"),
