@@ -13,7 +13,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from dispatch.bus import Bus, _acknowledge_quickly, _BufferedSocket
+from dispatch.bus import Bus, _acknowledge_quickly, _BufferedSocket, _read_pubacks_ahead
 from dispatch.wire import Publish
 
 
@@ -312,3 +312,55 @@ async def test_a_puback_is_decoded_by_paho_unless_it_says_only_received(
     paho._handle_pubackcomp("PUBACK")
     assert taken == [(7, reason)]
     assert decoded == ([packet] if by_paho else [])
+
+
+async def test_pubacks_read_ahead_are_taken_before_paho_reads_a_packet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At a packet boundary the whole plain PUBACKs already read ahead are taken at once
+    (`_read_pubacks_ahead`); the first of a read, a PUBACK paho must decode, one split
+    across reads and every other packet stay paho's, in order."""
+    client = aiomqtt.Client("127.0.0.1", 1, protocol=aiomqtt.ProtocolVersion.V5)  # not connected
+    _acknowledge_quickly(client, v5=True)
+    paho = client._client
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    buffered = _BufferedSocket(ours, asyncio.get_running_loop(), lambda _exc: None)
+    paho._sock = buffered
+    _read_pubacks_ahead(paho, buffered, v5=True)
+    taken: list[tuple[int, int]] = []
+    monkeypatch.setattr(paho, "_do_on_publish", lambda mid, rc, _p: taken.append((mid, rc.value)))
+    reads: list[int] = []
+    decode = paho._handle_pubackcomp
+    monkeypatch.setattr(paho, "_handle_pubackcomp", lambda cmd: reads.append(1) or decode(cmd))
+    for mid in range(1, 8):
+        paho._out_messages[mid] = object()  # waiting for its PUBACK
+    paho._last_bytes_received = 0.0
+    try:
+        broker.sendall(
+            b"\x40\x02\x00\x01"  # read by paho: nothing was read ahead yet
+            b"\x40\x02\x00\x02"  # taken ahead
+            b"\x40\x03\x00\x03\x10"  # no matching subscribers: taken ahead
+            b"\x40\x03\x00\x04\x87"  # not authorized: paho decodes it
+            b"\x40\x02\x00\x05"  # taken ahead
+            b"\x40\x02\x00"  # PUBACK 6, not whole yet
+        )
+        paho._packet_read()
+        assert taken == [(1, 0)]
+        assert len(reads) == 1
+        paho._packet_read()
+        assert taken == [(1, 0), (2, 0), (3, 0x10), (4, 0x87)]
+        assert len(reads) == 2
+        assert paho._last_bytes_received > 0.0  # paho's keepalive sees bytes coming in
+        paho._packet_read()  # 5 taken ahead; paho starts on the part of 6 and waits
+        assert taken[-1] == (5, 0)
+        assert len(taken) == 5
+        broker.sendall(b"\x06\x40\x02\x00\x07")
+        paho._packet_read()  # 6 finished by paho, which read 7 ahead with it
+        paho._packet_read()
+        assert taken[5:] == [(6, 0), (7, 0)]
+        assert len(reads) == 3
+        assert not buffered.buffered
+    finally:
+        ours.close()
+        broker.close()
