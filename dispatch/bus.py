@@ -578,10 +578,11 @@ def _read_pubacks_ahead(paho: Any, buffered: _BufferedSocket, *, v5: bool) -> No
     """
     read_packet = paho._packet_read
 
+    def take(body: bytes) -> bool:
+        return _take_puback(paho, body, v5=v5)
+
     def packet_read() -> Any:
-        if paho._in_packet["command"] == 0 and buffered.take_pubacks(
-            lambda body: _take_puback(paho, body, v5=v5)
-        ):
+        if paho._in_packet["command"] == 0 and buffered.take_pubacks(take):
             with paho._msgtime_mutex:
                 paho._last_bytes_received = paho_clock()
         return read_packet()
