@@ -33,8 +33,9 @@ more than the extra candidates do.)
 import contextlib
 import math
 from bisect import insort
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,9 @@ class Neighbour:
 
 
 @dataclass(slots=True)
-class _Entry:
+class Entry:
+    """One volunteer in a `VolunteerIndex`; read only outside this module."""
+
     # Mutable on purpose: a move rewrites the position in place. anchor is the point
     # inserted into the trees, which rtree needs again to delete.
     volunteer_id: str
@@ -104,6 +107,8 @@ class _Entry:
     phi: float  # radians(lat) and its cosine, kept for the inlined haversine
     cos_phi: float
     anchor: tuple[float, float]
+    slot: int  # the id in the trees
+    part: str = ""  # the PartitionedIndex part holding it (one entry serves both)
 
 
 @dataclass(slots=True)
@@ -124,20 +129,23 @@ class VolunteerIndex:
     without bound. Volunteers have 0-3 skills, so a move touches 1-4 trees.
 
     R-trees need integer ids: each volunteer gets a slot number, and the slots
-    of removed volunteers are reused so that they stay small and dense.
+    of removed volunteers are reused so that they stay small and dense. A volunteer's
+    entry is found by id in one lookup and holds its slot: a move (5,000 a second at
+    the design load, each a cache miss or several among 100,000 volunteers) touches as
+    few objects as it can.
 
     Not thread-safe; the engine uses it from one thread.
     """
 
-    __slots__ = ("_all", "_by_skill", "_entries", "_free", "_projection", "_slack", "_slot_of")
+    __slots__ = ("_all", "_by_skill", "_entries", "_entry_of", "_free", "_projection", "_slack")
 
     def __init__(self, projection: LocalProjection, *, slack_m: float = DEFAULT_SLACK_M) -> None:
         if not slack_m >= 0.0:
             raise ValueError(f"slack_m must be >= 0, got {slack_m}")
         self._projection = projection
         self._slack = slack_m
-        self._slot_of: dict[str, int] = {}
-        self._entries: list[_Entry | None] = []
+        self._entry_of: dict[str, Entry] = {}
+        self._entries: list[Entry | None] = []  # by slot
         self._free: list[int] = []
         self._all = rtree_index.Index(properties=rtree_properties())
         self._by_skill: dict[str, _SkillTree] = {}
@@ -148,28 +156,20 @@ class VolunteerIndex:
         return self._projection
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self._entry_of)
 
     def __contains__(self, volunteer_id: object) -> bool:
-        return volunteer_id in self._slot_of
+        return volunteer_id in self._entry_of
 
     def position(self, volunteer_id: str) -> tuple[float, float] | None:
         """The volunteer's last ``(lat, lon)``, or None if not in the index."""
-        slot = self._slot_of.get(volunteer_id)
-        if slot is None:
-            return None
-        entry = self._entries[slot]
-        assert entry is not None  # a mapped slot always holds its entry
-        return entry.lat, entry.lon
+        entry = self._entry_of.get(volunteer_id)
+        return None if entry is None else (entry.lat, entry.lon)
 
     def skills(self, volunteer_id: str) -> frozenset[str]:
         """The volunteer's skills; empty if the volunteer is not in the index."""
-        slot = self._slot_of.get(volunteer_id)
-        if slot is None:
-            return frozenset()
-        entry = self._entries[slot]
-        assert entry is not None
-        return entry.skills
+        entry = self._entry_of.get(volunteer_id)
+        return frozenset() if entry is None else entry.skills
 
     def put(self, volunteer_id: str, lat: float, lon: float, skills: Iterable[str] = ()) -> None:
         """Add a volunteer, or move one already present; either way its skills become ``skills``.
@@ -180,42 +180,57 @@ class VolunteerIndex:
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
             raise ValueError(f"volunteer {volunteer_id!r}: invalid position ({lat}, {lon})")
         new_skills = frozenset(skills)
-        x, y = self._projection.to_xy(lat, lon)
-        slot = self._slot_of.get(volunteer_id)
-        if slot is None:
+        entry = self._entry_of.get(volunteer_id)
+        if entry is None:
+            x, y = self._projection.to_xy(lat, lon)
             self._add(volunteer_id, lat, lon, x, y, new_skills)
-            return
-        entry = self._entries[slot]
-        assert entry is not None
+        else:
+            self.rewrite(entry, lat, lon, new_skills)
+
+    def entry(self, volunteer_id: str) -> Entry | None:
+        """The volunteer's entry, if in the index (`PartitionedIndex` keeps them)."""
+        return self._entry_of.get(volunteer_id)
+
+    def entries(self) -> Mapping[str, Entry]:
+        """Every volunteer's entry by id (not to be changed by the caller)."""
+        return self._entry_of
+
+    def rewrite(self, entry: Entry, lat: float, lon: float, skills: frozenset[str]) -> None:
+        """`put` of a volunteer present, given their entry and a valid position: the
+        trees are touched only if they left their anchor's slack or their skills changed."""
+        proj = self._projection
+        x = (lon - proj.lon0) * proj.metres_per_degree_lon  # LocalProjection.to_xy, inlined
+        y = (lat - proj.lat0) * proj.metres_per_degree_lat
         old_anchor = entry.anchor
         new_anchor = old_anchor
         old_skills = entry.skills
         ax, ay = old_anchor
         if (x - ax) ** 2 + (y - ay) ** 2 > self._slack**2:  # too far from it: re-anchor
+            slot = entry.slot
             new_anchor = (x, y)
             self._all.delete(slot, old_anchor)
             self._all.insert(slot, new_anchor)
-            for skill in old_skills & new_skills:
+            for skill in old_skills & skills:
                 tree = self._by_skill[skill].tree
                 tree.delete(slot, old_anchor)
                 tree.insert(slot, new_anchor)
-        if old_skills is not new_skills and old_skills != new_skills:
-            for skill in old_skills - new_skills:
-                self._skill_remove(skill, slot, old_anchor)
-            for skill in new_skills - old_skills:
-                self._skill_add(skill, slot, new_anchor)
-        entry.lat, entry.lon, entry.x, entry.y, entry.skills = lat, lon, x, y, new_skills
-        entry.anchor = new_anchor
-        entry.phi = math.radians(lat)
-        entry.cos_phi = math.cos(entry.phi)
+            entry.anchor = new_anchor
+        if old_skills is not skills and old_skills != skills:
+            for skill in old_skills - skills:
+                self._skill_remove(skill, entry.slot, old_anchor)
+            for skill in skills - old_skills:
+                self._skill_add(skill, entry.slot, new_anchor)
+            entry.skills = skills
+        entry.lat, entry.lon, entry.x, entry.y = lat, lon, x, y
+        entry.phi = phi = math.radians(lat)
+        entry.cos_phi = math.cos(phi)
 
     def remove(self, volunteer_id: str) -> bool:
         """Remove a volunteer; True if it was in the index."""
-        slot = self._slot_of.pop(volunteer_id, None)
-        if slot is None:
+        entry = self._entry_of.pop(volunteer_id, None)
+        if entry is None:
             return False
-        entry = self._entries[slot]
-        assert entry is not None
+        slot = entry.slot
         self._all.delete(slot, entry.anchor)
         for skill in entry.skills:
             self._skill_remove(skill, slot, entry.anchor)
@@ -244,9 +259,12 @@ class VolunteerIndex:
         lats_deg: Sequence[float],
         lons_deg: Sequence[float],
         skills: Sequence[frozenset[str]],
+        *,
+        part: str = "",
     ) -> None:
-        """`load` from columns, one row per volunteer, each volunteer once."""
-        if self._slot_of:
+        """`load` from columns, one row per volunteer, each volunteer once; ``part``: the
+        entries' (see `PartitionedIndex`)."""
+        if self._entry_of:
             raise ValueError("load fills an empty index; this one has volunteers")
         n = len(ids)
         if not n:
@@ -265,11 +283,11 @@ class VolunteerIndex:
         phis = list(map(math.radians, lats.tolist()))
         self._entries = list(
             map(
-                _Entry, ids, lats.tolist(), lons.tolist(), xs, ys, skills, phis,
-                map(math.cos, phis), zip(xs, ys, strict=True),
+                Entry, ids, lats.tolist(), lons.tolist(), xs, ys, skills, phis,
+                map(math.cos, phis), zip(xs, ys, strict=True), range(n), repeat(part),
             )
         )  # fmt: skip
-        self._slot_of = dict(zip(ids, range(n), strict=True))
+        self._entry_of = dict(zip(ids, self._entries, strict=True))  # type: ignore[arg-type]
         members: dict[str, list[int]] = {}
         for slot, held in enumerate(skills):
             for skill in held:
@@ -415,14 +433,13 @@ class VolunteerIndex:
     ) -> None:
         phi = math.radians(lat)
         xy = (x, y)
-        entry = _Entry(volunteer_id, lat, lon, x, y, skills, phi, math.cos(phi), xy)
-        if self._free:
-            slot = self._free.pop()
+        slot = self._free.pop() if self._free else len(self._entries)
+        entry = Entry(volunteer_id, lat, lon, x, y, skills, phi, math.cos(phi), xy, slot)
+        if slot < len(self._entries):
             self._entries[slot] = entry
         else:
-            slot = len(self._entries)
             self._entries.append(entry)
-        self._slot_of[volunteer_id] = slot
+        self._entry_of[volunteer_id] = entry
         self._all.insert(slot, xy)
         for skill in skills:
             self._skill_add(skill, slot, xy)
@@ -468,15 +485,19 @@ class PartitionedIndex:
         self.parts: dict[str, VolunteerIndex] = {
             p: VolunteerIndex(projection, slack_m=slack_m) for p in parts
         }
-        self._entries: dict[str, tuple[float, float, frozenset[str], str]] = {}
+        # Each volunteer's entry in its part (the part's own, with ``part`` set): a move
+        # finds it in one lookup and rewrites it without asking the part again.
+        self._entries: dict[str, Entry] = {}
+        # Inside `loading`: what the trees will be built from, (lat, lon, skills, part).
+        self._rows: dict[str, tuple[float, float, frozenset[str], str]] | None = None
         self._held: dict[str, None] = {}  # insertion-ordered: the oldest hold first
-        self._loading = False  # inside `loading`: the trees are built when it ends
 
     def __len__(self) -> int:
-        return len(self._entries) - len(self._held)
+        return len(self._entries if self._rows is None else self._rows) - len(self._held)
 
     def __contains__(self, volunteer_id: object) -> bool:
-        return volunteer_id in self._entries and volunteer_id not in self._held
+        present = self._entries if self._rows is None else self._rows
+        return volunteer_id in present and volunteer_id not in self._held
 
     @property
     def held(self) -> int:
@@ -485,11 +506,11 @@ class PartitionedIndex:
 
     def part_of(self, volunteer_id: str) -> str | None:
         entry = self._entries.get(volunteer_id)
-        return None if entry is None or volunteer_id in self._held else entry[3]
+        return None if entry is None or volunteer_id in self._held else entry.part
 
     def position(self, volunteer_id: str) -> tuple[float, float] | None:
         entry = self._entries.get(volunteer_id)
-        return None if entry is None or volunteer_id in self._held else (entry[0], entry[1])
+        return None if entry is None or volunteer_id in self._held else (entry.lat, entry.lon)
 
     def put(
         self,
@@ -509,27 +530,31 @@ class PartitionedIndex:
         """
         if part not in self.parts:
             raise ValueError(f"unknown part {part!r}; expected one of {sorted(self.parts)}")
-        entry = (lat, lon, frozenset(skills), part)
+        new_skills = frozenset(skills)
         self._held.pop(volunteer_id, None)
-        previous = self._entries.get(volunteer_id)
-        if previous == entry:
-            return
-        if (
-            within_m
-            and previous is not None
-            and previous[2] == entry[2]
-            and previous[3] == part
-            and _shorter_than(previous[0], previous[1], lat, lon, within_m)
-        ):
-            return
-        if self._loading:  # the trees are built when loading ends
+        if self._rows is not None:  # loading: the trees are built when it ends
             if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
                 raise ValueError(f"volunteer {volunteer_id!r}: invalid position ({lat}, {lon})")
-            self._entries[volunteer_id] = entry
+            self._rows[volunteer_id] = (lat, lon, new_skills, part)
             return
-        if previous is not None and previous[3] != part:
-            self.parts[previous[3]].remove(volunteer_id)
-        self.parts[part].put(volunteer_id, lat, lon, entry[2])
+        entry = self._entries.get(volunteer_id)
+        if entry is not None and entry.part == part:
+            if entry.skills is new_skills or entry.skills == new_skills:
+                if entry.lat == lat and entry.lon == lon:
+                    return  # a release unmoved, or the same position again: free
+                if within_m and _shorter_than(entry.lat, entry.lon, lat, lon, within_m):
+                    return
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
+                raise ValueError(f"volunteer {volunteer_id!r}: invalid position ({lat}, {lon})")
+            self.parts[part].rewrite(entry, lat, lon, new_skills)
+            return
+        index = self.parts[part]
+        index.put(volunteer_id, lat, lon, new_skills)  # validates before anything changes
+        if entry is not None:  # another travel mode: out of its old part
+            self.parts[entry.part].remove(volunteer_id)
+        entry = index.entry(volunteer_id)
+        assert entry is not None  # just put
+        entry.part = part
         self._entries[volunteer_id] = entry
 
     @contextlib.contextmanager
@@ -540,26 +565,28 @@ class PartitionedIndex:
         Queries inside the block see none of it (the trees are still empty): call only
         what a restart does (put, remove, hold) until it ends.
         """
-        if self._entries or self._loading:
+        if self._entries or self._rows is not None:
             raise ValueError("loading fills an empty index, once at a time")
-        self._loading = True
+        rows = self._rows = {}
         try:
             yield
         finally:
-            self._loading = False
+            self._rows = None
             columns: dict[str, tuple[list[Any], ...]] = {p: ([], [], [], []) for p in self.parts}
-            for volunteer_id, (lat, lon, skills, part) in self._entries.items():
+            for volunteer_id, (lat, lon, skills, part) in rows.items():
                 ids, lats, lons, skill_sets = columns[part]
                 ids.append(volunteer_id)
                 lats.append(lat)
                 lons.append(lon)
                 skill_sets.append(skills)
             for part, (ids, lats, lons, skill_sets) in columns.items():
-                self.parts[part].load_columns(ids, lats, lons, skill_sets)
+                index = self.parts[part]
+                index.load_columns(ids, lats, lons, skill_sets, part=part)
+                self._entries.update(index.entries())
 
     def hold(self, volunteer_id: str) -> None:
         """Leave the volunteer out of every answer until the next ``put`` or ``remove``."""
-        if volunteer_id in self._entries:
+        if volunteer_id in (self._entries if self._rows is None else self._rows):
             self._held[volunteer_id] = None
 
     def compact(self, limit: int) -> int:
@@ -577,10 +604,10 @@ class PartitionedIndex:
 
     def remove(self, volunteer_id: str) -> bool:
         self._held.pop(volunteer_id, None)
+        if self._rows is not None:
+            return self._rows.pop(volunteer_id, None) is not None
         entry = self._entries.pop(volunteer_id, None)
-        if self._loading:
-            return entry is not None
-        return entry is not None and self.parts[entry[3]].remove(volunteer_id)
+        return entry is not None and self.parts[entry.part].remove(volunteer_id)
 
     def nearest(
         self,

@@ -527,6 +527,42 @@ def test_stale_positions_are_forgotten(area: ServiceArea) -> None:
     assert "v1" in d.index
 
 
+def test_positions_go_stale_a_ttl_after_the_last_report_whatever_came_between(
+    area: ServiceArea,
+) -> None:
+    """Reports, going off duty and back, in any order: a position is kept exactly while
+    its last report is younger than the TTL (300 s), and the next deadline is never
+    later than the next position going stale (the roster's lazy queue of reports)."""
+    rng = random.Random(16)
+    d = make(area)
+    last: dict[str, float] = {}  # the model: when each volunteer's kept position was seen
+    now = T0
+    for _ in range(3000):
+        now += rng.choice((0.0, 1.0, 7.0, 30.0, 120.0))
+        vid = f"v{rng.randrange(6)}"
+        lat = LAT + rng.uniform(-0.01, 0.01)
+        roll = rng.random()
+        if roll < 0.5:
+            d.location(LocationUpdate(vid, lat, LON), now)
+            if d.volunteers[vid].duty is not Duty.OFF_DUTY:  # kept unless off duty
+                last[vid] = now
+        elif roll < 0.65:
+            d.status(StatusUpdate(vid, Duty.OFF_DUTY), now)
+            last.pop(vid, None)
+        else:
+            d.status(StatusUpdate(vid, Duty.AVAILABLE, (), Mode.WALK, lat, LON), now)
+            last[vid] = now
+        for vid, seen in list(last.items()):
+            if seen + 300 <= now:
+                del last[vid]
+        due = d.next_deadline()
+        soonest = min(last.values(), default=None)
+        assert soonest is None or (due is not None and due <= soonest + 300)
+        d.tick(now)
+        kept = {v.id: v.seen_at for v in d.volunteers.values() if v.lat is not None}
+        assert kept == last
+
+
 def test_restore_carries_on_where_it_stopped(area: ServiceArea) -> None:
     d = make(area, max_waves=2)
     for i in range(8):

@@ -1,8 +1,10 @@
 """The index partitioned by travel mode, with cheap holds."""
 
+import random
+
 import pytest
 
-from geo.distance import LocalProjection
+from geo.distance import LocalProjection, haversine_m
 from geo.index import PartitionedIndex
 
 LAT, LON = 30.2591, 120.1698
@@ -143,3 +145,68 @@ def test_a_move_within_the_accuracy_leaves_the_index_as_it_is() -> None:
     index.put("w1", LAT + 0.001 + metre, LON, ("first_aid",), "walk", within_m=10.0)
     assert "w1" in index  # released, though not moved
     assert index.position("w1") == (LAT + 0.001, LON)
+
+
+def test_any_mix_of_moves_holds_and_part_changes_answers_as_brute_force() -> None:
+    """The index keeps one entry per volunteer, shared with its part: whatever happens to
+    a volunteer (moves near and far, new skills, another mode, holds, compaction, removal,
+    a refused position), every part answers exactly as a brute-force ranking of what it
+    was told."""
+    rng = random.Random(16)
+    index = PartitionedIndex(LocalProjection(LAT, LON), ("walk", "bike", "ebike"))
+    kept: dict[str, tuple[float, float, frozenset[str], str]] = {}  # the model
+    held: dict[str, None] = {}  # in the order held: compaction takes the oldest
+    skill_sets = (frozenset(), frozenset({"first_aid"}), frozenset({"first_aid", "aed"}))
+    for step in range(4000):
+        vid = f"v{rng.randrange(40)}"
+        roll = rng.random()
+        if roll < 0.6:
+            old = kept.get(vid)
+            far = old is None or rng.random() < 0.3
+            lat = LAT + rng.uniform(-0.02, 0.02) if far else old[0] + rng.uniform(-3e-4, 3e-4)
+            lon = LON + rng.uniform(-0.02, 0.02) if far else old[1] + rng.uniform(-3e-4, 3e-4)
+            skills = rng.choice(skill_sets) if rng.random() < 0.2 or old is None else old[2]
+            part = rng.choice(("walk", "bike", "ebike")) if rng.random() < 0.1 else None
+            part = part or (old[3] if old else "walk")
+            within = rng.choice((None, 10.0))
+            if rng.random() < 0.02:
+                with pytest.raises(ValueError, match="invalid position"):
+                    index.put(vid, 91.0, lon, skills, part, within_m=within)
+                continue  # refused: nothing changed
+            index.put(vid, lat, lon, skills, part, within_m=within)
+            held.pop(vid, None)
+            still = (
+                within is not None
+                and old is not None
+                and old[2] == skills
+                and old[3] == part
+                and haversine_m(old[0], old[1], lat, lon) < within - 0.01
+            )
+            if not still:
+                kept[vid] = (lat, lon, skills, part)
+        elif roll < 0.75:
+            index.hold(vid)
+            if vid in kept and vid not in held:
+                held[vid] = None
+        elif roll < 0.85:
+            assert index.remove(vid) == (vid in kept)
+            kept.pop(vid, None)
+            held.pop(vid, None)
+        else:
+            limit = rng.randrange(4)
+            assert index.compact(limit) == min(limit, len(held))
+            for gone in list(held)[:limit]:  # really out: a put adds them afresh
+                del held[gone], kept[gone]
+        if step % 20:
+            continue
+        assert len(index) == len(kept) - len(held)
+        qlat, qlon = LAT + rng.uniform(-0.02, 0.02), LON + rng.uniform(-0.02, 0.02)
+        for part in ("walk", "bike", "ebike"):
+            for need in skill_sets:
+                want = sorted(
+                    (haversine_m(qlat, qlon, lat, lon), v)
+                    for v, (lat, lon, skills, p) in kept.items()
+                    if p == part and v not in held and need <= skills
+                )[:5]
+                got = index.nearest(part, qlat, qlon, 5, skills=need)
+                assert [(n.distance_m, n.volunteer_id) for n in got] == want
