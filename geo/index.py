@@ -4,8 +4,8 @@ How a query stays exact although the R-tree searches in a projection:
 
 1. Ask the tree for the ``n`` nearest anchors in the local projection (see
    "Anchors" below; with no slack an anchor is the point itself) and take them
-   in order of their projected distance, computing great-circle distances and
-   keeping the ``k`` best that pass the filters.
+   in the tree's order, that of their projected distance, computing great-circle
+   distances and keeping the ``k`` best that pass the filters.
 2. Let ``B`` be the k-th best great-circle distance so far (or ``radius_m``).
    Every point within ``B`` lies within ``B * f`` in the projection, where ``f``
    (just above 1) is derived per query from the latitudes the search can reach
@@ -349,21 +349,22 @@ class VolunteerIndex:
         n = k + 1 if tight else int((k + 1) * (1.0 + slack / 25.0))  # spares prove the k
         while True:
             slots = list(tree.nearest((qx, qy), n))
-            by_anchor = sorted(
-                ((e.anchor[0] - qx) ** 2 + (e.anchor[1] - qy) ** 2, slot)
-                for slot in slots
-                if (e := entries[slot]) is not None
-            )
             done = len(slots) < n  # the tree holds no more points: everything is here
-            for anchor_sq, slot in by_anchor:
+            anchor_sq = 0.0
+            # In the tree's order: by projected distance of the anchors (as computed by
+            # libspatialindex: equal to ours within a few ulps, far inside the reach's
+            # slack), so the first anchor beyond reach ends the search.
+            for slot in slots:
+                e = entries[slot]
+                assert e is not None  # the trees hold only slots in use
+                ax, ay = e.anchor
+                anchor_sq = (ax - qx) ** 2 + (ay - qy) ** 2
                 if sqrt(anchor_sq) - slack > stop_at:
                     done = True  # this one and every later one (farther anchors) too far
                     break
                 if slot in ranked:
                     continue
                 ranked.add(slot)
-                e = entries[slot]
-                assert e is not None
                 # The tree's own skill holds by construction; the others are checked here.
                 if (required and not required <= e.skills) or e.volunteer_id in exclude:
                     continue
@@ -383,8 +384,9 @@ class VolunteerIndex:
                     stop_at = self._reach_m(lat, best[-1][0])
             if done:
                 break
-            # Unseen anchors are at least as far as the farthest returned (the tree's order).
-            if by_anchor and sqrt(by_anchor[-1][0]) - slack > stop_at:
+            # Unseen anchors are at least as far as the farthest returned: the last (the
+            # tree's order).
+            if slots and sqrt(anchor_sq) - slack > stop_at:
                 break
             n *= 2
         found = best
