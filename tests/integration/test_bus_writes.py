@@ -12,8 +12,17 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
 
-from dispatch.bus import Bus, _acknowledge_quickly, _BufferedSocket, _read_pubacks_ahead
+from dispatch.bus import (
+    Bus,
+    _acknowledge_quickly,
+    _BufferedSocket,
+    _Expiry,
+    _publish_quickly,
+    _read_pubacks_ahead,
+    _take_puback,
+)
 from dispatch.wire import Publish
 
 
@@ -224,9 +233,10 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
     mqtt_url: str, topic_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PUBACKs of success skip paho's decoding (`_acknowledge_quickly`); a burst larger
-    than the broker's window still leaves whole, the messages held back going out as
-    acknowledgements come in; mosquitto's "no matching subscribers" (MQTT 5) reaches
-    paho with its reason code, without decoding either."""
+    than the broker's window still leaves whole, the messages held back (by paho, though
+    `_publish_quickly` queued them) going out as acknowledgements come in; mosquitto's
+    "no matching subscribers" (MQTT 5) reaches paho with its reason code, without
+    decoding either."""
     from paho.mqtt import _packet
 
     decoded: list[int] = []
@@ -268,7 +278,9 @@ async def test_every_puback_is_taken_and_a_reason_code_still_reaches_paho(
         assert got == count
         assert paho._inflight_messages == 0
         assert decoded == []  # every PUBACK said only "received": none decoded
-        assert reasons == [0] * (count + 1)
+        # What `Bus.send` queued itself (`_publish_quickly`) is acknowledged without
+        # paho's callbacks (nobody waits for it); aiomqtt's publish still gets its own.
+        assert reasons == [0]
         # Nobody subscribes here: mosquitto answers with reason code 0x10, which reaches
         # paho as it is, and aiomqtt's publish (which waits for the PUBACK) returns.
         await asyncio.wait_for(bus.publish(Publish(f"{topic_root}/nobody", b"x", qos=1)), 10)
@@ -307,7 +319,7 @@ async def test_a_puback_is_decoded_by_paho_unless_it_says_only_received(
     monkeypatch.setattr(_packet, "decode_puback", counting)
     taken: list[tuple[int, int]] = []
     monkeypatch.setattr(paho, "_do_on_publish", lambda mid, rc, _p: taken.append((mid, rc.value)))
-    paho._out_messages[7] = object()  # waiting for its PUBACK
+    paho._out_messages[7] = MQTTMessage(7)  # paho's own publish, waiting for its PUBACK
     paho._in_packet = {"command": 0x40, "packet": bytearray(packet)}
     paho._handle_pubackcomp("PUBACK")
     assert taken == [(7, reason)]
@@ -334,7 +346,7 @@ async def test_pubacks_read_ahead_are_taken_before_paho_reads_a_packet(
     decode = paho._handle_pubackcomp
     monkeypatch.setattr(paho, "_handle_pubackcomp", lambda cmd: reads.append(1) or decode(cmd))
     for mid in range(1, 8):
-        paho._out_messages[mid] = object()  # waiting for its PUBACK
+        paho._out_messages[mid] = MQTTMessage(mid)  # paho's own publish, waiting
     paho._last_bytes_received = 0.0
     try:
         broker.sendall(
@@ -364,3 +376,64 @@ async def test_pubacks_read_ahead_are_taken_before_paho_reads_a_packet(
     finally:
         ours.close()
         broker.close()
+
+
+@pytest.mark.parametrize("v5", [True, False])
+async def test_a_message_queued_quickly_is_what_paho_would_queue(v5: bool) -> None:
+    """`_publish_quickly` builds each QoS 1 PUBLISH itself: byte for byte paho's, with
+    or without properties and retain, whatever the length of its remaining length; paho
+    keeps the same record of it, a PUBACK takes it off, and one held back by the
+    in-flight window is sent by paho itself when a PUBACK frees the window."""
+    version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    client = aiomqtt.Client("127.0.0.1", 1, protocol=version)  # never connected
+    _acknowledge_quickly(client, v5=v5)
+    paho = client._client
+    ours, theirs = socket.socketpair()
+    paho._sock = ours  # "connected": nothing is written, packets are only queued
+    queued: list[tuple[int, bytes, int]] = []
+    paho._packet_queue = lambda command, packet, mid, qos, info: (
+        queued.append((command, bytes(packet), mid)) or MQTT_ERR_SUCCESS
+    )
+    expiry = _Expiry(60) if v5 else None
+    cases = [
+        ("dispatch/volunteers/v1/alert", b'{"alert_id":"a1"}', False, expiry),
+        ("dispatch/incidents/inc-1/state", b"x" * 200, True, None),  # 2-byte length
+        ("dispatch/\u6d4b\u8bd5/\u706b", b"y" * 20_000, False, expiry),  # 3 bytes; UTF-8
+        ("dispatch/empty", b"", True, None),
+    ]
+    for topic, payload, retain, properties in cases:
+        rc = _publish_quickly(paho, topic, payload, retain, properties, v5=v5)
+        assert rc == MQTT_ERR_SUCCESS
+        mine = queued.pop()
+        message = paho._out_messages[mine[2]]
+        assert (message.topic, message.payload, message.qos, message.retain) == (
+            topic,
+            payload,
+            1,
+            retain,
+        )
+        # paho's own packing of the same message, with the same packet id
+        paho._send_publish(mine[2], topic.encode(), payload, 1, retain, False, None, properties)
+        assert queued.pop() == mine
+    assert paho._inflight_messages == len(cases)
+    # Topics paho refuses are left to paho's publish, which says why.
+    for bad in ("dispatch/+/x", "dispatch/#", ""):
+        assert _publish_quickly(paho, bad, b"x", False, None, v5=v5) is None
+    # A PUBACK takes a message off, without paho's callbacks.
+    first = next(iter(paho._out_messages))
+    assert _take_puback(paho, first.to_bytes(2, "big"), v5=v5)
+    assert first not in paho._out_messages
+    assert paho._inflight_messages == len(cases) - 1
+    # The window full: held back, then sent by paho once a PUBACK frees it.
+    paho._max_inflight_messages = paho._inflight_messages
+    assert _publish_quickly(paho, "dispatch/held", b"later", False, expiry, v5=v5) == 0
+    assert queued == []
+    held = max(paho._out_messages)
+    paho._send_publish(held, b"dispatch/held", b"later", 1, False, False, None, expiry)
+    expected = queued.pop()
+    assert _take_puback(paho, next(iter(paho._out_messages)).to_bytes(2, "big"), v5=v5)
+    assert queued == [expected]
+    assert paho._inflight_messages == paho._max_inflight_messages
+    paho._sock = None
+    ours.close()
+    theirs.close()
