@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from paho.mqtt.client import (
     MQTT_ERR_SUCCESS,
+    PUBLISH,
     MQTTMessage,
     MQTTMessageInfo,
     mqtt_ms_queued,
@@ -35,7 +36,7 @@ from paho.mqtt.client import (
 from paho.mqtt.client import time_func as paho_clock
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from dispatch.errors import BackendUnavailable
@@ -667,12 +668,12 @@ def _publish_quickly(
             packed = b"\x00"  # no properties: their length, 0
         else:
             packed = properties.pack()  # type: ignore[no-untyped-call]
-        command = 0x32 | retain  # PUBLISH, QoS 1
+        command = PUBLISH | 0x02 | retain  # QoS 1
         length = 4 + len(encoded) + len(packed) + len(payload)
         packet = b"".join(
             (
                 bytes((command,)),
-                _remaining_length(length),
+                VariableByteIntegers.encode(length),  # type: ignore[no-untyped-call]
                 len(encoded).to_bytes(2, "big"),
                 encoded,
                 mid.to_bytes(2, "big"),
@@ -681,22 +682,7 @@ def _publish_quickly(
             )
         )
         # As paho's own: the packet type alone (it tells a QoS 0 PUBLISH when written).
-        return paho._packet_queue(_PUBLISH, packet, mid, 1, message.info)  # type: ignore[no-any-return]
-
-
-_PUBLISH = 0x30
-
-
-def _remaining_length(length: int) -> bytes:
-    """MQTT's variable byte integer (1.5.5)."""
-    if length < 128:
-        return bytes((length,))
-    out = bytearray()
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        out.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(out)
+        return paho._packet_queue(PUBLISH, packet, mid, 1, message.info)  # type: ignore[no-any-return]
 
 
 def _read_pubacks_ahead(paho: Any, buffered: _BufferedSocket, *, v5: bool) -> None:

@@ -158,12 +158,17 @@ class Roster:
     # ------------------------------------------------------------------ positions
 
     def set_position(self, volunteer: Volunteer, lat: float, lon: float, now: float) -> None:
-        if volunteer.seen_at is None:  # no entry yet, unless a forget left theirs behind
-            if volunteer.id in self._left_behind:
-                self._left_behind.discard(volunteer.id)  # that entry will find them seen
-            else:
-                heapq.heappush(self._stale, (now, volunteer.id))
+        if volunteer.seen_at is None and self._needs_entry(volunteer.id):
+            heapq.heappush(self._stale, (now, volunteer.id))
         volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, now
+
+    def _needs_entry(self, volunteer_id: str) -> bool:
+        """Whether the first position of a volunteer without one needs an entry in
+        `_stale`: not if a forget left theirs behind (it will find them seen)."""
+        if volunteer_id in self._left_behind:
+            self._left_behind.discard(volunteer_id)
+            return False
+        return True
 
     def add_restored(self, volunteer: Volunteer) -> None:
         """A volunteer rebuilt after a restart and not known yet, its position (if any)
@@ -180,12 +185,9 @@ class Roster:
 
     def restore_position(self, volunteer: Volunteer, lat: float, lon: float, at: float) -> None:
         """A stored position, after a restart."""
-        if volunteer.seen_at is None:
-            if volunteer.id in self._left_behind:
-                self._left_behind.discard(volunteer.id)
-            else:
-                self._stale.append((at, volunteer.id))
-                self._stale_unordered = True
+        if volunteer.seen_at is None and self._needs_entry(volunteer.id):
+            self._stale.append((at, volunteer.id))
+            self._stale_unordered = True
         volunteer.lat, volunteer.lon, volunteer.seen_at = lat, lon, at
 
     def forget_position(self, volunteer: Volunteer) -> None:
